@@ -1,0 +1,272 @@
+//! `segwatch eval`: one pair of files, or two folders paired by file name.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::output;
+use crate::formats::{self, Limits};
+use crate::metrics::{self, Settings, StructureMetrics, SurfaceMode};
+use crate::volume::{Grid, LabelVolume};
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("pair").args(["pred", "reference"]).multiple(true).conflicts_with("dirs")))]
+#[command(group(clap::ArgGroup::new("dirs").args(["pred_dir", "ref_dir"]).multiple(true)))]
+pub struct EvalArgs {
+    /// Prediction file (NIfTI .nii or .nii.gz).
+    #[arg(requires = "reference")]
+    pred: Option<PathBuf>,
+    /// Reference (corrected) file on the same grid.
+    #[arg(requires = "pred")]
+    reference: Option<PathBuf>,
+    /// Folder of prediction files, paired with --ref-dir by file name.
+    #[arg(long, requires = "ref_dir")]
+    pred_dir: Option<PathBuf>,
+    /// Folder of reference files.
+    #[arg(long, requires = "pred_dir")]
+    ref_dir: Option<PathBuf>,
+    /// Folder mode: write results and summary (JSON and CSV) here.
+    #[arg(long, requires = "pred_dir")]
+    out: Option<PathBuf>,
+    /// Structures to score, including ones absent from both files
+    /// (default: every non-zero label present in either file).
+    #[arg(long, value_delimiter = ',')]
+    labels: Option<Vec<u16>>,
+    /// Surface definition for distance metrics.
+    #[arg(long, value_enum, default_value_t = SurfaceMode::Voxel)]
+    surface: SurfaceMode,
+    /// Normalised surface Dice tolerance in mm.
+    #[arg(long, default_value_t = 1.0, value_parser = positive_mm)]
+    tolerance_mm: f64,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn positive_mm(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s} is not a tolerance in mm (a number ≥ 0)")),
+    }
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+/// The result of one prediction/reference pair, as `eval --format json` prints it.
+#[derive(Debug, Serialize)]
+pub struct CaseReport {
+    pub prediction: String,
+    pub reference: String,
+    pub surface: SurfaceMode,
+    pub tolerance_mm: f64,
+    pub grid: GridReport,
+    pub structures: Vec<StructureMetrics>,
+    pub mean_dice: Option<f64>,
+}
+
+/// Shape and spacing in array axis order.
+#[derive(Debug, Serialize)]
+pub struct GridReport {
+    pub shape: Vec<usize>,
+    /// Rounded to single precision, the precision NIfTI-1 stores it in.
+    pub spacing_mm: Vec<f32>,
+}
+
+impl From<&Grid> for GridReport {
+    fn from(grid: &Grid) -> Self {
+        GridReport {
+            shape: grid.shape_vec(),
+            spacing_mm: grid.spacing_vec().iter().map(|&s| s as f32).collect(),
+        }
+    }
+}
+
+pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    let mut pool = rayon::ThreadPoolBuilder::new();
+    if let Some(n) = args.threads {
+        pool = pool.num_threads(n);
+    }
+    let pool = pool.build().context("cannot start worker threads")?;
+    pool.install(
+        || match (&args.pred, &args.reference, &args.pred_dir, &args.ref_dir) {
+            (Some(pred), Some(reference), None, None) => run_pair(&args, pred, reference),
+            (None, None, Some(pred_dir), Some(ref_dir)) => run_folders(&args, pred_dir, ref_dir),
+            _ => bail!("give either PRED REF, or --pred-dir and --ref-dir"),
+        },
+    )
+}
+
+fn settings(args: &EvalArgs) -> Settings {
+    Settings {
+        surface: args.surface,
+        tolerance_mm: args.tolerance_mm,
+    }
+}
+
+fn read(path: &Path) -> anyhow::Result<LabelVolume> {
+    formats::read_path(path, &Limits::default()).with_context(|| path.display().to_string())
+}
+
+/// Decodes both files (in parallel) and scores them.
+pub fn evaluate_files(
+    pred: &Path,
+    reference: &Path,
+    labels: Option<&[u16]>,
+    settings: &Settings,
+) -> anyhow::Result<CaseReport> {
+    let (p, r) = rayon::join(|| read(pred), || read(reference));
+    let (p, r) = (p?, r?);
+    let structures = metrics::evaluate_labels(&p, &r, labels, settings).with_context(|| {
+        format!(
+            "{} and {}: grids differ",
+            pred.display(),
+            reference.display()
+        )
+    })?;
+    Ok(CaseReport {
+        prediction: pred.display().to_string(),
+        reference: reference.display().to_string(),
+        surface: settings.surface,
+        tolerance_mm: settings.tolerance_mm,
+        grid: (&p.grid).into(),
+        mean_dice: metrics::mean_dice(&structures),
+        structures,
+    })
+}
+
+fn run_pair(args: &EvalArgs, pred: &Path, reference: &Path) -> anyhow::Result<ExitCode> {
+    let report = evaluate_files(pred, reference, args.labels.as_deref(), &settings(args))?;
+    let text = match args.format {
+        Format::Json => serde_json::to_string_pretty(&report)? + "\n",
+        Format::Csv => output::structures_csv(None, &report.structures),
+        Format::Table => output::case_table(&report),
+    };
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The case name of a file: its name without `.nii.gz` / `.nii`.
+fn case_name(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    [".nii.gz", ".nii"]
+        .iter()
+        .find_map(|ext| name.strip_suffix(ext))
+        .map(str::to_owned)
+}
+
+fn list_cases(dir: &Path) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    let mut cases = BTreeMap::new();
+    for entry in fs::read_dir(dir).with_context(|| dir.display().to_string())? {
+        let path = entry?.path();
+        if path.is_file()
+            && let Some(case) = case_name(&path)
+        {
+            cases.insert(case, path);
+        }
+    }
+    Ok(cases)
+}
+
+/// One case of a folder run: its report, or why it failed.
+#[derive(Debug, Serialize)]
+pub struct CaseOutcome {
+    pub case: String,
+    #[serde(flatten)]
+    pub report: Option<CaseReport>,
+    pub error: Option<String>,
+}
+
+fn run_folders(args: &EvalArgs, pred_dir: &Path, ref_dir: &Path) -> anyhow::Result<ExitCode> {
+    let preds = list_cases(pred_dir)?;
+    let refs = list_cases(ref_dir)?;
+    for case in preds.keys().filter(|c| !refs.contains_key(*c)) {
+        eprintln!(
+            "segwatch: warning: {case}: no reference in {}",
+            ref_dir.display()
+        );
+    }
+    for case in refs.keys().filter(|c| !preds.contains_key(*c)) {
+        eprintln!(
+            "segwatch: warning: {case}: no prediction in {}",
+            pred_dir.display()
+        );
+    }
+    let pairs: Vec<(&String, &PathBuf, &PathBuf)> = preds
+        .iter()
+        .filter_map(|(case, p)| refs.get(case).map(|r| (case, p, r)))
+        .collect();
+    if pairs.is_empty() {
+        bail!(
+            "no file names in common between {} and {}",
+            pred_dir.display(),
+            ref_dir.display()
+        );
+    }
+    let progress = ProgressBar::new(pairs.len() as u64).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} cases, {elapsed} elapsed, ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let settings = settings(args);
+    let outcomes: Vec<CaseOutcome> = pairs
+        .par_iter()
+        .map(|&(case, pred, reference)| {
+            let result = evaluate_files(pred, reference, args.labels.as_deref(), &settings);
+            progress.inc(1);
+            match result {
+                Ok(report) => CaseOutcome {
+                    case: case.clone(),
+                    report: Some(report),
+                    error: None,
+                },
+                Err(err) => {
+                    progress.suspend(|| eprintln!("segwatch: error: {err:#}"));
+                    CaseOutcome {
+                        case: case.clone(),
+                        report: None,
+                        error: Some(format!("{err:#}")),
+                    }
+                }
+            }
+        })
+        .collect();
+    progress.finish_and_clear();
+
+    let summary = output::summarize(&outcomes);
+    if let Some(out) = &args.out {
+        output::write_folder(out, &outcomes, &summary)?;
+        eprintln!(
+            "segwatch: wrote results and summary for {} cases to {}",
+            outcomes.len(),
+            out.display()
+        );
+    }
+    let text = match args.format {
+        Format::Json => serde_json::to_string_pretty(&summary)? + "\n",
+        Format::Csv => output::summary_csv(&summary),
+        Format::Table => output::summary_table(&summary, outcomes.len()),
+    };
+    print!("{text}");
+    let failed = outcomes.iter().filter(|o| o.error.is_some()).count();
+    Ok(if failed > 0 {
+        eprintln!("segwatch: {failed} of {} cases failed", outcomes.len());
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

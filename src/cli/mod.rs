@@ -1,0 +1,37 @@
+//! Command-line entry points.
+
+mod eval;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Watches deployed segmentation models: scores AI segmentations against corrections.
+#[derive(Debug, Parser)]
+#[command(name = "segwatch", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Score prediction files against reference files, offline.
+    Eval(eval::EvalArgs),
+}
+
+/// Parses the command line, runs the command and maps failure to an exit code.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Eval(args) => eval::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("segwatch: error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! The metric engine: overlap counts, surface distances and the conventions for
+//! empty structures, as specified in DESIGN.md.
+
+pub mod edt;
+pub mod overlap;
+pub mod surface;
+pub mod surfel_area;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::volume::{Grid, GridMismatch, LabelVolume};
+use overlap::LabelOverlap;
+use surface::{LabelMask, Mask, SurfaceMetrics};
+
+/// Which surface definition the distance metrics use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SurfaceMode {
+    /// Face-connected border voxels, equally weighted (MONAI, Metrics Reloaded).
+    #[default]
+    Voxel,
+    /// Area-weighted surface elements on the corner lattice (DeepMind surface-distance).
+    Surfel,
+}
+
+/// Which side of a structure is empty, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Empty {
+    None,
+    Both,
+    Pred,
+    Ref,
+}
+
+/// Every metric of one structure. Infinite or undefined values serialize as null.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StructureMetrics {
+    /// Label value in a label map; None for coded segments.
+    pub label: Option<u16>,
+    /// `SCHEME:VALUE` of a coded segment; None for label maps.
+    pub code: Option<String>,
+    /// Human-readable structure name, when known.
+    pub name: Option<String>,
+    pub empty: Empty,
+    pub pred_voxels: u64,
+    pub ref_voxels: u64,
+    pub tp: u64,
+    pub fp: u64,
+    #[serde(rename = "fn")]
+    pub fn_: u64,
+    pub pred_volume_ml: f64,
+    pub ref_volume_ml: f64,
+    #[serde(serialize_with = "finite_or_null")]
+    pub dice: f64,
+    #[serde(serialize_with = "finite_or_null")]
+    pub iou: f64,
+    #[serde(serialize_with = "finite_or_null")]
+    pub precision: f64,
+    #[serde(serialize_with = "finite_or_null")]
+    pub recall: f64,
+    #[serde(serialize_with = "finite_or_null")]
+    pub hd_mm: f64,
+    #[serde(serialize_with = "finite_or_null")]
+    pub hd95_mm: f64,
+    #[serde(serialize_with = "finite_or_null")]
+    pub assd_mm: f64,
+    #[serde(serialize_with = "finite_or_null")]
+    pub masd_mm: f64,
+    #[serde(serialize_with = "finite_or_null")]
+    pub nsd: f64,
+}
+
+/// JSON has no infinity or NaN: those become null.
+fn finite_or_null<S: Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+    if value.is_finite() {
+        serializer.serialize_f64(*value)
+    } else {
+        serializer.serialize_none()
+    }
+}
+
+/// Overlap counts of one structure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    pub pred_voxels: u64,
+    pub ref_voxels: u64,
+    pub tp: u64,
+}
+
+impl From<LabelOverlap> for Counts {
+    fn from(o: LabelOverlap) -> Self {
+        Counts {
+            pred_voxels: o.pred_voxels,
+            ref_voxels: o.ref_voxels,
+            tp: o.tp,
+        }
+    }
+}
+
+/// What to compute for one structure.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settings {
+    pub surface: SurfaceMode,
+    /// NSD tolerance in mm.
+    pub tolerance_mm: f64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            surface: SurfaceMode::Voxel,
+            tolerance_mm: 1.0,
+        }
+    }
+}
+
+/// Scores one structure from its counts and masks, applying the empty conventions.
+pub fn score_structure(
+    counts: Counts,
+    pred: &dyn Mask,
+    reference: &dyn Mask,
+    grid: &Grid,
+    settings: &Settings,
+) -> StructureMetrics {
+    let Counts {
+        pred_voxels,
+        ref_voxels,
+        tp,
+    } = counts;
+    let (fp, fn_) = (pred_voxels - tp, ref_voxels - tp);
+    let empty = match (pred_voxels == 0, ref_voxels == 0) {
+        (true, true) => Empty::Both,
+        (true, false) => Empty::Pred,
+        (false, true) => Empty::Ref,
+        (false, false) => Empty::None,
+    };
+    let ratio = |num: u64, den: u64| {
+        if den == 0 {
+            f64::NAN
+        } else {
+            num as f64 / den as f64
+        }
+    };
+    let (dice, iou, precision, recall, surface) = match empty {
+        Empty::Both => (1.0, 1.0, 1.0, 1.0, SurfaceMetrics::BOTH_EMPTY),
+        Empty::Pred | Empty::Ref => (
+            0.0,
+            0.0,
+            ratio(tp, pred_voxels),
+            ratio(tp, ref_voxels),
+            SurfaceMetrics::ONE_EMPTY,
+        ),
+        Empty::None => (
+            ratio(2 * tp, 2 * tp + fp + fn_),
+            ratio(tp, tp + fp + fn_),
+            ratio(tp, pred_voxels),
+            ratio(tp, ref_voxels),
+            surface::surface_metrics(
+                pred,
+                reference,
+                grid,
+                settings.surface,
+                settings.tolerance_mm,
+            ),
+        ),
+    };
+    let voxel_ml = grid.voxel_volume_ml();
+    StructureMetrics {
+        label: None,
+        code: None,
+        name: None,
+        empty,
+        pred_voxels,
+        ref_voxels,
+        tp,
+        fp,
+        fn_,
+        pred_volume_ml: pred_voxels as f64 * voxel_ml,
+        ref_volume_ml: ref_voxels as f64 * voxel_ml,
+        dice,
+        iou,
+        precision,
+        recall,
+        hd_mm: surface.hd_mm,
+        hd95_mm: surface.hd95_mm,
+        assd_mm: surface.assd_mm,
+        masd_mm: surface.masd_mm,
+        nsd: surface.nsd,
+    }
+}
+
+/// Mean Dice over structures that are not empty on both sides; None if there are none.
+pub fn mean_dice(structures: &[StructureMetrics]) -> Option<f64> {
+    let scored: Vec<f64> = structures
+        .iter()
+        .filter(|s| s.empty != Empty::Both)
+        .map(|s| s.dice)
+        .collect();
+    (!scored.is_empty()).then(|| scored.iter().sum::<f64>() / scored.len() as f64)
+}
+
+/// Scores label maps: `labels` lists the structures (None: every non-zero label
+/// present in either volume). Structures are computed in parallel.
+pub fn evaluate_labels(
+    pred: &LabelVolume,
+    reference: &LabelVolume,
+    labels: Option<&[u16]>,
+    settings: &Settings,
+) -> Result<Vec<StructureMetrics>, GridMismatch> {
+    pred.grid.check_same(&reference.grid)?;
+    let grid = &pred.grid;
+    let overlap = overlap::overlap(&pred.labels, &reference.labels, grid.shape);
+    let labels = labels.map_or_else(|| overlap.present_labels(), <[u16]>::to_vec);
+    Ok(labels
+        .par_iter()
+        .map(|&label| {
+            let o = overlap.get(label);
+            let pred_mask = LabelMask {
+                labels: &pred.labels,
+                shape: grid.shape,
+                label,
+                bbox: o.pred_box,
+            };
+            let ref_mask = LabelMask {
+                labels: &reference.labels,
+                bbox: o.ref_box,
+                ..pred_mask
+            };
+            let metrics = score_structure(o.into(), &pred_mask, &ref_mask, grid, settings);
+            StructureMetrics {
+                label: Some(label),
+                ..metrics
+            }
+        })
+        .collect())
+}

@@ -1,0 +1,299 @@
+//! Label volumes and the voxel grid they live on.
+//!
+//! Voxels are stored x-fastest (NIfTI order): index = x + nx·(y + ny·z). A 2D image
+//! has `nz == 1` and `dims == 2`.
+
+use serde::Serialize;
+
+/// Tolerance for spacing and origin when comparing grids, in mm.
+pub const GRID_TOLERANCE_MM: f64 = 1e-3;
+/// Tolerance for axis directions when comparing grids, in radians.
+pub const GRID_TOLERANCE_RAD: f64 = 1e-4;
+
+/// The sampling grid of an image: shape, spacing and voxel-to-world affine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grid {
+    /// Voxels along x, y, z (z is 1 for 2D images).
+    pub shape: [usize; 3],
+    /// Voxel size along x, y, z in mm (always positive).
+    pub spacing: [f64; 3],
+    /// Rows of the 3×4 voxel-index-to-world (RAS+, mm) affine.
+    pub affine: [[f64; 4]; 3],
+    /// 2 for planar images, 3 for volumes.
+    pub dims: u8,
+}
+
+/// Why two grids are not the same.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GridMismatch {
+    #[error("dimensionality differs: {0}D vs {1}D")]
+    Dims(u8, u8),
+    #[error("shape differs: {0:?} vs {1:?}")]
+    Shape(Vec<usize>, Vec<usize>),
+    #[error("spacing differs: {0:?} mm vs {1:?} mm")]
+    Spacing(Vec<f64>, Vec<f64>),
+    #[error("orientation differs: axis {axis} points {angle_rad:.2e} rad apart")]
+    Orientation { axis: char, angle_rad: f64 },
+    #[error("origin differs by {distance_mm:.4} mm")]
+    Origin { distance_mm: f64 },
+}
+
+impl Grid {
+    /// A grid with an axis-aligned affine built from the spacing.
+    pub fn axis_aligned(shape: [usize; 3], spacing: [f64; 3], dims: u8) -> Self {
+        let mut affine = [[0.0; 4]; 3];
+        for (axis, row) in affine.iter_mut().enumerate() {
+            row[axis] = spacing[axis];
+        }
+        Grid {
+            shape,
+            spacing,
+            affine,
+            dims,
+        }
+    }
+
+    /// Number of voxels.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// True when the grid holds no voxel.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Volume of one voxel in mL (mm³ / 1000).
+    pub fn voxel_volume_ml(&self) -> f64 {
+        self.spacing.iter().product::<f64>() / 1000.0
+    }
+
+    /// Shape in array axis order, 2 or 3 entries.
+    pub fn shape_vec(&self) -> Vec<usize> {
+        self.shape[..self.dims as usize].to_vec()
+    }
+
+    /// Spacing in array axis order, 2 or 3 entries.
+    pub fn spacing_vec(&self) -> Vec<f64> {
+        self.spacing[..self.dims as usize].to_vec()
+    }
+
+    /// Checks that `other` samples the same points: shape, spacing and orientation
+    /// within [`GRID_TOLERANCE_MM`] / [`GRID_TOLERANCE_RAD`]. The error names the first
+    /// property that differs.
+    pub fn check_same(&self, other: &Grid) -> Result<(), GridMismatch> {
+        if self.dims != other.dims {
+            return Err(GridMismatch::Dims(self.dims, other.dims));
+        }
+        if self.shape != other.shape {
+            return Err(GridMismatch::Shape(self.shape_vec(), other.shape_vec()));
+        }
+        let spacing_differs = (0..self.dims as usize)
+            .any(|a| (self.spacing[a] - other.spacing[a]).abs() > GRID_TOLERANCE_MM);
+        if spacing_differs {
+            return Err(GridMismatch::Spacing(
+                self.spacing_vec(),
+                other.spacing_vec(),
+            ));
+        }
+        for axis in 0..3 {
+            let angle = angle_between(self.direction(axis), other.direction(axis));
+            if angle > GRID_TOLERANCE_RAD {
+                return Err(GridMismatch::Orientation {
+                    axis: ['x', 'y', 'z'][axis],
+                    angle_rad: angle,
+                });
+            }
+        }
+        let distance_mm = (0..3)
+            .map(|r| (self.affine[r][3] - other.affine[r][3]).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        if distance_mm > GRID_TOLERANCE_MM {
+            return Err(GridMismatch::Origin { distance_mm });
+        }
+        Ok(())
+    }
+
+    /// Unit world direction of an array axis (the affine column), or zero if degenerate.
+    fn direction(&self, axis: usize) -> [f64; 3] {
+        let column = [
+            self.affine[0][axis],
+            self.affine[1][axis],
+            self.affine[2][axis],
+        ];
+        let norm = column.iter().map(|c| c * c).sum::<f64>().sqrt();
+        if norm > 0.0 {
+            column.map(|c| c / norm)
+        } else {
+            [0.0; 3]
+        }
+    }
+}
+
+/// Angle between two unit vectors, robust for tiny angles.
+fn angle_between(a: [f64; 3], b: [f64; 3]) -> f64 {
+    let cross = [
+        a[1] * b[2] - a[2] * b[1],
+        a[2] * b[0] - a[0] * b[2],
+        a[0] * b[1] - a[1] * b[0],
+    ];
+    let sin = cross.iter().map(|c| c * c).sum::<f64>().sqrt();
+    let cos: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+    sin.atan2(cos)
+}
+
+/// Voxel labels, stored in the narrowest type that holds them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Labels {
+    U8(Vec<u8>),
+    U16(Vec<u16>),
+}
+
+impl Labels {
+    /// Number of voxels.
+    pub fn len(&self) -> usize {
+        match self {
+            Labels::U8(v) => v.len(),
+            Labels::U16(v) => v.len(),
+        }
+    }
+
+    /// True when there is no voxel.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The label at a voxel index.
+    pub fn get(&self, index: usize) -> u16 {
+        match self {
+            Labels::U8(v) => v[index] as u16,
+            Labels::U16(v) => v[index],
+        }
+    }
+}
+
+/// A label map on its grid. Label 0 is background.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelVolume {
+    pub grid: Grid,
+    pub labels: Labels,
+}
+
+/// Why a label volume could not be built.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{voxels} labels for a grid of {expected} voxels")]
+pub struct LengthMismatch {
+    pub voxels: usize,
+    pub expected: usize,
+}
+
+impl LabelVolume {
+    /// Pairs labels with their grid; the voxel count must match the shape.
+    pub fn new(grid: Grid, labels: Labels) -> Result<Self, LengthMismatch> {
+        if labels.len() != grid.len() {
+            return Err(LengthMismatch {
+                voxels: labels.len(),
+                expected: grid.len(),
+            });
+        }
+        Ok(LabelVolume { grid, labels })
+    }
+}
+
+/// An inclusive box of voxel indices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BoundingBox {
+    pub min: [usize; 3],
+    pub max: [usize; 3],
+}
+
+impl BoundingBox {
+    /// The box holding a single voxel.
+    pub fn point(p: [usize; 3]) -> Self {
+        BoundingBox { min: p, max: p }
+    }
+
+    /// The smallest box holding both.
+    pub fn union(self, other: BoundingBox) -> Self {
+        BoundingBox {
+            min: [0, 1, 2].map(|a| self.min[a].min(other.min[a])),
+            max: [0, 1, 2].map(|a| self.max[a].max(other.max[a])),
+        }
+    }
+
+    /// Union of two optional boxes.
+    pub fn union_opt(a: Option<Self>, b: Option<Self>) -> Option<Self> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.union(b)),
+            (a, None) => a,
+            (None, b) => b,
+        }
+    }
+
+    /// Voxels along each axis.
+    pub fn extent(&self) -> [usize; 3] {
+        [0, 1, 2].map(|a| self.max[a] - self.min[a] + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grid() -> Grid {
+        Grid::axis_aligned([4, 5, 6], [0.8, 0.8, 1.5], 3)
+    }
+
+    #[test]
+    fn same_grid_accepts_tiny_differences() {
+        let mut other = grid();
+        other.spacing[2] += 5e-4;
+        other.affine[0][3] += 5e-4;
+        assert_eq!(grid().check_same(&other), Ok(()));
+    }
+
+    #[test]
+    fn grid_mismatch_names_what_differs() {
+        let mut other = grid();
+        other.shape[1] = 7;
+        assert!(matches!(
+            grid().check_same(&other),
+            Err(GridMismatch::Shape(..))
+        ));
+
+        let mut other = grid();
+        other.spacing[2] = 1.6;
+        let err = grid().check_same(&other).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "spacing differs: [0.8, 0.8, 1.5] mm vs [0.8, 0.8, 1.6] mm"
+        );
+
+        let mut other = grid();
+        other.affine[0][3] = 2.0;
+        assert!(matches!(
+            grid().check_same(&other),
+            Err(GridMismatch::Origin { .. })
+        ));
+
+        // Flip the y axis: same spacing and shape, different orientation.
+        let mut other = grid();
+        other.affine[1][1] = -0.8;
+        let err = grid().check_same(&other).unwrap_err();
+        assert!(
+            matches!(err, GridMismatch::Orientation { axis: 'y', .. }),
+            "{err}"
+        );
+
+        let mut other = grid();
+        other.dims = 2;
+        assert_eq!(grid().check_same(&other), Err(GridMismatch::Dims(3, 2)));
+    }
+
+    #[test]
+    fn label_volume_checks_length() {
+        let err = LabelVolume::new(grid(), Labels::U8(vec![0; 3])).unwrap_err();
+        assert_eq!(err.expected, 120);
+    }
+}

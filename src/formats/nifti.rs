@@ -21,31 +21,57 @@ const MAX_TRAILING_BYTES: u64 = 64 << 10;
 
 /// Reads a `.nii` or `.nii.gz` file.
 pub fn read_path(path: &Path, limits: &Limits) -> Result<LabelVolume, FormatError> {
-    let file = File::open(path)?;
-    read(BufReader::with_capacity(1 << 16, file), limits)
+    let open = || File::open(path).map(|f| BufReader::with_capacity(1 << 16, f));
+    read(open()?, open, limits)
 }
 
 /// Decodes a NIfTI image held in memory.
 pub fn decode(bytes: &[u8], limits: &Limits) -> Result<LabelVolume, FormatError> {
-    read(bytes, limits)
+    read(bytes, || Ok(bytes), limits)
 }
 
-/// Decodes from a buffered reader, inflating first if the stream is gzip.
-pub fn read<R: BufRead>(mut input: R, limits: &Limits) -> Result<LabelVolume, FormatError> {
-    if input.fill_buf()?.starts_with(&GZIP_MAGIC) {
-        read_plain(MultiGzDecoder::new(input), limits).map_err(gzip_context)
-    } else {
-        read_plain(input, limits)
+/// Decodes from a buffered reader, inflating first if the stream is gzip;
+/// `reopen` gives the stream again to tell corrupt gzip from a bad image.
+fn read<R: BufRead>(
+    mut input: R,
+    reopen: impl FnOnce() -> io::Result<R>,
+    limits: &Limits,
+) -> Result<LabelVolume, FormatError> {
+    if !input.fill_buf()?.starts_with(&GZIP_MAGIC) {
+        return read_plain(input, limits);
+    }
+    let err = match read_plain(MultiGzDecoder::new(input), limits) {
+        Ok(volume) => return Ok(volume),
+        Err(err) => gzip_context(err),
+    };
+    if matches!(
+        err,
+        FormatError::Gzip(_) | FormatError::Truncated(_) | FormatError::Io(_)
+    ) {
+        return Err(err);
+    }
+    // A damaged deflate stream can inflate to garbage before its checksum fails:
+    // blame the compression rather than the garbage.
+    let cap = limits.max_bytes + MAX_EXTENSION_BYTES + 1024;
+    match io::copy(
+        &mut MultiGzDecoder::new(reopen()?).take(cap),
+        &mut io::sink(),
+    ) {
+        Err(e) => Err(gzip_context(FormatError::Io(e))),
+        Ok(_) => Err(err),
     }
 }
 
-/// Inflate failures surface as I/O errors of kind InvalidInput/InvalidData.
+/// Maps inflate failures, which surface as I/O errors, to format errors.
 fn gzip_context(err: FormatError) -> FormatError {
     match err {
+        FormatError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            FormatError::Truncated(format!("the gzip stream ends early ({e})"))
+        }
         FormatError::Io(e)
             if matches!(
                 e.kind(),
-                io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData
+                io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData | io::ErrorKind::Other
             ) =>
         {
             FormatError::Gzip(e.to_string())
@@ -524,4 +550,278 @@ fn bad_value(v: f64, index: usize) -> FormatError {
         "exceeds the largest label 65535"
     };
     FormatError::Value(format!("voxel {index} holds {v}, which {why}"))
+}
+
+/// Encodes a label volume as single-file NIfTI-1 (gzip-compressed when asked),
+/// with the affine as sform and spacing in pixdim.
+pub fn encode(volume: &LabelVolume, gzip: bool) -> Vec<u8> {
+    use std::io::Write;
+
+    let grid = &volume.grid;
+    let mut header = vec![0u8; 352];
+    let mut put =
+        |offset: usize, bytes: &[u8]| header[offset..offset + bytes.len()].copy_from_slice(bytes);
+    put(0, &348i32.to_le_bytes());
+    let ndim: i16 = if grid.dims == 2 { 2 } else { 3 };
+    let dim = [
+        ndim,
+        grid.shape[0] as i16,
+        grid.shape[1] as i16,
+        grid.shape[2] as i16,
+        1,
+        1,
+        1,
+        1,
+    ];
+    for (i, d) in dim.iter().enumerate() {
+        put(40 + 2 * i, &d.to_le_bytes());
+    }
+    let (datatype, bitpix): (i16, i16) = match volume.labels {
+        Labels::U8(_) => (2, 8),
+        Labels::U16(_) => (512, 16),
+    };
+    put(70, &datatype.to_le_bytes());
+    put(72, &bitpix.to_le_bytes());
+    let pixdim = [
+        1.0,
+        grid.spacing[0],
+        grid.spacing[1],
+        grid.spacing[2],
+        1.0,
+        1.0,
+        1.0,
+        1.0,
+    ];
+    for (i, p) in pixdim.iter().enumerate() {
+        put(76 + 4 * i, &(*p as f32).to_le_bytes());
+    }
+    put(108, &352f32.to_le_bytes());
+    put(112, &1f32.to_le_bytes());
+    put(254, &1i16.to_le_bytes());
+    for (r, row) in grid.affine.iter().enumerate() {
+        for (c, v) in row.iter().enumerate() {
+            put(280 + 16 * r + 4 * c, &(*v as f32).to_le_bytes());
+        }
+    }
+    put(123, &[2]); // xyzt_units: millimetres
+    put(344, b"n+1\0");
+
+    let mut bytes = header;
+    match &volume.labels {
+        Labels::U8(v) => bytes.extend_from_slice(v),
+        Labels::U16(v) => bytes.extend(v.iter().flat_map(|l| l.to_le_bytes())),
+    }
+    if !gzip {
+        return bytes;
+    }
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder
+        .write_all(&bytes)
+        .and_then(|_| encoder.finish())
+        .expect("writing to memory cannot fail")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(labels: Labels, dims: u8) -> LabelVolume {
+        let shape = if dims == 2 { [5, 3, 1] } else { [5, 3, 2] };
+        let mut grid = Grid::axis_aligned(shape, [0.5, 0.75, 2.0], dims);
+        grid.affine[0][3] = -10.0;
+        grid.affine[1][0] = 0.0;
+        let n = grid.len();
+        let labels = match labels {
+            Labels::U8(_) => Labels::U8((0..n).map(|i| (i % 4) as u8).collect()),
+            Labels::U16(_) => Labels::U16((0..n).map(|i| (i * 1000) as u16).collect()),
+        };
+        LabelVolume::new(grid, labels).unwrap()
+    }
+
+    #[test]
+    fn round_trips_plain_and_gzip() {
+        for dims in [2, 3] {
+            for labels in [Labels::U8(vec![]), Labels::U16(vec![])] {
+                let volume = sample(labels, dims);
+                for gzip in [false, true] {
+                    let decoded = decode(&encode(&volume, gzip), &Limits::default()).unwrap();
+                    assert_eq!(decoded, volume);
+                }
+            }
+        }
+    }
+
+    /// Rewrites one header field of an uncompressed encoding.
+    fn patched(offset: usize, bytes: &[u8]) -> Vec<u8> {
+        let mut file = encode(&sample(Labels::U8(vec![]), 3), false);
+        file[offset..offset + bytes.len()].copy_from_slice(bytes);
+        file
+    }
+
+    fn error_of(file: &[u8]) -> String {
+        decode(file, &Limits::default()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn rejects_malformed_headers_with_specific_errors() {
+        assert!(error_of(&patched(0, &349i32.to_le_bytes())).contains("sizeof_hdr is 349"));
+        assert!(error_of(&patched(344, b"ni1\0")).contains("detached .hdr/.img"));
+        assert!(error_of(&patched(344, b"xyz\0")).contains("bad magic"));
+        assert!(
+            error_of(&patched(72, &16i16.to_le_bytes()))
+                .contains("bitpix 16 disagrees with datatype code 2")
+        );
+        assert!(error_of(&patched(70, &32i16.to_le_bytes())).contains("complex datatype"));
+        assert!(error_of(&patched(70, &128i16.to_le_bytes())).contains("RGB datatype"));
+        assert!(error_of(&patched(70, &99i16.to_le_bytes())).contains("unknown datatype code 99"));
+        assert!(error_of(&patched(40, &0i16.to_le_bytes())).contains("dim[0] = 0"));
+        assert!(error_of(&patched(42, &(-5i16).to_le_bytes())).contains("dim[1] = -5"));
+        assert!(error_of(&patched(80, &0f32.to_le_bytes())).contains("pixdim[1] = 0"));
+        assert!(error_of(&patched(108, &100f32.to_le_bytes())).contains("vox_offset 100"));
+        // A fourth dimension of 3 is a time series.
+        let mut file = patched(40, &4i16.to_le_bytes());
+        file[48..50].copy_from_slice(&3i16.to_le_bytes());
+        assert!(error_of(&file).contains("dim[4] = 3"));
+    }
+
+    #[test]
+    fn rejects_truncated_data() {
+        let file = encode(&sample(Labels::U8(vec![]), 3), false);
+        assert!(error_of(&file[..file.len() - 1]).contains("voxel data ends after 29 of 30 bytes"));
+        assert!(error_of(&file[..200]).contains("the header ends after"));
+        let gz = encode(&sample(Labels::U8(vec![]), 3), true);
+        let err = decode(&gz[..gz.len() / 2], &Limits::default()).unwrap_err();
+        assert!(
+            matches!(err, FormatError::Truncated(_) | FormatError::Gzip(_)),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rejects_corrupt_gzip() {
+        let mut gz = encode(&sample(Labels::U8(vec![]), 3), true);
+        let middle = gz.len() / 2;
+        for b in &mut gz[12..middle] {
+            *b ^= 0x5a;
+        }
+        assert!(
+            error_of(&gz).starts_with("corrupt gzip data"),
+            "{}",
+            error_of(&gz)
+        );
+    }
+
+    #[test]
+    fn limits_apply_to_the_declared_size() {
+        let file = patched(42, &30000i16.to_le_bytes());
+        let limits = Limits {
+            max_voxels: 1000,
+            max_bytes: 1 << 20,
+        };
+        let err = decode(&file, &limits).unwrap_err();
+        assert!(
+            err.to_string().contains("exceeds the limit of 1000 voxels"),
+            "{err}"
+        );
+        let limits = Limits {
+            max_voxels: 1 << 30,
+            max_bytes: 10,
+        };
+        let err = decode(&encode(&sample(Labels::U8(vec![]), 3), true), &limits).unwrap_err();
+        assert!(
+            err.to_string().contains("exceeds the limit of 10 bytes"),
+            "{err}"
+        );
+    }
+
+    fn with_values<T: Copy>(
+        datatype: i16,
+        bitpix: i16,
+        values: &[T],
+        to_bytes: impl Fn(T) -> Vec<u8>,
+    ) -> Vec<u8> {
+        let mut file = patched(70, &datatype.to_le_bytes());
+        file[72..74].copy_from_slice(&bitpix.to_le_bytes());
+        file.truncate(352);
+        for i in 0..30 {
+            file.extend(to_bytes(values[i % values.len()]));
+        }
+        file
+    }
+
+    #[test]
+    fn accepts_integral_floats_and_rejects_the_rest() {
+        let ok = with_values(16, 32, &[0.0f32, 1.0, 2.0], |v| v.to_le_bytes().to_vec());
+        let volume = decode(&ok, &Limits::default()).unwrap();
+        assert_eq!(volume.labels.get(2), 2);
+        let half = with_values(16, 32, &[0.0f32, 0.5], |v| v.to_le_bytes().to_vec());
+        assert!(error_of(&half).contains("voxel 1 holds 0.5, which is not an integer label"));
+        let nan = with_values(64, 64, &[f64::NAN], |v| v.to_le_bytes().to_vec());
+        assert!(error_of(&nan).contains("is not a finite number"));
+        let negative = with_values(4, 16, &[-1i16], |v| v.to_le_bytes().to_vec());
+        assert!(error_of(&negative).contains("is negative"));
+        let big = with_values(8, 32, &[70000i32], |v| v.to_le_bytes().to_vec());
+        assert!(error_of(&big).contains("exceeds the largest label 65535"));
+        let wide = with_values(8, 32, &[300i32, 0], |v| v.to_le_bytes().to_vec());
+        assert!(matches!(
+            decode(&wide, &Limits::default()).unwrap().labels,
+            Labels::U16(_)
+        ));
+    }
+
+    #[test]
+    fn applies_scaling() {
+        let mut file = with_values(4, 16, &[0i16, 2, 4], |v| v.to_le_bytes().to_vec());
+        file[112..116].copy_from_slice(&0.5f32.to_le_bytes());
+        file[116..120].copy_from_slice(&1f32.to_le_bytes());
+        let volume = decode(&file, &Limits::default()).unwrap();
+        assert_eq!(
+            (
+                volume.labels.get(0),
+                volume.labels.get(1),
+                volume.labels.get(2)
+            ),
+            (1, 2, 3)
+        );
+    }
+
+    #[test]
+    fn reads_big_endian() {
+        let volume = sample(Labels::U16(vec![]), 3);
+        let mut file = encode(&volume, false);
+        // Swap every header field we use, then the voxel data.
+        let swap = |file: &mut Vec<u8>, offset: usize, width: usize| {
+            file[offset..offset + width].reverse()
+        };
+        swap(&mut file, 0, 4);
+        for i in 0..8 {
+            swap(&mut file, 40 + 2 * i, 2);
+            swap(&mut file, 76 + 4 * i, 4);
+        }
+        for offset in [70, 72, 254] {
+            swap(&mut file, offset, 2);
+        }
+        for offset in (108..120).step_by(4).chain((280..328).step_by(4)) {
+            swap(&mut file, offset, 4);
+        }
+        for offset in (352..file.len()).step_by(2) {
+            swap(&mut file, offset, 2);
+        }
+        assert_eq!(decode(&file, &Limits::default()).unwrap(), volume);
+    }
+
+    #[test]
+    fn qform_with_negative_qfac() {
+        let mut file = encode(&sample(Labels::U8(vec![]), 3), false);
+        file[254..256].copy_from_slice(&0i16.to_le_bytes()); // no sform
+        file[252..254].copy_from_slice(&1i16.to_le_bytes()); // qform
+        file[76..80].copy_from_slice(&(-1f32).to_le_bytes()); // qfac
+        // 180° about z: b = c = 0, d = 1.
+        file[264..268].copy_from_slice(&1f32.to_le_bytes());
+        file[268..272].copy_from_slice(&7f32.to_le_bytes());
+        let grid = decode(&file, &Limits::default()).unwrap().grid;
+        assert_eq!(grid.affine[0], [-0.5, 0.0, 0.0, 7.0]);
+        assert_eq!(grid.affine[1], [0.0, -0.75, 0.0, 0.0]);
+        assert_eq!(grid.affine[2], [0.0, 0.0, -2.0, 0.0]);
+    }
 }

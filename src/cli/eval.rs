@@ -256,13 +256,13 @@ fn run_folders(args: &EvalArgs, pred_dir: &Path, ref_dir: &Path) -> anyhow::Resu
             out.display()
         );
     }
+    let failed = outcomes.iter().filter(|o| o.error.is_some()).count();
     let text = match args.format {
         Format::Json => serde_json::to_string_pretty(&summary)? + "\n",
         Format::Csv => output::summary_csv(&summary),
-        Format::Table => output::summary_table(&summary, outcomes.len()),
+        Format::Table => output::summary_table(&summary, outcomes.len() - failed, failed),
     };
     print!("{text}");
-    let failed = outcomes.iter().filter(|o| o.error.is_some()).count();
     Ok(if failed > 0 {
         eprintln!("segwatch: {failed} of {} cases failed", outcomes.len());
         ExitCode::FAILURE

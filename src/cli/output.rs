@@ -271,7 +271,7 @@ pub fn summary_csv(summary: &[StructureSummary]) -> String {
     csv(&rows)
 }
 
-pub fn summary_table(summary: &[StructureSummary], cases: usize) -> String {
+pub fn summary_table(summary: &[StructureSummary], scored: usize, failed: usize) -> String {
     let rows: Vec<Vec<String>> = summary
         .iter()
         .map(|s| {
@@ -292,7 +292,7 @@ pub fn summary_table(summary: &[StructureSummary], cases: usize) -> String {
             ]
         })
         .collect();
-    format!("{cases} cases\n\n")
+    format!("{scored} cases scored, {failed} failed\n\n")
         + &columns(
             &[
                 "structure",

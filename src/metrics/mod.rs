@@ -1,6 +1,7 @@
 //! The metric engine: overlap counts, surface distances and the conventions for
 //! empty structures, as specified in DESIGN.md.
 
+pub mod distance;
 pub mod edt;
 pub mod overlap;
 pub mod surface;
@@ -10,8 +11,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::volume::{Grid, GridMismatch, LabelVolume};
+use distance::SurfaceMetrics;
 use overlap::LabelOverlap;
-use surface::{LabelMask, Mask, SurfaceMetrics};
+use surface::Surface;
 
 /// Which surface definition the distance metrics use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -116,11 +118,11 @@ impl Default for Settings {
     }
 }
 
-/// Scores one structure from its counts and masks, applying the empty conventions.
+/// Scores one structure from its counts and surfaces, applying the empty conventions.
 pub fn score_structure(
     counts: Counts,
-    pred: &dyn Mask,
-    reference: &dyn Mask,
+    pred: &Surface,
+    reference: &Surface,
     grid: &Grid,
     settings: &Settings,
 ) -> StructureMetrics {
@@ -157,13 +159,7 @@ pub fn score_structure(
             ratio(tp, tp + fp + fn_),
             ratio(tp, pred_voxels),
             ratio(tp, ref_voxels),
-            surface::surface_metrics(
-                pred,
-                reference,
-                grid,
-                settings.surface,
-                settings.tolerance_mm,
-            ),
+            distance::surface_metrics(pred, reference, grid.spacing, settings.tolerance_mm),
         ),
     };
     let voxel_ml = grid.voxel_volume_ml();
@@ -213,25 +209,27 @@ pub fn evaluate_labels(
     let grid = &pred.grid;
     let overlap = overlap::overlap(&pred.labels, &reference.labels, grid.shape);
     let labels = labels.map_or_else(|| overlap.present_labels(), <[u16]>::to_vec);
+    // Surfaces are needed only where both sides have the structure.
+    let measured: Vec<u16> = labels
+        .iter()
+        .copied()
+        .filter(|&l| overlap.get(l).pred_voxels > 0 && overlap.get(l).ref_voxels > 0)
+        .collect();
+    let surfaces = |volume: &LabelVolume| {
+        surface::label_surfaces(&volume.labels, grid, settings.surface, &measured)
+    };
+    let (pred_surfaces, ref_surfaces) = rayon::join(|| surfaces(pred), || surfaces(reference));
+    let none = Surface::default();
     Ok(labels
         .par_iter()
         .map(|&label| {
-            let o = overlap.get(label);
-            let pred_mask = LabelMask {
-                labels: &pred.labels,
-                shape: grid.shape,
-                label,
-                bbox: o.pred_box,
+            let (p, r) = match measured.iter().position(|&m| m == label) {
+                Some(i) => (&pred_surfaces[i], &ref_surfaces[i]),
+                None => (&none, &none),
             };
-            let ref_mask = LabelMask {
-                labels: &reference.labels,
-                bbox: o.ref_box,
-                ..pred_mask
-            };
-            let metrics = score_structure(o.into(), &pred_mask, &ref_mask, grid, settings);
             StructureMetrics {
                 label: Some(label),
-                ..metrics
+                ..score_structure(overlap.get(label).into(), p, r, grid, settings)
             }
         })
         .collect())

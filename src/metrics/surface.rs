@@ -1,372 +1,244 @@
-//! Surface extraction and surface-distance metrics (HD, HD95, ASSD, MASD, NSD) for
-//! one structure, on the structure's bounding box only.
+//! Surface points of every structure of a label map, in one pass over the volume.
 
-use rayon::join;
+use rayon::prelude::*;
 
-use super::{SurfaceMode, edt, surfel_area};
-use crate::volume::{BoundingBox, Grid, Labels};
+use super::SurfaceMode;
+use super::edt::Point;
+use super::overlap::LabelValue;
+use super::surfel_area;
+use crate::volume::{Grid, Labels};
 
-/// A box of voxels in image index space; it may reach one voxel past the image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Region {
-    /// Image index of the region's first voxel (may be −1).
-    pub origin: [isize; 3],
-    /// Voxels along x, y, z.
-    pub dims: [usize; 3],
+/// The surface of one structure: lattice points and, in surfel mode, the area
+/// (length in 2D) of each point's surface element.
+///
+/// In voxel mode the lattice is the voxel grid; in surfel mode it is the corner
+/// lattice, where point k along an axis lies between voxels k − 1 and k.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Surface {
+    pub points: Vec<Point>,
+    pub weights: Option<Vec<f64>>,
 }
 
-impl Region {
-    /// `bbox` grown by one voxel on every side (not along z for 2D images), so that
-    /// every voxel of the structure has all its neighbours inside the region.
-    pub fn around(bbox: BoundingBox, planar: bool) -> Region {
-        let margin = |axis: usize| if planar && axis == 2 { 0 } else { 1 };
-        Region {
-            origin: [0, 1, 2].map(|a| bbox.min[a] as isize - margin(a) as isize),
-            dims: [0, 1, 2].map(|a| bbox.extent()[a] + 2 * margin(a)),
-        }
-    }
-
-    /// Number of voxels.
-    pub fn len(&self) -> usize {
-        self.dims.iter().product()
-    }
-
-    /// True when the region holds no voxel.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// A binary structure that can paint itself into a region.
-pub trait Mask: Sync {
-    /// Where the structure is, or None when it is empty.
-    fn bbox(&self) -> Option<BoundingBox>;
-    /// Writes 1 where the structure is and 0 elsewhere (including outside the image)
-    /// into `out`, laid out x-fastest over `region`.
-    fn fill(&self, region: &Region, out: &mut [u8]);
-}
-
-/// One label of a label map.
-pub struct LabelMask<'a> {
-    pub labels: &'a Labels,
-    pub shape: [usize; 3],
-    pub label: u16,
-    pub bbox: Option<BoundingBox>,
-}
-
-impl Mask for LabelMask<'_> {
-    fn bbox(&self) -> Option<BoundingBox> {
-        self.bbox
-    }
-
-    fn fill(&self, region: &Region, out: &mut [u8]) {
-        match self.labels {
-            Labels::U8(v) => fill_label(v, self.shape, self.label, region, out),
-            Labels::U16(v) => fill_label(v, self.shape, self.label, region, out),
-        }
-    }
-}
-
-fn fill_label<T: Copy + Into<u16>>(
-    labels: &[T],
-    shape: [usize; 3],
-    label: u16,
-    region: &Region,
-    out: &mut [u8],
-) {
-    out.fill(0);
-    let [rx, ry, rz] = region.dims;
-    let inside = |axis: usize, local: usize| -> Option<usize> {
-        let v = region.origin[axis] + local as isize;
-        (v >= 0 && (v as usize) < shape[axis]).then_some(v as usize)
-    };
-    // x range of the region that lies inside the image.
-    let x_lo = (-region.origin[0]).max(0) as usize;
-    let x_hi =
-        ((shape[0] as isize - region.origin[0]).min(rx as isize)).max(x_lo as isize) as usize;
-    for lz in 0..rz {
-        let Some(z) = inside(2, lz) else { continue };
-        for ly in 0..ry {
-            let Some(y) = inside(1, ly) else { continue };
-            let src_start =
-                (region.origin[0] + x_lo as isize) as usize + shape[0] * (y + shape[1] * z);
-            let src = &labels[src_start..src_start + (x_hi - x_lo)];
-            let dst_start = x_lo + rx * (ly + ry * lz);
-            for (d, &s) in out[dst_start..dst_start + (x_hi - x_lo)]
-                .iter_mut()
-                .zip(src)
-            {
-                *d = (s.into() == label) as u8;
-            }
-        }
-    }
-}
-
-/// Surface points of one structure on the lattice where distances are measured.
-struct Surface {
-    /// Lattice points along x, y, z.
-    lattice: [usize; 3],
-    /// 1 at surface points, over the whole lattice.
-    sites: Vec<u8>,
-    /// Lattice indices of the surface points.
-    points: Vec<usize>,
-    /// Area (length in 2D) of each point's surface element; None when all weigh the same.
-    weights: Option<Vec<f64>>,
-}
-
-/// Voxel surface: voxels of the structure with a face neighbour outside it.
-/// The region has a one-voxel margin, so neighbours never leave it.
-fn voxel_surface(mask: &[u8], dims: [usize; 3], planar: bool) -> Surface {
-    let [nx, ny, nz] = dims;
-    let mut sites = vec![0u8; mask.len()];
-    let mut points = Vec::new();
-    let (z_range, sz) = if planar {
-        (0..nz, 0)
-    } else {
-        (1..nz.saturating_sub(1), nx * ny)
-    };
-    for z in z_range {
-        for y in 1..ny.saturating_sub(1) {
-            let row = nx * (y + ny * z);
-            for x in 1..nx.saturating_sub(1) {
-                let i = row + x;
-                if mask[i] == 0 {
-                    continue;
-                }
-                let interior = mask[i - 1] & mask[i + 1] & mask[i - nx] & mask[i + nx];
-                let interior = if planar {
-                    interior
-                } else {
-                    interior & mask[i - sz] & mask[i + sz]
-                };
-                if interior == 0 {
-                    sites[i] = 1;
-                    points.push(i);
-                }
-            }
-        }
-    }
-    Surface {
-        lattice: dims,
-        sites,
-        points,
-        weights: None,
-    }
-}
-
-/// Surfel surface: corners of the half-voxel-shifted lattice whose 2×2(×2)
-/// neighbourhood is mixed, each weighted by the area (length) of its surface piece.
-/// Corner (i, j, k) has the region voxels (i..=i+1, j..=j+1, k..=k+1) around it.
-fn surfel_surface(mask: &[u8], dims: [usize; 3], planar: bool, table: &[f64]) -> Surface {
-    let [nx, ny, nz] = dims;
-    let lattice = if planar {
-        [nx - 1, ny - 1, 1]
-    } else {
-        [nx - 1, ny - 1, nz - 1]
-    };
-    let [cx, cy, cz] = lattice;
-    let full = table.len() - 1;
-    let mut sites = vec![0u8; cx * cy * cz];
-    let mut points = Vec::new();
-    let mut weights = Vec::new();
-    let at = |x: usize, y: usize, z: usize| mask[x + nx * (y + ny * z)] as usize;
-    for k in 0..cz {
-        for j in 0..cy {
-            for i in 0..cx {
-                let code = if planar {
-                    // Bit 8 >> (2a + b) for the voxel at offset (a, b).
-                    (at(i, j, k) << 3)
-                        | (at(i, j + 1, k) << 2)
-                        | (at(i + 1, j, k) << 1)
-                        | at(i + 1, j + 1, k)
-                } else {
-                    // Bit 128 >> (4a + 2b + c) for the voxel at offset (a, b, c).
-                    (at(i, j, k) << 7)
-                        | (at(i, j, k + 1) << 6)
-                        | (at(i, j + 1, k) << 5)
-                        | (at(i, j + 1, k + 1) << 4)
-                        | (at(i + 1, j, k) << 3)
-                        | (at(i + 1, j, k + 1) << 2)
-                        | (at(i + 1, j + 1, k) << 1)
-                        | at(i + 1, j + 1, k + 1)
-                };
-                if code != 0 && code != full {
-                    let index = i + cx * (j + cy * k);
-                    sites[index] = 1;
-                    points.push(index);
-                    weights.push(table[code]);
-                }
-            }
-        }
-    }
-    Surface {
-        lattice,
-        sites,
-        points,
-        weights: Some(weights),
-    }
-}
-
-/// Distances in mm from each surface point of `from` to the nearest point of `to`.
-fn directed_distances(from: &Surface, to: &Surface, spacing: [f64; 3]) -> Vec<f64> {
-    let squared = edt::squared_distances(&to.sites, to.lattice, spacing);
-    from.points.iter().map(|&i| squared[i].sqrt()).collect()
-}
-
-/// Surface-distance metrics of one structure. Infinite when a surface is missing.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SurfaceMetrics {
-    pub hd_mm: f64,
-    pub hd95_mm: f64,
-    pub assd_mm: f64,
-    pub masd_mm: f64,
-    pub nsd: f64,
-}
-
-impl SurfaceMetrics {
-    /// Both structures empty: perfect agreement by convention.
-    pub const BOTH_EMPTY: SurfaceMetrics = SurfaceMetrics {
-        hd_mm: 0.0,
-        hd95_mm: 0.0,
-        assd_mm: 0.0,
-        masd_mm: 0.0,
-        nsd: 1.0,
-    };
-    /// One structure empty: no surface to measure against.
-    pub const ONE_EMPTY: SurfaceMetrics = SurfaceMetrics {
-        hd_mm: f64::INFINITY,
-        hd95_mm: f64::INFINITY,
-        assd_mm: f64::INFINITY,
-        masd_mm: f64::INFINITY,
-        nsd: 0.0,
-    };
-}
-
-/// Computes the surface metrics of two non-empty masks on one grid.
-pub fn surface_metrics(
-    pred: &dyn Mask,
-    reference: &dyn Mask,
+/// Surfaces of the `wanted` labels, in that order. Outside the image is background.
+pub fn label_surfaces(
+    labels: &Labels,
     grid: &Grid,
     mode: SurfaceMode,
-    tolerance_mm: f64,
-) -> SurfaceMetrics {
-    let (Some(p_box), Some(r_box)) = (pred.bbox(), reference.bbox()) else {
-        return if pred.bbox().is_none() && reference.bbox().is_none() {
-            SurfaceMetrics::BOTH_EMPTY
-        } else {
-            SurfaceMetrics::ONE_EMPTY
-        };
-    };
-    let planar = grid.dims == 2;
-    let region = Region::around(p_box.union(r_box), planar);
-    let spacing = grid.spacing;
-    let table = match mode {
-        SurfaceMode::Voxel => Vec::new(),
-        SurfaceMode::Surfel if planar => surfel_area::contour_lengths(spacing).to_vec(),
-        SurfaceMode::Surfel => surfel_area::surface_areas(spacing).to_vec(),
-    };
-    let extract = |mask: &dyn Mask| {
-        let mut buffer = vec![0u8; region.len()];
-        mask.fill(&region, &mut buffer);
-        match mode {
-            SurfaceMode::Voxel => voxel_surface(&buffer, region.dims, planar),
-            SurfaceMode::Surfel => surfel_surface(&buffer, region.dims, planar, &table),
-        }
-    };
-    let (p_surface, r_surface) = join(|| extract(pred), || extract(reference));
-    let (p_to_r, r_to_p) = join(
-        || directed_distances(&p_surface, &r_surface, spacing),
-        || directed_distances(&r_surface, &p_surface, spacing),
-    );
-    match (&p_surface.weights, &r_surface.weights) {
-        (Some(pw), Some(rw)) => weighted_summary(
-            Directed::new(p_to_r, pw),
-            Directed::new(r_to_p, rw),
-            tolerance_mm,
-        ),
-        _ => unweighted_summary(p_to_r, r_to_p, tolerance_mm),
+    wanted: &[u16],
+) -> Vec<Surface> {
+    match labels {
+        Labels::U8(v) => extract(v, grid, mode, wanted),
+        Labels::U16(v) => extract(v, grid, mode, wanted),
     }
 }
 
-/// MONAI conventions: every surface voxel weighs the same, percentiles interpolate
-/// linearly, ASSD pools both directions.
-fn unweighted_summary(mut a: Vec<f64>, mut b: Vec<f64>, tolerance_mm: f64) -> SurfaceMetrics {
-    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
-    let sum = |v: &[f64]| v.iter().sum::<f64>();
-    let within = |v: &[f64]| v.iter().filter(|&&d| d <= tolerance_mm).count();
-    let n = (a.len() + b.len()) as f64;
-    SurfaceMetrics {
-        hd_mm: max(&a).max(max(&b)),
-        assd_mm: (sum(&a) + sum(&b)) / n,
-        masd_mm: (sum(&a) / a.len() as f64 + sum(&b) / b.len() as f64) / 2.0,
-        nsd: (within(&a) + within(&b)) as f64 / n,
-        hd95_mm: percentile(&mut a, 0.95).max(percentile(&mut b, 0.95)),
-    }
+/// Maps a label to its position in `wanted`.
+struct Slots {
+    slot: Vec<u32>,
+    count: usize,
 }
 
-/// Linear-interpolation percentile (numpy and torch default) of a non-empty list.
-fn percentile(values: &mut [f64], q: f64) -> f64 {
-    let position = q * (values.len() - 1) as f64;
-    let lo = position.floor() as usize;
-    let (_, &mut low, above) = values.select_nth_unstable_by(lo, f64::total_cmp);
-    let high = above.iter().copied().fold(f64::INFINITY, f64::min);
-    if above.is_empty() {
-        low
-    } else {
-        low + (high - low) * (position - lo as f64)
-    }
-}
+impl Slots {
+    const NONE: u32 = u32::MAX;
 
-/// One direction's distances with their surface-element weights, sorted by
-/// (distance, weight) as surface-distance does.
-struct Directed {
-    pairs: Vec<(f64, f64)>,
-    total: f64,
-}
-
-impl Directed {
-    fn new(distances: Vec<f64>, weights: &[f64]) -> Self {
-        let mut pairs: Vec<(f64, f64)> =
-            distances.into_iter().zip(weights.iter().copied()).collect();
-        pairs.sort_unstable_by(|x, y| x.0.total_cmp(&y.0).then(x.1.total_cmp(&y.1)));
-        let total = pairs.iter().map(|p| p.1).sum();
-        Directed { pairs, total }
-    }
-
-    /// Area-weighted nearest-rank percentile: the first distance whose cumulative
-    /// weight fraction reaches `fraction`.
-    fn percentile(&self, fraction: f64) -> f64 {
-        let mut cumulative = 0.0;
-        for &(d, w) in &self.pairs {
-            cumulative += w;
-            if cumulative / self.total >= fraction {
-                return d;
+    fn new<T: LabelValue>(wanted: &[u16]) -> Self {
+        let mut slot = vec![Self::NONE; T::COUNT];
+        for (i, &label) in wanted.iter().enumerate() {
+            if let Some(s) = slot.get_mut(label as usize)
+                && label != 0
+            {
+                *s = i as u32;
             }
         }
-        self.pairs.last().map_or(f64::INFINITY, |p| p.0)
+        Slots {
+            slot,
+            count: wanted.len(),
+        }
     }
 
-    fn weighted_sum(&self) -> f64 {
-        self.pairs.iter().map(|(d, w)| d * w).sum()
-    }
-
-    fn weight_within(&self, tolerance_mm: f64) -> f64 {
-        self.pairs
-            .iter()
-            .filter(|p| p.0 <= tolerance_mm)
-            .map(|p| p.1)
-            .sum()
+    #[inline(always)]
+    fn of(&self, label: usize) -> Option<usize> {
+        let s = self.slot[label];
+        (s != Self::NONE).then_some(s as usize)
     }
 }
 
-/// surface-distance conventions: surface elements weigh their area.
-fn weighted_summary(a: Directed, b: Directed, tolerance_mm: f64) -> SurfaceMetrics {
-    let total = a.total + b.total;
-    SurfaceMetrics {
-        hd_mm: a.percentile(1.0).max(b.percentile(1.0)),
-        hd95_mm: a.percentile(0.95).max(b.percentile(0.95)),
-        assd_mm: (a.weighted_sum() + b.weighted_sum()) / total,
-        masd_mm: (a.weighted_sum() / a.total + b.weighted_sum() / b.total) / 2.0,
-        nsd: (a.weight_within(tolerance_mm) + b.weight_within(tolerance_mm)) / total,
+/// Surface pieces found in one slice, per wanted label.
+type SlicePieces = Vec<(Vec<Point>, Vec<f64>)>;
+
+fn extract<T: LabelValue>(
+    labels: &[T],
+    grid: &Grid,
+    mode: SurfaceMode,
+    wanted: &[u16],
+) -> Vec<Surface> {
+    let slots = Slots::new::<T>(wanted);
+    let planar = grid.dims == 2;
+    let slices: Vec<SlicePieces> = match mode {
+        SurfaceMode::Voxel => (0..grid.shape[2])
+            .into_par_iter()
+            .map(|z| voxel_slice(labels, grid.shape, planar, z, &slots))
+            .collect(),
+        SurfaceMode::Surfel => {
+            let corner_slices = if planar { 1 } else { grid.shape[2] + 1 };
+            let areas = if planar {
+                surfel_area::contour_lengths(grid.spacing).to_vec()
+            } else {
+                surfel_area::surface_areas(grid.spacing).to_vec()
+            };
+            (0..corner_slices)
+                .into_par_iter()
+                .map(|k| corner_slice(labels, grid.shape, planar, k, &slots, &areas))
+                .collect()
+        }
+    };
+    (0..slots.count)
+        .map(|s| {
+            let points = slices
+                .iter()
+                .flat_map(|slice| slice[s].0.iter().copied())
+                .collect();
+            let weights = (mode == SurfaceMode::Surfel).then(|| {
+                slices
+                    .iter()
+                    .flat_map(|slice| slice[s].1.iter().copied())
+                    .collect()
+            });
+            Surface { points, weights }
+        })
+        .collect()
+}
+
+/// Row `y` of slice `z`, or None outside the image.
+fn row<T>(labels: &[T], shape: [usize; 3], y: isize, z: isize) -> Option<&[T]> {
+    let inside = y >= 0 && z >= 0 && (y as usize) < shape[1] && (z as usize) < shape[2];
+    inside.then(|| {
+        let start = shape[0] * (y as usize + shape[1] * z as usize);
+        &labels[start..start + shape[0]]
+    })
+}
+
+/// Voxels of slice `z` with a face neighbour of another label (or outside).
+fn voxel_slice<T: LabelValue>(
+    labels: &[T],
+    shape: [usize; 3],
+    planar: bool,
+    z: usize,
+    slots: &Slots,
+) -> SlicePieces {
+    let mut pieces: SlicePieces = vec![(Vec::new(), Vec::new()); slots.count];
+    let nx = shape[0];
+    let zi = z as isize;
+    for y in 0..shape[1] {
+        let y_i = y as isize;
+        let Some(here) = row(labels, shape, y_i, zi) else {
+            continue;
+        };
+        let neighbours = [
+            row(labels, shape, y_i - 1, zi),
+            row(labels, shape, y_i + 1, zi),
+            if planar {
+                Some(here)
+            } else {
+                row(labels, shape, y_i, zi - 1)
+            },
+            if planar {
+                Some(here)
+            } else {
+                row(labels, shape, y_i, zi + 1)
+            },
+        ];
+        for (x0, chunk) in here.chunks(16).enumerate().map(|(c, v)| (c * 16, v)) {
+            if chunk.iter().fold(T::default(), |acc, &v| acc | v) == T::default() {
+                continue;
+            }
+            for (dx, &l) in chunk.iter().enumerate() {
+                let x = x0 + dx;
+                if l == T::default() {
+                    continue;
+                }
+                let Some(s) = slots.of(l.index()) else {
+                    continue;
+                };
+                let interior = x > 0
+                    && x + 1 < nx
+                    && here[x - 1] == l
+                    && here[x + 1] == l
+                    && neighbours.iter().all(|r| r.is_some_and(|r| r[x] == l));
+                if !interior {
+                    pieces[s].0.push([x as u32, y as u32, z as u32]);
+                }
+            }
+        }
     }
+    pieces
+}
+
+/// Corners of corner-slice `k` whose 2×2×2 (2×2) neighbourhood mixes a wanted
+/// label with others, each with its surface element's area.
+fn corner_slice<T: LabelValue>(
+    labels: &[T],
+    shape: [usize; 3],
+    planar: bool,
+    k: usize,
+    slots: &Slots,
+    areas: &[f64],
+) -> SlicePieces {
+    let mut pieces: SlicePieces = vec![(Vec::new(), Vec::new()); slots.count];
+    let k_i = k as isize;
+    let nx = shape[0] as isize;
+    for j in 0..=shape[1] {
+        let j_i = j as isize;
+        // Neighbour rows in bit order: (b, c) = (0, 0), (0, 1), (1, 0), (1, 1) in 3D,
+        // b = 0, 1 in 2D; b along y, c along z, each offset by −1 for bit 0.
+        let rows: Vec<Option<&[T]>> = if planar {
+            vec![row(labels, shape, j_i - 1, 0), row(labels, shape, j_i, 0)]
+        } else {
+            vec![
+                row(labels, shape, j_i - 1, k_i - 1),
+                row(labels, shape, j_i - 1, k_i),
+                row(labels, shape, j_i, k_i - 1),
+                row(labels, shape, j_i, k_i),
+            ]
+        };
+        if rows.iter().all(Option::is_none) {
+            continue;
+        }
+        let at = |r: &Option<&[T]>, x: isize| match r {
+            Some(r) if x >= 0 && x < nx => r[x as usize],
+            _ => T::default(),
+        };
+        for i in 0..=nx {
+            // Neighbours in code-bit order: a (along x) is the most significant.
+            let mut values = [T::default(); 8];
+            let n = 2 * rows.len();
+            for a in 0..2 {
+                for (r, rw) in rows.iter().enumerate() {
+                    values[a * rows.len() + r] = at(rw, i - 1 + a as isize);
+                }
+            }
+            let values = &values[..n];
+            let first = values[0];
+            if values.iter().all(|&v| v == first) {
+                continue;
+            }
+            for (idx, &l) in values.iter().enumerate() {
+                let seen_before = values[..idx].contains(&l);
+                if l == T::default() || seen_before {
+                    continue;
+                }
+                let Some(s) = slots.of(l.index()) else {
+                    continue;
+                };
+                let code = values
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| **v == l)
+                    .fold(0usize, |c, (bit, _)| c | (1 << (n - 1 - bit)));
+                pieces[s].0.push([i as u32, j as u32, k as u32]);
+                pieces[s].1.push(areas[code]);
+            }
+        }
+    }
+    pieces
 }

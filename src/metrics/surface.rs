@@ -187,6 +187,8 @@ fn corner_slice<T: LabelValue>(
     let mut pieces: SlicePieces = vec![(Vec::new(), Vec::new()); slots.count];
     let k_i = k as isize;
     let nx = shape[0] as isize;
+    let mut column = vec![T::default(); shape[0] + 2];
+    let mut mixed = vec![false; shape[0] + 2];
     for j in 0..=shape[1] {
         let j_i = j as isize;
         // Neighbour rows in bit order: (b, c) = (0, 0), (0, 1), (1, 0), (1, 1) in 3D,
@@ -204,11 +206,23 @@ fn corner_slice<T: LabelValue>(
         if rows.iter().all(Option::is_none) {
             continue;
         }
+        // Per column x (shifted by one, with a background column on each side):
+        // the label when all neighbour rows agree there, and whether they disagree.
+        for x in 0..shape[0] {
+            let mut labels = rows.iter().map(|r| r.map_or(T::default(), |r| r[x]));
+            let first = labels.next().unwrap_or_default();
+            column[x + 1] = first;
+            mixed[x + 1] = labels.any(|v| v != first);
+        }
         let at = |r: &Option<&[T]>, x: isize| match r {
             Some(r) if x >= 0 && x < nx => r[x as usize],
             _ => T::default(),
         };
         for i in 0..=nx {
+            let (left, right) = (i as usize, i as usize + 1);
+            if !mixed[left] && !mixed[right] && column[left] == column[right] {
+                continue;
+            }
             // Neighbours in code-bit order: a (along x) is the most significant.
             let mut values = [T::default(); 8];
             let n = 2 * rows.len();
@@ -218,10 +232,6 @@ fn corner_slice<T: LabelValue>(
                 }
             }
             let values = &values[..n];
-            let first = values[0];
-            if values.iter().all(|&v| v == first) {
-                continue;
-            }
             for (idx, &l) in values.iter().enumerate() {
                 let seen_before = values[..idx].contains(&l);
                 if l == T::default() || seen_before {

@@ -1,7 +1,7 @@
 //! `segwatch eval` as a user runs it: output shapes, folder mode, and one clear
 //! line naming the file and the problem for every bad input.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use segwatch::formats::nifti::encode;
@@ -16,9 +16,7 @@ fn segwatch(args: &[&str]) -> Output {
 }
 
 fn reference_case(name: &str) -> String {
-    let dir = std::env::var_os("SEGWATCH_REFERENCE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference"));
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference");
     dir.join("cases").join(name).display().to_string()
 }
 

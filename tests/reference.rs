@@ -8,9 +8,7 @@ use segwatch::metrics::{Empty, Settings, StructureMetrics, SurfaceMode, evaluate
 use serde_json::Value;
 
 fn reference_dir() -> PathBuf {
-    std::env::var_os("SEGWATCH_REFERENCE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference"))
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference")
 }
 
 fn close(got: f64, expected: &Value, what: &str) {
@@ -99,7 +97,7 @@ fn check(case: &Value, mode: SurfaceMode, key: &str) {
 
 fn cases() -> Vec<Value> {
     let text = std::fs::read_to_string(reference_dir().join("expected.json"))
-        .expect("reference cases (../shared/reference or SEGWATCH_REFERENCE_DIR)");
+        .expect("tests/fixtures/reference/expected.json");
     serde_json::from_str::<Value>(&text)
         .unwrap()
         .as_array()

@@ -4,8 +4,8 @@
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use segwatch::metrics::edt::{Point, nearest_site_distances};
 use segwatch::metrics::overlap::overlap_serial;
-use segwatch::metrics::{Settings, evaluate_labels};
-use segwatch::volume::{Grid, LabelVolume, Labels};
+use segwatch::metrics::pairing::{Request, evaluate};
+use segwatch::volume::{Grid, LabelVolume, Labels, Segmentation};
 
 /// Ten ellipsoids ("organs") in a 512×512×300 volume; `shift` moves them all.
 fn organs(shift: usize) -> LabelVolume {
@@ -80,7 +80,11 @@ fn benches(c: &mut Criterion) {
     });
     group.throughput(Throughput::Elements(reference.grid.len() as u64));
     group.bench_function("evaluate_voxel_512x512x300", |b| {
-        b.iter(|| evaluate_labels(&pred, &reference, None, &Settings::default()).unwrap())
+        let (p, r) = (
+            Segmentation::LabelMap(pred.clone()),
+            Segmentation::LabelMap(reference.clone()),
+        );
+        b.iter(|| evaluate(&p, &r, &Request::default()).unwrap())
     });
     group.finish();
 }

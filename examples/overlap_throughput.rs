@@ -6,7 +6,8 @@
 use std::path::Path;
 use std::time::Instant;
 
-use segwatch::formats::{Limits, read_path};
+use segwatch::formats::Limits;
+use segwatch::formats::nifti::read_path;
 use segwatch::metrics::overlap::overlap_serial;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

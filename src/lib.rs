@@ -4,4 +4,5 @@
 pub mod cli;
 pub mod formats;
 pub mod metrics;
+pub mod schema;
 pub mod volume;

@@ -2,9 +2,10 @@
 //! spacing, the engine equals a brute-force computation over all surface point pairs.
 
 use proptest::prelude::*;
+use segwatch::metrics::pairing::{Request, evaluate};
 use segwatch::metrics::surfel_area::{contour_lengths, surface_areas};
-use segwatch::metrics::{Empty, Settings, StructureMetrics, SurfaceMode, evaluate_labels};
-use segwatch::volume::{Grid, LabelVolume, Labels};
+use segwatch::metrics::{Empty, Settings, StructureMetrics, SurfaceMode};
+use segwatch::volume::{BoxMask, Grid, LabelVolume, Labels, Segment, Segmentation};
 
 /// A surface point: lattice coordinates and its weight.
 type Point = ([i64; 3], f64);
@@ -248,11 +249,71 @@ proptest! {
 
     #[test]
     fn engine_equals_brute_force((grid, pred, reference, mode, tol) in case()) {
-        let volume = |v: &Vec<u8>| LabelVolume::new(grid.clone(), Labels::U8(v.clone())).unwrap();
-        let settings = Settings { surface: mode, tolerance_mm: tol };
-        let results = evaluate_labels(&volume(&pred), &volume(&reference), Some(&[1, 2, 3]), &settings).unwrap();
+        let volume = |v: &Vec<u8>| Segmentation::LabelMap(LabelVolume::new(grid.clone(), Labels::U8(v.clone())).unwrap());
+        let request = Request {
+            labels: Some(&[1, 2, 3]),
+            settings: Settings { surface: mode, tolerance_mm: tol },
+            ..Request::default()
+        };
+        let results = evaluate(&volume(&pred), &volume(&reference), &request).unwrap().structures;
         for s in &results {
             check(s, &pred, &reference, &grid, mode, tol)?;
+        }
+    }
+}
+
+/// The same label map as coded segments, one mask per label (what a DICOM SEG gives).
+fn as_segments(grid: &Grid, labels: &[u8]) -> Segmentation {
+    let segments = (1..=3u8)
+        .map(|l| {
+            let points = labels
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| **v == l)
+                .map(|(i, _)| {
+                    let c = coords(i, grid.shape);
+                    [c[0] as usize, c[1] as usize, c[2] as usize]
+                });
+            Segment {
+                number: l as u16,
+                code: format!("SCT:{l}"),
+                name: None,
+                algorithm_type: None,
+                mask: BoxMask::from_points(points.collect::<Vec<_>>().into_iter()),
+                probabilities: None,
+            }
+        })
+        .collect();
+    Segmentation::Segments {
+        grid: grid.clone(),
+        segments,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn segments_score_like_label_maps((grid, pred, reference, mode, tol) in case()) {
+        let settings = Settings { surface: mode, tolerance_mm: tol };
+        let request = Request { labels: Some(&[1, 2, 3]), settings, ..Request::default() };
+        let volume = |v: &Vec<u8>| Segmentation::LabelMap(LabelVolume::new(grid.clone(), Labels::U8(v.clone())).unwrap());
+        let by_label = evaluate(&volume(&pred), &volume(&reference), &request).unwrap().structures;
+        let by_code = evaluate(&as_segments(&grid, &pred), &as_segments(&grid, &reference), &Request { settings, ..Request::default() })
+            .unwrap()
+            .structures;
+        for s in &by_label {
+            let code = format!("SCT:{}", s.label.unwrap());
+            match by_code.iter().find(|c| c.code.as_deref() == Some(code.as_str())) {
+                Some(c) => {
+                    prop_assert_eq!((c.pred_voxels, c.ref_voxels, c.tp, c.empty), (s.pred_voxels, s.ref_voxels, s.tp, s.empty));
+                    for (a, b) in [(c.hd_mm, s.hd_mm), (c.hd95_mm, s.hd95_mm), (c.assd_mm, s.assd_mm), (c.masd_mm, s.masd_mm), (c.nsd, s.nsd)] {
+                        prop_assert!(a == b || close(a, b), "{} {} vs {}", code, a, b);
+                    }
+                }
+                // Segments empty on both sides are still listed by code.
+                None => prop_assert_eq!(s.empty, Empty::Both),
+            }
         }
     }
 }

@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use segwatch::formats::{Limits, read_path};
-use segwatch::metrics::{Empty, Settings, StructureMetrics, SurfaceMode, evaluate_labels};
+use segwatch::metrics::pairing::{Request, evaluate};
+use segwatch::metrics::{Empty, Settings, StructureMetrics, SurfaceMode};
 use serde_json::Value;
 
 fn reference_dir() -> PathBuf {
@@ -50,7 +51,10 @@ fn check(case: &Value, mode: SurfaceMode, key: &str) {
         .map(|v| v.as_f64().unwrap())
         .collect();
     for (axis, s) in spacing.iter().enumerate() {
-        assert!((pred.grid.spacing[axis] - s).abs() < 1e-6, "{id}: spacing");
+        assert!(
+            (pred.grid().spacing[axis] - s).abs() < 1e-6,
+            "{id}: spacing"
+        );
     }
     let labels: Vec<u16> = case["labels"]
         .as_array()
@@ -62,7 +66,12 @@ fn check(case: &Value, mode: SurfaceMode, key: &str) {
         surface: mode,
         tolerance_mm: case["tolerance_mm"].as_f64().unwrap(),
     };
-    let results = evaluate_labels(&pred, &reference, Some(&labels), &settings).unwrap();
+    let request = Request {
+        labels: Some(&labels),
+        settings,
+        ..Request::default()
+    };
+    let results = evaluate(&pred, &reference, &request).unwrap().structures;
     let expected = case["structures"].as_array().unwrap();
     assert_eq!(results.len(), expected.len(), "{id}");
     for (got, want) in results.iter().zip(expected) {

@@ -13,14 +13,16 @@ use serde::Serialize;
 
 use super::output;
 use crate::formats::{self, Limits};
+use crate::metrics::pairing::{self, Request};
 use crate::metrics::{self, Settings, StructureMetrics, SurfaceMode};
-use crate::volume::{Grid, LabelVolume};
+use crate::schema::Schema;
+use crate::volume::{Grid, Segmentation};
 
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("pair").args(["pred", "reference"]).multiple(true).conflicts_with("dirs")))]
 #[command(group(clap::ArgGroup::new("dirs").args(["pred_dir", "ref_dir"]).multiple(true)))]
 pub struct EvalArgs {
-    /// Prediction file (NIfTI .nii or .nii.gz).
+    /// Prediction file (NIfTI .nii / .nii.gz, or DICOM SEG).
     #[arg(requires = "reference")]
     pred: Option<PathBuf>,
     /// Reference (corrected) file on the same grid.
@@ -45,6 +47,10 @@ pub struct EvalArgs {
     /// Normalised surface Dice tolerance in mm.
     #[arg(long, default_value_t = 1.0, value_parser = positive_mm)]
     tolerance_mm: f64,
+    /// Structure schema (JSON): label values and segment codes with names and
+    /// NSD tolerances; pairs DICOM SEG segments with NIfTI labels.
+    #[arg(long)]
+    schema: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
@@ -119,7 +125,17 @@ fn settings(args: &EvalArgs) -> Settings {
     }
 }
 
-fn read(path: &Path) -> anyhow::Result<LabelVolume> {
+fn read_schema(path: &Path) -> anyhow::Result<Schema> {
+    let text = fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let schema: Schema = serde_json::from_str(&text)
+        .with_context(|| format!("{}: invalid structure schema", path.display()))?;
+    schema
+        .validate()
+        .with_context(|| path.display().to_string())?;
+    Ok(schema)
+}
+
+fn read(path: &Path) -> anyhow::Result<Segmentation> {
     formats::read_path(path, &Limits::default()).with_context(|| path.display().to_string())
 }
 
@@ -127,31 +143,31 @@ fn read(path: &Path) -> anyhow::Result<LabelVolume> {
 pub fn evaluate_files(
     pred: &Path,
     reference: &Path,
-    labels: Option<&[u16]>,
-    settings: &Settings,
+    request: &Request,
 ) -> anyhow::Result<CaseReport> {
     let (p, r) = rayon::join(|| read(pred), || read(reference));
     let (p, r) = (p?, r?);
-    let structures = metrics::evaluate_labels(&p, &r, labels, settings).with_context(|| {
-        format!(
-            "{} and {}: grids differ",
-            pred.display(),
-            reference.display()
-        )
-    })?;
+    let evaluation = pairing::evaluate(&p, &r, request)
+        .with_context(|| format!("{} and {}", pred.display(), reference.display()))?;
     Ok(CaseReport {
         prediction: pred.display().to_string(),
         reference: reference.display().to_string(),
-        surface: settings.surface,
-        tolerance_mm: settings.tolerance_mm,
-        grid: (&p.grid).into(),
-        mean_dice: metrics::mean_dice(&structures),
-        structures,
+        surface: request.settings.surface,
+        tolerance_mm: request.settings.tolerance_mm,
+        grid: (&evaluation.grid).into(),
+        mean_dice: metrics::mean_dice(&evaluation.structures),
+        structures: evaluation.structures,
     })
 }
 
 fn run_pair(args: &EvalArgs, pred: &Path, reference: &Path) -> anyhow::Result<ExitCode> {
-    let report = evaluate_files(pred, reference, args.labels.as_deref(), &settings(args))?;
+    let schema = args.schema.as_deref().map(read_schema).transpose()?;
+    let request = Request {
+        schema: schema.as_ref(),
+        labels: args.labels.as_deref(),
+        settings: settings(args),
+    };
+    let report = evaluate_files(pred, reference, &request)?;
     let text = match args.format {
         Format::Json => serde_json::to_string_pretty(&report)? + "\n",
         Format::Csv => output::structures_csv(None, &report.structures),
@@ -161,10 +177,10 @@ fn run_pair(args: &EvalArgs, pred: &Path, reference: &Path) -> anyhow::Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-/// The case name of a file: its name without `.nii.gz` / `.nii`.
+/// The case name of a file: its name without `.nii.gz`, `.nii` or `.dcm`.
 fn case_name(path: &Path) -> Option<String> {
     let name = path.file_name()?.to_str()?;
-    [".nii.gz", ".nii"]
+    [".nii.gz", ".nii", ".dcm"]
         .iter()
         .find_map(|ext| name.strip_suffix(ext))
         .map(str::to_owned)
@@ -222,11 +238,16 @@ fn run_folders(args: &EvalArgs, pred_dir: &Path, ref_dir: &Path) -> anyhow::Resu
         ProgressStyle::with_template("{bar:40} {pos}/{len} cases, {elapsed} elapsed, ETA {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let settings = settings(args);
+    let schema = args.schema.as_deref().map(read_schema).transpose()?;
+    let request = Request {
+        schema: schema.as_ref(),
+        labels: args.labels.as_deref(),
+        settings: settings(args),
+    };
     let outcomes: Vec<CaseOutcome> = pairs
         .par_iter()
         .map(|&(case, pred, reference)| {
-            let result = evaluate_files(pred, reference, args.labels.as_deref(), &settings);
+            let result = evaluate_files(pred, reference, &request);
             progress.inc(1);
             match result {
                 Ok(report) => CaseOutcome {

@@ -1,11 +1,13 @@
 //! Decoding segmentation files into label volumes, with size limits checked on
 //! headers before anything large is allocated.
 
+pub mod dicom_seg;
 pub mod nifti;
+mod rle;
 
 use std::path::Path;
 
-use crate::volume::LabelVolume;
+use crate::volume::Segmentation;
 
 /// Caps on what a decoder will allocate, checked against headers before allocating.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,9 +47,41 @@ pub enum FormatError {
     TooLarge(String),
     #[error("invalid voxel value: {0}")]
     Value(String),
+    #[error("invalid DICOM: {0}")]
+    Dicom(String),
+    #[error("not a DICOM segmentation: {0}")]
+    NotSegmentation(String),
+    #[error("unsupported transfer syntax: {0}")]
+    TransferSyntax(String),
+    #[error("frame count mismatch: {0}")]
+    FrameCount(String),
+    #[error("inconsistent geometry: {0}")]
+    Geometry(String),
 }
 
-/// Reads a label image from a file, choosing the decoder by content.
-pub fn read_path(path: &Path, limits: &Limits) -> Result<LabelVolume, FormatError> {
-    nifti::read_path(path, limits)
+/// Reads a segmentation file (NIfTI or DICOM SEG), choosing the decoder by content.
+pub fn read_path(path: &Path, limits: &Limits) -> Result<Segmentation, FormatError> {
+    let mut file = std::fs::File::open(path)?;
+    let mut head = [0u8; 132];
+    let n = std::io::Read::read(&mut file, &mut head)?;
+    if is_dicom(&head[..n]) {
+        drop(file);
+        let bytes = std::fs::read(path)?;
+        return Ok(dicom_seg::decode(&bytes, limits)?.into_segmentation());
+    }
+    Ok(Segmentation::LabelMap(nifti::read_path(path, limits)?))
+}
+
+/// Decodes a segmentation held in memory (NIfTI or DICOM SEG).
+pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Segmentation, FormatError> {
+    if is_dicom(bytes) {
+        Ok(dicom_seg::decode(bytes, limits)?.into_segmentation())
+    } else {
+        Ok(Segmentation::LabelMap(nifti::decode(bytes, limits)?))
+    }
+}
+
+/// A DICOM Part 10 file: "DICM" after the 128-byte preamble, or at the start.
+pub fn is_dicom(head: &[u8]) -> bool {
+    head.get(128..132) == Some(b"DICM") || head.starts_with(b"DICM")
 }

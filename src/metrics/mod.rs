@@ -4,13 +4,14 @@
 pub mod distance;
 pub mod edt;
 pub mod overlap;
+pub mod pairing;
 pub mod surface;
 pub mod surfel_area;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::volume::{Grid, GridMismatch, LabelVolume};
+use crate::volume::{Grid, LabelVolume};
 use distance::SurfaceMetrics;
 use overlap::LabelOverlap;
 use surface::Surface;
@@ -197,40 +198,41 @@ pub fn mean_dice(structures: &[StructureMetrics]) -> Option<f64> {
     (!scored.is_empty()).then(|| scored.iter().sum::<f64>() / scored.len() as f64)
 }
 
-/// Scores label maps: `labels` lists the structures (None: every non-zero label
-/// present in either volume). Structures are computed in parallel.
-pub fn evaluate_labels(
+/// Scores labels of two label maps on the same grid from their overlap; each
+/// label comes with its NSD tolerance. Structures are computed in parallel.
+pub fn score_labels(
     pred: &LabelVolume,
     reference: &LabelVolume,
-    labels: Option<&[u16]>,
-    settings: &Settings,
-) -> Result<Vec<StructureMetrics>, GridMismatch> {
-    pred.grid.check_same(&reference.grid)?;
+    overlap: &overlap::Overlap,
+    specs: &[(u16, f64)],
+    mode: SurfaceMode,
+) -> Vec<StructureMetrics> {
     let grid = &pred.grid;
-    let overlap = overlap::overlap(&pred.labels, &reference.labels, grid.shape);
-    let labels = labels.map_or_else(|| overlap.present_labels(), <[u16]>::to_vec);
     // Surfaces are needed only where both sides have the structure.
-    let measured: Vec<u16> = labels
+    let measured: Vec<u16> = specs
         .iter()
-        .copied()
+        .map(|s| s.0)
         .filter(|&l| overlap.get(l).pred_voxels > 0 && overlap.get(l).ref_voxels > 0)
         .collect();
-    let surfaces = |volume: &LabelVolume| {
-        surface::label_surfaces(&volume.labels, grid, settings.surface, &measured)
-    };
+    let surfaces =
+        |volume: &LabelVolume| surface::label_surfaces(&volume.labels, grid, mode, &measured);
     let (pred_surfaces, ref_surfaces) = rayon::join(|| surfaces(pred), || surfaces(reference));
     let none = Surface::default();
-    Ok(labels
+    specs
         .par_iter()
-        .map(|&label| {
+        .map(|&(label, tolerance_mm)| {
             let (p, r) = match measured.iter().position(|&m| m == label) {
                 Some(i) => (&pred_surfaces[i], &ref_surfaces[i]),
                 None => (&none, &none),
             };
+            let settings = Settings {
+                surface: mode,
+                tolerance_mm,
+            };
             StructureMetrics {
                 label: Some(label),
-                ..score_structure(overlap.get(label).into(), p, r, grid, settings)
+                ..score_structure(overlap.get(label).into(), p, r, grid, &settings)
             }
         })
-        .collect())
+        .collect()
 }

@@ -3,6 +3,13 @@
 //! Voxels are stored x-fastest (NIfTI order): index = x + nx·(y + ny·z). A 2D image
 //! has `nz == 1` and `dims == 2`.
 
+mod align;
+mod mask;
+mod segments;
+
+pub use align::GridMap;
+pub use mask::BoxMask;
+pub use segments::{FractionMap, Segment, Segmentation};
 use serde::Serialize;
 
 /// Tolerance for spacing and origin when comparing grids, in mm.
@@ -36,6 +43,8 @@ pub enum GridMismatch {
     Orientation { axis: char, angle_rad: f64 },
     #[error("origin differs by {distance_mm:.4} mm")]
     Origin { distance_mm: f64 },
+    #[error("the same voxels are stored with axes in another order or direction")]
+    Layout,
 }
 
 impl Grid {
@@ -77,70 +86,16 @@ impl Grid {
     pub fn spacing_vec(&self) -> Vec<f64> {
         self.spacing[..self.dims as usize].to_vec()
     }
-
-    /// Checks that `other` samples the same points: shape, spacing and orientation
-    /// within [`GRID_TOLERANCE_MM`] / [`GRID_TOLERANCE_RAD`]. The error names the first
-    /// property that differs.
-    pub fn check_same(&self, other: &Grid) -> Result<(), GridMismatch> {
-        if self.dims != other.dims {
-            return Err(GridMismatch::Dims(self.dims, other.dims));
-        }
-        if self.shape != other.shape {
-            return Err(GridMismatch::Shape(self.shape_vec(), other.shape_vec()));
-        }
-        let spacing_differs = (0..self.dims as usize)
-            .any(|a| (self.spacing[a] - other.spacing[a]).abs() > GRID_TOLERANCE_MM);
-        if spacing_differs {
-            return Err(GridMismatch::Spacing(
-                self.spacing_vec(),
-                other.spacing_vec(),
-            ));
-        }
-        for axis in 0..3 {
-            let angle = angle_between(self.direction(axis), other.direction(axis));
-            if angle > GRID_TOLERANCE_RAD {
-                return Err(GridMismatch::Orientation {
-                    axis: ['x', 'y', 'z'][axis],
-                    angle_rad: angle,
-                });
-            }
-        }
-        let distance_mm = (0..3)
-            .map(|r| (self.affine[r][3] - other.affine[r][3]).powi(2))
-            .sum::<f64>()
-            .sqrt();
-        if distance_mm > GRID_TOLERANCE_MM {
-            return Err(GridMismatch::Origin { distance_mm });
-        }
-        Ok(())
-    }
-
-    /// Unit world direction of an array axis (the affine column), or zero if degenerate.
-    fn direction(&self, axis: usize) -> [f64; 3] {
-        let column = [
-            self.affine[0][axis],
-            self.affine[1][axis],
-            self.affine[2][axis],
-        ];
-        let norm = column.iter().map(|c| c * c).sum::<f64>().sqrt();
-        if norm > 0.0 {
-            column.map(|c| c / norm)
-        } else {
-            [0.0; 3]
-        }
-    }
 }
 
-/// Angle between two unit vectors, robust for tiny angles.
-fn angle_between(a: [f64; 3], b: [f64; 3]) -> f64 {
-    let cross = [
-        a[1] * b[2] - a[2] * b[1],
-        a[2] * b[0] - a[0] * b[2],
-        a[0] * b[1] - a[1] * b[0],
-    ];
-    let sin = cross.iter().map(|c| c * c).sum::<f64>().sqrt();
-    let cos: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-    sin.atan2(cos)
+/// The unit vector along `v`, or zero if `v` is zero.
+fn unit(v: [f64; 3]) -> [f64; 3] {
+    let norm = (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
+    if norm > 0.0 {
+        v.map(|c| c / norm)
+    } else {
+        [0.0; 3]
+    }
 }
 
 /// Voxel labels, stored in the narrowest type that holds them.
@@ -277,9 +232,15 @@ mod tests {
             Err(GridMismatch::Origin { .. })
         ));
 
-        // Flip the y axis: same spacing and shape, different orientation.
+        // Flip the y axis: the voxels are stored in another direction.
         let mut other = grid();
         other.affine[1][1] = -0.8;
+        assert_eq!(grid().check_same(&other), Err(GridMismatch::Layout));
+
+        // Rotate the y axis by 0.01 rad about x.
+        let mut other = grid();
+        other.affine[1][1] = 0.8 * 0.01f64.cos();
+        other.affine[2][1] = 0.8 * 0.01f64.sin();
         let err = grid().check_same(&other).unwrap_err();
         assert!(
             matches!(err, GridMismatch::Orientation { axis: 'y', .. }),

@@ -1,0 +1,214 @@
+//! The structure schema of a model version: which label values or segment codes
+//! are which structures, with their NSD tolerance and failure threshold.
+
+use serde::{Deserialize, Serialize};
+
+/// Default NSD tolerance when a structure does not set one, in mm.
+pub const DEFAULT_TOLERANCE_MM: f64 = 1.0;
+/// Default Dice below which a case counts as a failure of the structure.
+pub const DEFAULT_FAILURE_THRESHOLD: f64 = 0.5;
+
+/// One structure of a schema.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StructureDef {
+    /// Label value in label maps (NIfTI).
+    #[serde(default)]
+    pub label: Option<u16>,
+    /// `SCHEME:VALUE` (with `^SCHEME:VALUE` modifier) of DICOM SEG segments.
+    #[serde(default)]
+    pub code: Option<String>,
+    /// Structure name shown in results, metrics and dashboards.
+    pub name: String,
+    /// NSD tolerance in mm.
+    #[serde(default)]
+    pub tolerance_mm: Option<f64>,
+    /// Dice below which a case counts as a failure (Bernoulli CUSUM).
+    #[serde(default)]
+    pub failure_threshold: Option<f64>,
+}
+
+impl StructureDef {
+    /// NSD tolerance, or the default.
+    pub fn tolerance(&self) -> f64 {
+        self.tolerance_mm.unwrap_or(DEFAULT_TOLERANCE_MM)
+    }
+
+    /// Failure threshold, or the default.
+    pub fn failure(&self) -> f64 {
+        self.failure_threshold.unwrap_or(DEFAULT_FAILURE_THRESHOLD)
+    }
+}
+
+/// What to do with a label or code that the schema does not list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownPolicy {
+    /// Refuse the segmentation, naming the structure.
+    #[default]
+    Reject,
+    /// Leave the structure out.
+    Ignore,
+}
+
+/// The structures of a model version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schema {
+    pub structures: Vec<StructureDef>,
+    #[serde(default)]
+    pub unknown_labels: UnknownPolicy,
+}
+
+/// Why a schema is not usable.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invalid structure schema: {0}")]
+pub struct SchemaError(pub String);
+
+impl Schema {
+    /// Checks that every structure is identifiable and its settings are sane.
+    pub fn validate(&self) -> Result<(), SchemaError> {
+        let err = |m: String| Err(SchemaError(m));
+        if self.structures.is_empty() {
+            return err("no structures".into());
+        }
+        for (i, s) in self.structures.iter().enumerate() {
+            let what = format!("structure {} ({:?})", i + 1, s.name);
+            if s.name.trim().is_empty() || s.name.len() > 128 {
+                return err(format!("{what}: name must have 1 to 128 characters"));
+            }
+            if s.label.is_none() && s.code.is_none() {
+                return err(format!("{what}: give a label, a code or both"));
+            }
+            if s.label == Some(0) {
+                return err(format!("{what}: label 0 is background"));
+            }
+            if let Some(code) = &s.code
+                && !valid_code(code)
+            {
+                return err(format!(
+                    "{what}: code {code:?} is not SCHEME:VALUE[^SCHEME:VALUE]"
+                ));
+            }
+            if s.tolerance_mm.is_some_and(|t| !(t.is_finite() && t >= 0.0)) {
+                return err(format!("{what}: tolerance_mm must be a number ≥ 0"));
+            }
+            if s.failure_threshold
+                .is_some_and(|t| !(0.0..=1.0).contains(&t))
+            {
+                return err(format!("{what}: failure_threshold must be between 0 and 1"));
+            }
+            for other in &self.structures[..i] {
+                if s.label.is_some() && s.label == other.label {
+                    return err(format!(
+                        "{what}: label {} is listed twice",
+                        s.label.unwrap_or_default()
+                    ));
+                }
+                if s.code.is_some() && s.code == other.code {
+                    return err(format!(
+                        "{what}: code {} is listed twice",
+                        s.code.as_deref().unwrap_or_default()
+                    ));
+                }
+                if s.name == other.name {
+                    return err(format!("{what}: name {:?} is listed twice", s.name));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The structure with this label value.
+    pub fn by_label(&self, label: u16) -> Option<&StructureDef> {
+        self.structures.iter().find(|s| s.label == Some(label))
+    }
+
+    /// The structure with this segment code.
+    pub fn by_code(&self, code: &str) -> Option<&StructureDef> {
+        self.structures
+            .iter()
+            .find(|s| s.code.as_deref() == Some(code))
+    }
+}
+
+/// `SCHEME:VALUE`, optionally followed by `^SCHEME:VALUE`.
+fn valid_code(code: &str) -> bool {
+    let part = |p: &str| {
+        p.split_once(':').is_some_and(|(scheme, value)| {
+            !scheme.is_empty() && !value.is_empty() && !p.chars().any(char::is_whitespace)
+        })
+    };
+    let mut parts = code.split('^');
+    let first = parts.next().is_some_and(part);
+    let rest: Vec<&str> = parts.collect();
+    first && rest.len() <= 1 && rest.iter().all(|p| part(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema(json: &str) -> Result<(), SchemaError> {
+        serde_json::from_str::<Schema>(json).unwrap().validate()
+    }
+
+    #[test]
+    fn accepts_labels_codes_and_defaults() {
+        let s: Schema = serde_json::from_str(
+            r#"{"structures": [
+                {"label": 1, "code": "SCT:10200004", "name": "liver", "tolerance_mm": 2.0},
+                {"code": "SCT:64033007^SCT:24028007", "name": "kidney_right", "failure_threshold": 0.6}
+            ], "unknown_labels": "ignore"}"#,
+        )
+        .unwrap();
+        assert_eq!(s.validate(), Ok(()));
+        assert_eq!(s.by_label(1).unwrap().tolerance(), 2.0);
+        assert_eq!(
+            s.by_code("SCT:64033007^SCT:24028007").unwrap().failure(),
+            0.6
+        );
+        assert_eq!(s.by_label(1).unwrap().failure(), DEFAULT_FAILURE_THRESHOLD);
+        assert_eq!(s.unknown_labels, UnknownPolicy::Ignore);
+    }
+
+    #[test]
+    fn names_the_problem() {
+        let cases = [
+            (r#"{"structures": []}"#, "no structures"),
+            (
+                r#"{"structures": [{"name": "x"}]}"#,
+                "give a label, a code or both",
+            ),
+            (
+                r#"{"structures": [{"label": 0, "name": "x"}]}"#,
+                "background",
+            ),
+            (
+                r#"{"structures": [{"code": "liver", "name": "x"}]}"#,
+                "is not SCHEME:VALUE",
+            ),
+            (
+                r#"{"structures": [{"label": 1, "name": "x", "tolerance_mm": -1}]}"#,
+                "tolerance_mm",
+            ),
+            (
+                r#"{"structures": [{"label": 1, "name": "x", "failure_threshold": 2}]}"#,
+                "failure_threshold",
+            ),
+            (
+                r#"{"structures": [{"label": 1, "name": "a"}, {"label": 1, "name": "b"}]}"#,
+                "label 1 is listed twice",
+            ),
+            (
+                r#"{"structures": [{"label": 1, "name": "a"}, {"label": 2, "name": "a"}]}"#,
+                "listed twice",
+            ),
+        ];
+        for (json, problem) in cases {
+            let err = schema(json).unwrap_err();
+            assert!(err.to_string().contains(problem), "{json}: {err}");
+        }
+        assert!(serde_json::from_str::<Schema>(r#"{"structures": [], "extra": 1}"#).is_err());
+    }
+}

@@ -1,0 +1,57 @@
+//! Segmentations as decoded from files: a label map, or coded segments that may
+//! overlap (DICOM SEG).
+
+use super::{BoundingBox, BoxMask, Grid, LabelVolume};
+
+/// A decoded segmentation file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Segmentation {
+    /// One label per voxel (NIfTI).
+    LabelMap(LabelVolume),
+    /// Coded segments, each its own mask (DICOM SEG).
+    Segments { grid: Grid, segments: Vec<Segment> },
+}
+
+impl Segmentation {
+    /// The grid the segmentation is stored on.
+    pub fn grid(&self) -> &Grid {
+        match self {
+            Segmentation::LabelMap(v) => &v.grid,
+            Segmentation::Segments { grid, .. } => grid,
+        }
+    }
+}
+
+/// One segment: its identity and its voxels on the SEG's grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segment {
+    pub number: u16,
+    /// `SCHEME:VALUE` of the property type, with `^SCHEME:VALUE` of its modifier.
+    pub code: String,
+    /// SegmentLabel.
+    pub name: Option<String>,
+    /// AUTOMATIC, SEMIAUTOMATIC or MANUAL.
+    pub algorithm_type: Option<String>,
+    /// Voxels in the segment (FRACTIONAL: probability ≥ 0.5).
+    pub mask: BoxMask,
+    /// FRACTIONAL only: the stored values, kept for soft metrics (None when all zero).
+    pub probabilities: Option<FractionMap>,
+}
+
+/// Stored FRACTIONAL values over the box of a segment's non-zero voxels;
+/// probability = value / max.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FractionMap {
+    pub bbox: BoundingBox,
+    pub values: Vec<u8>,
+    pub max: u16,
+}
+
+impl FractionMap {
+    /// Stores the value at voxel `p`, which must lie in the map's box.
+    pub fn set(&mut self, p: [usize; 3], value: u8) {
+        let e = self.bbox.extent();
+        let local = [0, 1, 2].map(|a| p[a] - self.bbox.min[a]);
+        self.values[local[0] + e[0] * (local[1] + e[1] * local[2])] = value;
+    }
+}

@@ -313,3 +313,18 @@ fn limits_are_checked_before_decoding() {
     .unwrap_err();
     assert!(matches!(err, FormatError::TooLarge(_)), "{err}");
 }
+
+#[test]
+fn fuzzer_findings_fail_cleanly() {
+    // Inputs that once made the DICOM parser loop or reserve gigabytes.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let err = decode(&std::fs::read(&path).unwrap(), &Limits::default()).unwrap_err();
+        assert!(
+            matches!(err, FormatError::Dicom(_) | FormatError::Truncated(_)),
+            "{}: {err}",
+            path.display()
+        );
+    }
+}

@@ -14,6 +14,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::{InMemDicomObject, OpenFileOptions};
 use serde::Serialize;
 
+use super::dicom_structure::{self, Encoding, Problem};
 use super::{FormatError, Limits};
 use crate::volume::{BoundingBox, BoxMask, FractionMap, Grid, Segment, Segmentation};
 
@@ -21,12 +22,17 @@ use crate::volume::{BoundingBox, BoxMask, FractionMap, Grid, Segment, Segmentati
 const MAX_FILE_BYTES: usize = 2 << 30;
 /// Geometry tolerance between frames, in mm.
 const POSITION_TOLERANCE_MM: f64 = 1e-3;
+/// Smallest slice spacing accepted, in mm.
+const MIN_SLICE_SPACING_MM: f64 = 1e-3;
 /// Orientation tolerance between frames (difference of direction cosines).
 const ORIENTATION_TOLERANCE: f64 = 1e-4;
 
 const SEGMENTATION_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.66.4";
 const LABEL_MAP_SEGMENTATION_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.66.7";
 const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+const IMPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2";
+const EXPLICIT_VR_BIG_ENDIAN: &str = "1.2.840.10008.1.2.2";
+const DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1.99";
 /// Transfer syntaxes whose pixel data is stored natively (or inflated by the parser).
 const NATIVE_SYNTAXES: [&str; 4] = [
     "1.2.840.10008.1.2",
@@ -110,6 +116,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<SegImage, FormatError> {
     if !body.starts_with(b"DICM") {
         return Err(invalid("no DICM prefix: not a DICOM Part 10 file"));
     }
+    check_structure(body)?;
     let object = OpenFileOptions::new()
         .read_preamble(dicom_object::file::ReadPreamble::Never)
         .from_reader(body)
@@ -136,6 +143,40 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<SegImage, FormatError> {
         )));
     };
     Seg::parse(&object, encapsulated, limits)?.decode()
+}
+
+/// Checks the data set's structure before the DICOM parser sees it.
+fn check_structure(body: &[u8]) -> Result<(), FormatError> {
+    let to_error = |problem| match problem {
+        Problem::Truncated(m) => FormatError::Truncated(m),
+        Problem::Malformed(m) => invalid(m),
+    };
+    dicom_structure::meta_group_len(&body[4..]).map_err(to_error)?;
+    let mut data_set = body;
+    let meta = dicom_object::FileMetaTable::from_reader(&mut data_set)
+        .map_err(|e| invalid(format!("file meta group: {e}")))?;
+    let syntax = meta.transfer_syntax().trim_end_matches('\0');
+    let encoding = Encoding {
+        explicit_vr: syntax != IMPLICIT_VR_LITTLE_ENDIAN,
+        big_endian: syntax == EXPLICIT_VR_BIG_ENDIAN,
+    };
+    let inflated;
+    let data_set = if syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(
+                flate2::read::DeflateDecoder::new(data_set),
+                MAX_FILE_BYTES as u64,
+            ),
+            &mut bytes,
+        )
+        .map_err(|e| invalid(format!("deflated data set: {e}")))?;
+        inflated = bytes;
+        &inflated[..]
+    } else {
+        data_set
+    };
+    dicom_structure::check(data_set, encoding).map_err(to_error)
 }
 
 /// dicom-object reports truncation as a failure to read a token or value.
@@ -432,6 +473,25 @@ impl<'a> Seg<'a> {
         } else {
             self.slice_thickness.unwrap_or(1.0)
         };
+        if !(spacing.is_finite() && spacing >= MIN_SLICE_SPACING_MM) {
+            return Err(FormatError::Geometry(format!(
+                "slice spacing {spacing} mm is not usable"
+            )));
+        }
+        // Checked in floating point before any index is formed, so far-apart frames
+        // cannot overflow the slice count.
+        let plane = (self.rows * self.columns) as f64;
+        let span = depths
+            .iter()
+            .fold(0.0f64, |m, d| m.max((d - lowest) / spacing))
+            .round()
+            + 1.0;
+        if !span.is_finite() || plane * span > self.limits.max_voxels as f64 {
+            return Err(FormatError::TooLarge(format!(
+                "the frames span {span} slices of {} × {}, more than the limit of {} voxels",
+                self.rows, self.columns, self.limits.max_voxels
+            )));
+        }
         let mut slices = Vec::with_capacity(depths.len());
         for (i, d) in depths.iter().enumerate() {
             let steps = (d - lowest) / spacing;
@@ -444,14 +504,7 @@ impl<'a> Seg<'a> {
             }
             slices.push(steps.round() as usize);
         }
-        let slice_count = slices.iter().max().map_or(1, |m| m + 1);
-        let plane = (self.rows * self.columns) as u64;
-        if plane * slice_count as u64 > self.limits.max_voxels {
-            return Err(FormatError::TooLarge(format!(
-                "the frames span {slice_count} slices of {} × {}, more than the limit of {} voxels",
-                self.rows, self.columns, self.limits.max_voxels
-            )));
-        }
+        let slice_count = span as usize;
         let origin_lps: [f64; 3] =
             std::array::from_fn(|k| first.position[k] - (depths[0] - lowest) * normal[k]);
         // LPS to RAS: negate the first two world coordinates.

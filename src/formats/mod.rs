@@ -2,6 +2,7 @@
 //! headers before anything large is allocated.
 
 pub mod dicom_seg;
+mod dicom_structure;
 pub mod nifti;
 mod rle;
 

@@ -584,26 +584,37 @@ impl<'a> Seg<'a> {
         Ok(data)
     }
 
-    /// Writes the values of frame `f` (BINARY: 0 or 1) into `out`.
-    fn read_frame(
+    /// Writes the non-zero pixels of frame `f` as (pixel index, value) into `out`
+    /// (BINARY: value 1).
+    fn nonzero_pixels(
         &self,
         data: &PixelData,
         f: usize,
-        out: &mut Vec<u16>,
+        out: &mut Vec<(usize, u16)>,
     ) -> Result<(), FormatError> {
         let pixels = self.rows * self.columns;
         out.clear();
+        let keep = |out: &mut Vec<(usize, u16)>, values: &mut dyn Iterator<Item = u16>| {
+            out.extend(values.enumerate().filter(|(_, v)| *v != 0));
+        };
         match (data, self.bits_allocated) {
             (PixelData::Rle(fragments), bits) => {
                 let values = super::rle::decode_frame(&fragments[f], pixels, bits)
                     .map_err(|e| invalid(format!("frame {}: {e}", f + 1)))?;
-                out.extend(values);
+                keep(out, &mut values.into_iter());
             }
-            (PixelData::Words(words), _) => {
-                out.extend_from_slice(&words[f * pixels..(f + 1) * pixels])
+            (PixelData::Words(words), _) => keep(
+                out,
+                &mut words[f * pixels..(f + 1) * pixels].iter().copied(),
+            ),
+            (PixelData::Bytes(bytes), 1) => set_bits(bytes, f * pixels, pixels, out),
+            (PixelData::OwnedBytes(bytes), 1) => set_bits(bytes, f * pixels, pixels, out),
+            (PixelData::Bytes(bytes), bits) => {
+                keep(out, &mut native_samples(bytes, bits, f, pixels))
             }
-            (PixelData::Bytes(bytes), bits) => read_native(bytes, bits, f, pixels, out),
-            (PixelData::OwnedBytes(bytes), bits) => read_native(bytes, bits, f, pixels, out),
+            (PixelData::OwnedBytes(bytes), bits) => {
+                keep(out, &mut native_samples(bytes, bits, f, pixels))
+            }
         }
         Ok(())
     }
@@ -652,11 +663,8 @@ impl<'a> Seg<'a> {
         let mut soft_boxes: Vec<Option<BoundingBox>> = vec![None; self.segments.len()];
         let mut values = Vec::new();
         for (f, &z) in slices.iter().enumerate() {
-            self.read_frame(&data, f, &mut values)?;
-            for (i, &v) in values.iter().enumerate() {
-                if v == 0 {
-                    continue;
-                }
+            self.nonzero_pixels(&data, f, &mut values)?;
+            for &(i, v) in &values {
                 let p = BoundingBox::point(at(i, z));
                 if self.kind == SegKind::Fractional {
                     let slot = *known
@@ -687,11 +695,8 @@ impl<'a> Seg<'a> {
             })
             .collect();
         for (f, &z) in slices.iter().enumerate() {
-            self.read_frame(&data, f, &mut values)?;
-            for (i, &v) in values.iter().enumerate() {
-                if v == 0 {
-                    continue;
-                }
+            self.nonzero_pixels(&data, f, &mut values)?;
+            for &(i, v) in &values {
                 let p = at(i, z);
                 if self.kind == SegKind::Fractional
                     && let Some(slot) = known.get(&self.frames[f].segment.unwrap_or_default())
@@ -772,23 +777,44 @@ enum PixelData<'a> {
     Rle(&'a [Vec<u8>]),
 }
 
-/// Native samples of frame `f`: 1-bit frames are packed back to back across byte
-/// boundaries, first pixel in the lowest bit.
-fn read_native(bytes: &[u8], bits: usize, f: usize, pixels: usize, out: &mut Vec<u16>) {
-    match bits {
-        1 => out.extend(
-            (f * pixels..(f + 1) * pixels).map(|bit| ((bytes[bit / 8] >> (bit % 8)) & 1) as u16),
-        ),
-        8 => out.extend(
+/// The set pixels of a 1-bit frame of `pixels` starting at bit `start`. Frames are
+/// packed back to back across byte boundaries, first pixel in the lowest bit; zero
+/// bytes are skipped whole.
+fn set_bits(bytes: &[u8], start: usize, pixels: usize, out: &mut Vec<(usize, u16)>) {
+    let end = start + pixels;
+    for byte in start / 8..end.div_ceil(8) {
+        let b = bytes[byte];
+        if b == 0 {
+            continue;
+        }
+        for bit in 0..8 {
+            let index = byte * 8 + bit;
+            if (b >> bit) & 1 == 1 && (start..end).contains(&index) {
+                out.push((index - start, 1));
+            }
+        }
+    }
+}
+
+/// 8- or 16-bit (little-endian) samples of frame `f`.
+fn native_samples(
+    bytes: &[u8],
+    bits: usize,
+    f: usize,
+    pixels: usize,
+) -> Box<dyn Iterator<Item = u16> + '_> {
+    if bits == 8 {
+        Box::new(
             bytes[f * pixels..(f + 1) * pixels]
                 .iter()
                 .map(|&b| b as u16),
-        ),
-        _ => out.extend(
+        )
+    } else {
+        Box::new(
             bytes[2 * f * pixels..2 * (f + 1) * pixels]
                 .chunks_exact(2)
                 .map(|b| u16::from_le_bytes([b[0], b[1]])),
-        ),
+        )
     }
 }
 

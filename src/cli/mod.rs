@@ -2,6 +2,7 @@
 
 mod eval;
 mod output;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -19,6 +20,13 @@ struct Cli {
 enum Command {
     /// Score prediction files against reference files, offline.
     Eval(eval::EvalArgs),
+    /// Run the service: REST API, job workers and metrics.
+    Serve(serve::ServeArgs),
+    /// Apply the database migrations.
+    Migrate(serve::ConfigArgs),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(serve::KeysCommand),
 }
 
 /// Parses the command line, runs the command and maps failure to an exit code.
@@ -26,6 +34,9 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Eval(args) => eval::run(args),
+        Command::Serve(args) => serve::serve(args).map(|_| ExitCode::SUCCESS),
+        Command::Migrate(args) => serve::migrate(args).map(|_| ExitCode::SUCCESS),
+        Command::Keys(command) => serve::keys(command).map(|_| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

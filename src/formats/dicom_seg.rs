@@ -151,7 +151,7 @@ fn check_structure(body: &[u8]) -> Result<(), FormatError> {
         Problem::Truncated(m) => FormatError::Truncated(m),
         Problem::Malformed(m) => invalid(m),
     };
-    dicom_structure::meta_group_len(&body[4..]).map_err(to_error)?;
+    dicom_structure::check_meta_group(&body[4..]).map_err(to_error)?;
     let mut data_set = body;
     let meta = dicom_object::FileMetaTable::from_reader(&mut data_set)
         .map_err(|e| invalid(format!("file meta group: {e}")))?;

@@ -86,26 +86,36 @@ impl Walker<'_> {
                 .bytes
                 .get(self.at + 4..self.at + 6)
                 .ok_or_else(ends_in_header)?;
-            let long = matches!(
+            // Only these VRs have a 2-byte length; the parser reads any other,
+            // unknown ones included (as UN), with a 4-byte length.
+            let short = matches!(
                 vr,
-                b"OB"
-                    | b"OD"
-                    | b"OF"
-                    | b"OL"
-                    | b"OV"
-                    | b"OW"
-                    | b"SQ"
-                    | b"UC"
-                    | b"UN"
-                    | b"UR"
-                    | b"UT"
-                    | b"SV"
-                    | b"UV"
+                b"AE"
+                    | b"AS"
+                    | b"AT"
+                    | b"CS"
+                    | b"DA"
+                    | b"DS"
+                    | b"DT"
+                    | b"FL"
+                    | b"FD"
+                    | b"IS"
+                    | b"LO"
+                    | b"LT"
+                    | b"PN"
+                    | b"SH"
+                    | b"SL"
+                    | b"SS"
+                    | b"ST"
+                    | b"TM"
+                    | b"UI"
+                    | b"UL"
+                    | b"US"
             );
-            let (len, size) = if long {
-                (self.u32(self.at + 8)?, 12)
-            } else {
+            let (len, size) = if short {
                 (self.u16(self.at + 6)? as u32, 8)
+            } else {
+                (self.u32(self.at + 8)?, 12)
             };
             self.at += size;
             // UN of undefined length holds an implicit-VR sequence.
@@ -246,9 +256,11 @@ impl Walker<'_> {
     }
 }
 
-/// Length in bytes of the file meta group at the start of `bytes` (after "DICM"),
-/// checking that every element fits: the meta parser reserves declared lengths.
-pub fn meta_group_len(bytes: &[u8]) -> Result<usize, Problem> {
+/// Checks the file meta group at the start of `bytes` (after "DICM") the way
+/// the meta parser reads it: the group length first, then elements (of any
+/// group) until that many bytes are read; every value must fit in the data,
+/// because the meta parser reserves declared lengths before reading.
+pub fn check_meta_group(bytes: &[u8]) -> Result<(), Problem> {
     let mut walker = Walker {
         bytes,
         at: 0,
@@ -257,16 +269,25 @@ pub fn meta_group_len(bytes: &[u8]) -> Result<usize, Problem> {
             big_endian: false,
         },
     };
-    while walker.at + 4 <= bytes.len() && walker.u16(walker.at)? == 0x0002 {
-        let (_, sequence, len) = walker.header()?;
-        if sequence || len == UNDEFINED {
+    let (tag, _, len) = walker.header()?;
+    if tag != (0x0002, 0x0000) || len != 4 {
+        return Err(Problem::Malformed(
+            "the file meta group does not start with its group length".into(),
+        ));
+    }
+    let group_length = walker.u32(walker.at)? as usize;
+    walker.at += 4;
+    let start = walker.at;
+    while walker.at - start < group_length {
+        let (_, _, len) = walker.header()?;
+        if len == UNDEFINED {
             return Err(Problem::Malformed(
-                "the file meta group holds a sequence".into(),
+                "an element of the file meta group has an undefined length".into(),
             ));
         }
         walker.skip(len, bytes.len())?;
     }
-    Ok(walker.at)
+    Ok(())
 }
 
 fn ends_in_header() -> Problem {

@@ -82,6 +82,46 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Segmentation, FormatError
     }
 }
 
+/// A decoded upload, with what the service keeps about where it came from.
+pub struct Decoded {
+    pub segmentation: Segmentation,
+    /// `nifti` or `dicom_seg`.
+    pub format: &'static str,
+    /// DICOM SEG only.
+    pub provenance: Option<dicom_seg::Provenance>,
+}
+
+/// Decodes an upload (NIfTI or DICOM SEG), keeping DICOM provenance.
+pub fn decode_upload(bytes: &[u8], limits: &Limits) -> Result<Decoded, FormatError> {
+    if is_dicom(bytes) {
+        let image = dicom_seg::decode(bytes, limits)?;
+        let provenance = Some(image.provenance.clone());
+        Ok(Decoded {
+            segmentation: image.into_segmentation(),
+            format: "dicom_seg",
+            provenance,
+        })
+    } else {
+        Ok(Decoded {
+            segmentation: Segmentation::LabelMap(nifti::decode(bytes, limits)?),
+            format: "nifti",
+            provenance: None,
+        })
+    }
+}
+
+/// An upper bound of the voxels an upload decodes to, read from its header
+/// without decoding (for admission to the compute pool).
+pub fn estimated_voxels(bytes: &[u8], limits: &Limits) -> u64 {
+    let estimate = if is_dicom(bytes) {
+        // 1-bit frames hold 8 voxels a byte.
+        bytes.len() as u64 * 8
+    } else {
+        nifti::declared_voxels(bytes).unwrap_or(bytes.len() as u64)
+    };
+    estimate.min(limits.max_voxels)
+}
+
 /// A DICOM Part 10 file: "DICM" after the 128-byte preamble, or at the start.
 pub fn is_dicom(head: &[u8]) -> bool {
     head.get(128..132) == Some(b"DICM") || head.starts_with(b"DICM")

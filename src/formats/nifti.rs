@@ -62,6 +62,20 @@ fn read<R: BufRead>(
     }
 }
 
+/// Voxels a NIfTI header declares, without reading the data; None if the
+/// header cannot be read.
+pub fn declared_voxels(bytes: &[u8]) -> Option<u64> {
+    let header = if bytes.starts_with(&GZIP_MAGIC) {
+        read_header(&mut MultiGzDecoder::new(bytes)).ok()?
+    } else {
+        read_header(&mut &bytes[..]).ok()?
+    };
+    let (shape, _) = shape_of(&header).ok()?;
+    shape
+        .iter()
+        .try_fold(1u64, |acc, &n| acc.checked_mul(n as u64))
+}
+
 /// Maps inflate failures, which surface as I/O errors, to format errors.
 fn gzip_context(err: FormatError) -> FormatError {
     match err {

@@ -11,7 +11,7 @@ use super::surface::{Surface, label_surfaces};
 use super::{Counts, Settings, StructureMetrics, SurfaceMode, score_labels, score_structure};
 use crate::schema::{Schema, UnknownPolicy};
 use crate::volume::{
-    BoundingBox, BoxMask, Grid, GridMismatch, LabelVolume, Labels, Segment, Segmentation,
+    BoundingBox, BoxMask, Grid, GridMismatch, LabelVolume, Labels, Layout, Segment, Segmentation,
 };
 
 /// What to score.
@@ -61,6 +61,33 @@ pub fn evaluate(
         _ => evaluate_segments(&grid, &pred_side, &ref_side, request)?,
     };
     Ok(Evaluation { grid, structures })
+}
+
+/// Whether two segmentations of these layouts can be compared: the same checks as
+/// scoring makes, without the voxels.
+pub fn check_layouts(pred: &Layout, reference: &Layout) -> Result<(), PairingError> {
+    match (pred, reference) {
+        (Layout::LabelMap(p), Layout::LabelMap(r)) => r.map_covering(p).map(|_| ()),
+        (Layout::Segments(p), Layout::Segments(r)) => r.map_onto(p).map(|_| ()),
+        (Layout::LabelMap(l), Layout::Segments(s)) | (Layout::Segments(s), Layout::LabelMap(l)) => {
+            s.map_inside(l).map(|_| ())
+        }
+    }
+    .map_err(PairingError::Grid)
+}
+
+/// Fails when the schema rejects unlisted structures and `segmentation` has one.
+pub fn check_structures(segmentation: &Segmentation, schema: &Schema) -> Result<(), PairingError> {
+    match segmentation {
+        Segmentation::LabelMap(v) => {
+            let present = overlap(&v.labels, &v.labels, v.grid.shape).present_labels();
+            check_known(schema, present.iter().map(|&l| (Some(l), None)))
+        }
+        Segmentation::Segments { segments, .. } => check_known(
+            schema,
+            segments.iter().map(|s| (None, Some(s.code.as_str()))),
+        ),
+    }
 }
 
 /// Brings both sides onto one grid, moving voxels exactly, never resampling.

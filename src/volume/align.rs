@@ -151,6 +151,48 @@ impl Grid {
         Ok(())
     }
 
+    /// Where this grid's voxels land on `target` when they cover it exactly, as
+    /// the same grid stored with axes in another order or direction.
+    pub fn map_covering(&self, target: &Grid) -> Result<GridMap, GridMismatch> {
+        let map = self.map_onto(target)?;
+        let (min, max) = map.map_box(BoundingBox {
+            min: [0; 3],
+            max: [0, 1, 2].map(|a| self.shape[a] - 1),
+        });
+        if (0..3).all(|t| min[t] == 0 && max[t] == target.shape[t] as i64 - 1) {
+            return Ok(map);
+        }
+        let mut shape = [0usize; 3];
+        for a in 0..3 {
+            shape[map.axes[a]] = self.shape[a];
+        }
+        let shape = shape[..self.dims as usize].to_vec();
+        Err(if shape != target.shape_vec() {
+            GridMismatch::Shape(target.shape_vec(), shape)
+        } else {
+            GridMismatch::Origin {
+                distance_mm: (0..3)
+                    .map(|t| (min[t] as f64 * target.spacing[t]).powi(2))
+                    .sum::<f64>()
+                    .sqrt(),
+            }
+        })
+    }
+
+    /// Whether this grid's voxels all land inside `target` (a slice range of it).
+    pub fn map_inside(&self, target: &Grid) -> Result<GridMap, GridMismatch> {
+        let map = self.map_onto(target)?;
+        let (min, max) = map.map_box(BoundingBox {
+            min: [0; 3],
+            max: [0, 1, 2].map(|a| self.shape[a] - 1),
+        });
+        if (0..3).all(|t| min[t] >= 0 && max[t] < target.shape[t] as i64) {
+            Ok(map)
+        } else {
+            Err(GridMismatch::Extent)
+        }
+    }
+
     /// This grid cut or grown to target voxels `min..=max` along its own axes.
     pub fn window(&self, min: [i64; 3], max: [i64; 3]) -> Grid {
         let mut grid = self.clone();
@@ -211,29 +253,7 @@ impl LabelVolume {
     /// The same labels stored in `target`'s axis order and direction; the volume must
     /// cover exactly the target grid.
     pub fn reoriented_onto(&self, target: &Grid) -> Result<LabelVolume, GridMismatch> {
-        let map = self.grid.map_onto(target)?;
-        let (min, max) = map.map_box(BoundingBox {
-            min: [0; 3],
-            max: [0, 1, 2].map(|a| self.grid.shape[a] - 1),
-        });
-        let covers = (0..3).all(|t| min[t] == 0 && max[t] == target.shape[t] as i64 - 1);
-        if !covers {
-            let mut shape = [0usize; 3];
-            for a in 0..3 {
-                shape[map.axes[a]] = self.grid.shape[a];
-            }
-            let shape = shape[..self.grid.dims as usize].to_vec();
-            return Err(if shape != target.shape_vec() {
-                GridMismatch::Shape(target.shape_vec(), shape)
-            } else {
-                GridMismatch::Origin {
-                    distance_mm: (0..3)
-                        .map(|t| (min[t] as f64 * target.spacing[t]).powi(2))
-                        .sum::<f64>()
-                        .sqrt(),
-                }
-            });
-        }
+        let map = self.grid.map_covering(target)?;
         if map == GridMap::IDENTITY {
             return Ok(LabelVolume {
                 grid: target.clone(),

@@ -9,7 +9,7 @@ mod segments;
 
 pub use align::GridMap;
 pub use mask::BoxMask;
-pub use segments::{FractionMap, Segment, Segmentation};
+pub use segments::{FractionMap, Layout, Segment, Segmentation};
 use serde::Serialize;
 
 /// Tolerance for spacing and origin when comparing grids, in mm.
@@ -18,7 +18,7 @@ pub const GRID_TOLERANCE_MM: f64 = 1e-3;
 pub const GRID_TOLERANCE_RAD: f64 = 1e-4;
 
 /// The sampling grid of an image: shape, spacing and voxel-to-world affine.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Grid {
     /// Voxels along x, y, z (z is 1 for 2D images).
     pub shape: [usize; 3],
@@ -45,6 +45,8 @@ pub enum GridMismatch {
     Origin { distance_mm: f64 },
     #[error("the same voxels are stored with axes in another order or direction")]
     Layout,
+    #[error("the segmentation reaches outside the other image")]
+    Extent,
 }
 
 impl Grid {

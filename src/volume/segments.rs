@@ -12,7 +12,24 @@ pub enum Segmentation {
     Segments { grid: Grid, segments: Vec<Segment> },
 }
 
+/// How a segmentation is stored, without its voxels: enough to tell whether it
+/// can be compared with another.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", content = "grid", rename_all = "snake_case")]
+pub enum Layout {
+    LabelMap(Grid),
+    Segments(Grid),
+}
+
 impl Segmentation {
+    /// The layout of this segmentation.
+    pub fn layout(&self) -> Layout {
+        match self {
+            Segmentation::LabelMap(v) => Layout::LabelMap(v.grid.clone()),
+            Segmentation::Segments { grid, .. } => Layout::Segments(grid.clone()),
+        }
+    }
+
     /// The grid the segmentation is stored on.
     pub fn grid(&self) -> &Grid {
         match self {

@@ -1,0 +1,235 @@
+//! `segwatch serve`, `segwatch migrate` and `segwatch keys`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use tracing::{info, warn};
+
+use crate::compute::Compute;
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::store::{Role, Store};
+use crate::telemetry::{self, Metrics};
+use crate::worker::Workers;
+
+/// Where the configuration comes from.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file; `SEGWATCH_*` environment variables override it.
+    #[arg(long, env = "SEGWATCH_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        Ok(Config::load(self.config.as_deref(), |name| {
+            std::env::var(name).ok()
+        })?)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Do not apply migrations at start.
+    #[arg(long)]
+    no_migrate: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print its token (shown once, stored hashed).
+    Create {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The site an ingest key may write and read.
+        #[arg(long)]
+        site: Option<String>,
+        #[arg(long, value_enum)]
+        role: Role,
+        /// A note on what the key is for.
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// List keys (never their secrets).
+    List {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Revoke a key by its id.
+    Revoke {
+        #[command(flatten)]
+        config: ConfigArgs,
+        id: String,
+    },
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Applies the migrations.
+pub fn migrate(args: ConfigArgs) -> anyhow::Result<()> {
+    let config = args.load()?;
+    runtime()?.block_on(async {
+        let store = Store::connect(&config.database_url, 2)?;
+        store.migrate().await?;
+        eprintln!("segwatch: migrations applied");
+        Ok(())
+    })
+}
+
+/// Manages keys.
+pub fn keys(command: KeysCommand) -> anyhow::Result<()> {
+    let config = match &command {
+        KeysCommand::Create { config, .. }
+        | KeysCommand::List { config }
+        | KeysCommand::Revoke { config, .. } => config.load()?,
+    };
+    runtime()?.block_on(async {
+        let store = Store::connect(&config.database_url, 2)?;
+        match command {
+            KeysCommand::Create {
+                site, role, label, ..
+            } => {
+                if role == Role::Ingest && site.is_none() {
+                    anyhow::bail!("an ingest key needs --site");
+                }
+                if let Some(site) = &site {
+                    http::valid_key("site", site).map_err(|p| anyhow::anyhow!(p.detail))?;
+                }
+                println!(
+                    "{}",
+                    store
+                        .create_key(role, site.as_deref(), label.as_deref())
+                        .await?
+                );
+            }
+            KeysCommand::List { .. } => {
+                for key in store.list_keys().await? {
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}{}",
+                        key.id,
+                        serde_json::to_value(&key.role)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default(),
+                        key.site.unwrap_or_else(|| "*".into()),
+                        key.created_at.to_rfc3339(),
+                        key.label.unwrap_or_default(),
+                        key.revoked_at
+                            .map(|t| format!("\trevoked {}", t.to_rfc3339()))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            KeysCommand::Revoke { id, .. } => {
+                if !store.revoke_key(&id).await? {
+                    anyhow::bail!("no active key {id}");
+                }
+                eprintln!("segwatch: key {id} revoked");
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Runs the service until SIGINT or SIGTERM.
+pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = args.config.load()?;
+    if args.no_migrate {
+        config.migrate = false;
+    }
+    telemetry::init_logging(&config.log_format);
+    let config = Arc::new(config);
+    runtime()?.block_on(async move {
+        let store = Store::connect(
+            &config.database_url,
+            (config.concurrency() as u32 * 2 + 8).max(10),
+        )?;
+        if config.migrate {
+            migrate_when_reachable(&store).await?;
+        }
+        let compute = Compute::new(config.threads(), config.workers.memory_budget_voxels)?;
+        let metrics = Metrics::new();
+        let state = AppState {
+            store: store.clone(),
+            compute: compute.clone(),
+            config: config.clone(),
+            metrics: metrics.clone(),
+        };
+        if !config.workers.disabled {
+            Workers::new(store.clone(), compute, config.clone(), metrics.clone()).spawn();
+        }
+        tokio::spawn(periodic(store, config.clone(), metrics));
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        info!(address = %config.listen, threads = config.threads(), "segwatch serving");
+        axum::serve(listener, http::router(state))
+            .with_graceful_shutdown(shutdown())
+            .await?;
+        Ok(())
+    })
+}
+
+/// Applies migrations, waiting for the database if it is still starting.
+async fn migrate_when_reachable(store: &Store) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(500);
+    for attempt in 1..=10 {
+        match store.migrate().await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < 10 => {
+                warn!(error = %e, "cannot migrate yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Refreshes queue gauges and purges expired uploads.
+async fn periodic(store: Store, config: Arc<Config>, metrics: Metrics) {
+    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    let mut purged_at = tokio::time::Instant::now() - Duration::from_secs(3600);
+    loop {
+        tick.tick().await;
+        if let Ok((queued, running)) = store.job_counts().await {
+            metrics.jobs_queued.set(queued);
+            metrics.jobs_running.set(running);
+        }
+        if purged_at.elapsed() >= Duration::from_secs(3600) {
+            purged_at = tokio::time::Instant::now();
+            match store.purge_scored(config.retention_days).await {
+                Ok(0) => {}
+                Ok(n) => info!(purged = n, "dropped voxels of segmentations past retention"),
+                Err(e) => warn!(error = %e, "retention purge failed"),
+            }
+        }
+    }
+}
+
+async fn shutdown() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    info!("shutting down");
+}

@@ -1,0 +1,284 @@
+//! Service configuration: a TOML file (optional) overridden by environment
+//! variables `SEGWATCH_*`.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::metrics::SurfaceMode;
+
+/// Everything `segwatch serve` can be told.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Postgres connection string (`SEGWATCH_DATABASE_URL`).
+    pub database_url: String,
+    /// Address to listen on (`SEGWATCH_LISTEN`).
+    pub listen: String,
+    /// Apply migrations at start (`SEGWATCH_MIGRATE`).
+    pub migrate: bool,
+    /// `text` or `json` logs (`SEGWATCH_LOG_FORMAT`).
+    pub log_format: String,
+    pub limits: LimitsConfig,
+    pub workers: WorkersConfig,
+    pub scoring: ScoringConfig,
+    /// Days a scored segmentation is kept for drill-down before its voxels are
+    /// purged (results are kept) (`SEGWATCH_RETENTION_DAYS`).
+    pub retention_days: u32,
+}
+
+/// Sizes the service accepts.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest upload body after transfer decompression, in bytes.
+    pub max_upload_bytes: usize,
+    /// Largest image, in voxels.
+    pub max_voxels: u64,
+    /// Largest decompressed voxel data, in bytes.
+    pub max_decompressed_bytes: u64,
+    /// Jobs waiting or running beyond which uploads get 503.
+    pub max_queue_depth: i64,
+    /// Seconds a request may take.
+    pub request_timeout_secs: u64,
+}
+
+/// The job workers and the compute pool.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkersConfig {
+    /// Threads of the compute pool (0: one per core).
+    pub threads: usize,
+    /// Jobs scored at once (0: as many as threads).
+    pub concurrency: usize,
+    /// Voxels decoded and scored at once, across uploads and jobs.
+    pub memory_budget_voxels: u64,
+    /// Seconds a claimed job stays leased without a heartbeat.
+    pub lease_secs: u64,
+    /// Attempts before a job fails for good.
+    pub max_attempts: i32,
+    /// Polling interval when no notification arrives, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// Run no workers (an API-only replica).
+    pub disabled: bool,
+}
+
+/// How cases are scored.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScoringConfig {
+    pub surface: SurfaceMode,
+    /// NSD tolerance of structures whose schema sets none, in mm.
+    pub default_tolerance_mm: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            database_url: "postgres://postgres@127.0.0.1:5432/segwatch".into(),
+            listen: "127.0.0.1:8080".into(),
+            migrate: true,
+            log_format: "text".into(),
+            limits: LimitsConfig::default(),
+            workers: WorkersConfig::default(),
+            scoring: ScoringConfig::default(),
+            retention_days: 30,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_upload_bytes: 512 << 20,
+            max_voxels: 512 * 512 * 2048,
+            max_decompressed_bytes: 2 << 30,
+            max_queue_depth: 10_000,
+            request_timeout_secs: 120,
+        }
+    }
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        WorkersConfig {
+            threads: 0,
+            concurrency: 0,
+            memory_budget_voxels: 4 * 512 * 512 * 300,
+            lease_secs: 60,
+            max_attempts: 5,
+            poll_interval_ms: 2000,
+            disabled: false,
+        }
+    }
+}
+
+impl Default for ScoringConfig {
+    fn default() -> Self {
+        ScoringConfig {
+            surface: SurfaceMode::Voxel,
+            default_tolerance_mm: 1.0,
+        }
+    }
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("invalid configuration file {0}: {1}")]
+    Parse(String, String),
+    #[error("invalid environment variable {0}: {1}")]
+    Env(String, String),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads `path` (if given), then applies `SEGWATCH_*` variables from `env`.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            Some(path) => {
+                let name = path.display().to_string();
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::Read(name.clone(), e))?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse(name, e.to_string()))?
+            }
+            None => Config::default(),
+        };
+        fn parse<T: std::str::FromStr>(name: &str, value: String) -> Result<T, ConfigError> {
+            value
+                .parse()
+                .map_err(|_| ConfigError::Env(name.into(), format!("cannot parse {value:?}")))
+        }
+        let var = |name: &str| env(name).filter(|v| !v.is_empty());
+        if let Some(v) = var("SEGWATCH_DATABASE_URL") {
+            config.database_url = v;
+        }
+        if let Some(v) = var("SEGWATCH_LISTEN") {
+            config.listen = v;
+        }
+        if let Some(v) = var("SEGWATCH_MIGRATE") {
+            config.migrate = parse("SEGWATCH_MIGRATE", v)?;
+        }
+        if let Some(v) = var("SEGWATCH_LOG_FORMAT") {
+            config.log_format = v;
+        }
+        if let Some(v) = var("SEGWATCH_RETENTION_DAYS") {
+            config.retention_days = parse("SEGWATCH_RETENTION_DAYS", v)?;
+        }
+        if let Some(v) = var("SEGWATCH_MAX_UPLOAD_BYTES") {
+            config.limits.max_upload_bytes = parse("SEGWATCH_MAX_UPLOAD_BYTES", v)?;
+        }
+        if let Some(v) = var("SEGWATCH_MAX_VOXELS") {
+            config.limits.max_voxels = parse("SEGWATCH_MAX_VOXELS", v)?;
+        }
+        if let Some(v) = var("SEGWATCH_MAX_QUEUE_DEPTH") {
+            config.limits.max_queue_depth = parse("SEGWATCH_MAX_QUEUE_DEPTH", v)?;
+        }
+        if let Some(v) = var("SEGWATCH_WORKER_THREADS") {
+            config.workers.threads = parse("SEGWATCH_WORKER_THREADS", v)?;
+        }
+        if let Some(v) = var("SEGWATCH_WORKER_CONCURRENCY") {
+            config.workers.concurrency = parse("SEGWATCH_WORKER_CONCURRENCY", v)?;
+        }
+        if let Some(v) = var("SEGWATCH_MEMORY_BUDGET_VOXELS") {
+            config.workers.memory_budget_voxels = parse("SEGWATCH_MEMORY_BUDGET_VOXELS", v)?;
+        }
+        if let Some(v) = var("SEGWATCH_LEASE_SECS") {
+            config.workers.lease_secs = parse("SEGWATCH_LEASE_SECS", v)?;
+        }
+        if let Some(v) = var("SEGWATCH_POLL_INTERVAL_MS") {
+            config.workers.poll_interval_ms = parse("SEGWATCH_POLL_INTERVAL_MS", v)?;
+        }
+        if let Some(v) = var("SEGWATCH_WORKERS_DISABLED") {
+            config.workers.disabled = parse("SEGWATCH_WORKERS_DISABLED", v)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return bad("log_format must be text or json");
+        }
+        if self.workers.lease_secs == 0 || self.workers.max_attempts < 1 {
+            return bad("workers.lease_secs and workers.max_attempts must be at least 1");
+        }
+        if self.workers.memory_budget_voxels < 1 << 20 {
+            return bad("workers.memory_budget_voxels must be at least 1048576");
+        }
+        if !(self.scoring.default_tolerance_mm.is_finite()
+            && self.scoring.default_tolerance_mm >= 0.0)
+        {
+            return bad("scoring.default_tolerance_mm must be a number ≥ 0");
+        }
+        Ok(())
+    }
+
+    /// Compute threads: configured, or one per core.
+    pub fn threads(&self) -> usize {
+        match self.workers.threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// Jobs in flight: configured, or one per compute thread.
+    pub fn concurrency(&self) -> usize {
+        match self.workers.concurrency {
+            0 => self.threads(),
+            n => n,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("segwatch.toml");
+        std::fs::write(
+            &path,
+            "listen = \"0.0.0.0:9000\"\nretention_days = 7\n[workers]\nthreads = 3\n[scoring]\nsurface = \"surfel\"\n",
+        )
+        .unwrap();
+        let env = |name: &str| match name {
+            "SEGWATCH_DATABASE_URL" => Some("postgres://x/y".to_owned()),
+            "SEGWATCH_LISTEN" => Some("127.0.0.1:1234".to_owned()),
+            _ => None,
+        };
+        let config = Config::load(Some(&path), env).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:1234");
+        assert_eq!(config.database_url, "postgres://x/y");
+        assert_eq!(config.retention_days, 7);
+        assert_eq!(config.threads(), 3);
+        assert_eq!(config.scoring.surface, SurfaceMode::Surfel);
+    }
+
+    #[test]
+    fn defaults_and_errors() {
+        let config = Config::load(None, |_| None).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:8080");
+        let err = Config::load(None, |n| {
+            (n == "SEGWATCH_LEASE_SECS").then(|| "soon".to_owned())
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("SEGWATCH_LEASE_SECS"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "unknown_key = 1\n").unwrap();
+        assert!(matches!(
+            Config::load(Some(&path), |_| None),
+            Err(ConfigError::Parse(..))
+        ));
+    }
+}

@@ -1,0 +1,194 @@
+//! The REST API: thin axum handlers over the store and the compute pool.
+
+mod auth;
+mod cases;
+mod models;
+pub mod problem;
+mod uploads;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use tower_http::compression::CompressionLayer;
+use tower_http::decompression::RequestDecompressionLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_scalar::{Scalar, Servable};
+
+pub use problem::Problem;
+pub use uploads::ACQUISITION_HEADER;
+
+use crate::compute::Compute;
+use crate::config::Config;
+use crate::store::Store;
+use crate::telemetry::Metrics;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub compute: Compute,
+    pub config: Arc<Config>,
+    pub metrics: Metrics,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "segwatch", description = "Scores AI segmentations against radiologists' corrections and watches quality over time."),
+    paths(uploads::put_prediction, uploads::put_reference, cases::get_case, cases::list_cases,
+          models::put_structures, models::get_structures, healthz, readyz),
+    components(schemas(Problem, uploads::UploadAccepted)),
+    modifiers(&BearerAuth),
+    tags((name = "uploads", description = "PACS integrations send segmentations"),
+         (name = "cases", description = "Results for drill-down"),
+         (name = "models", description = "Structure schemas of model versions"),
+         (name = "operations", description = "Health and readiness"))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(components) = openapi.components.as_mut() {
+            components.add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+    }
+}
+
+/// Site, case, model and version keys: 1 to 128 of `A-Z a-z 0-9 . _ -`.
+pub fn valid_key(what: &str, value: &str) -> Result<(), Problem> {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Problem::bad_request(
+            "invalid-key",
+            "Invalid identifier",
+            format!("{what} must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' or '-'"),
+        ))
+    }
+}
+
+/// The router with every route and layer.
+pub fn router(state: AppState) -> Router {
+    let limits = &state.config.limits;
+    let api = Router::new()
+        .route(
+            "/v1/sites/{site}/cases/{case}/prediction",
+            put(uploads::put_prediction),
+        )
+        .route(
+            "/v1/sites/{site}/cases/{case}/reference",
+            put(uploads::put_reference),
+        )
+        .route("/v1/sites/{site}/cases/{case}", get(cases::get_case))
+        .route("/v1/sites/{site}/cases", get(cases::list_cases))
+        .route(
+            "/v1/models/{model}/versions/{version}/structures",
+            put(models::put_structures).get(models::get_structures),
+        )
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .merge(Scalar::with_url("/docs", ApiDoc::openapi()))
+        .fallback(|| async { Problem::not_found("no such route") })
+        // Bodies are limited after transfer decompression.
+        .layer(DefaultBodyLimit::max(limits.max_upload_bytes))
+        .layer(RequestDecompressionLayer::new())
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state.clone());
+    let request_id = HeaderName::from_static("x-request-id");
+    api.layer(CompressionLayer::new())
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(limits.request_timeout_secs),
+        ))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(move |request: &Request| {
+                let id = request
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                // The route template, never the path: paths carry case keys.
+                let route = request
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map(MatchedPath::as_str)
+                    .unwrap_or("-");
+                tracing::info_span!("request", method = %request.method(), route, request_id = id)
+            }),
+        )
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// Records request latency by route template.
+async fn observe(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    app.metrics
+        .http_request_duration_seconds
+        .with_label_values(&[route.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "the process is up")))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "database reachable, migrations current"), (status = 503, body = Problem)))]
+async fn readyz(State(app): State<AppState>) -> Result<&'static str, Problem> {
+    match app.store.ready().await {
+        Ok(true) => Ok("ready\n"),
+        Ok(false) => Err(Problem::unavailable(
+            "migrations are not all applied; run segwatch migrate",
+            10,
+        )),
+        Err(e) => Err(Problem::unavailable(
+            format!("database not reachable: {e}"),
+            5,
+        )),
+    }
+}
+
+async fn metrics(State(app): State<AppState>, _auth: auth::Auth) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        ApiDoc::openapi().to_pretty_json().unwrap_or_default(),
+    )
+        .into_response()
+}

@@ -1,0 +1,200 @@
+//! RFC 9457 problem details: every error is `application/problem+json` with a
+//! specific type, title and detail.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::formats::FormatError;
+use crate::metrics::pairing::PairingError;
+use crate::store::StoreError;
+
+/// A problem answer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Problem {
+    /// A stable identifier of the kind of problem.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Seconds to wait before retrying (503).
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, slug: &str, title: &str, detail: impl Into<String>) -> Problem {
+        Problem {
+            kind: format!("https://segwatch.dev/problems/{slug}"),
+            title: title.into(),
+            status: status.as_u16(),
+            detail: detail.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(slug: &str, title: &str, detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::BAD_REQUEST, slug, title, detail)
+    }
+
+    pub fn unauthorized(detail: impl Into<String>) -> Problem {
+        Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Missing or invalid API key",
+            detail,
+        )
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Problem {
+        Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "This key may not do that",
+            detail,
+        )
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
+    }
+
+    pub fn unavailable(detail: impl Into<String>, retry_after: u64) -> Problem {
+        Problem {
+            retry_after: Some(retry_after),
+            ..Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service temporarily unavailable",
+                detail,
+            )
+        }
+    }
+
+    /// The short reason used as a metric label.
+    pub fn reason(&self) -> &str {
+        self.kind.rsplit('/').next().unwrap_or("error")
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let retry_after = self.retry_after;
+        let mut response = (status, axum::Json(self)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(seconds) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for Problem {
+    fn from(err: StoreError) -> Problem {
+        if err.is_transient() {
+            Problem::unavailable("the database is unreachable; try again shortly", 5)
+        } else {
+            tracing::error!(error = %err, "store error");
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                "the request could not be completed",
+            )
+        }
+    }
+}
+
+impl From<FormatError> for Problem {
+    fn from(err: FormatError) -> Problem {
+        let detail = err.to_string();
+        let (status, slug, title) = match &err {
+            FormatError::TooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                "Segmentation too large",
+            ),
+            FormatError::Gzip(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "corrupt-gzip",
+                "Corrupt gzip data",
+            ),
+            FormatError::Truncated(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "truncated",
+                "Truncated file",
+            ),
+            FormatError::Datatype(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unsupported-datatype",
+                "Unsupported datatype",
+            ),
+            FormatError::TransferSyntax(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unsupported-transfer-syntax",
+                "Unsupported transfer syntax",
+            ),
+            FormatError::FrameCount(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "frame-count",
+                "Frame count mismatch",
+            ),
+            FormatError::Geometry(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "geometry",
+                "Inconsistent geometry",
+            ),
+            FormatError::Value(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-labels",
+                "Invalid label values",
+            ),
+            FormatError::Header(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-header",
+                "Invalid header",
+            ),
+            FormatError::NotNifti(_)
+            | FormatError::NotSegmentation(_)
+            | FormatError::Dicom(_)
+            | FormatError::Io(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unreadable-segmentation",
+                "Not a readable NIfTI or DICOM SEG segmentation",
+            ),
+        };
+        Problem::new(status, slug, title, detail)
+    }
+}
+
+impl From<PairingError> for Problem {
+    fn from(err: PairingError) -> Problem {
+        let detail = format!(
+            "{err}{}",
+            std::error::Error::source(&err)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default()
+        );
+        match err {
+            PairingError::Unknown(_) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown-structure",
+                "Unknown structure",
+                detail,
+            ),
+            PairingError::Grid(_) | PairingError::Coverage(_) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "grid-mismatch",
+                "Grid differs from the other segmentation of the case",
+                detail,
+            ),
+        }
+    }
+}

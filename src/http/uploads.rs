@@ -1,0 +1,414 @@
+//! `PUT …/prediction` and `PUT …/reference`: validate an upload completely, then
+//! store it (and enqueue its pair) in one transaction. A 2xx means it is in Postgres.
+
+use std::io::Write;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use utoipa::{IntoParams, ToSchema};
+
+use super::auth::Auth;
+use super::problem::Problem;
+use super::{AppState, valid_key};
+use crate::formats::{self, Limits};
+use crate::metrics::pairing;
+use crate::store::{NewSegmentation, SegRole};
+use crate::volume::Layout;
+
+/// Header carrying acquisition metadata as a JSON object.
+pub const ACQUISITION_HEADER: &str = "x-segwatch-acquisition";
+/// Media types that cannot be a segmentation file; anything else is sniffed.
+fn refused_media(media: &str) -> bool {
+    media.starts_with("text/")
+        || media.starts_with("multipart/")
+        || media.ends_with("json")
+        || media.ends_with("xml")
+}
+
+/// Query parameters of an upload.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UploadQuery {
+    /// Model name (required for predictions).
+    pub model: Option<String>,
+    /// Model version (required for predictions).
+    pub model_version: Option<String>,
+    pub scanner_manufacturer: Option<String>,
+    pub scanner_model: Option<String>,
+    pub slice_thickness_mm: Option<f64>,
+    pub protocol: Option<String>,
+    /// When the case happened (admin keys only, for simulations and back-fills).
+    pub observed_at: Option<DateTime<Utc>>,
+}
+
+/// The answer to an accepted upload.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UploadAccepted {
+    /// Where to follow the case.
+    pub case_url: String,
+    pub role: String,
+    pub revision: i32,
+    /// True when these bytes were already stored: nothing changed.
+    pub duplicate: bool,
+    /// True when this upload completed a pair and its scoring is queued.
+    pub queued: bool,
+}
+
+#[utoipa::path(put, path = "/v1/sites/{site}/cases/{case}/prediction", tag = "uploads",
+    params(("site" = String, Path), ("case" = String, Path, description = "pseudonymous case key"), UploadQuery),
+    request_body(content = Vec<u8>, description = "NIfTI (.nii/.nii.gz) or DICOM SEG", content_type = "application/octet-stream"),
+    responses((status = 202, body = UploadAccepted, description = "stored"), (status = 200, body = UploadAccepted, description = "already stored"),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn put_prediction(
+    state: State<AppState>,
+    auth: Auth,
+    Path((site, case)): Path<(String, String)>,
+    query: Query<UploadQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    upload(
+        state,
+        auth,
+        site,
+        case,
+        SegRole::Prediction,
+        query,
+        headers,
+        body,
+    )
+    .await
+}
+
+#[utoipa::path(put, path = "/v1/sites/{site}/cases/{case}/reference", tag = "uploads",
+    params(("site" = String, Path), ("case" = String, Path, description = "pseudonymous case key"), UploadQuery),
+    request_body(content = Vec<u8>, description = "NIfTI (.nii/.nii.gz) or DICOM SEG", content_type = "application/octet-stream"),
+    responses((status = 202, body = UploadAccepted, description = "stored"), (status = 200, body = UploadAccepted, description = "already stored"),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn put_reference(
+    state: State<AppState>,
+    auth: Auth,
+    Path((site, case)): Path<(String, String)>,
+    query: Query<UploadQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    upload(
+        state,
+        auth,
+        site,
+        case,
+        SegRole::Reference,
+        query,
+        headers,
+        body,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn upload(
+    State(app): State<AppState>,
+    auth: Auth,
+    site: String,
+    case: String,
+    role: SegRole,
+    Query(query): Query<UploadQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let result = accept(&app, &auth, &site, &case, role, query, &headers, body).await;
+    let reason = match &result {
+        Ok((status, _)) if *status == StatusCode::OK => "duplicate".to_owned(),
+        Ok(_) => "stored".to_owned(),
+        Err(problem) => problem.reason().replace('-', "_"),
+    };
+    // Refusals before the key is checked carry no trustworthy site.
+    if auth.0.can_write(&site) {
+        app.metrics
+            .segmentations_received_total
+            .with_label_values(&[site.as_str(), role.as_str(), reason.as_str()])
+            .inc();
+    }
+    let (status, accepted) = result?;
+    if status == StatusCode::ACCEPTED {
+        app.metrics
+            .last_upload_timestamp_seconds
+            .with_label_values(&[site.as_str(), role.as_str()])
+            .set(Utc::now().timestamp() as f64);
+    }
+    Ok((
+        status,
+        [(header::LOCATION, accepted.case_url.clone())],
+        Json(accepted),
+    )
+        .into_response())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn accept(
+    app: &AppState,
+    auth: &Auth,
+    site: &str,
+    case: &str,
+    role: SegRole,
+    query: UploadQuery,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, UploadAccepted), Problem> {
+    valid_key("site", site)?;
+    valid_key("case", case)?;
+    auth.write(site)?;
+    if query.observed_at.is_some() {
+        auth.admin()
+            .map_err(|_| Problem::forbidden("observed_at may only be set with an admin key"))?;
+    }
+    let (model, model_version) = match role {
+        SegRole::Prediction => {
+            let model = query.model.clone().ok_or_else(|| {
+                Problem::bad_request(
+                    "missing-model",
+                    "Missing model",
+                    "a prediction needs ?model=…&model_version=…",
+                )
+            })?;
+            let version = query.model_version.clone().ok_or_else(|| {
+                Problem::bad_request(
+                    "missing-model",
+                    "Missing model version",
+                    "a prediction needs ?model_version=…",
+                )
+            })?;
+            valid_key("model", &model)?;
+            valid_key("model_version", &version)?;
+            (Some(model), Some(version))
+        }
+        SegRole::Reference => (None, None),
+    };
+    check_content_type(headers)?;
+    let acquisition = acquisition(&query, headers)?;
+    let body = body.map_err(|e| {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            "Upload too large",
+            format!(
+                "{e}; the limit is {} bytes",
+                app.config.limits.max_upload_bytes
+            ),
+        )
+    })?;
+    if body.is_empty() {
+        return Err(Problem::bad_request(
+            "empty-body",
+            "Empty upload",
+            "the request body must be the segmentation file",
+        ));
+    }
+    let (queued, _) = app.store.job_counts().await?;
+    if queued >= app.config.limits.max_queue_depth {
+        return Err(Problem::unavailable(
+            format!("{queued} jobs are waiting; retry later"),
+            30,
+        ));
+    }
+    let case_url = format!("/v1/sites/{site}/cases/{case}");
+    let sha256 = Sha256::digest(&body).to_vec();
+    if let Some(revision) = app.store.find_duplicate(site, case, role, &sha256).await? {
+        return Ok((
+            StatusCode::OK,
+            UploadAccepted {
+                case_url,
+                role: role.as_str().into(),
+                revision,
+                duplicate: true,
+                queued: false,
+            },
+        ));
+    }
+
+    // Decode (and compress for storage) on the compute pool.
+    let limits = Limits {
+        max_voxels: app.config.limits.max_voxels,
+        max_bytes: app.config.limits.max_decompressed_bytes,
+    };
+    let voxels = formats::estimated_voxels(&body, &limits);
+    let bytes = body.clone();
+    let decoded = app
+        .compute
+        .run(voxels, move || {
+            let decoded = formats::decode_upload(&bytes, &limits)?;
+            Ok::<_, formats::FormatError>((decoded, gzip(&bytes)))
+        })
+        .await
+        .map_err(|e| {
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                e.to_string(),
+            )
+        })?;
+    let (decoded, content) = decoded?;
+    let layout = decoded.segmentation.layout();
+
+    // The structure schema of the case's model version, and the partner's grid.
+    let partner = app.store.latest(site, case, role.other()).await?;
+    let (schema_model, schema_version) = match role {
+        SegRole::Prediction => (model.clone(), model_version.clone()),
+        SegRole::Reference => (
+            partner.as_ref().and_then(|p| p.model.clone()),
+            partner.as_ref().and_then(|p| p.model_version.clone()),
+        ),
+    };
+    if let (Some(m), Some(v)) = (&schema_model, &schema_version)
+        && let Some(schema) = app.store.schema(m, v).await?
+    {
+        pairing::check_structures(&decoded.segmentation, &schema)?;
+    }
+    if let Some(partner) = &partner {
+        let partner_layout: Layout = serde_json::from_value(partner.grid.clone()).map_err(|e| {
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                format!("stored grid: {e}"),
+            )
+        })?;
+        match role {
+            SegRole::Prediction => pairing::check_layouts(&layout, &partner_layout)?,
+            SegRole::Reference => pairing::check_layouts(&partner_layout, &layout)?,
+        }
+    }
+
+    let new = NewSegmentation {
+        site: site.into(),
+        case_key: case.into(),
+        role,
+        sha256,
+        format: decoded.format,
+        content,
+        voxels: decoded.segmentation.grid().len() as i64,
+        grid: serde_json::to_value(&layout).unwrap_or(Value::Null),
+        model,
+        model_version,
+        acquisition,
+        provenance: decoded
+            .provenance
+            .map(|p| serde_json::to_value(p).unwrap_or(Value::Null)),
+        observed_at: query.observed_at,
+    };
+    let stored = app.store.store_upload(&new).await?;
+    let status = if stored.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((
+        status,
+        UploadAccepted {
+            case_url,
+            role: role.as_str().into(),
+            revision: stored.revision,
+            duplicate: stored.duplicate,
+            queued: stored.job_id.is_some(),
+        },
+    ))
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), Problem> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let media = value
+        .to_str()
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if !refused_media(&media) {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            format!(
+                "{media} is not a segmentation; send NIfTI or DICOM SEG as application/octet-stream"
+            ),
+        ))
+    }
+}
+
+/// Acquisition metadata from the query and the JSON header (the header wins).
+fn acquisition(query: &UploadQuery, headers: &HeaderMap) -> Result<Value, Problem> {
+    let mut fields = Map::new();
+    let mut text = |key: &str, value: &Option<String>| {
+        if let Some(v) = value {
+            fields.insert(key.into(), Value::String(v.clone()));
+        }
+    };
+    text("scanner_manufacturer", &query.scanner_manufacturer);
+    text("scanner_model", &query.scanner_model);
+    text("protocol", &query.protocol);
+    if let Some(t) = query.slice_thickness_mm {
+        fields.insert("slice_thickness_mm".into(), serde_json::json!(t));
+    }
+    if let Some(header) = headers.get(ACQUISITION_HEADER) {
+        let bad = |detail: String| {
+            Problem::bad_request(
+                "invalid-acquisition",
+                "Invalid acquisition metadata",
+                detail,
+            )
+        };
+        let parsed: Value = serde_json::from_slice(header.as_bytes())
+            .map_err(|e| bad(format!("{ACQUISITION_HEADER} is not JSON: {e}")))?;
+        let Value::Object(object) = parsed else {
+            return Err(bad(format!("{ACQUISITION_HEADER} must be a JSON object")));
+        };
+        if object.len() > 32 {
+            return Err(bad("at most 32 acquisition fields".into()));
+        }
+        for (key, value) in object {
+            if valid_key("acquisition field", &key).is_err()
+                || !(value.is_string() || value.is_number() || value.is_boolean())
+            {
+                return Err(bad(format!(
+                    "field {key:?} must be a short name with a string, number or boolean value"
+                )));
+            }
+            fields.insert(key, value);
+        }
+    }
+    Ok(Value::Object(fields))
+}
+
+/// gzip of an upload for storage; gzip uploads are kept as they are.
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        return bytes.to_vec();
+    }
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(bytes.len() / 4),
+        flate2::Compression::fast(),
+    );
+    encoder
+        .write_all(bytes)
+        .and_then(|_| encoder.finish())
+        .unwrap_or_default()
+}

@@ -1,0 +1,272 @@
+//! The job queue: leased claims with `FOR UPDATE SKIP LOCKED`, committed at once;
+//! completion guarded by the lease so a job is never scored into two results.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::{Result, Store, StoreError};
+use crate::metrics::StructureMetrics;
+
+/// A job this worker holds a lease on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedJob {
+    pub id: i64,
+    /// Proves the lease is still ours when completing.
+    pub lease_token: i64,
+    /// Claims so far, this one included.
+    pub attempts: i32,
+}
+
+/// What scoring a job needs.
+#[derive(Debug, Clone)]
+pub struct JobInputs {
+    pub case_id: i64,
+    pub site: String,
+    pub case_key: String,
+    pub model: String,
+    pub model_version: String,
+    /// gzip-compressed uploads; None once purged.
+    pub prediction: Option<Vec<u8>>,
+    pub reference: Option<Vec<u8>>,
+    pub voxels: i64,
+    /// The model version's structure schema, if one is set.
+    pub schema: Option<Value>,
+    /// Acquisition metadata of both uploads (the reference's wins).
+    pub acquisition: Value,
+    pub observed_at: DateTime<Utc>,
+}
+
+/// The scored structures of a job.
+#[derive(Debug, Clone)]
+pub struct JobOutcome {
+    pub surface: String,
+    pub grid: Value,
+    pub mean_dice: Option<f64>,
+    /// Structure name (as metrics and dashboards show it), metrics, NSD tolerance.
+    pub structures: Vec<(String, StructureMetrics, f64)>,
+}
+
+/// A finite value, or NULL.
+fn finite(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
+}
+
+impl Store {
+    /// Claims the oldest runnable job (queued and due, or running with an
+    /// expired lease) and commits the lease at once.
+    pub async fn claim_job(&self, lease: Duration) -> Result<Option<ClaimedJob>> {
+        let token: i64 = rand::random();
+        let row = sqlx::query!(
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_token = $1,
+                    lease_until = now() + make_interval(secs => $2)
+             WHERE id = (
+                 SELECT id FROM jobs
+                 WHERE (status = 'queued' AND run_after <= now()) OR (status = 'running' AND lease_until < now())
+                 ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1)
+             RETURNING id, attempts",
+            token,
+            lease.as_secs_f64()
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::classify)?;
+        Ok(row.map(|r| ClaimedJob {
+            id: r.id,
+            lease_token: token,
+            attempts: r.attempts,
+        }))
+    }
+
+    /// Extends a lease; false once the lease is lost.
+    pub async fn heartbeat(&self, job: &ClaimedJob, lease: Duration) -> Result<bool> {
+        let done = sqlx::query!(
+            "UPDATE jobs SET lease_until = now() + make_interval(secs => $3)
+             WHERE id = $1 AND lease_token = $2 AND status = 'running'",
+            job.id,
+            job.lease_token,
+            lease.as_secs_f64()
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::classify)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Loads what a job needs.
+    pub async fn job_inputs(&self, job: &ClaimedJob) -> Result<JobInputs> {
+        let r = sqlx::query!(
+            r#"SELECT j.case_id, c.site, c.case_key, p.model AS "model!", p.model_version AS "model_version!",
+                      p.content AS prediction, r.content AS reference, p.voxels + r.voxels AS "voxels!",
+                      s.schema AS "schema?", p.acquisition || r.acquisition AS "acquisition!",
+                      p.observed_at
+               FROM jobs j
+               JOIN cases c ON c.id = j.case_id
+               JOIN segmentations p ON p.id = j.prediction_id
+               JOIN segmentations r ON r.id = j.reference_id
+               LEFT JOIN model_schemas s ON s.model = p.model AND s.model_version = p.model_version
+               WHERE j.id = $1"#,
+            job.id
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(StoreError::classify)?;
+        Ok(JobInputs {
+            case_id: r.case_id,
+            site: r.site,
+            case_key: r.case_key,
+            model: r.model,
+            model_version: r.model_version,
+            prediction: r.prediction,
+            reference: r.reference,
+            voxels: r.voxels,
+            schema: r.schema,
+            acquisition: r.acquisition,
+            observed_at: r.observed_at,
+        })
+    }
+
+    /// Stores the results and marks the job done, in one transaction, if the
+    /// lease is still ours; false (and nothing stored) otherwise.
+    pub async fn complete_job(
+        &self,
+        job: &ClaimedJob,
+        inputs: &JobInputs,
+        outcome: &JobOutcome,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::classify)?;
+        let done = sqlx::query!(
+            "UPDATE jobs SET status = 'done', finished_at = now(), lease_token = NULL, lease_until = NULL, last_error = NULL
+             WHERE id = $1 AND lease_token = $2 AND status = 'running'",
+            job.id,
+            job.lease_token
+        )
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        let result_id = sqlx::query_scalar!(
+            "INSERT INTO results (job_id, case_id, site, model, model_version, surface, grid, mean_dice, acquisition, observed_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+            job.id,
+            inputs.case_id,
+            inputs.site,
+            inputs.model,
+            inputs.model_version,
+            outcome.surface,
+            outcome.grid,
+            outcome.mean_dice,
+            inputs.acquisition,
+            inputs.observed_at
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        for (position, (structure, m, tolerance)) in outcome.structures.iter().enumerate() {
+            let empty = serde_json::to_value(m.empty)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            sqlx::query!(
+                "INSERT INTO structure_results (result_id, position, structure, label, code, name, empty, pred_voxels, ref_voxels,
+                     tp, fp, fn, pred_volume_ml, ref_volume_ml, dice, iou, precision, recall, hd_mm, hd95_mm, assd_mm,
+                     masd_mm, nsd, tolerance_mm)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+                         $21, $22, $23, $24)",
+                result_id,
+                position as i32,
+                structure,
+                m.label.map(i32::from),
+                m.code,
+                m.name,
+                empty,
+                m.pred_voxels as i64,
+                m.ref_voxels as i64,
+                m.tp as i64,
+                m.fp as i64,
+                m.fn_ as i64,
+                m.pred_volume_ml,
+                m.ref_volume_ml,
+                finite(m.dice),
+                finite(m.iou),
+                finite(m.precision),
+                finite(m.recall),
+                finite(m.hd_mm),
+                finite(m.hd95_mm),
+                finite(m.assd_mm),
+                finite(m.masd_mm),
+                finite(m.nsd),
+                tolerance
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Gives the job back for another attempt after `retry_after`, or (None)
+    /// fails it for good with the reason. Ignored if the lease is lost.
+    pub async fn fail_job(
+        &self,
+        job: &ClaimedJob,
+        reason: &str,
+        retry_after: Option<Duration>,
+    ) -> Result<()> {
+        match retry_after {
+            Some(delay) => sqlx::query!(
+                "UPDATE jobs SET status = 'queued', run_after = now() + make_interval(secs => $3), last_error = $4,
+                        lease_token = NULL, lease_until = NULL
+                 WHERE id = $1 AND lease_token = $2 AND status = 'running'",
+                job.id,
+                job.lease_token,
+                delay.as_secs_f64(),
+                reason
+            )
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::classify)?,
+            None => sqlx::query!(
+                "UPDATE jobs SET status = 'failed', finished_at = now(), last_error = $3, lease_token = NULL, lease_until = NULL
+                 WHERE id = $1 AND lease_token = $2 AND status = 'running'",
+                job.id,
+                job.lease_token,
+                reason
+            )
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::classify)?,
+        };
+        Ok(())
+    }
+
+    /// Jobs waiting, and jobs running.
+    pub async fn job_counts(&self) -> Result<(i64, i64)> {
+        let r = sqlx::query!(
+            r#"SELECT count(*) FILTER (WHERE status = 'queued') AS "queued!",
+                      count(*) FILTER (WHERE status = 'running') AS "running!"
+               FROM jobs WHERE status IN ('queued', 'running')"#
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(StoreError::classify)?;
+        Ok((r.queued, r.running))
+    }
+
+    /// Drops the voxels of segmentations scored more than `days` ago (results
+    /// stay); returns how many were purged.
+    pub async fn purge_scored(&self, days: u32) -> Result<u64> {
+        let done = sqlx::query!(
+            "UPDATE segmentations s SET content = NULL, purged_at = now()
+             WHERE s.content IS NOT NULL AND s.received_at < now() - make_interval(days => $1)
+               AND EXISTS (SELECT 1 FROM jobs j WHERE j.status = 'done'
+                           AND (j.prediction_id = s.id OR j.reference_id = s.id))",
+            days as i32
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::classify)?;
+        Ok(done.rows_affected())
+    }
+}

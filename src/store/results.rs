@@ -1,0 +1,235 @@
+//! Reading cases back: status, revisions, and scored structures for drill-down.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::{Result, Store, StoreError};
+use crate::metrics::{Empty, StructureMetrics};
+
+/// Where a case stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CaseStatus {
+    WaitingForReference,
+    WaitingForPrediction,
+    Queued,
+    Scored,
+    Failed,
+}
+
+/// One stored upload of a case.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Revision {
+    pub role: String,
+    pub revision: i32,
+    pub format: String,
+    pub model: Option<String>,
+    pub model_version: Option<String>,
+    pub received_at: DateTime<Utc>,
+    /// The voxels were dropped after the retention period.
+    pub purged: bool,
+}
+
+/// A case with its latest result.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CaseView {
+    pub site: String,
+    pub case: String,
+    pub status: CaseStatus,
+    /// Why the latest job failed, or why it is being retried.
+    pub reason: Option<String>,
+    pub model: Option<String>,
+    pub model_version: Option<String>,
+    pub scored_at: Option<DateTime<Utc>>,
+    pub mean_dice: Option<f64>,
+    #[schema(value_type = Vec<Object>)]
+    pub structures: Vec<StructureMetrics>,
+    pub revisions: Vec<Revision>,
+}
+
+/// A scored case in a listing.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CaseSummary {
+    pub site: String,
+    pub case: String,
+    pub model: String,
+    pub model_version: String,
+    pub scored_at: DateTime<Utc>,
+    pub mean_dice: Option<f64>,
+    #[schema(value_type = Vec<Object>)]
+    pub structures: Vec<StructureMetrics>,
+}
+
+/// Which scored cases to list, worst first.
+#[derive(Debug, Clone, Default)]
+pub struct CaseFilter {
+    pub site: String,
+    /// Rank by this structure's Dice (else by mean Dice) and show only it.
+    pub structure: Option<String>,
+    pub model_version: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub limit: i64,
+}
+
+/// A structure_results row back into the metrics it was stored from.
+macro_rules! structure_from_row {
+    ($r:expr) => {{
+        let r = $r;
+        let nan = |v: Option<f64>| v.unwrap_or(f64::NAN);
+        let empty = match r.empty.as_str() {
+            "both" => Empty::Both,
+            "pred" => Empty::Pred,
+            "ref" => Empty::Ref,
+            _ => Empty::None,
+        };
+        StructureMetrics {
+            label: r.label.and_then(|l| u16::try_from(l).ok()),
+            code: r.code,
+            name: r.name.or(Some(r.structure)),
+            empty,
+            pred_voxels: r.pred_voxels as u64,
+            ref_voxels: r.ref_voxels as u64,
+            tp: r.tp as u64,
+            fp: r.fp as u64,
+            fn_: r.fn_ as u64,
+            pred_volume_ml: r.pred_volume_ml,
+            ref_volume_ml: r.ref_volume_ml,
+            dice: nan(r.dice),
+            iou: nan(r.iou),
+            precision: nan(r.precision),
+            recall: nan(r.recall),
+            hd_mm: nan(r.hd_mm),
+            hd95_mm: nan(r.hd95_mm),
+            assd_mm: nan(r.assd_mm),
+            masd_mm: nan(r.masd_mm),
+            nsd: nan(r.nsd),
+        }
+    }};
+}
+
+impl Store {
+    /// The structures of a stored result, in stored order.
+    async fn structures(
+        &self,
+        result_id: i64,
+        only: Option<&str>,
+    ) -> Result<Vec<StructureMetrics>> {
+        let rows = sqlx::query!(
+            r#"SELECT structure, label, code, name, empty, pred_voxels, ref_voxels, tp, fp, fn AS fn_,
+                      pred_volume_ml, ref_volume_ml, dice, iou, precision, recall, hd_mm, hd95_mm, assd_mm, masd_mm, nsd
+               FROM structure_results WHERE result_id = $1 AND ($2::text IS NULL OR structure = $2)
+               ORDER BY position"#,
+            result_id,
+            only
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::classify)?;
+        Ok(rows.into_iter().map(|r| structure_from_row!(r)).collect())
+    }
+
+    /// A case: its status, revisions and latest result; None if unknown.
+    pub async fn case_view(&self, site: &str, case_key: &str) -> Result<Option<CaseView>> {
+        let Some(case_id) = sqlx::query_scalar!(
+            "SELECT id FROM cases WHERE site = $1 AND case_key = $2",
+            site,
+            case_key
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::classify)?
+        else {
+            return Ok(None);
+        };
+        let revisions = sqlx::query_as!(
+            Revision,
+            r#"SELECT role, revision, format, model, model_version, received_at, purged_at IS NOT NULL AS "purged!"
+               FROM segmentations WHERE case_id = $1 ORDER BY received_at, role, revision"#,
+            case_id
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::classify)?;
+        let job = sqlx::query!(
+            "SELECT status, last_error FROM jobs WHERE case_id = $1 ORDER BY id DESC LIMIT 1",
+            case_id
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::classify)?;
+        let result = sqlx::query!(
+            "SELECT id, model, model_version, scored_at, mean_dice FROM results WHERE case_id = $1 ORDER BY id DESC LIMIT 1",
+            case_id
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::classify)?;
+        let has = |role: &str| revisions.iter().any(|r| r.role == role);
+        let (status, reason) = match &job {
+            Some(j) if j.status == "done" => (CaseStatus::Scored, None),
+            Some(j) if j.status == "failed" => (CaseStatus::Failed, j.last_error.clone()),
+            Some(j) => (CaseStatus::Queued, j.last_error.clone()),
+            None if has("prediction") => (CaseStatus::WaitingForReference, None),
+            None => (CaseStatus::WaitingForPrediction, None),
+        };
+        let prediction = revisions.iter().rev().find(|r| r.role == "prediction");
+        let structures = match &result {
+            Some(r) => self.structures(r.id, None).await?,
+            None => Vec::new(),
+        };
+        Ok(Some(CaseView {
+            site: site.to_owned(),
+            case: case_key.to_owned(),
+            status,
+            reason,
+            model: prediction.and_then(|p| p.model.clone()),
+            model_version: prediction.and_then(|p| p.model_version.clone()),
+            scored_at: result.as_ref().map(|r| r.scored_at),
+            mean_dice: result.as_ref().and_then(|r| r.mean_dice),
+            structures,
+            revisions,
+        }))
+    }
+
+    /// The latest result of each scored case matching `filter`, worst first.
+    pub async fn worst_cases(&self, filter: &CaseFilter) -> Result<Vec<CaseSummary>> {
+        let rows = sqlx::query!(
+            r#"WITH latest AS (
+                   SELECT DISTINCT ON (r.case_id) r.id, r.case_id, r.model, r.model_version, r.scored_at, r.mean_dice
+                   FROM results r
+                   WHERE r.site = $1 AND ($2::text IS NULL OR r.model_version = $2)
+                     AND ($3::timestamptz IS NULL OR r.scored_at >= $3)
+                   ORDER BY r.case_id, r.id DESC)
+               SELECT l.id, c.case_key, l.model, l.model_version, l.scored_at, l.mean_dice,
+                      s.dice AS "structure_dice?"
+               FROM latest l
+               JOIN cases c ON c.id = l.case_id
+               LEFT JOIN structure_results s ON s.result_id = l.id AND s.structure = $4
+               WHERE $4::text IS NULL OR s.result_id IS NOT NULL
+               ORDER BY CASE WHEN $4::text IS NULL THEN l.mean_dice ELSE s.dice END ASC NULLS LAST, l.scored_at DESC
+               LIMIT $5"#,
+            filter.site,
+            filter.model_version,
+            filter.since,
+            filter.structure,
+            filter.limit
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::classify)?;
+        let mut cases = Vec::with_capacity(rows.len());
+        for r in rows {
+            cases.push(CaseSummary {
+                site: filter.site.clone(),
+                case: r.case_key,
+                model: r.model,
+                model_version: r.model_version,
+                scored_at: r.scored_at,
+                mean_dice: r.mean_dice,
+                structures: self.structures(r.id, filter.structure.as_deref()).await?,
+            });
+        }
+        Ok(cases)
+    }
+}

@@ -1,0 +1,233 @@
+//! Storing uploads, and enqueueing a job in the same transaction when an upload
+//! completes a prediction/reference pair.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{JOBS_CHANNEL, Result, Store, StoreError};
+
+/// Which side of a case a segmentation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SegRole {
+    Prediction,
+    Reference,
+}
+
+impl SegRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SegRole::Prediction => "prediction",
+            SegRole::Reference => "reference",
+        }
+    }
+
+    /// The partner side.
+    pub fn other(self) -> SegRole {
+        match self {
+            SegRole::Prediction => SegRole::Reference,
+            SegRole::Reference => SegRole::Prediction,
+        }
+    }
+}
+
+/// A validated upload, ready to store.
+#[derive(Debug, Clone)]
+pub struct NewSegmentation {
+    pub site: String,
+    pub case_key: String,
+    pub role: SegRole,
+    pub sha256: Vec<u8>,
+    /// `nifti` or `dicom_seg`.
+    pub format: &'static str,
+    /// The upload, gzip-compressed.
+    pub content: Vec<u8>,
+    pub voxels: i64,
+    /// The decoded grid (shape, spacing, affine, dims) and how it was stored.
+    pub grid: Value,
+    pub model: Option<String>,
+    pub model_version: Option<String>,
+    pub acquisition: Value,
+    pub provenance: Option<Value>,
+    /// When the case happened; now unless an admin says otherwise.
+    pub observed_at: Option<DateTime<Utc>>,
+}
+
+/// What storing an upload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredUpload {
+    pub revision: i32,
+    /// The same bytes were already stored; nothing changed.
+    pub duplicate: bool,
+    /// The job this upload enqueued, when it completed a pair.
+    pub job_id: Option<i64>,
+}
+
+/// The latest segmentation on the other side of a case.
+#[derive(Debug, Clone)]
+pub struct PartnerGrid {
+    pub grid: Value,
+    pub model: Option<String>,
+    pub model_version: Option<String>,
+}
+
+impl Store {
+    /// The revision already holding these exact bytes, if any.
+    pub async fn find_duplicate(
+        &self,
+        site: &str,
+        case_key: &str,
+        role: SegRole,
+        sha256: &[u8],
+    ) -> Result<Option<i32>> {
+        sqlx::query_scalar!(
+            "SELECT s.revision FROM segmentations s JOIN cases c ON c.id = s.case_id
+             WHERE c.site = $1 AND c.case_key = $2 AND s.role = $3 AND s.sha256 = $4",
+            site,
+            case_key,
+            role.as_str(),
+            sha256
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::classify)
+    }
+
+    /// The latest segmentation of `role` in a case.
+    pub async fn latest(
+        &self,
+        site: &str,
+        case_key: &str,
+        role: SegRole,
+    ) -> Result<Option<PartnerGrid>> {
+        let row = sqlx::query!(
+            "SELECT s.grid, s.model, s.model_version FROM segmentations s JOIN cases c ON c.id = s.case_id
+             WHERE c.site = $1 AND c.case_key = $2 AND s.role = $3
+             ORDER BY s.revision DESC LIMIT 1",
+            site,
+            case_key,
+            role.as_str()
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::classify)?;
+        Ok(row.map(|r| PartnerGrid {
+            grid: r.grid,
+            model: r.model,
+            model_version: r.model_version,
+        }))
+    }
+
+    /// Jobs waiting or running.
+    pub async fn queue_depth(&self) -> Result<i64> {
+        let depth =
+            sqlx::query_scalar!("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(StoreError::classify)?;
+        Ok(depth.unwrap_or(0))
+    }
+
+    /// Stores an upload as the case's next revision of its role and, when the
+    /// case has the other side too, enqueues the pair, all in one transaction.
+    /// Identical bytes already stored for the role change nothing.
+    pub async fn store_upload(&self, new: &NewSegmentation) -> Result<StoredUpload> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::classify)?;
+        let case_id = sqlx::query_scalar!(
+            "INSERT INTO cases (site, case_key) VALUES ($1, $2)
+             ON CONFLICT (site, case_key) DO UPDATE SET site = EXCLUDED.site RETURNING id",
+            new.site,
+            new.case_key
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        // Uploads to one case are serialised by this row lock.
+        sqlx::query!("SELECT id FROM cases WHERE id = $1 FOR UPDATE", case_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let existing = sqlx::query_scalar!(
+            "SELECT revision FROM segmentations WHERE case_id = $1 AND role = $2 AND sha256 = $3",
+            case_id,
+            new.role.as_str(),
+            new.sha256
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(revision) = existing {
+            tx.commit().await?;
+            return Ok(StoredUpload {
+                revision,
+                duplicate: true,
+                job_id: None,
+            });
+        }
+        let revision = sqlx::query_scalar!(
+            "SELECT coalesce(max(revision), 0) + 1 FROM segmentations WHERE case_id = $1 AND role = $2",
+            case_id,
+            new.role.as_str()
+        )
+        .fetch_one(&mut *tx)
+        .await?
+        .unwrap_or(1);
+        let id = sqlx::query_scalar!(
+            "INSERT INTO segmentations (case_id, role, revision, sha256, format, content, content_bytes, voxels, grid,
+                                        model, model_version, acquisition, provenance, observed_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, coalesce($14, now()))
+             RETURNING id",
+            case_id,
+            new.role.as_str(),
+            revision,
+            new.sha256,
+            new.format,
+            new.content,
+            new.content.len() as i64,
+            new.voxels,
+            new.grid,
+            new.model,
+            new.model_version,
+            new.acquisition,
+            new.provenance,
+            new.observed_at
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let partner = sqlx::query_scalar!(
+            "SELECT id FROM segmentations WHERE case_id = $1 AND role = $2 ORDER BY revision DESC LIMIT 1",
+            case_id,
+            new.role.other().as_str()
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let job_id = match partner {
+            Some(partner) => {
+                let (prediction, reference) = match new.role {
+                    SegRole::Prediction => (id, partner),
+                    SegRole::Reference => (partner, id),
+                };
+                let job = sqlx::query_scalar!(
+                    "INSERT INTO jobs (case_id, prediction_id, reference_id) VALUES ($1, $2, $3)
+                     ON CONFLICT (prediction_id, reference_id) DO NOTHING RETURNING id",
+                    case_id,
+                    prediction,
+                    reference
+                )
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(job) = job {
+                    sqlx::query!("SELECT pg_notify($1, $2)", JOBS_CHANNEL, job.to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                job
+            }
+            None => None,
+        };
+        tx.commit().await?;
+        Ok(StoredUpload {
+            revision,
+            duplicate: false,
+            job_id,
+        })
+    }
+}

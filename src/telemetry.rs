@@ -1,0 +1,245 @@
+//! Logging setup and the Prometheus registry. Labels are only site, model,
+//! model_version, structure, detector, role and reason (plus route on the HTTP
+//! histogram and version on build_info): never case, study or patient identifiers.
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::store::{JobInputs, JobOutcome};
+
+/// Dice histogram buckets, fine near the top where models live.
+const DICE_BUCKETS: [f64; 16] = [
+    0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99, 1.0,
+];
+
+/// Every metric segwatch exports, in one explicit registry.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub case_dice_ratio: HistogramVec,
+    pub segmentations_received_total: IntCounterVec,
+    pub cases_scored_total: IntCounterVec,
+    pub jobs_failed_total: IntCounterVec,
+    pub job_duration_seconds: prometheus::Histogram,
+    pub http_request_duration_seconds: HistogramVec,
+    pub jobs_queued: IntGauge,
+    pub jobs_running: IntGauge,
+    /// Quality gauges, refreshed from Postgres: (rolling window name, gauge).
+    pub rolling_dice_ratio: Vec<(String, GaugeVec)>,
+    pub rolling_cases_7d: IntGaugeVec,
+    pub dice_baseline_ratio: GaugeVec,
+    pub dice_baseline_p05_ratio: GaugeVec,
+    pub dice_baseline_p25_ratio: GaugeVec,
+    pub drift_statistic: GaugeVec,
+    pub drift_limit: GaugeVec,
+    pub drift_alarm: IntGaugeVec,
+    pub last_upload_timestamp_seconds: GaugeVec,
+}
+
+const STREAM: [&str; 4] = ["site", "model", "model_version", "structure"];
+const DETECTOR: [&str; 5] = ["site", "model", "model_version", "structure", "detector"];
+const BASELINE: [&str; 3] = ["model", "model_version", "structure"];
+
+/// Rolling windows exported as `segwatch_rolling_dice_<name>_ratio`.
+pub const ROLLING_WINDOWS: [(&str, i64); 3] = [("1d", 1), ("7d", 7), ("30d", 30)];
+
+impl Metrics {
+    /// Builds and registers every metric.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        fn register<T: prometheus::core::Collector + Clone + 'static>(
+            registry: &Registry,
+            metric: T,
+        ) -> T {
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("metric names are unique");
+            metric
+        }
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let int_gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let build_info = int_gauge_vec(
+            "segwatch_build_info",
+            "segwatch version, always 1.",
+            &["version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        Metrics {
+            case_dice_ratio: register(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "segwatch_case_dice_ratio",
+                        "Dice of each scored case and structure.",
+                    )
+                    .buckets(DICE_BUCKETS.to_vec()),
+                    &STREAM,
+                )
+                .expect("valid metric"),
+            ),
+            segmentations_received_total: counter_vec(
+                "segwatch_segmentations_received_total",
+                "Uploads by role and outcome (stored, duplicate, or why refused).",
+                &["site", "role", "reason"],
+            ),
+            cases_scored_total: counter_vec(
+                "segwatch_cases_scored_total",
+                "Cases scored by this replica.",
+                &["site", "model", "model_version"],
+            ),
+            jobs_failed_total: counter_vec(
+                "segwatch_jobs_failed_total",
+                "Job failures by reason.",
+                &["reason"],
+            ),
+            job_duration_seconds: register(
+                &registry,
+                prometheus::Histogram::with_opts(
+                    HistogramOpts::new("segwatch_job_duration_seconds", "Time to score one job.")
+                        .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0]),
+                )
+                .expect("valid metric"),
+            ),
+            http_request_duration_seconds: register(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "segwatch_http_request_duration_seconds",
+                        "HTTP request latency by route.",
+                    )
+                    .buckets(vec![
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    ]),
+                    &["route"],
+                )
+                .expect("valid metric"),
+            ),
+            jobs_queued: register(
+                &registry,
+                IntGauge::new("segwatch_jobs_queued", "Jobs waiting to be scored.")
+                    .expect("valid metric"),
+            ),
+            jobs_running: register(
+                &registry,
+                IntGauge::new("segwatch_jobs_running", "Jobs being scored.").expect("valid metric"),
+            ),
+            rolling_dice_ratio: ROLLING_WINDOWS
+                .iter()
+                .map(|(name, _)| {
+                    let metric = gauge_vec(
+                        &format!("segwatch_rolling_dice_{name}_ratio"),
+                        &format!(
+                            "Mean Dice of cases in the last {name}; site=\"all\" pools every site."
+                        ),
+                        &STREAM,
+                    );
+                    (name.to_string(), metric)
+                })
+                .collect(),
+            rolling_cases_7d: int_gauge_vec(
+                "segwatch_rolling_cases_7d",
+                "Cases scored in the last 7 days.",
+                &STREAM,
+            ),
+            dice_baseline_ratio: gauge_vec(
+                "segwatch_dice_baseline_ratio",
+                "Mean Dice of the active baseline.",
+                &BASELINE,
+            ),
+            dice_baseline_p05_ratio: gauge_vec(
+                "segwatch_dice_baseline_p05_ratio",
+                "5th percentile of the active baseline.",
+                &BASELINE,
+            ),
+            dice_baseline_p25_ratio: gauge_vec(
+                "segwatch_dice_baseline_p25_ratio",
+                "25th percentile of the active baseline.",
+                &BASELINE,
+            ),
+            drift_statistic: gauge_vec(
+                "segwatch_drift_statistic",
+                "Latest statistic of each drift detector.",
+                &DETECTOR,
+            ),
+            drift_limit: gauge_vec(
+                "segwatch_drift_limit",
+                "Alarm limit of each drift detector.",
+                &DETECTOR,
+            ),
+            drift_alarm: int_gauge_vec(
+                "segwatch_drift_alarm",
+                "1 while a drift detector is in alarm.",
+                &DETECTOR,
+            ),
+            last_upload_timestamp_seconds: gauge_vec(
+                "segwatch_last_upload_timestamp_seconds",
+                "Unix time of the last accepted upload.",
+                &["site", "role"],
+            ),
+            registry,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Counts a scored case and its Dice per structure.
+    pub fn record_scored(&self, inputs: &JobInputs, outcome: &JobOutcome) {
+        let (site, model, version) = (&inputs.site, &inputs.model, &inputs.model_version);
+        self.cases_scored_total
+            .with_label_values(&[site, model, version])
+            .inc();
+        for (structure, m, _) in &outcome.structures {
+            if m.empty != crate::metrics::Empty::Both && m.dice.is_finite() {
+                self.case_dice_ratio
+                    .with_label_values(&[site.as_str(), model, version, structure])
+                    .observe(m.dice);
+            }
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Sets up logging: `text` or `json` lines on stderr, filtered by `RUST_LOG`
+/// (default info). Logs carry case keys at most, never patient data.
+pub fn init_logging(format: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

@@ -1,0 +1,262 @@
+//! Job workers: claim a leased job, score it on the compute pool, store the
+//! results, retry transient failures with backoff, record permanent ones.
+
+mod score;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::PgListener;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+pub use score::{inflate, score, structure_name};
+
+use crate::compute::Compute;
+use crate::config::Config;
+use crate::formats::Limits;
+use crate::metrics::Settings;
+use crate::schema::Schema;
+use crate::store::{ClaimedJob, JOBS_CHANNEL, Store, StoreError};
+use crate::telemetry::Metrics;
+
+/// Set to `abort_after_claim` to abort the process right after claiming a job:
+/// used by the tests that prove an abandoned job is re-run once its lease expires.
+pub const FAILPOINT_ENV: &str = "SEGWATCH_FAILPOINT";
+
+/// What every worker shares.
+#[derive(Clone)]
+pub struct Workers {
+    store: Store,
+    compute: Compute,
+    config: Arc<Config>,
+    metrics: Metrics,
+    wake: Arc<Notify>,
+}
+
+/// How handling one job ended.
+enum Handled {
+    Done,
+    Retry(String),
+    Failed(String),
+    LeaseLost,
+}
+
+impl Workers {
+    pub fn new(store: Store, compute: Compute, config: Arc<Config>, metrics: Metrics) -> Workers {
+        Workers {
+            store,
+            compute,
+            config,
+            metrics,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Starts the listener and `concurrency` claim loops.
+    pub fn spawn(self) -> Vec<JoinHandle<()>> {
+        let mut tasks = vec![tokio::spawn(self.clone().listen())];
+        for slot in 0..self.config.concurrency() {
+            tasks.push(tokio::spawn(self.clone().run(slot)));
+        }
+        tasks
+    }
+
+    /// Wakes the claim loops on every job notification; reconnects with backoff.
+    async fn listen(self) {
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match PgListener::connect_with(self.store.pool()).await {
+                Ok(mut listener) => {
+                    if listener.listen(JOBS_CHANNEL).await.is_ok() {
+                        delay = Duration::from_millis(500);
+                        while listener.recv().await.is_ok() {
+                            self.wake.notify_waiters();
+                        }
+                    }
+                }
+                Err(e) => warn!(error = %e, "job notifications unavailable; polling"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// One claim loop: handles jobs until none is runnable, then waits for a
+    /// notification or the polling interval. Database errors back off.
+    async fn run(self, slot: usize) {
+        let poll = Duration::from_millis(self.config.workers.poll_interval_ms);
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.store.claim_job(self.lease()).await {
+                Ok(Some(job)) => {
+                    backoff = Duration::from_millis(200);
+                    if std::env::var(FAILPOINT_ENV).as_deref() == Ok("abort_after_claim") {
+                        std::process::abort();
+                    }
+                    self.handle(job, slot).await;
+                }
+                Ok(None) => {
+                    let _ = tokio::time::timeout(poll, self.wake.notified()).await;
+                }
+                Err(e) => {
+                    warn!(slot, error = %e, "cannot claim jobs; backing off");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    fn lease(&self) -> Duration {
+        Duration::from_secs(self.config.workers.lease_secs)
+    }
+
+    async fn handle(&self, job: ClaimedJob, slot: usize) {
+        let started = Instant::now();
+        let heartbeat = {
+            let (store, job, lease) = (self.store.clone(), job.clone(), self.lease());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(lease / 3);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    if !matches!(store.heartbeat(&job, lease).await, Ok(true) | Err(_)) {
+                        break;
+                    }
+                }
+            })
+        };
+        let handled = self.process(&job).await;
+        heartbeat.abort();
+        self.metrics
+            .job_duration_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let recorded = match &handled {
+            Handled::Done => {
+                info!(
+                    slot,
+                    job = job.id,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "scored"
+                );
+                Ok(())
+            }
+            Handled::LeaseLost => {
+                warn!(
+                    slot,
+                    job = job.id,
+                    "lease lost; another worker owns the job"
+                );
+                Ok(())
+            }
+            Handled::Retry(reason) => {
+                self.metrics
+                    .jobs_failed_total
+                    .with_label_values(&["transient"])
+                    .inc();
+                let delay = retry_delay(job.attempts);
+                warn!(slot, job = job.id, attempt = job.attempts, %reason, "retrying later");
+                self.store.fail_job(&job, reason, Some(delay)).await
+            }
+            Handled::Failed(reason) => {
+                self.metrics
+                    .jobs_failed_total
+                    .with_label_values(&[failure_reason(reason)])
+                    .inc();
+                warn!(slot, job = job.id, %reason, "failed");
+                self.store.fail_job(&job, reason, None).await
+            }
+        };
+        if let Err(e) = recorded {
+            // The lease will expire and the job run again.
+            warn!(slot, job = job.id, error = %e, "cannot record the job's outcome");
+        }
+    }
+
+    async fn process(&self, job: &ClaimedJob) -> Handled {
+        if job.attempts > self.config.workers.max_attempts {
+            return Handled::Failed(format!(
+                "abandoned after {} attempts (worker crashed or lost its lease)",
+                job.attempts - 1
+            ));
+        }
+        let transient = |e: StoreError| Handled::Retry(e.to_string());
+        let inputs = match self.store.job_inputs(job).await {
+            Ok(inputs) => inputs,
+            Err(e) => return transient(e),
+        };
+        let (Some(prediction), Some(reference)) =
+            (inputs.prediction.clone(), inputs.reference.clone())
+        else {
+            return Handled::Failed(
+                "an upload was purged after the retention period; upload it again".into(),
+            );
+        };
+        let schema: Option<Schema> = match inputs
+            .schema
+            .clone()
+            .map(serde_json::from_value)
+            .transpose()
+        {
+            Ok(schema) => schema,
+            Err(e) => return Handled::Failed(format!("stored schema is unreadable: {e}")),
+        };
+        let settings = Settings {
+            surface: self.config.scoring.surface,
+            tolerance_mm: self.config.scoring.default_tolerance_mm,
+        };
+        let limits = Limits {
+            max_voxels: self.config.limits.max_voxels,
+            max_bytes: self.config.limits.max_decompressed_bytes,
+        };
+        let max_upload = self.config.limits.max_upload_bytes as u64;
+        let scored = self
+            .compute
+            .run(inputs.voxels as u64, move || {
+                score(
+                    &prediction,
+                    &reference,
+                    schema.as_ref(),
+                    settings,
+                    &limits,
+                    max_upload,
+                )
+            })
+            .await;
+        let outcome = match scored {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => return Handled::Failed(e.to_string()),
+            Err(panic) => return Handled::Failed(panic.to_string()),
+        };
+        match self.store.complete_job(job, &inputs, &outcome).await {
+            Ok(true) => {
+                self.metrics.record_scored(&inputs, &outcome);
+                Handled::Done
+            }
+            Ok(false) => Handled::LeaseLost,
+            Err(e) => transient(e),
+        }
+    }
+}
+
+/// Backoff before retry `attempts`: 2, 4, 8 … seconds, at most 5 minutes.
+fn retry_delay(attempts: i32) -> Duration {
+    Duration::from_secs(2u64.saturating_pow(attempts.clamp(1, 16) as u32).min(300))
+}
+
+/// A short, bounded reason label for a permanent failure.
+fn failure_reason(reason: &str) -> &'static str {
+    if reason.contains("grids differ") {
+        "grid_mismatch"
+    } else if reason.contains("unknown structure") {
+        "unknown_structure"
+    } else if reason.contains("purged") {
+        "purged"
+    } else if reason.contains("abandoned") {
+        "abandoned"
+    } else {
+        "invalid_file"
+    }
+}

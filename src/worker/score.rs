@@ -1,0 +1,103 @@
+//! Scoring one job from its stored uploads: decode, pair, measure.
+
+use std::io::Read;
+
+use flate2::read::GzDecoder;
+
+use crate::formats::{self, FormatError, Limits};
+use crate::metrics::pairing::{self, PairingError, Request};
+use crate::metrics::{self, Settings, StructureMetrics};
+use crate::schema::Schema;
+use crate::store::JobOutcome;
+
+/// Why a job cannot be scored. Every variant is permanent: retrying the same
+/// bytes gives the same answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ScoreError {
+    #[error("{role}: {source}")]
+    Format {
+        role: &'static str,
+        #[source]
+        source: FormatError,
+    },
+    #[error(transparent)]
+    Pairing(#[from] PairingError),
+    #[error("{0}")]
+    Stored(String),
+}
+
+/// The name a structure has in results, metrics and dashboards: the schema's
+/// name, else the segment code, else `label_N`.
+pub fn structure_name(m: &StructureMetrics) -> String {
+    match (&m.name, &m.code, m.label) {
+        (Some(name), _, _) => name.clone(),
+        (None, Some(code), _) => code.clone(),
+        (None, None, Some(label)) => format!("label_{label}"),
+        (None, None, None) => "unnamed".into(),
+    }
+}
+
+/// Inflates a stored (gzip) upload, capped at `limit` bytes.
+pub fn inflate(stored: &[u8], limit: u64) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    GzDecoder::new(stored)
+        .take(limit + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("stored upload is unreadable: {e}"))?;
+    if out.len() as u64 > limit {
+        return Err("stored upload exceeds the upload limit".into());
+    }
+    Ok(out)
+}
+
+/// Decodes and scores a prediction against a reference.
+pub fn score(
+    prediction: &[u8],
+    reference: &[u8],
+    schema: Option<&Schema>,
+    settings: Settings,
+    limits: &Limits,
+    max_upload: u64,
+) -> Result<JobOutcome, ScoreError> {
+    let decode = |stored: &[u8], role: &'static str| {
+        let bytes = inflate(stored, max_upload).map_err(ScoreError::Stored)?;
+        formats::decode(&bytes, limits).map_err(|source| ScoreError::Format { role, source })
+    };
+    let (p, r) = rayon::join(
+        || decode(prediction, "prediction"),
+        || decode(reference, "reference"),
+    );
+    let (p, r) = (p?, r?);
+    let request = Request {
+        schema,
+        labels: None,
+        settings,
+    };
+    let evaluation = pairing::evaluate(&p, &r, &request)?;
+    let tolerance = |m: &StructureMetrics| {
+        let def = schema.and_then(|s| {
+            m.label
+                .and_then(|l| s.by_label(l))
+                .or_else(|| m.code.as_deref().and_then(|c| s.by_code(c)))
+        });
+        def.and_then(|d| d.tolerance_mm)
+            .unwrap_or(settings.tolerance_mm)
+    };
+    Ok(JobOutcome {
+        surface: serde_json::to_value(settings.surface)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        grid: serde_json::json!({
+            "shape": evaluation.grid.shape_vec(),
+            "spacing_mm": evaluation.grid.spacing_vec(),
+        }),
+        mean_dice: metrics::mean_dice(&evaluation.structures),
+        structures: evaluation
+            .structures
+            .into_iter()
+            .map(|m| (structure_name(&m), tolerance(&m), m))
+            .map(|(name, tolerance, m)| (name, m, tolerance))
+            .collect(),
+    })
+}

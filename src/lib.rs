@@ -8,6 +8,7 @@ pub mod formats;
 pub mod http;
 pub mod metrics;
 pub mod schema;
+pub mod service;
 pub mod store;
 pub mod telemetry;
 pub mod volume;

@@ -1,0 +1,754 @@
+//! The service against a real Postgres, each test in its own database.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{ServeProcess, TestApp, TestDb, read_fixture, upload, wait_scored};
+use segwatch::formats::{Limits, decode, nifti::encode};
+use segwatch::metrics::pairing::{Request, evaluate};
+use segwatch::store::Role;
+use segwatch::volume::{Grid, LabelVolume, Labels};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+/// A 16×16×8 volume with a cube of label 1 (and 2) shifted by `shift`.
+fn cubes(shift: usize, side: usize) -> Vec<u8> {
+    let grid = Grid::axis_aligned([16, 16, 8], [1.0, 1.0, 2.0], 3);
+    let labels = (0..grid.len())
+        .map(|i| {
+            let (x, y, z) = (i % 16, (i / 16) % 16, i / 256);
+            let in_cube = |lo: usize| {
+                (lo..lo + side).contains(&x) && (lo..lo + side).contains(&y) && (1..6).contains(&z)
+            };
+            if in_cube(2 + shift) {
+                1
+            } else if in_cube(9) {
+                2
+            } else {
+                0
+            }
+        })
+        .collect();
+    encode(&LabelVolume::new(grid, Labels::U8(labels)).unwrap(), true)
+}
+
+async fn count(pool: &PgPool, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+/// What `segwatch eval` computes for the same files.
+fn eval_json(pred: &[u8], reference: &[u8]) -> Vec<Value> {
+    let (p, r) = (
+        decode(pred, &Limits::default()).unwrap(),
+        decode(reference, &Limits::default()).unwrap(),
+    );
+    let evaluation = evaluate(&p, &r, &Request::default()).unwrap();
+    evaluation
+        .structures
+        .iter()
+        .map(|s| serde_json::to_value(s).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_equal_eval_in_either_upload_order_for_nifti_and_seg() {
+    let app = TestApp::start().await;
+    let key = app.key(Role::Ingest, Some("site1")).await;
+    let pairs = [
+        (
+            "reference/cases/P09_pred.nii.gz",
+            "reference/cases/P09_ref.nii.gz",
+        ),
+        ("dicom/ai_binary.dcm", "dicom/corrected_binary.dcm"),
+    ];
+    for (i, (pred_file, ref_file)) in pairs.iter().enumerate() {
+        let (pred, reference) = (read_fixture(pred_file), read_fixture(ref_file));
+        for reference_first in [false, true] {
+            let case = format!("case-{i}-{reference_first}");
+            let order = if reference_first {
+                [
+                    ("reference", reference.clone()),
+                    ("prediction", pred.clone()),
+                ]
+            } else {
+                [
+                    ("prediction", pred.clone()),
+                    ("reference", reference.clone()),
+                ]
+            };
+            let first = app
+                .upload(&key, "site1", &case, order[0].0, order[0].1.clone())
+                .await;
+            assert_eq!(first.status(), 202);
+            let (_, waiting) = app
+                .get(&key, &format!("/v1/sites/site1/cases/{case}"))
+                .await;
+            let expected_wait = if reference_first {
+                "waiting_for_prediction"
+            } else {
+                "waiting_for_reference"
+            };
+            assert_eq!(waiting["status"], expected_wait);
+            let second = app
+                .upload(&key, "site1", &case, order[1].0, order[1].1.clone())
+                .await;
+            assert_eq!(second.status(), 202);
+            let body: Value = second.json().await.unwrap();
+            assert_eq!(body["queued"], true);
+
+            let scored = app.wait_scored("site1", &case).await;
+            assert_eq!(scored["status"], "scored", "{scored}");
+            let got = scored["structures"].as_array().unwrap();
+            let want = eval_json(&pred, &reference);
+            assert_eq!(got.len(), want.len(), "{case}");
+            for (g, w) in got.iter().zip(&want) {
+                for field in [
+                    "label",
+                    "code",
+                    "empty",
+                    "pred_voxels",
+                    "ref_voxels",
+                    "tp",
+                    "fp",
+                    "fn",
+                    "dice",
+                    "iou",
+                    "precision",
+                    "recall",
+                    "hd_mm",
+                    "hd95_mm",
+                    "assd_mm",
+                    "masd_mm",
+                    "nsd",
+                    "pred_volume_ml",
+                ] {
+                    assert_eq!(g[field], w[field], "{case} {field}");
+                }
+            }
+        }
+    }
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_bytes_are_idempotent_and_a_new_reference_is_a_new_revision() {
+    let app = TestApp::start().await;
+    let key = app.key(Role::Ingest, Some("s")).await;
+    assert_eq!(
+        app.upload(&key, "s", "c", "prediction", cubes(1, 4))
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(
+        app.upload(&key, "s", "c", "reference", cubes(0, 4))
+            .await
+            .status(),
+        202
+    );
+    let first = app.wait_scored("s", "c").await;
+    let again = app.upload(&key, "s", "c", "reference", cubes(0, 4)).await;
+    assert_eq!(again.status(), 200);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(
+        (again["duplicate"].clone(), again["revision"].clone()),
+        (json!(true), json!(1))
+    );
+    let pool = PgPool::connect(&app.db.url).await.unwrap();
+    assert_eq!(count(&pool, "SELECT count(*) FROM segmentations").await, 2);
+    assert_eq!(count(&pool, "SELECT count(*) FROM jobs").await, 1);
+
+    // A corrected reference: revision 2, scored again, the older result kept.
+    let revised = app.upload(&key, "s", "c", "reference", cubes(1, 4)).await;
+    assert_eq!(revised.status(), 202);
+    let revised: Value = revised.json().await.unwrap();
+    assert_eq!(revised["revision"], 2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(&pool, "SELECT count(*) FROM results").await < 2 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let second = app.wait_scored("s", "c").await;
+    assert!(first["structures"][0]["dice"].as_f64().unwrap() < 1.0);
+    assert_eq!(second["structures"][0]["dice"], 1.0);
+    assert_eq!(second["revisions"].as_array().unwrap().len(), 3);
+    pool.close().await;
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_uploads_get_the_right_4xx_and_store_nothing() {
+    let app = TestApp::start_with(|c| {
+        c.limits.max_voxels = 5000;
+    })
+    .await;
+    let key = app.key(Role::Ingest, Some("s1")).await;
+    let other_site = app.key(Role::Ingest, Some("s2")).await;
+    let reader = app.key(Role::Read, None).await;
+    let pool = PgPool::connect(&app.db.url).await.unwrap();
+    // A valid prediction to pair a mismatching reference with.
+    assert_eq!(
+        app.upload(&key, "s1", "paired", "prediction", cubes(0, 4))
+            .await
+            .status(),
+        202
+    );
+    let schema = json!({"structures": [{"label": 1, "name": "liver"}], "unknown_labels": "reject"});
+    let put = app
+        .client
+        .put(app.url("/v1/models/m/versions/strict/structures"))
+        .bearer_auth(&app.admin_key)
+        .json(&schema)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+
+    let mut corrupt = cubes(0, 4);
+    let n = corrupt.len();
+    for b in &mut corrupt[20..n - 8] {
+        *b ^= 0x55;
+    }
+    let big = encode(
+        &LabelVolume::new(
+            Grid::axis_aligned([20, 20, 20], [1.0; 3], 3),
+            Labels::U8(vec![1; 8000]),
+        )
+        .unwrap(),
+        true,
+    );
+    let planar = read_fixture("reference/cases/P10_ref.nii.gz");
+    let send = |key: String,
+                case: &'static str,
+                role: &'static str,
+                query: &'static str,
+                body: Vec<u8>| {
+        let request = app
+            .client
+            .put(app.url(&format!("/v1/sites/s1/cases/{case}/{role}{query}")))
+            .body(body);
+        let request = if key.is_empty() {
+            request
+        } else {
+            request.bearer_auth(key)
+        };
+        request.send()
+    };
+    let cases: Vec<(reqwest::Response, u16, &str)> = vec![
+        (
+            send(
+                key.clone(),
+                "bad1",
+                "prediction",
+                "?model=m&model_version=v1",
+                corrupt,
+            )
+            .await
+            .unwrap(),
+            422,
+            "corrupt-gzip",
+        ),
+        (
+            send(
+                key.clone(),
+                "bad2",
+                "prediction",
+                "?model=m&model_version=v1",
+                b"not an image".to_vec(),
+            )
+            .await
+            .unwrap(),
+            422,
+            "unreadable-segmentation",
+        ),
+        (
+            send(key.clone(), "paired", "reference", "", planar)
+                .await
+                .unwrap(),
+            422,
+            "grid-mismatch",
+        ),
+        (
+            send(
+                key.clone(),
+                "bad3",
+                "prediction",
+                "?model=m&model_version=strict",
+                cubes(0, 4),
+            )
+            .await
+            .unwrap(),
+            422,
+            "unknown-structure",
+        ),
+        (
+            send(
+                key.clone(),
+                "bad4",
+                "prediction",
+                "?model=m&model_version=v1",
+                big,
+            )
+            .await
+            .unwrap(),
+            413,
+            "too-large",
+        ),
+        (
+            send(
+                other_site.clone(),
+                "bad5",
+                "prediction",
+                "?model=m&model_version=v1",
+                cubes(0, 4),
+            )
+            .await
+            .unwrap(),
+            403,
+            "forbidden",
+        ),
+        (
+            send(
+                reader.clone(),
+                "bad5",
+                "prediction",
+                "?model=m&model_version=v1",
+                cubes(0, 4),
+            )
+            .await
+            .unwrap(),
+            403,
+            "forbidden",
+        ),
+        (
+            send(
+                String::new(),
+                "bad6",
+                "prediction",
+                "?model=m&model_version=v1",
+                cubes(0, 4),
+            )
+            .await
+            .unwrap(),
+            401,
+            "unauthorized",
+        ),
+        (
+            send(
+                "sw_nope_nope".into(),
+                "bad7",
+                "prediction",
+                "?model=m&model_version=v1",
+                cubes(0, 4),
+            )
+            .await
+            .unwrap(),
+            401,
+            "unauthorized",
+        ),
+        (
+            send(key.clone(), "bad8", "prediction", "", cubes(0, 4))
+                .await
+                .unwrap(),
+            400,
+            "missing-model",
+        ),
+        (
+            send(
+                key.clone(),
+                "bad9",
+                "prediction",
+                "?model=m&model_version=v1",
+                Vec::new(),
+            )
+            .await
+            .unwrap(),
+            400,
+            "empty-body",
+        ),
+    ];
+    for (response, status, kind) in cases {
+        assert_eq!(response.status().as_u16(), status, "{kind}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        let problem: Value = response.json().await.unwrap();
+        assert!(
+            problem["type"].as_str().unwrap().ends_with(kind),
+            "{problem}"
+        );
+        assert!(!problem["detail"].as_str().unwrap().is_empty());
+        if kind == "unknown-structure" {
+            assert!(
+                problem["detail"].as_str().unwrap().contains("label 2"),
+                "{problem}"
+            );
+        }
+    }
+    // Nothing stored but the one valid prediction.
+    assert_eq!(count(&pool, "SELECT count(*) FROM segmentations").await, 1);
+    assert_eq!(count(&pool, "SELECT count(*) FROM cases").await, 1);
+    assert_eq!(count(&pool, "SELECT count(*) FROM jobs").await, 0);
+    // An ingest key cannot read another site either.
+    let (status, _) = app.get(&other_site, "/v1/sites/s1/cases/paired").await;
+    assert_eq!(status, 403);
+    pool.close().await;
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_and_unreachable_database_answer_503() {
+    let app = TestApp::start_with(|c| c.limits.max_queue_depth = 0).await;
+    let key = app.key(Role::Ingest, Some("s")).await;
+    let response = app.upload(&key, "s", "c", "prediction", cubes(0, 4)).await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    app.finish().await;
+
+    // A database that does not answer: 503 fast, health still up.
+    let down = TestDb {
+        name: "unused".into(),
+        url: "postgres://postgres@127.0.0.1:1/none".into(),
+    };
+    let mut config = common::test_config(&down);
+    config.migrate = false;
+    let router = segwatch::service::launch(std::sync::Arc::new(config))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let response = upload(
+        &client,
+        &base,
+        "sw_a_b",
+        "s",
+        "c",
+        "prediction",
+        cubes(0, 4),
+    )
+    .await;
+    assert_eq!(response.status(), 503);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    assert_eq!(
+        client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worst_cases_come_first() {
+    let app = TestApp::start().await;
+    let key = app.key(Role::Ingest, Some("s")).await;
+    for (case, shift) in [("good", 0), ("bad", 2), ("fair", 1)] {
+        assert_eq!(
+            app.upload(&key, "s", case, "prediction", cubes(shift, 4))
+                .await
+                .status(),
+            202
+        );
+        assert_eq!(
+            app.upload(&key, "s", case, "reference", cubes(0, 4))
+                .await
+                .status(),
+            202
+        );
+        app.wait_scored("s", case).await;
+    }
+    let (status, list) = app
+        .get(
+            &key,
+            "/v1/sites/s/cases?structure=label_1&order=dice&limit=10",
+        )
+        .await;
+    assert_eq!(status, 200);
+    let order: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["case"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, ["bad", "fair", "good"]);
+    assert_eq!(list[0]["structures"].as_array().unwrap().len(), 1);
+    let (status, _) = app.get(&key, "/v1/sites/s/cases?limit=0").await;
+    assert_eq!(status, 400);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_document_docs_and_health() {
+    let app = TestApp::start().await;
+    let spec: Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in [
+        "/v1/sites/{site}/cases/{case}/prediction",
+        "/v1/sites/{site}/cases",
+        "/v1/models/{model}/versions/{version}/structures",
+    ] {
+        assert!(spec["paths"][path].is_object(), "{path} missing");
+    }
+    let docs = app.client.get(app.url("/docs")).send().await.unwrap();
+    assert_eq!(docs.status(), 200);
+    assert!(docs.text().await.unwrap().contains("openapi"));
+    assert_eq!(
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // Metrics need a key.
+    assert_eq!(
+        app.client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .bearer_auth(&app.admin_key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("segwatch_build_info"));
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_command_creates_lists_and_revokes() {
+    let app = TestApp::start().await;
+    let cli = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_segwatch"))
+            .args(args)
+            .env("SEGWATCH_DATABASE_URL", &app.db.url)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let token = cli(&[
+        "keys", "create", "--role", "ingest", "--site", "s9", "--label", "pacs",
+    ])
+    .trim()
+    .to_owned();
+    assert!(token.starts_with("sw_"));
+    let id = token.split('_').nth(1).unwrap().to_owned();
+    let listed = cli(&["keys", "list"]);
+    assert!(
+        listed.contains(&id)
+            && listed.contains("s9")
+            && !listed.contains(token.split('_').nth(2).unwrap())
+    );
+    assert_eq!(
+        app.upload(&token, "s9", "c", "prediction", cubes(0, 4))
+            .await
+            .status(),
+        202
+    );
+    cli(&["keys", "revoke", &id]);
+    assert_eq!(
+        app.upload(&token, "s9", "c2", "prediction", cubes(0, 4))
+            .await
+            .status(),
+        401
+    );
+    // The secret is stored hashed.
+    let pool = PgPool::connect(&app.db.url).await.unwrap();
+    let stored: Vec<u8> = sqlx::query_scalar("SELECT secret_sha256 FROM api_keys WHERE id = $1")
+        .bind(&id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored,
+        segwatch::store::hash_secret(token.split('_').nth(2).unwrap())
+    );
+    pool.close().await;
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_processes_score_every_pair_exactly_once() {
+    let db = TestDb::new().await;
+    let a = ServeProcess::start(&db, &[]).await;
+    let b = ServeProcess::start(&db, &[]).await;
+    let store = segwatch::store::Store::connect(&db.url, 2).unwrap();
+    let key = store.create_key(Role::Admin, None, None).await.unwrap();
+    let client = reqwest::Client::new();
+    let pairs = 200;
+    let uploads = (0..pairs).flat_map(|i| {
+        let bases = [a.base.clone(), b.base.clone()];
+        let (client, key) = (client.clone(), key.clone());
+        ["prediction", "reference"]
+            .into_iter()
+            .enumerate()
+            .map(move |(j, role)| {
+                let (client, key, base) = (client.clone(), key.clone(), bases[(i + j) % 2].clone());
+                async move {
+                    let body = if role == "prediction" {
+                        cubes(i % 3, 4)
+                    } else {
+                        cubes(0, 4)
+                    };
+                    upload(
+                        &client,
+                        &base,
+                        &key,
+                        "site",
+                        &format!("case{i}"),
+                        role,
+                        body,
+                    )
+                    .await
+                    .status()
+                    .as_u16()
+                }
+            })
+    });
+    let statuses = futures_join_all(uploads.collect()).await;
+    assert!(statuses.iter().all(|&s| s == 202), "{statuses:?}");
+    for i in 0..pairs {
+        let case = wait_scored(&client, &a.base, &key, "site", &format!("case{i}")).await;
+        assert_eq!(case["status"], "scored");
+    }
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM results").await,
+        pairs as i64
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(DISTINCT case_id) FROM results").await,
+        pairs as i64
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM jobs WHERE status = 'done'").await,
+        pairs as i64
+    );
+    pool.close().await;
+    drop((a, b));
+    db.drop_db().await;
+}
+
+/// Runs futures concurrently, 64 at a time.
+async fn futures_join_all<F: std::future::Future<Output = u16> + Send + 'static>(
+    futures: Vec<F>,
+) -> Vec<u16> {
+    let mut results = Vec::new();
+    let mut futures = futures.into_iter();
+    loop {
+        let batch: Vec<_> = futures.by_ref().take(64).map(tokio::spawn).collect();
+        if batch.is_empty() {
+            return results;
+        }
+        for handle in batch {
+            results.push(handle.await.unwrap());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_abandoned_by_a_crashed_worker_is_scored_once_after_its_lease() {
+    let db = TestDb::new().await;
+    let mut crashing = ServeProcess::start(
+        &db,
+        &[
+            ("SEGWATCH_FAILPOINT", "abort_after_claim"),
+            ("SEGWATCH_LEASE_SECS", "2"),
+        ],
+    )
+    .await;
+    let store = segwatch::store::Store::connect(&db.url, 2).unwrap();
+    let key = store.create_key(Role::Admin, None, None).await.unwrap();
+    let client = reqwest::Client::new();
+    assert_eq!(
+        upload(
+            &client,
+            &crashing.base,
+            &key,
+            "s",
+            "c",
+            "prediction",
+            cubes(1, 4)
+        )
+        .await
+        .status(),
+        202
+    );
+    assert_eq!(
+        upload(
+            &client,
+            &crashing.base,
+            &key,
+            "s",
+            "c",
+            "reference",
+            cubes(0, 4)
+        )
+        .await
+        .status(),
+        202
+    );
+    // The worker claims the job and the process aborts.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = crashing.child.try_wait().unwrap() {
+            assert!(!status.success());
+            break;
+        }
+        assert!(Instant::now() < deadline, "the failpoint did not fire");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM jobs WHERE status = 'running'").await,
+        1
+    );
+
+    let healthy = ServeProcess::start(&db, &[("SEGWATCH_LEASE_SECS", "2")]).await;
+    let case = wait_scored(&client, &healthy.base, &key, "s", "c").await;
+    assert_eq!(case["status"], "scored");
+    assert_eq!(count(&pool, "SELECT count(*) FROM results").await, 1);
+    assert_eq!(count(&pool, "SELECT attempts::bigint FROM jobs").await, 2);
+    pool.close().await;
+    drop(healthy);
+    db.drop_db().await;
+}

@@ -22,6 +22,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub workers: WorkersConfig,
     pub scoring: ScoringConfig,
+    pub drift: DriftConfig,
     /// Days a scored segmentation is kept for drill-down before its voxels are
     /// purged (results are kept) (`SEGWATCH_RETENTION_DAYS`).
     pub retention_days: u32,
@@ -63,6 +64,25 @@ pub struct WorkersConfig {
     pub disabled: bool,
 }
 
+/// Drift detection and the metrics refreshed from Postgres.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DriftConfig {
+    /// Target in-control run length (cases) of the PIT-EWMA detector (`SEGWATCH_DRIFT_ARL0`).
+    pub arl0: f64,
+    /// Seconds between refreshes of the quality gauges (`SEGWATCH_REFRESH_SECS`).
+    pub refresh_secs: u64,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        DriftConfig {
+            arl0: 2000.0,
+            refresh_secs: 15,
+        }
+    }
+}
+
 /// How cases are scored.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -82,6 +102,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             workers: WorkersConfig::default(),
             scoring: ScoringConfig::default(),
+            drift: DriftConfig::default(),
             retention_days: 30,
         }
     }
@@ -195,6 +216,12 @@ impl Config {
         if let Some(v) = var("SEGWATCH_POLL_INTERVAL_MS") {
             config.workers.poll_interval_ms = parse("SEGWATCH_POLL_INTERVAL_MS", v)?;
         }
+        if let Some(v) = var("SEGWATCH_DRIFT_ARL0") {
+            config.drift.arl0 = parse("SEGWATCH_DRIFT_ARL0", v)?;
+        }
+        if let Some(v) = var("SEGWATCH_REFRESH_SECS") {
+            config.drift.refresh_secs = parse("SEGWATCH_REFRESH_SECS", v)?;
+        }
         if let Some(v) = var("SEGWATCH_WORKERS_DISABLED") {
             config.workers.disabled = parse("SEGWATCH_WORKERS_DISABLED", v)?;
         }
@@ -212,6 +239,11 @@ impl Config {
         }
         if self.workers.memory_budget_voxels < 1 << 20 {
             return bad("workers.memory_budget_voxels must be at least 1048576");
+        }
+        if !(self.drift.arl0 >= 100.0 && self.drift.arl0.is_finite())
+            || self.drift.refresh_secs == 0
+        {
+            return bad("drift.arl0 must be at least 100 and drift.refresh_secs at least 1");
         }
         if !(self.scoring.default_tolerance_mm.is_finite()
             && self.scoring.default_tolerance_mm >= 0.0)

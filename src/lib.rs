@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod compute;
 pub mod config;
+pub mod drift;
 pub mod formats;
 pub mod http;
 pub mod metrics;

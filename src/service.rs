@@ -60,15 +60,14 @@ async fn migrate_when_reachable(store: &Store) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Refreshes queue gauges and purges expired uploads.
+/// Refreshes the gauges from Postgres and purges expired uploads.
 async fn periodic(store: Store, config: Arc<Config>, metrics: Metrics) {
-    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    let mut tick = tokio::time::interval(Duration::from_secs(config.drift.refresh_secs));
     let mut purged_at = tokio::time::Instant::now() - Duration::from_secs(3600);
     loop {
         tick.tick().await;
-        if let Ok((queued, running)) = store.job_counts().await {
-            metrics.jobs_queued.set(queued);
-            metrics.jobs_running.set(running);
+        if let Err(e) = crate::telemetry::refresh(&store, &metrics).await {
+            warn!(error = %e, "cannot refresh metrics from the database");
         }
         if purged_at.elapsed() >= Duration::from_secs(3600) {
             purged_at = tokio::time::Instant::now();

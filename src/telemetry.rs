@@ -243,3 +243,88 @@ pub fn init_logging(format: &str) {
         builder.try_init()
     };
 }
+
+/// Recomputes every quality gauge from Postgres, so that every replica reports
+/// the same values and a restart loses nothing. Series that disappeared are dropped.
+pub async fn refresh(
+    store: &crate::store::Store,
+    metrics: &Metrics,
+) -> Result<(), crate::store::StoreError> {
+    let (queued, running) = store.job_counts().await?;
+    metrics.jobs_queued.set(queued);
+    metrics.jobs_running.set(running);
+    for ((_, days), (_, gauge)) in ROLLING_WINDOWS.iter().zip(&metrics.rolling_dice_ratio) {
+        let rows = store.rolling_dice(*days as i32).await?;
+        gauge.reset();
+        if *days == 7 {
+            metrics.rolling_cases_7d.reset();
+        }
+        for (site, model, version, structure, mean, cases) in rows {
+            let labels = [
+                site.as_str(),
+                model.as_str(),
+                version.as_str(),
+                structure.as_str(),
+            ];
+            gauge.with_label_values(&labels).set(mean);
+            if *days == 7 {
+                metrics
+                    .rolling_cases_7d
+                    .with_label_values(&labels)
+                    .set(cases);
+            }
+        }
+    }
+    let baselines = store.baseline_gauges().await?;
+    for gauge in [
+        &metrics.dice_baseline_ratio,
+        &metrics.dice_baseline_p05_ratio,
+        &metrics.dice_baseline_p25_ratio,
+    ] {
+        gauge.reset();
+    }
+    for (model, version, b) in baselines {
+        let labels = [model.as_str(), version.as_str(), b.structure.as_str()];
+        metrics
+            .dice_baseline_ratio
+            .with_label_values(&labels)
+            .set(b.mean);
+        metrics
+            .dice_baseline_p05_ratio
+            .with_label_values(&labels)
+            .set(b.p05);
+        metrics
+            .dice_baseline_p25_ratio
+            .with_label_values(&labels)
+            .set(b.p25);
+    }
+    let detectors = store.detector_states().await?;
+    metrics.drift_statistic.reset();
+    metrics.drift_limit.reset();
+    metrics.drift_alarm.reset();
+    for d in detectors {
+        let labels = [
+            d.site.as_str(),
+            d.model.as_str(),
+            d.model_version.as_str(),
+            d.structure.as_str(),
+            d.detector.as_str(),
+        ];
+        metrics
+            .drift_statistic
+            .with_label_values(&labels)
+            .set(d.statistic);
+        metrics.drift_limit.with_label_values(&labels).set(d.limit);
+        metrics
+            .drift_alarm
+            .with_label_values(&labels)
+            .set(d.alarm as i64);
+    }
+    for (site, role, at) in store.last_uploads().await? {
+        metrics
+            .last_upload_timestamp_seconds
+            .with_label_values(&[site.as_str(), role.as_str()])
+            .set(at);
+    }
+    Ok(())
+}

@@ -3,6 +3,7 @@
 mod eval;
 mod output;
 mod serve;
+mod simulate;
 
 use std::process::ExitCode;
 
@@ -27,6 +28,8 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(serve::KeysCommand),
+    /// Upload simulated cases (with an optional injected drift) to a running segwatch.
+    Simulate(simulate::SimulateArgs),
 }
 
 /// Parses the command line, runs the command and maps failure to an exit code.
@@ -37,6 +40,7 @@ pub fn run() -> ExitCode {
         Command::Serve(args) => serve::serve(args).map(|_| ExitCode::SUCCESS),
         Command::Migrate(args) => serve::migrate(args).map(|_| ExitCode::SUCCESS),
         Command::Keys(command) => serve::keys(command).map(|_| ExitCode::SUCCESS),
+        Command::Simulate(args) => simulate::run(args).map(|_| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -44,6 +44,13 @@ pub struct ListQuery {
     pub limit: Option<i64>,
     /// Only cases scored since then (RFC 3339).
     pub since: Option<DateTime<Utc>>,
+    /// Acquisition filters.
+    pub scanner_manufacturer: Option<String>,
+    pub scanner_model: Option<String>,
+    pub protocol: Option<String>,
+    /// Slice-thickness band, in mm (inclusive).
+    pub slice_thickness_min_mm: Option<f64>,
+    pub slice_thickness_max_mm: Option<f64>,
 }
 
 #[utoipa::path(get, path = "/v1/sites/{site}/cases", tag = "cases",
@@ -79,6 +86,10 @@ pub async fn list_cases(
         model_version: query.model_version,
         since: query.since,
         limit,
+        scanner_manufacturer: query.scanner_manufacturer,
+        scanner_model: query.scanner_model,
+        protocol: query.protocol,
+        slice_thickness_mm: (query.slice_thickness_min_mm, query.slice_thickness_max_mm),
     };
     Ok(Json(app.store.worst_cases(&filter).await?))
 }

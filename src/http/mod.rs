@@ -2,6 +2,7 @@
 
 mod auth;
 mod cases;
+mod drift;
 mod models;
 pub mod problem;
 mod uploads;
@@ -14,7 +15,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use tower_http::compression::CompressionLayer;
 use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -45,12 +46,14 @@ pub struct AppState {
 #[openapi(
     info(title = "segwatch", description = "Scores AI segmentations against radiologists' corrections and watches quality over time."),
     paths(uploads::put_prediction, uploads::put_reference, cases::get_case, cases::list_cases,
-          models::put_structures, models::get_structures, healthz, readyz),
+          models::put_structures, models::get_structures, drift::put_baseline, drift::freeze_baseline,
+          drift::get_baseline, drift::list_alerts, drift::acknowledge, drift::strata, healthz, readyz),
     components(schemas(Problem, uploads::UploadAccepted)),
     modifiers(&BearerAuth),
     tags((name = "uploads", description = "PACS integrations send segmentations"),
          (name = "cases", description = "Results for drill-down"),
          (name = "models", description = "Structure schemas of model versions"),
+         (name = "drift", description = "Baselines, drift alerts and what changed"),
          (name = "operations", description = "Health and readiness"))
 )]
 pub struct ApiDoc;
@@ -104,6 +107,17 @@ pub fn router(state: AppState) -> Router {
             "/v1/models/{model}/versions/{version}/structures",
             put(models::put_structures).get(models::get_structures),
         )
+        .route(
+            "/v1/models/{model}/versions/{version}/baseline",
+            put(drift::put_baseline).get(drift::get_baseline),
+        )
+        .route(
+            "/v1/models/{model}/versions/{version}/baseline/freeze",
+            post(drift::freeze_baseline),
+        )
+        .route("/v1/alerts", get(drift::list_alerts))
+        .route("/v1/alerts/{id}/ack", post(drift::acknowledge))
+        .route("/v1/alerts/{id}/strata", get(drift::strata))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

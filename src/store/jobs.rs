@@ -6,6 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use super::drift::DetectorSettings;
 use super::{Result, Store, StoreError};
 use crate::metrics::StructureMetrics;
 
@@ -134,6 +135,7 @@ impl Store {
         job: &ClaimedJob,
         inputs: &JobInputs,
         outcome: &JobOutcome,
+        detectors: &DetectorSettings,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await.map_err(StoreError::classify)?;
         let done = sqlx::query!(
@@ -202,6 +204,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        super::drift::update_detectors(&mut tx, result_id, inputs, outcome, detectors).await?;
         tx.commit().await?;
         Ok(true)
     }

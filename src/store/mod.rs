@@ -1,5 +1,6 @@
 //! All SQL: migrations, keys, schemas, uploads, the job queue and results.
 
+mod drift;
 mod jobs;
 mod keys;
 mod results;
@@ -11,6 +12,9 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
+pub use drift::{
+    ALL, Alert, BaselineInfo, BaselineStructure, DetectorRow, DetectorSettings, Stratum,
+};
 pub use jobs::{ClaimedJob, JobInputs, JobOutcome};
 pub use keys::{KeyInfo, Principal, Role, hash_secret};
 pub use results::{CaseFilter, CaseStatus, CaseSummary, CaseView, Revision};

@@ -70,6 +70,11 @@ pub struct CaseFilter {
     pub model_version: Option<String>,
     pub since: Option<DateTime<Utc>>,
     pub limit: i64,
+    pub scanner_manufacturer: Option<String>,
+    pub scanner_model: Option<String>,
+    pub protocol: Option<String>,
+    /// Inclusive slice-thickness band in mm.
+    pub slice_thickness_mm: (Option<f64>, Option<f64>),
 }
 
 /// A structure_results row back into the metrics it was stored from.
@@ -200,10 +205,17 @@ impl Store {
                    FROM results r
                    WHERE r.site = $1 AND ($2::text IS NULL OR r.model_version = $2)
                      AND ($3::timestamptz IS NULL OR r.scored_at >= $3)
-                   ORDER BY r.case_id, r.id DESC)
+                   ORDER BY r.case_id, r.id DESC),
+               filtered AS (
+                   SELECT l.* FROM latest l JOIN results r ON r.id = l.id
+                   WHERE ($6::text IS NULL OR r.acquisition->>'scanner_manufacturer' = $6)
+                     AND ($7::text IS NULL OR r.acquisition->>'scanner_model' = $7)
+                     AND ($8::text IS NULL OR r.acquisition->>'protocol' = $8)
+                     AND ($9::float8 IS NULL OR (r.acquisition->>'slice_thickness_mm')::float8 >= $9)
+                     AND ($10::float8 IS NULL OR (r.acquisition->>'slice_thickness_mm')::float8 <= $10))
                SELECT l.id, c.case_key, l.model, l.model_version, l.scored_at, l.mean_dice,
                       s.dice AS "structure_dice?"
-               FROM latest l
+               FROM filtered l
                JOIN cases c ON c.id = l.case_id
                LEFT JOIN structure_results s ON s.result_id = l.id AND s.structure = $4
                WHERE $4::text IS NULL OR s.result_id IS NOT NULL
@@ -213,7 +225,12 @@ impl Store {
             filter.model_version,
             filter.since,
             filter.structure,
-            filter.limit
+            filter.limit,
+            filter.scanner_manufacturer,
+            filter.scanner_model,
+            filter.protocol,
+            filter.slice_thickness_mm.0,
+            filter.slice_thickness_mm.1
         )
         .fetch_all(&self.pool)
         .await

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::formats::Limits;
 use crate::metrics::Settings;
 use crate::schema::Schema;
-use crate::store::{ClaimedJob, JOBS_CHANNEL, Store, StoreError};
+use crate::store::{ClaimedJob, DetectorSettings, JOBS_CHANNEL, Store, StoreError};
 use crate::telemetry::Metrics;
 
 /// Set to `abort_after_claim` to abort the process right after claiming a job:
@@ -203,6 +203,11 @@ impl Workers {
             Ok(schema) => schema,
             Err(e) => return Handled::Failed(format!("stored schema is unreadable: {e}")),
         };
+        let failure_thresholds = schema
+            .iter()
+            .flat_map(|s| &s.structures)
+            .map(|d| (d.name.clone(), d.failure()))
+            .collect();
         let settings = Settings {
             surface: self.config.scoring.surface,
             tolerance_mm: self.config.scoring.default_tolerance_mm,
@@ -230,7 +235,15 @@ impl Workers {
             Ok(Err(e)) => return Handled::Failed(e.to_string()),
             Err(panic) => return Handled::Failed(panic.to_string()),
         };
-        match self.store.complete_job(job, &inputs, &outcome).await {
+        let detectors = DetectorSettings {
+            arl0: self.config.drift.arl0,
+            failure_thresholds,
+        };
+        match self
+            .store
+            .complete_job(job, &inputs, &outcome, &detectors)
+            .await
+        {
             Ok(true) => {
                 self.metrics.record_scored(&inputs, &outcome);
                 Handled::Done

@@ -1,0 +1,472 @@
+//! `segwatch simulate`: realistic cases uploaded through the API with simulated
+//! case times, so dashboards and alerts can be seen working.
+//!
+//! Each case is an abdomen-like label map (liver, spleen, kidneys, pancreas as
+//! jittered ellipsoids); the prediction is the reference with a one-sided boundary
+//! error sized to hit a Dice drawn from the structure's distribution (like a real
+//! model's spread), with occasional failures, and lower after an injected drift.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chrono::Utc;
+use clap::Args;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use rand_distr::{Beta, Distribution};
+use serde_json::{Value, json};
+
+use crate::formats::nifti::encode;
+use crate::volume::{Grid, LabelVolume, Labels};
+
+/// A drift to inject: from day `day` on, site `site`'s `structure` loses `delta` Dice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriftSpec {
+    pub day: u32,
+    pub site: u32,
+    pub structure: String,
+    pub delta: f64,
+}
+
+impl FromStr for DriftSpec {
+    type Err = String;
+
+    /// `dayX:siteK:STRUCTURE:DELTA`, e.g. `day5:site2:liver:0.08`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let bad =
+            || format!("{s}: expected dayX:siteK:STRUCTURE:DELTA, e.g. day5:site2:liver:0.08");
+        if parts.len() != 4 {
+            return Err(bad());
+        }
+        let day = parts[0]
+            .strip_prefix("day")
+            .and_then(|d| d.parse().ok())
+            .ok_or_else(bad)?;
+        let site = parts[1]
+            .strip_prefix("site")
+            .and_then(|d| d.parse().ok())
+            .ok_or_else(bad)?;
+        let delta: f64 = parts[3].parse().map_err(|_| bad())?;
+        if !(0.0..1.0).contains(&delta) || !STRUCTURES.iter().any(|s| s.name == parts[2]) {
+            return Err(format!(
+                "{}: structure must be one of {:?} and DELTA in 0..1",
+                s,
+                STRUCTURES.map(|s| s.name)
+            ));
+        }
+        Ok(DriftSpec {
+            day,
+            site,
+            structure: parts[2].into(),
+            delta,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// segwatch base URL.
+    #[arg(long)]
+    url: String,
+    /// Admin key (simulated case times need one).
+    #[arg(long, env = "SEGWATCH_KEY", hide_env_values = true)]
+    key: String,
+    #[arg(long, default_value_t = 3)]
+    sites: u32,
+    #[arg(long, default_value_t = 14)]
+    days: u32,
+    #[arg(long, default_value_t = 8)]
+    cases_per_day: u32,
+    /// Injected drift, repeatable: dayX:siteK:STRUCTURE:DELTA.
+    #[arg(long = "drift-at")]
+    drift_at: Vec<DriftSpec>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value = "simnet")]
+    model: String,
+    #[arg(long, default_value = "1.0")]
+    model_version: String,
+    /// Uploads in flight.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+}
+
+/// A simulated structure: label, name, ellipsoid radii (voxels) and centre, and
+/// the model's Dice distribution.
+#[derive(Debug, Clone, Copy)]
+struct Organ {
+    label: u8,
+    name: &'static str,
+    radii: [f64; 3],
+    centre: [f64; 3],
+    dice_mean: f64,
+    dice_sd: f64,
+}
+
+const SHAPE: [usize; 3] = [72, 64, 40];
+const SPACING: [f64; 3] = [1.5, 1.5, 3.0];
+/// Chance that a structure fails outright in a case.
+const FAILURE_RATE: f64 = 0.02;
+const STRUCTURES: [Organ; 5] = [
+    Organ {
+        label: 1,
+        name: "liver",
+        radii: [17.0, 14.0, 9.0],
+        centre: [24.0, 30.0, 20.0],
+        dice_mean: 0.95,
+        dice_sd: 0.02,
+    },
+    Organ {
+        label: 2,
+        name: "spleen",
+        radii: [7.0, 9.0, 6.0],
+        centre: [52.0, 22.0, 21.0],
+        dice_mean: 0.92,
+        dice_sd: 0.035,
+    },
+    Organ {
+        label: 3,
+        name: "kidney_right",
+        radii: [5.0, 6.0, 6.0],
+        centre: [22.0, 48.0, 17.0],
+        dice_mean: 0.91,
+        dice_sd: 0.04,
+    },
+    Organ {
+        label: 4,
+        name: "kidney_left",
+        radii: [5.0, 6.0, 6.0],
+        centre: [50.0, 48.0, 17.0],
+        dice_mean: 0.91,
+        dice_sd: 0.04,
+    },
+    Organ {
+        label: 5,
+        name: "pancreas",
+        radii: [11.0, 3.0, 3.0],
+        centre: [40.0, 40.0, 25.0],
+        dice_mean: 0.80,
+        dice_sd: 0.07,
+    },
+];
+const SCANNERS: [(&str, &str); 4] = [
+    ("Siemens", "SOMATOM Force"),
+    ("GE", "Revolution CT"),
+    ("Philips", "IQon"),
+    ("Canon", "Aquilion ONE"),
+];
+
+/// A Dice drawn from the structure's distribution (mean lowered by `drift`),
+/// or a failure.
+fn draw_dice(rng: &mut StdRng, organ: &Organ, drift: f64) -> f64 {
+    if rng.random::<f64>() < FAILURE_RATE {
+        return rng.random_range(0.05..0.45);
+    }
+    let mean = (organ.dice_mean - drift).clamp(0.05, 0.99);
+    let common = mean * (1.0 - mean) / (organ.dice_sd * organ.dice_sd) - 1.0;
+    Beta::new(mean * common, (1.0 - mean) * common).map_or(mean, |b| b.sample(rng))
+}
+
+fn index(p: [usize; 3]) -> usize {
+    p[0] + SHAPE[0] * (p[1] + SHAPE[1] * p[2])
+}
+
+/// A reference label map: the organs as ellipsoids jittered in size and place.
+fn reference(rng: &mut StdRng) -> Vec<u8> {
+    let mut labels = vec![0u8; SHAPE.iter().product()];
+    for organ in &STRUCTURES {
+        let scale: [f64; 3] = std::array::from_fn(|_| rng.random_range(0.85..1.15));
+        let shift: [f64; 3] = std::array::from_fn(|_| rng.random_range(-2.0..2.0));
+        for z in 0..SHAPE[2] {
+            for y in 0..SHAPE[1] {
+                for x in 0..SHAPE[0] {
+                    let p = [x as f64, y as f64, z as f64];
+                    let d: f64 = (0..3)
+                        .map(|a| {
+                            ((p[a] - organ.centre[a] - shift[a]) / (organ.radii[a] * scale[a]))
+                                .powi(2)
+                        })
+                        .sum();
+                    if d <= 1.0 && labels[index([x, y, z])] == 0 {
+                        labels[index([x, y, z])] = organ.label;
+                    }
+                }
+            }
+        }
+    }
+    labels
+}
+
+/// The prediction: for each organ, the `1 − dice` share of its voxels on one side
+/// (along a random direction) is moved to the background ring on the other side,
+/// which gives Dice ≈ the drawn value.
+fn prediction(rng: &mut StdRng, reference: &[u8], dice: &[f64]) -> Vec<u8> {
+    let mut labels = reference.to_vec();
+    let coords = |i: usize| {
+        [
+            i % SHAPE[0],
+            (i / SHAPE[0]) % SHAPE[1],
+            i / (SHAPE[0] * SHAPE[1]),
+        ]
+    };
+    for (organ, &target) in STRUCTURES.iter().zip(dice) {
+        let voxels: Vec<usize> = (0..reference.len())
+            .filter(|&i| reference[i] == organ.label)
+            .collect();
+        let moved = ((1.0 - target) * voxels.len() as f64).round() as usize;
+        if voxels.is_empty() || moved == 0 {
+            continue;
+        }
+        let direction: [f64; 3] = std::array::from_fn(|_| rng.random_range(-1.0..1.0));
+        let along = |i: usize| {
+            let c = coords(i);
+            (0..3).map(|a| c[a] as f64 * direction[a]).sum::<f64>()
+        };
+        let mut sorted = voxels.clone();
+        sorted.sort_by(|&a, &b| along(b).total_cmp(&along(a)));
+        for &i in sorted.iter().take(moved) {
+            labels[i] = 0;
+        }
+        // Grow on the other side, ring by ring, into the background.
+        let mut added = 0;
+        let mut frontier = voxels;
+        while added < moved && !frontier.is_empty() {
+            let mut ring: Vec<usize> = Vec::new();
+            for &i in &frontier {
+                let c = coords(i);
+                for a in 0..3 {
+                    for d in [-1i64, 1] {
+                        let v = c[a] as i64 + d;
+                        if v < 0 || v >= SHAPE[a] as i64 {
+                            continue;
+                        }
+                        let mut n = c;
+                        n[a] = v as usize;
+                        let j = index(n);
+                        if labels[j] == 0 && reference[j] == 0 {
+                            ring.push(j);
+                        }
+                    }
+                }
+            }
+            ring.sort_unstable();
+            ring.dedup();
+            ring.sort_by(|&a, &b| along(a).total_cmp(&along(b)));
+            for &j in ring.iter().take(moved - added) {
+                labels[j] = organ.label;
+                added += 1;
+            }
+            frontier = ring;
+        }
+    }
+    labels
+}
+
+fn nifti(labels: Vec<u8>) -> Vec<u8> {
+    let grid = Grid::axis_aligned(SHAPE, SPACING, 3);
+    encode(
+        &LabelVolume::new(grid, Labels::U8(labels)).expect("shape matches"),
+        true,
+    )
+}
+
+pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
+    if args.sites == 0 || args.days == 0 || args.cases_per_day == 0 {
+        bail!("--sites, --days and --cases-per-day must be at least 1");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(simulate(args))
+}
+
+async fn send(request: reqwest::RequestBuilder, what: &str) -> anyhow::Result<Value> {
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("{what}: segwatch unreachable"))?;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!("{what}: {status} {body}");
+    }
+    Ok(body)
+}
+
+async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let base = args.url.trim_end_matches('/').to_owned();
+    let models = format!(
+        "{base}/v1/models/{}/versions/{}",
+        args.model, args.model_version
+    );
+    let schema = json!({
+        "structures": STRUCTURES.iter().map(|o| json!({"label": o.label, "name": o.name, "tolerance_mm": 2.0})).collect::<Vec<_>>(),
+        "unknown_labels": "reject",
+    });
+    send(
+        client
+            .put(format!("{models}/structures"))
+            .bearer_auth(&args.key)
+            .json(&schema),
+        "setting the schema",
+    )
+    .await?;
+
+    // The model's acceptance baseline: 200 validation cases from the in-control model.
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let cases: Vec<Value> = (0..200)
+        .map(|_| {
+            Value::Object(
+                STRUCTURES
+                    .iter()
+                    .map(|o| (o.name.to_owned(), json!(draw_dice(&mut rng, o, 0.0))))
+                    .collect(),
+            )
+        })
+        .collect();
+    let baseline = json!({"source": "simulated validation set", "cases": cases});
+    send(
+        client
+            .put(format!("{models}/baseline"))
+            .bearer_auth(&args.key)
+            .json(&baseline),
+        "setting the baseline",
+    )
+    .await?;
+
+    let start = Utc::now() - chrono::Duration::days(args.days as i64);
+    let per_day = args.cases_per_day as i64;
+    let mut jobs = Vec::new();
+    for day in 0..args.days {
+        for slot in 0..args.cases_per_day {
+            for site in 1..=args.sites {
+                let minutes = (slot as i64 * 24 * 60) / per_day + rng.random_range(0..30);
+                let observed =
+                    start + chrono::Duration::days(day as i64) + chrono::Duration::minutes(minutes);
+                let dice: Vec<f64> = STRUCTURES
+                    .iter()
+                    .map(|o| {
+                        let drift: f64 = args
+                            .drift_at
+                            .iter()
+                            .filter(|d| d.site == site && d.structure == o.name && day >= d.day)
+                            .map(|d| d.delta)
+                            .sum();
+                        draw_dice(&mut rng, o, drift)
+                    })
+                    .collect();
+                let reference = reference(&mut rng);
+                let prediction = prediction(&mut rng, &reference, &dice);
+                let (manufacturer, scanner) = SCANNERS[rng.random_range(0..SCANNERS.len())];
+                let thickness = [1.0, 1.25, 2.5, 5.0][rng.random_range(0..4)];
+                let acquisition = format!(
+                    "scanner_manufacturer={manufacturer}&scanner_model={}&slice_thickness_mm={thickness}&protocol=abdomen_portal_venous",
+                    scanner.replace(' ', "%20")
+                );
+                let case = format!("sim-{}-d{day:03}-{slot:02}", args.seed);
+                jobs.push((
+                    format!("site{site}"),
+                    case,
+                    observed,
+                    acquisition,
+                    nifti(prediction),
+                    nifti(reference),
+                ));
+            }
+        }
+    }
+    let total = jobs.len();
+    eprintln!(
+        "segwatch: uploading {total} simulated cases over {} days at {} sites",
+        args.days, args.sites
+    );
+    let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
+    let mut handles = Vec::new();
+    for (site, case, observed, acquisition, prediction, reference) in jobs {
+        let permit = semaphore.clone().acquire_owned().await?;
+        let (client, base, key) = (client.clone(), base.clone(), args.key.clone());
+        let (model, version) = (args.model.clone(), args.model_version.clone());
+        handles.push(tokio::spawn(async move {
+            let _permit = permit;
+            let at = observed.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let url = format!("{base}/v1/sites/{site}/cases/{case}");
+            let query =
+                format!("model={model}&model_version={version}&observed_at={at}&{acquisition}");
+            send(
+                client
+                    .put(format!("{url}/prediction?{query}"))
+                    .bearer_auth(&key)
+                    .body(prediction),
+                "uploading a prediction",
+            )
+            .await?;
+            send(
+                client
+                    .put(format!("{url}/reference?{acquisition}"))
+                    .bearer_auth(&key)
+                    .body(reference),
+                "uploading a reference",
+            )
+            .await?;
+            anyhow::Ok(())
+        }));
+    }
+    for handle in handles {
+        handle.await??;
+    }
+    eprintln!("segwatch: uploaded {total} cases");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dice(p: &[u8], r: &[u8], label: u8) -> f64 {
+        let tp = p
+            .iter()
+            .zip(r)
+            .filter(|(a, b)| **a == label && **b == label)
+            .count() as f64;
+        let np = p.iter().filter(|&&v| v == label).count() as f64;
+        let nr = r.iter().filter(|&&v| v == label).count() as f64;
+        2.0 * tp / (np + nr)
+    }
+
+    #[test]
+    fn predictions_hit_the_drawn_dice() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let r = reference(&mut rng);
+        let targets = [0.95, 0.9, 0.85, 0.8, 0.7];
+        let p = prediction(&mut rng, &r, &targets);
+        for (organ, target) in STRUCTURES.iter().zip(targets) {
+            let d = dice(&p, &r, organ.label);
+            assert!(
+                (d - target).abs() < 0.03,
+                "{}: {d} for {target}",
+                organ.name
+            );
+        }
+    }
+
+    #[test]
+    fn drift_specs_parse() {
+        let d: DriftSpec = "day5:site2:liver:0.08".parse().unwrap();
+        assert_eq!(
+            d,
+            DriftSpec {
+                day: 5,
+                site: 2,
+                structure: "liver".into(),
+                delta: 0.08
+            }
+        );
+        assert!("day5:site2:brain:0.1".parse::<DriftSpec>().is_err());
+        assert!("5:2:liver:0.1".parse::<DriftSpec>().is_err());
+    }
+}

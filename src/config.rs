@@ -23,6 +23,7 @@ pub struct Config {
     pub workers: WorkersConfig,
     pub scoring: ScoringConfig,
     pub drift: DriftConfig,
+    pub dicomweb: DicomWebConfig,
     /// Days a scored segmentation is kept for drill-down before its voxels are
     /// purged (results are kept) (`SEGWATCH_RETENTION_DAYS`).
     pub retention_days: u32,
@@ -64,6 +65,30 @@ pub struct WorkersConfig {
     pub disabled: bool,
 }
 
+/// DICOMweb STOW-RS ingest.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DicomWebConfig {
+    /// Secret keying the hash that turns StudyInstanceUID and the referenced
+    /// SeriesInstanceUID into a case key (`SEGWATCH_CASE_KEY_SECRET`).
+    pub case_key_secret: Option<String>,
+    /// Rules that decide the role before SegmentAlgorithmType does, for viewers
+    /// that keep AUTOMATIC on edited segments; the first match wins.
+    pub role_rules: Vec<RoleRule>,
+}
+
+/// "If `attribute` contains `contains` (case-insensitive), the SEG is a `role`."
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RoleRule {
+    /// series_description, manufacturer, manufacturer_model_name, content_label,
+    /// algorithm_name or software_versions.
+    pub attribute: String,
+    pub contains: String,
+    /// prediction or reference.
+    pub role: String,
+}
+
 /// Drift detection and the metrics refreshed from Postgres.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -103,6 +128,7 @@ impl Default for Config {
             workers: WorkersConfig::default(),
             scoring: ScoringConfig::default(),
             drift: DriftConfig::default(),
+            dicomweb: DicomWebConfig::default(),
             retention_days: 30,
         }
     }
@@ -222,6 +248,9 @@ impl Config {
         if let Some(v) = var("SEGWATCH_REFRESH_SECS") {
             config.drift.refresh_secs = parse("SEGWATCH_REFRESH_SECS", v)?;
         }
+        if let Some(v) = var("SEGWATCH_CASE_KEY_SECRET") {
+            config.dicomweb.case_key_secret = Some(v);
+        }
         if let Some(v) = var("SEGWATCH_WORKERS_DISABLED") {
             config.workers.disabled = parse("SEGWATCH_WORKERS_DISABLED", v)?;
         }
@@ -239,6 +268,23 @@ impl Config {
         }
         if self.workers.memory_budget_voxels < 1 << 20 {
             return bad("workers.memory_budget_voxels must be at least 1048576");
+        }
+        const ATTRIBUTES: [&str; 6] = [
+            "series_description",
+            "manufacturer",
+            "manufacturer_model_name",
+            "content_label",
+            "algorithm_name",
+            "software_versions",
+        ];
+        for rule in &self.dicomweb.role_rules {
+            if !ATTRIBUTES.contains(&rule.attribute.as_str())
+                || !matches!(rule.role.as_str(), "prediction" | "reference")
+            {
+                return bad(
+                    "dicomweb.role_rules: attribute must be one of series_description, manufacturer, manufacturer_model_name, content_label, algorithm_name, software_versions, and role prediction or reference",
+                );
+            }
         }
         if !(self.drift.arl0 >= 100.0 && self.drift.arl0.is_finite())
             || self.drift.refresh_secs == 0

@@ -179,6 +179,30 @@ fn check_structure(body: &[u8]) -> Result<(), FormatError> {
     dicom_structure::check(data_set, encoding).map_err(to_error)
 }
 
+/// SOPClassUID and SOPInstanceUID of a DICOM file, when it is readable that far
+/// (for reporting on files that are not usable SEGs).
+pub fn instance_uids(bytes: &[u8]) -> (Option<String>, Option<String>) {
+    let body = if bytes.get(128..132) == Some(b"DICM") {
+        &bytes[128..]
+    } else {
+        bytes
+    };
+    if !body.starts_with(b"DICM") || check_structure(body).is_err() {
+        return (None, None);
+    }
+    match OpenFileOptions::new()
+        .read_preamble(dicom_object::file::ReadPreamble::Never)
+        .read_until(tags::PIXEL_DATA)
+        .from_reader(body)
+    {
+        Ok(object) => (
+            text(&object, tags::SOP_CLASS_UID),
+            text(&object, tags::SOP_INSTANCE_UID),
+        ),
+        Err(_) => (None, None),
+    }
+}
+
 /// dicom-object reports truncation as a failure to read a token or value.
 fn read_error(err: dicom_object::ReadError) -> FormatError {
     let mut chain = err.to_string();

@@ -3,6 +3,7 @@
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use base64::Engine;
 
 use super::AppState;
 use super::problem::Problem;
@@ -23,17 +24,35 @@ impl FromRequestParts<AppState> for Auth {
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| Problem::unauthorized("send Authorization: Bearer <key>"))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .ok_or_else(|| {
-                Problem::unauthorized("the Authorization header must be Bearer <key>")
-            })?;
+        let token = bearer_or_basic(header).ok_or_else(|| {
+            Problem::unauthorized(
+                "the Authorization header must be Bearer <key>, or Basic with the key as password",
+            )
+        })?;
         match state.store.authenticate(token.trim()).await? {
             Some(principal) => Ok(Auth(principal)),
             None => Err(Problem::unauthorized("unknown or revoked key")),
         }
     }
+}
+
+/// The key from `Bearer <key>` or from HTTP Basic, whose password is the key
+/// (many PACS DICOMweb clients only do Basic); the user name is ignored.
+fn bearer_or_basic(header: &str) -> Option<String> {
+    let (scheme, value) = header.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(value.trim().to_owned());
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(value.trim())
+            .ok()?;
+        let credentials = String::from_utf8(decoded).ok()?;
+        return credentials
+            .split_once(':')
+            .map(|(_, password)| password.to_owned());
+    }
+    None
 }
 
 impl Auth {
@@ -66,5 +85,27 @@ impl Auth {
         } else {
             Err(Problem::forbidden("this needs an admin key"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_from_bearer_and_basic() {
+        assert_eq!(bearer_or_basic("Bearer sw_a_b").as_deref(), Some("sw_a_b"));
+        assert_eq!(
+            bearer_or_basic("bearer  sw_a_b ").as_deref(),
+            Some("sw_a_b")
+        );
+        let basic = base64::engine::general_purpose::STANDARD.encode("site1:sw_a_b");
+        assert_eq!(
+            bearer_or_basic(&format!("Basic {basic}")).as_deref(),
+            Some("sw_a_b")
+        );
+        assert_eq!(bearer_or_basic("Basic !!!"), None);
+        assert_eq!(bearer_or_basic("Digest x"), None);
+        assert_eq!(bearer_or_basic("sw_a_b"), None);
     }
 }

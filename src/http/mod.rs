@@ -2,6 +2,7 @@
 
 mod auth;
 mod cases;
+mod dicomweb;
 mod drift;
 mod models;
 pub mod problem;
@@ -47,13 +48,15 @@ pub struct AppState {
     info(title = "segwatch", description = "Scores AI segmentations against radiologists' corrections and watches quality over time."),
     paths(uploads::put_prediction, uploads::put_reference, cases::get_case, cases::list_cases,
           models::put_structures, models::get_structures, drift::put_baseline, drift::freeze_baseline,
-          drift::get_baseline, drift::list_alerts, drift::acknowledge, drift::strata, healthz, readyz),
+          drift::get_baseline, drift::list_alerts, drift::acknowledge, drift::strata,
+          dicomweb::store_instances, dicomweb::store_study_instances, healthz, readyz),
     components(schemas(Problem, uploads::UploadAccepted)),
     modifiers(&BearerAuth),
     tags((name = "uploads", description = "PACS integrations send segmentations"),
          (name = "cases", description = "Results for drill-down"),
          (name = "models", description = "Structure schemas of model versions"),
          (name = "drift", description = "Baselines, drift alerts and what changed"),
+         (name = "dicomweb", description = "DICOMweb STOW-RS for PACS"),
          (name = "operations", description = "Health and readiness"))
 )]
 pub struct ApiDoc;
@@ -66,6 +69,11 @@ impl utoipa::Modify for BearerAuth {
             components.add_security_scheme(
                 "bearer",
                 SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+            // HTTP Basic with the key as password, for PACS clients without Bearer.
+            components.add_security_scheme(
+                "basic",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Basic).build()),
             );
         }
     }
@@ -118,6 +126,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/alerts", get(drift::list_alerts))
         .route("/v1/alerts/{id}/ack", post(drift::acknowledge))
         .route("/v1/alerts/{id}/strata", get(drift::strata))
+        .route("/dicom-web/studies", post(dicomweb::store_instances))
+        .route(
+            "/dicom-web/studies/{study}",
+            post(dicomweb::store_study_instances),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

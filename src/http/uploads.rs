@@ -18,7 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Auth;
 use super::problem::Problem;
 use super::{AppState, valid_key};
-use crate::formats::{self, Limits};
+use crate::formats::{self, Decoded, Limits};
 use crate::metrics::pairing;
 use crate::store::{NewSegmentation, SegRole};
 use crate::volume::Layout;
@@ -217,6 +217,55 @@ async fn accept(
             "the request body must be the segmentation file",
         ));
     }
+    ingest(
+        app,
+        Upload {
+            site,
+            case,
+            role,
+            model,
+            model_version,
+            acquisition,
+            observed_at: query.observed_at,
+            sop_instance_uid: None,
+        },
+        body,
+        None,
+    )
+    .await
+}
+
+/// An upload, validated as a request.
+pub(super) struct Upload<'a> {
+    pub site: &'a str,
+    pub case: &'a str,
+    pub role: SegRole,
+    pub model: Option<String>,
+    pub model_version: Option<String>,
+    pub acquisition: Value,
+    pub observed_at: Option<chrono::DateTime<Utc>>,
+    /// DICOM uploads are idempotent on their SOPInstanceUID too.
+    pub sop_instance_uid: Option<String>,
+}
+
+/// Checks an upload's content (decoding it on the compute pool unless the caller
+/// did) against the schema and the case's other segmentation, then stores it.
+pub(super) async fn ingest(
+    app: &AppState,
+    upload: Upload<'_>,
+    body: Bytes,
+    decoded: Option<Decoded>,
+) -> Result<(StatusCode, UploadAccepted), Problem> {
+    let Upload {
+        site,
+        case,
+        role,
+        model,
+        model_version,
+        acquisition,
+        observed_at,
+        sop_instance_uid,
+    } = upload;
     let (queued, _) = app.store.job_counts().await?;
     if queued >= app.config.limits.max_queue_depth {
         return Err(Problem::unavailable(
@@ -226,7 +275,15 @@ async fn accept(
     }
     let case_url = format!("/v1/sites/{site}/cases/{case}");
     let sha256 = Sha256::digest(&body).to_vec();
-    if let Some(revision) = app.store.find_duplicate(site, case, role, &sha256).await? {
+    let duplicate = match &sop_instance_uid {
+        Some(uid) => app.store.find_instance(site, case, role, uid).await?,
+        None => None,
+    };
+    let duplicate = match duplicate {
+        Some(revision) => Some(revision),
+        None => app.store.find_duplicate(site, case, role, &sha256).await?,
+    };
+    if let Some(revision) = duplicate {
         return Ok((
             StatusCode::OK,
             UploadAccepted {
@@ -249,7 +306,10 @@ async fn accept(
     let decoded = app
         .compute
         .run(voxels, move || {
-            let decoded = formats::decode_upload(&bytes, &limits)?;
+            let decoded = match decoded {
+                Some(decoded) => decoded,
+                None => formats::decode_upload(&bytes, &limits)?,
+            };
             Ok::<_, formats::FormatError>((decoded, gzip(&bytes)))
         })
         .await
@@ -308,7 +368,8 @@ async fn accept(
         provenance: decoded
             .provenance
             .map(|p| serde_json::to_value(p).unwrap_or(Value::Null)),
-        observed_at: query.observed_at,
+        observed_at,
+        sop_instance_uid,
     };
     let stored = app.store.store_upload(&new).await?;
     let status = if stored.duplicate {

@@ -52,6 +52,8 @@ pub struct NewSegmentation {
     pub provenance: Option<Value>,
     /// When the case happened; now unless an admin says otherwise.
     pub observed_at: Option<DateTime<Utc>>,
+    /// DICOM SOPInstanceUID, for idempotent DICOMweb uploads.
+    pub sop_instance_uid: Option<String>,
 }
 
 /// What storing an upload did.
@@ -88,6 +90,27 @@ impl Store {
             case_key,
             role.as_str(),
             sha256
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::classify)
+    }
+
+    /// The revision already holding this DICOM instance, if any.
+    pub async fn find_instance(
+        &self,
+        site: &str,
+        case_key: &str,
+        role: SegRole,
+        sop_instance_uid: &str,
+    ) -> Result<Option<i32>> {
+        sqlx::query_scalar!(
+            "SELECT s.revision FROM segmentations s JOIN cases c ON c.id = s.case_id
+             WHERE c.site = $1 AND c.case_key = $2 AND s.role = $3 AND s.sop_instance_uid = $4",
+            site,
+            case_key,
+            role.as_str(),
+            sop_instance_uid
         )
         .fetch_optional(&self.pool)
         .await
@@ -147,10 +170,12 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?;
         let existing = sqlx::query_scalar!(
-            "SELECT revision FROM segmentations WHERE case_id = $1 AND role = $2 AND sha256 = $3",
+            "SELECT revision FROM segmentations WHERE case_id = $1 AND role = $2
+             AND (sha256 = $3 OR sop_instance_uid = $4)",
             case_id,
             new.role.as_str(),
-            new.sha256
+            new.sha256,
+            new.sop_instance_uid
         )
         .fetch_optional(&mut *tx)
         .await?;
@@ -172,8 +197,8 @@ impl Store {
         .unwrap_or(1);
         let id = sqlx::query_scalar!(
             "INSERT INTO segmentations (case_id, role, revision, sha256, format, content, content_bytes, voxels, grid,
-                                        model, model_version, acquisition, provenance, observed_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, coalesce($14, now()))
+                                        model, model_version, acquisition, provenance, observed_at, sop_instance_uid)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, coalesce($14, now()), $15)
              RETURNING id",
             case_id,
             new.role.as_str(),
@@ -188,7 +213,8 @@ impl Store {
             new.model_version,
             new.acquisition,
             new.provenance,
-            new.observed_at
+            new.observed_at,
+            new.sop_instance_uid
         )
         .fetch_one(&mut *tx)
         .await?;

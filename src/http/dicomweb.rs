@@ -1,0 +1,540 @@
+//! DICOMweb STOW-RS (PS3.18 10.5): a PACS stores DICOM SEG instances; each is
+//! routed to a site (from the key), a case (StudyInstanceUID and the referenced
+//! series), a role (SegmentAlgorithmType or configured rules) and a model (the
+//! algorithm identification), then ingested like a REST upload.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hmac::{Hmac, KeyInit, Mac};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use utoipa::IntoParams;
+
+use super::auth::Auth;
+use super::problem::Problem;
+use super::uploads::{Upload, ingest};
+use super::{AppState, valid_key};
+use crate::formats::dicom_seg::{self, Provenance};
+use crate::formats::{Decoded, FormatError, Limits};
+use crate::store::{Role, SegRole};
+
+/// PS3.18 failure reasons.
+const PROCESSING_FAILURE: u16 = 0x0110;
+const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
+const OUT_OF_RESOURCES: u16 = 0xA700;
+const DOES_NOT_MATCH_STUDY: u16 = 0xA900;
+const CANNOT_UNDERSTAND: u16 = 0xC000;
+
+/// Which site an admin key stores for.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StowQuery {
+    /// The site (admin keys only; site keys store for their own site).
+    pub site: Option<String>,
+}
+
+#[utoipa::path(post, path = "/dicom-web/studies", tag = "dicomweb", params(StowQuery),
+    request_body(content = Vec<u8>, content_type = "multipart/related; type=\"application/dicom\"", description = "DICOM SEG instances"),
+    responses((status = 200, description = "all stored (application/dicom+json)"), (status = 202, description = "some stored"),
+        (status = 409, description = "none stored"), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 415, body = Problem), (status = 503, body = Problem)),
+    security(("bearer" = []), ("basic" = [])))]
+pub async fn store_instances(
+    state: State<AppState>,
+    auth: Auth,
+    query: Query<StowQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    stow(state, auth, query, None, headers, body).await
+}
+
+#[utoipa::path(post, path = "/dicom-web/studies/{study}", tag = "dicomweb", params(("study" = String, Path), StowQuery),
+    request_body(content = Vec<u8>, content_type = "multipart/related; type=\"application/dicom\"", description = "DICOM SEG instances of the study"),
+    responses((status = 200, description = "all stored (application/dicom+json)"), (status = 202, description = "some stored"),
+        (status = 409, description = "none stored"), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 415, body = Problem), (status = 503, body = Problem)),
+    security(("bearer" = []), ("basic" = [])))]
+pub async fn store_study_instances(
+    state: State<AppState>,
+    auth: Auth,
+    Path(study): Path<String>,
+    query: Query<StowQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    stow(state, auth, query, Some(study), headers, body).await
+}
+
+/// The outcome of one part.
+enum Stored {
+    Ok {
+        class: String,
+        instance: String,
+        case_url: String,
+    },
+    Failed {
+        class: Option<String>,
+        instance: Option<String>,
+        reason: u16,
+        detail: String,
+    },
+}
+
+async fn stow(
+    State(app): State<AppState>,
+    auth: Auth,
+    Query(query): Query<StowQuery>,
+    study: Option<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let site = match (auth.0.role, &query.site) {
+        (Role::Ingest, _) => auth.0.site.clone().unwrap_or_default(),
+        (Role::Admin, Some(site)) => site.clone(),
+        (Role::Admin, None) => {
+            return Err(Problem::bad_request(
+                "missing-site",
+                "Missing site",
+                "an admin key must name the site: ?site=…",
+            ));
+        }
+        (Role::Read, _) => return Err(Problem::forbidden("a read key cannot store")),
+    };
+    valid_key("site", &site)?;
+    auth.write(&site)?;
+    let boundary = boundary(&headers)?;
+    let body = body.map_err(|e| {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            "Upload too large",
+            format!(
+                "{e}; the limit is {} bytes",
+                app.config.limits.max_upload_bytes
+            ),
+        )
+    })?;
+    let parts = split_multipart(&body, &boundary).map_err(|detail| {
+        Problem::bad_request(
+            "invalid-multipart",
+            "Invalid multipart/related body",
+            detail,
+        )
+    })?;
+    if parts.is_empty() {
+        return Err(Problem::bad_request(
+            "invalid-multipart",
+            "Invalid multipart/related body",
+            "the body holds no parts",
+        ));
+    }
+    let mut outcomes = Vec::with_capacity(parts.len());
+    for part in parts {
+        let outcome = store_part(&app, &site, study.as_deref(), part.clone()).await?;
+        let reason = match &outcome {
+            Stored::Ok { .. } => "stored",
+            Stored::Failed { .. } => "invalid_file",
+        };
+        app.metrics
+            .segmentations_received_total
+            .with_label_values(&[site.as_str(), "dicomweb", reason])
+            .inc();
+        outcomes.push(outcome);
+    }
+    Ok(answer(outcomes))
+}
+
+/// The boundary of a `multipart/related; type="application/dicom"` body.
+fn boundary(headers: &HeaderMap) -> Result<String, Problem> {
+    let unsupported = |detail: String| {
+        Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            detail,
+        )
+    };
+    let value = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| unsupported("send multipart/related; type=\"application/dicom\"".into()))?;
+    let mut params = value.split(';').map(str::trim);
+    let media = params.next().unwrap_or_default().to_ascii_lowercase();
+    if media != "multipart/related" {
+        return Err(unsupported(format!(
+            "{media}: STOW-RS takes multipart/related; type=\"application/dicom\""
+        )));
+    }
+    let mut boundary = None;
+    for param in params {
+        let Some((name, value)) = param.split_once('=') else {
+            continue;
+        };
+        let value = value.trim().trim_matches('"');
+        match name.trim().to_ascii_lowercase().as_str() {
+            "type" if !value.eq_ignore_ascii_case("application/dicom") => {
+                return Err(unsupported(format!(
+                    "type={value}: only application/dicom parts are accepted"
+                )));
+            }
+            "boundary" => boundary = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+    boundary
+        .filter(|b| !b.is_empty() && b.len() <= 200)
+        .ok_or_else(|| {
+            Problem::bad_request(
+                "invalid-multipart",
+                "Invalid multipart/related body",
+                "the Content-Type has no boundary",
+            )
+        })
+}
+
+/// Splits a multipart body into part contents (headers dropped). Written here
+/// because the multipart crates parse form-data, not multipart/related; the
+/// framing (RFC 2046) is a delimiter search. Boundaries longer than RFC 2046's
+/// 70 characters are accepted: Orthanc sends 73.
+fn split_multipart(body: &Bytes, boundary: &str) -> Result<Vec<Bytes>, String> {
+    let delimiter = format!("--{boundary}");
+    let find = |from: usize| -> Option<usize> {
+        body[from..]
+            .windows(delimiter.len())
+            .position(|w| w == delimiter.as_bytes())
+            .map(|p| p + from)
+    };
+    let mut at = find(0).ok_or("no boundary delimiter in the body")?;
+    let mut parts = Vec::new();
+    loop {
+        let after = at + delimiter.len();
+        if body[after..].starts_with(b"--") {
+            return Ok(parts);
+        }
+        // The delimiter line ends with CRLF, then the part's headers (maybe none)
+        // up to a blank line, then the content.
+        let line_end = body[after..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("a delimiter line does not end")?
+            + after
+            + 2;
+        let content_start = if body[line_end..].starts_with(b"\r\n") {
+            line_end + 2
+        } else {
+            line_end
+                + body[line_end..]
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .ok_or("a part has no end of headers")?
+                + 4
+        };
+        let next = find(content_start).ok_or("the body ends without a closing delimiter")?;
+        // The CRLF before the next delimiter belongs to the delimiter.
+        let content_end = if next >= 2 && &body[next - 2..next] == b"\r\n" {
+            next - 2
+        } else {
+            next
+        };
+        if content_end < content_start {
+            return Err("a part is shorter than its framing".into());
+        }
+        parts.push(body.slice(content_start..content_end));
+        at = next;
+    }
+}
+
+/// The case key of a SEG: a hash of its study and the series it segments (keyed
+/// when a secret is configured), so no DICOM identifier ends up in URLs or metrics.
+fn case_key(secret: Option<&str>, study: &str, series: &str) -> String {
+    let message = format!("{study}\n{series}");
+    let digest = match secret {
+        Some(secret) => {
+            let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
+                .expect("HMAC takes any key length");
+            mac.update(message.as_bytes());
+            mac.finalize().into_bytes().to_vec()
+        }
+        None => Sha256::digest(message.as_bytes()).to_vec(),
+    };
+    format!("dcm-{}", &hex::encode(digest)[..32])
+}
+
+/// prediction or reference: configured rules first, then SegmentAlgorithmType.
+fn role_of(app: &AppState, provenance: &Provenance) -> SegRole {
+    for rule in &app.config.dicomweb.role_rules {
+        let value = match rule.attribute.as_str() {
+            "series_description" => &provenance.series_description,
+            "manufacturer" => &provenance.manufacturer,
+            "manufacturer_model_name" => &provenance.manufacturer_model_name,
+            "content_label" => &provenance.content_label,
+            "algorithm_name" => &provenance.algorithm_name,
+            _ => &provenance.software_versions,
+        };
+        if value
+            .as_deref()
+            .is_some_and(|v| v.to_lowercase().contains(&rule.contains.to_lowercase()))
+        {
+            return if rule.role == "prediction" {
+                SegRole::Prediction
+            } else {
+                SegRole::Reference
+            };
+        }
+    }
+    match provenance.segment_algorithm_type.as_deref() {
+        Some("AUTOMATIC") => SegRole::Prediction,
+        _ => SegRole::Reference,
+    }
+}
+
+/// A name usable as a model key: invalid characters become '_'.
+fn key_from(text: &str) -> String {
+    let key: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(128)
+        .collect();
+    if key.is_empty() {
+        "unknown".into()
+    } else {
+        key
+    }
+}
+
+async fn store_part(
+    app: &AppState,
+    site: &str,
+    study: Option<&str>,
+    bytes: Bytes,
+) -> Result<Stored, Problem> {
+    let limits = Limits {
+        max_voxels: app.config.limits.max_voxels,
+        max_bytes: app.config.limits.max_decompressed_bytes,
+    };
+    let voxels = crate::formats::estimated_voxels(&bytes, &limits);
+    let input = bytes.clone();
+    let decoded = app
+        .compute
+        .run(voxels, move || {
+            let uids = dicom_seg::instance_uids(&input);
+            (dicom_seg::decode(&input, &limits), uids)
+        })
+        .await
+        .map_err(|e| {
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                e.to_string(),
+            )
+        })?;
+    let (image, (class, instance)) = decoded;
+    let failed = |reason: u16, detail: String| Stored::Failed {
+        class: class.clone(),
+        instance: instance.clone(),
+        reason,
+        detail,
+    };
+    let image = match image {
+        Ok(image) => image,
+        Err(e @ FormatError::NotSegmentation(_)) => {
+            return Ok(failed(SOP_CLASS_NOT_SUPPORTED, e.to_string()));
+        }
+        Err(e @ FormatError::TooLarge(_)) => return Ok(failed(OUT_OF_RESOURCES, e.to_string())),
+        Err(e) => return Ok(failed(CANNOT_UNDERSTAND, e.to_string())),
+    };
+    let p = image.provenance.clone();
+    let (Some(study_uid), Some(series_uid), Some(sop_uid)) = (
+        p.study_instance_uid.clone(),
+        p.referenced_series_instance_uid.clone(),
+        p.sop_instance_uid.clone(),
+    ) else {
+        return Ok(failed(
+            CANNOT_UNDERSTAND,
+            "the SEG lacks StudyInstanceUID, a referenced series or SOPInstanceUID".into(),
+        ));
+    };
+    if study.is_some_and(|s| s != study_uid) {
+        return Ok(failed(
+            DOES_NOT_MATCH_STUDY,
+            format!("the instance belongs to study {study_uid}"),
+        ));
+    }
+    let role = role_of(app, &p);
+    let (model, model_version) = match role {
+        SegRole::Prediction => {
+            let model = p
+                .algorithm_name
+                .clone()
+                .or(p.manufacturer_model_name.clone())
+                .or(p.manufacturer.clone());
+            let version = p.algorithm_version.clone().or(p.software_versions.clone());
+            match (model, version) {
+                (Some(m), Some(v)) => (Some(key_from(&m)), Some(key_from(&v))),
+                _ => {
+                    return Ok(failed(
+                        PROCESSING_FAILURE,
+                        "an AI SEG needs an algorithm name and version".into(),
+                    ));
+                }
+            }
+        }
+        SegRole::Reference => (None, None),
+    };
+    let case = case_key(
+        app.config.dicomweb.case_key_secret.as_deref(),
+        &study_uid,
+        &series_uid,
+    );
+    let mut acquisition = serde_json::Map::new();
+    if let Some(t) = p.slice_thickness_mm {
+        acquisition.insert("slice_thickness_mm".into(), json!(t));
+    }
+    if let Some(protocol) = &p.protocol_name {
+        acquisition.insert("protocol".into(), json!(protocol));
+    }
+    let upload = Upload {
+        site,
+        case: &case,
+        role,
+        model,
+        model_version,
+        acquisition: Value::Object(acquisition),
+        observed_at: None,
+        sop_instance_uid: Some(sop_uid.clone()),
+    };
+    let decoded = Decoded {
+        segmentation: image.into_segmentation(),
+        format: "dicom_seg",
+        provenance: Some(p),
+    };
+    let class = class
+        .clone()
+        .unwrap_or_else(|| "1.2.840.10008.5.1.4.1.1.66.4".into());
+    match ingest(app, upload, bytes, Some(decoded)).await {
+        Ok((_, accepted)) => Ok(Stored::Ok {
+            class,
+            instance: sop_uid,
+            case_url: accepted.case_url,
+        }),
+        // The database or the queue is the problem, not the instance: retry all.
+        Err(problem) if problem.status == 503 => Err(problem),
+        Err(problem) => {
+            let reason = if problem.status == 413 {
+                OUT_OF_RESOURCES
+            } else {
+                PROCESSING_FAILURE
+            };
+            Ok(failed(reason, problem.detail))
+        }
+    }
+}
+
+/// The PS3.18 response: ReferencedSOPSequence for stored instances,
+/// FailedSOPSequence with a FailureReason for the others; 200 when all were
+/// stored, 202 when some, 409 when none.
+fn answer(outcomes: Vec<Stored>) -> Response {
+    let ui = |v: &Option<String>| match v {
+        Some(v) => json!({"vr": "UI", "Value": [v]}),
+        None => json!({"vr": "UI"}),
+    };
+    let mut referenced = Vec::new();
+    let mut failed = Vec::new();
+    for outcome in outcomes {
+        match outcome {
+            Stored::Ok {
+                class,
+                instance,
+                case_url,
+            } => referenced.push(json!({
+                "00081150": ui(&Some(class)),
+                "00081155": ui(&Some(instance)),
+                "00081190": {"vr": "UR", "Value": [case_url]},
+            })),
+            Stored::Failed {
+                class,
+                instance,
+                reason,
+                detail,
+            } => {
+                tracing::warn!(reason, %detail, "STOW-RS instance refused");
+                // ErrorComment (LO, 64 characters) says why, as DICOM services do.
+                let comment: String = detail.chars().take(64).collect();
+                failed.push(json!({
+                    "00081150": ui(&class),
+                    "00081155": ui(&instance),
+                    "00081197": {"vr": "US", "Value": [reason]},
+                    "00000902": {"vr": "LO", "Value": [comment]},
+                }))
+            }
+        }
+    }
+    let status = match (referenced.is_empty(), failed.is_empty()) {
+        (false, true) => StatusCode::OK,
+        (false, false) => StatusCode::ACCEPTED,
+        (true, _) => StatusCode::CONFLICT,
+    };
+    let mut body = serde_json::Map::new();
+    if !referenced.is_empty() {
+        body.insert("00081199".into(), json!({"vr": "SQ", "Value": referenced}));
+    }
+    if !failed.is_empty() {
+        body.insert("00081198".into(), json!({"vr": "SQ", "Value": failed}));
+    }
+    let mut response = (status, axum::Json(Value::Object(body))).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/dicom+json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_multipart_related() {
+        let body = Bytes::from_static(b"--B\r\nContent-Type: application/dicom\r\nContent-Length: 3\r\n\r\nabc\r\n--B\r\nContent-Type: application/dicom\r\n\r\n\r\nxy\r\n--B--");
+        let parts = split_multipart(&body, "B").unwrap();
+        assert_eq!(
+            parts,
+            vec![Bytes::from_static(b"abc"), Bytes::from_static(b"\r\nxy")]
+        );
+        let preamble = Bytes::from_static(b"ignored\r\n--B\r\n\r\nz\r\n--B--\r\n");
+        assert_eq!(
+            split_multipart(&preamble, "B").unwrap(),
+            vec![Bytes::from_static(b"z")]
+        );
+        assert!(split_multipart(&Bytes::from_static(b"--B\r\n\r\nopen"), "B").is_err());
+        assert!(split_multipart(&Bytes::from_static(b"no delimiter"), "B").is_err());
+        assert!(
+            split_multipart(&Bytes::from_static(b"--B--"), "B")
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn case_keys_hash_study_and_series() {
+        let plain = case_key(None, "1.2.3", "4.5.6");
+        let keyed = case_key(Some("site secret"), "1.2.3", "4.5.6");
+        assert!(plain.starts_with("dcm-") && plain.len() == 36);
+        assert_ne!(plain, keyed);
+        assert_eq!(plain, case_key(None, "1.2.3", "4.5.6"));
+        assert_ne!(plain, case_key(None, "1.2.3", "4.5.7"));
+        assert_eq!(key_from("Seg Net/v2"), "Seg_Net_v2");
+    }
+}

@@ -1,0 +1,250 @@
+//! DICOMweb STOW-RS: routing, the PS3.18 answer, idempotency, refusals.
+
+mod common;
+
+use base64::Engine;
+use common::{TestApp, read_fixture};
+use segwatch::store::Role;
+use serde_json::Value;
+
+const BOUNDARY: &str = "segwatch-test-boundary-0123456789-0123456789-0123456789-0123456789-xyz";
+
+fn multipart(files: &[&str]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for file in files {
+        body.extend_from_slice(
+            format!("--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes(),
+        );
+        body.extend_from_slice(&read_fixture(&format!("dicom/{file}")));
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{BOUNDARY}--").as_bytes());
+    body
+}
+
+fn basic(key: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("site1:{key}"))
+    )
+}
+
+async fn stow(app: &TestApp, key: &str, path: &str, files: &[&str]) -> (u16, Value) {
+    let response = app
+        .client
+        .post(app.url(path))
+        .header("Authorization", basic(key))
+        .header(
+            "Content-Type",
+            format!("multipart/related; type=\"application/dicom\"; boundary={BOUNDARY}"),
+        )
+        .body(multipart(files))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    if status < 400 || status == 409 {
+        assert_eq!(response.headers()["content-type"], "application/dicom+json");
+    }
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn items(answer: &Value, tag: &str) -> Vec<Value> {
+    answer[tag]["Value"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pacs_stores_ai_and_corrected_segs_which_are_scored_once() {
+    let app = TestApp::start().await;
+    let key = app.key(Role::Ingest, Some("site1")).await;
+    let expected: Value = serde_json::from_slice(&read_fixture("dicom/expected.json")).unwrap();
+    let provenance = &expected["provenance"]["ai_binary.dcm"];
+
+    let (status, answer) = stow(
+        &app,
+        &key,
+        "/dicom-web/studies",
+        &["ai_binary.dcm", "corrected_binary.dcm"],
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let stored = items(&answer, "00081199");
+    assert_eq!(stored.len(), 2);
+    assert_eq!(
+        stored[0]["00081155"]["Value"][0],
+        provenance["sop_instance_uid"]
+    );
+    assert_eq!(
+        stored[0]["00081150"]["Value"][0],
+        "1.2.840.10008.5.1.4.1.1.66.4"
+    );
+    let case_url = stored[0]["00081190"]["Value"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        case_url,
+        stored[1]["00081190"]["Value"][0].as_str().unwrap()
+    );
+    let case = case_url.rsplit('/').next().unwrap().to_owned();
+    assert!(
+        case.starts_with("dcm-"),
+        "no DICOM UID in the case key: {case}"
+    );
+
+    let scored = app.wait_scored("site1", &case).await;
+    assert_eq!(scored["status"], "scored", "{scored}");
+    assert_eq!(scored["model"], "SegNet");
+    assert_eq!(scored["model_version"], "2.1.0");
+    let mean = expected["pairs"][0]["mean_dice"].as_f64().unwrap();
+    assert!((scored["mean_dice"].as_f64().unwrap() - mean).abs() < 1e-9);
+
+    // Sending the same instances again stores nothing new.
+    let (status, answer) = stow(
+        &app,
+        &key,
+        "/dicom-web/studies",
+        &["ai_binary.dcm", "corrected_binary.dcm"],
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let (_, case_view) = app.get(&key, &case_url).await;
+    assert_eq!(case_view["revisions"].as_array().unwrap().len(), 2);
+
+    // The same instance re-encoded (explicit VR big endian): still the same SOP instance.
+    let (status, _) = stow(&app, &key, "/dicom-web/studies", &["big_endian.dcm"]).await;
+    assert_eq!(status, 200);
+    let (_, case_view) = app.get(&key, &case_url).await;
+    assert_eq!(case_view["revisions"].as_array().unwrap().len(), 2);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_follow_ps3_18() {
+    let app = TestApp::start().await;
+    let key = app.key(Role::Ingest, Some("site1")).await;
+
+    // One SEG and one CT image: 202, the CT in FailedSOPSequence (SOP class not supported).
+    let (status, answer) = stow(
+        &app,
+        &key,
+        "/dicom-web/studies",
+        &["ai_binary.dcm", "bad_not_seg.dcm"],
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(items(&answer, "00081199").len(), 1);
+    let failed = items(&answer, "00081198");
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["00081197"]["Value"][0], 0x0122);
+    assert_eq!(
+        failed[0]["00081150"]["Value"][0],
+        "1.2.840.10008.5.1.4.1.1.2"
+    );
+
+    // Nothing storable: 409.
+    let (status, answer) = stow(&app, &key, "/dicom-web/studies", &["bad_frame_count.dcm"]).await;
+    assert_eq!(status, 409);
+    assert_eq!(
+        items(&answer, "00081198")[0]["00081197"]["Value"][0],
+        0xC000
+    );
+
+    // An instance of another study than the URL names.
+    let (status, answer) = stow(
+        &app,
+        &key,
+        "/dicom-web/studies/1.2.3.4",
+        &["corrected_binary.dcm"],
+    )
+    .await;
+    assert_eq!(status, 409);
+    assert_eq!(
+        items(&answer, "00081198")[0]["00081197"]["Value"][0],
+        0xA900
+    );
+
+    // Another media type: 415 problem.
+    let response = app
+        .client
+        .post(app.url("/dicom-web/studies"))
+        .header("Authorization", basic(&key))
+        .header("Content-Type", "application/dicom")
+        .body(read_fixture("dicom/ai_binary.dcm"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+
+    // No parts, and a wrong key.
+    let response = app
+        .client
+        .post(app.url("/dicom-web/studies"))
+        .header("Authorization", basic(&key))
+        .header(
+            "Content-Type",
+            format!("multipart/related; type=\"application/dicom\"; boundary={BOUNDARY}"),
+        )
+        .body(format!("--{BOUNDARY}--"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let (status, _) = stow(
+        &app,
+        "sw_wrong_key",
+        "/dicom-web/studies",
+        &["ai_binary.dcm"],
+    )
+    .await;
+    assert_eq!(status, 401);
+    let reader = app.key(Role::Read, None).await;
+    let (status, _) = stow(&app, &reader, "/dicom-web/studies", &["ai_binary.dcm"]).await;
+    assert_eq!(status, 403);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_rules_override_the_algorithm_type_and_case_keys_can_be_keyed() {
+    let app = TestApp::start_with(|c| {
+        c.dicomweb.case_key_secret = Some("site secret".into());
+        c.dicomweb.role_rules = vec![segwatch::config::RoleRule {
+            attribute: "content_label".into(),
+            contains: "corrected".into(),
+            role: "prediction".into(),
+        }];
+    })
+    .await;
+    let key = app.key(Role::Ingest, Some("site1")).await;
+    // The corrected SEG (ContentLabel CORRECTED_BINARY) is MANUAL, but the rule
+    // makes it a prediction of the model its manufacturer fields name.
+    let (status, answer) = stow(&app, &key, "/dicom-web/studies", &["corrected_binary.dcm"]).await;
+    assert_eq!(status, 200, "{answer}");
+    let case_url = items(&answer, "00081199")[0]["00081190"]["Value"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, case) = app.get(&key, &case_url).await;
+    assert_eq!(case["revisions"][0]["role"], "prediction");
+    assert_eq!(case["status"], "waiting_for_reference");
+    let (status, answer) = stow(&app, &key, "/dicom-web/studies", &["ai_binary.dcm"]).await;
+    assert_eq!(status, 200);
+    let keyed = items(&answer, "00081199")[0]["00081190"]["Value"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let other = TestApp::start().await;
+    let other_key = other.key(Role::Ingest, Some("site1")).await;
+    let (_, answer) = stow(&other, &other_key, "/dicom-web/studies", &["ai_binary.dcm"]).await;
+    let plain = items(&answer, "00081199")[0]["00081190"]["Value"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(keyed, plain, "the secret changes the case key");
+    other.finish().await;
+    app.finish().await;
+}

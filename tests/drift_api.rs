@@ -271,3 +271,41 @@ async fn baselines_are_validated_and_admin_only() {
     assert_eq!(info["structures"][1]["cases"], 120);
     app.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alertmanager_notifications_join_the_audit_trail() {
+    let app = TestApp::start().await;
+    let payload = json!({
+        "receiver": "segwatch-governance",
+        "status": "firing",
+        "alerts": [{
+            "status": "firing",
+            "labels": {"alertname": "SegwatchDiceDriftSite", "site": "site2", "structure": "liver"},
+            "annotations": {"summary": "Dice drift"},
+            "startsAt": "2026-11-29T10:00:00Z",
+            "endsAt": "0001-01-01T00:00:00Z"
+        }]
+    });
+    let send = |key: String| {
+        app.client
+            .post(app.url("/v1/alertmanager/webhook"))
+            .bearer_auth(key)
+            .json(&payload)
+            .send()
+    };
+    let reader = app.key(Role::Read, None).await;
+    assert_eq!(send(reader).await.unwrap().status(), 403);
+    assert_eq!(send(app.admin_key.clone()).await.unwrap().status(), 204);
+    let pool = PgPool::connect(&app.db.url).await.unwrap();
+    let (receiver, name): (String, String) =
+        sqlx::query_as("SELECT receiver, alertname FROM notifications")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (receiver.as_str(), name.as_str()),
+        ("segwatch-governance", "SegwatchDiceDriftSite")
+    );
+    pool.close().await;
+    app.finish().await;
+}

@@ -752,3 +752,129 @@ async fn a_job_abandoned_by_a_crashed_worker_is_scored_once_after_its_lease() {
     drop(healthy);
     db.drop_db().await;
 }
+
+/// A 16×16×8 volume with only a cube of label 1.
+fn one_cube() -> Vec<u8> {
+    let grid = Grid::axis_aligned([16, 16, 8], [1.0, 1.0, 2.0], 3);
+    let labels = (0..grid.len())
+        .map(|i| {
+            let (x, y, z) = (i % 16, (i / 16) % 16, i / 256);
+            ((2..6).contains(&x) && (2..6).contains(&y) && (1..6).contains(&z)) as u8
+        })
+        .collect();
+    encode(&LabelVolume::new(grid, Labels::U8(labels)).unwrap(), true)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_failures_keep_their_reason_and_purged_uploads_fail_clearly() {
+    let app = TestApp::start().await;
+    let key = app.key(Role::Ingest, Some("s")).await;
+    let pool = PgPool::connect(&app.db.url).await.unwrap();
+    let schema = json!({"structures": [{"label": 1, "name": "liver"}]});
+    let put = app
+        .client
+        .put(app.url("/v1/models/m/versions/strict/structures"))
+        .bearer_auth(&app.admin_key)
+        .json(&schema)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    // The reference comes first, so its unknown label 2 is only seen when scoring.
+    assert_eq!(
+        app.upload(&key, "s", "unknown", "reference", cubes(0, 4))
+            .await
+            .status(),
+        202
+    );
+    let response = app
+        .client
+        .put(app.url("/v1/sites/s/cases/unknown/prediction?model=m&model_version=strict"))
+        .bearer_auth(&key)
+        .body(one_cube())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let case = app.wait_scored("s", "unknown").await;
+    assert_eq!(case["status"], "failed");
+    assert!(
+        case["reason"].as_str().unwrap().contains("label 2"),
+        "{case}"
+    );
+    assert_eq!(
+        count(&pool, "SELECT attempts::bigint FROM jobs").await,
+        1,
+        "a permanent failure is not retried"
+    );
+
+    // After the retention period the voxels go; results stay; rescoring says why it cannot.
+    assert_eq!(
+        app.upload(&key, "s", "kept", "prediction", cubes(1, 4))
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(
+        app.upload(&key, "s", "kept", "reference", cubes(0, 4))
+            .await
+            .status(),
+        202
+    );
+    app.wait_scored("s", "kept").await;
+    assert_eq!(app.store.purge_scored(0).await.unwrap(), 2);
+    let (_, kept) = app.get(&key, "/v1/sites/s/cases/kept").await;
+    assert!(
+        kept["revisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["purged"] == true)
+    );
+    assert_eq!(kept["structures"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        app.upload(&key, "s", "kept", "reference", cubes(2, 4))
+            .await
+            .status(),
+        202
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, case) = app.get(&key, "/v1/sites/s/cases/kept").await;
+        if case["status"] == "failed" {
+            assert!(
+                case["reason"].as_str().unwrap().contains("purged"),
+                "{case}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{case}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pool.close().await;
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_carry_an_id_and_json_is_compressed() {
+    let app = TestApp::start().await;
+    let response = app
+        .client
+        .get(app.url("/openapi.json"))
+        .header("x-request-id", "pacs-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "pacs-42");
+    let response = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert!(!response.headers()["x-request-id"].is_empty());
+    let response = app
+        .client
+        .get(app.url("/openapi.json"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-encoding"], "gzip");
+    app.finish().await;
+}

@@ -254,3 +254,33 @@ pub async fn strata(
         .await?;
     Ok(Json(strata))
 }
+
+/// The body Alertmanager's webhook receiver posts.
+#[derive(Debug, Deserialize)]
+pub struct Notification {
+    pub receiver: String,
+    pub alerts: Vec<crate::store::NotifiedAlert>,
+}
+
+/// Alertmanager posts delivered notifications here (an admin key); they join the
+/// audit trail next to alerts and acknowledgements.
+pub async fn alertmanager_webhook(
+    State(app): State<AppState>,
+    auth: Auth,
+    body: Bytes,
+) -> Result<StatusCode, Problem> {
+    auth.admin()?;
+    let notification: Notification = serde_json::from_slice(&body).map_err(|e| {
+        Problem::bad_request(
+            "invalid-notification",
+            "Invalid Alertmanager notification",
+            e.to_string(),
+        )
+    })?;
+    let recorded = app
+        .store
+        .record_notification(&notification.receiver, &notification.alerts)
+        .await?;
+    tracing::info!(receiver = %notification.receiver, alerts = recorded, "alert notification recorded");
+    Ok(StatusCode::NO_CONTENT)
+}

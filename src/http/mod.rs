@@ -126,6 +126,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/alerts", get(drift::list_alerts))
         .route("/v1/alerts/{id}/ack", post(drift::acknowledge))
         .route("/v1/alerts/{id}/strata", get(drift::strata))
+        .route(
+            "/v1/alertmanager/webhook",
+            post(drift::alertmanager_webhook),
+        )
         .route("/dicom-web/studies", post(dicomweb::store_instances))
         .route(
             "/dicom-web/studies/{study}",

@@ -701,3 +701,45 @@ async fn record(
     }
     Ok(())
 }
+
+/// One alert of an Alertmanager notification.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotifiedAlert {
+    pub status: String,
+    #[serde(default)]
+    pub labels: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub annotations: serde_json::Map<String, serde_json::Value>,
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
+}
+
+impl Store {
+    /// Records the alerts of a delivered notification; returns how many.
+    pub async fn record_notification(
+        &self,
+        receiver: &str,
+        alerts: &[NotifiedAlert],
+    ) -> Result<usize> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::classify)?;
+        for alert in alerts {
+            let name = alert.labels.get("alertname").and_then(|v| v.as_str());
+            sqlx::query!(
+                "INSERT INTO notifications (receiver, status, alertname, labels, annotations, starts_at, ends_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                receiver,
+                alert.status,
+                name,
+                serde_json::Value::Object(alert.labels.clone()),
+                serde_json::Value::Object(alert.annotations.clone()),
+                alert.starts_at,
+                alert.ends_at
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(alerts.len())
+    }
+}

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
@@ -20,7 +22,11 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let usage = "usage: load_test --url URL --key KEY --dir DIR [--concurrency N] [--prefix P]";
-    let (url, key, dir) = match (arg(&args, "--url"), arg(&args, "--key"), arg(&args, "--dir")) {
+    let (url, key, dir) = match (
+        arg(&args, "--url"),
+        arg(&args, "--key"),
+        arg(&args, "--dir"),
+    ) {
         (Some(u), Some(k), Some(d)) => (u, k, d),
         _ => return Err(usage.into()),
     };
@@ -35,7 +41,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut pairs = Vec::new();
     for name in &names {
         let case = format!("{prefix}-{}", name.trim_end_matches(".nii.gz"));
-        pairs.push((case, std::fs::read(format!("{dir}/pred/{name}"))?, std::fs::read(format!("{dir}/ref/{name}"))?));
+        pairs.push((
+            case,
+            std::fs::read(format!("{dir}/pred/{name}"))?,
+            std::fs::read(format!("{dir}/ref/{name}"))?,
+        ));
     }
     let client = reqwest::Client::new();
     let limit = Arc::new(tokio::sync::Semaphore::new(concurrency));
@@ -47,7 +57,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
             let mut latencies = Vec::new();
-            for (role, body) in [("prediction?model=bench&model_version=1", pred), ("reference", reference)] {
+            for (role, body) in [
+                ("prediction?model=bench&model_version=1", pred),
+                ("reference", reference),
+            ] {
                 let sent = Instant::now();
                 let response = client
                     .put(format!("{url}/v1/sites/bench/cases/{case}/{role}"))
@@ -91,7 +104,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let total = started.elapsed().as_secs_f64();
     latencies.sort_by(f64::total_cmp);
-    println!("{} pairs uploaded in {uploaded:.2} s, all scored after {total:.2} s", cases.len());
+    println!(
+        "{} pairs uploaded in {uploaded:.2} s, all scored after {total:.2} s",
+        cases.len()
+    );
     println!("PAIRS_PER_SECOND {:.3}", cases.len() as f64 / total);
     println!("UPLOAD_P50_SECONDS {:.4}", quantile(&latencies, 0.5));
     println!("UPLOAD_P99_SECONDS {:.4}", quantile(&latencies, 0.99));

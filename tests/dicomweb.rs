@@ -248,3 +248,82 @@ async fn role_rules_override_the_algorithm_type_and_case_keys_can_be_keyed() {
     other.finish().await;
     app.finish().await;
 }
+
+/// Posts `body` with chunked transfer encoding, `chunk` bytes per chunk, over a
+/// raw connection (as Orthanc does), and returns the status and the answer.
+async fn stow_chunked(app: &TestApp, key: &str, body: &[u8], chunk: usize) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = app.base.trim_start_matches("http://");
+    let mut request = format!(
+        "POST /dicom-web/studies HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {}\r\n\
+         Content-Type: multipart/related; type=\"application/dicom\"; boundary={BOUNDARY}\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        basic(key)
+    )
+    .into_bytes();
+    for piece in body.chunks(chunk) {
+        request.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        request.extend_from_slice(piece);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&request).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response);
+    let status = text[9..12].parse().unwrap();
+    let json = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, serde_json::from_str(json).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_are_streamed_part_by_part_within_the_upload_limit() {
+    let one = multipart(&["ai_binary.dcm"]);
+    let two = multipart(&["corrected_binary.dcm", "ai_labelmap.dcm"]);
+    // Room for one part and the delimiter that ends it, not for two.
+    let limit = one.len().max(multipart(&["corrected_binary.dcm"]).len()) + 64;
+    assert!(two.len() > limit + 4096);
+    let app = TestApp::start_with(|c| c.limits.max_upload_bytes = limit).await;
+    let key = app.key(Role::Ingest, Some("site1")).await;
+
+    // Many small chunks make one instance.
+    let (status, answer) = stow_chunked(&app, &key, &one, 997).await;
+    assert_eq!(status, 200, "{answer}");
+    let stored = items(&answer, "00081199");
+    assert_eq!(stored.len(), 1);
+    let case_url = stored[0]["00081190"]["Value"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let case = case_url.rsplit('/').next().unwrap().to_owned();
+
+    // Over the limit by Content-Length: refused before reading, nothing stored.
+    let (status, answer) = stow(
+        &app,
+        &key,
+        "/dicom-web/studies",
+        &["corrected_binary.dcm", "bad_not_seg.dcm"],
+    )
+    .await;
+    assert_eq!(status, 413, "{answer}");
+    let (_, view) = app.get(&key, &case_url).await;
+    assert_eq!(view["status"], "waiting_for_reference", "{view}");
+
+    // Over the limit while streaming: the part completed before it is stored
+    // (whole), the answer says so, and the part in progress is not.
+    let (status, answer) = stow_chunked(&app, &key, &two, 4096).await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(
+        answer["type"].as_str().unwrap().ends_with("/too-large"),
+        "{answer}"
+    );
+    let detail = answer["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("the 1 instance(s) before it were stored"),
+        "{detail}"
+    );
+    let scored = app.wait_scored("site1", &case).await;
+    assert_eq!(scored["status"], "scored", "{scored}");
+    app.finish().await;
+}

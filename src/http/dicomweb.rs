@@ -3,18 +3,19 @@
 //! series), a role (SegmentAlgorithmType or configured rules) and a model (the
 //! algorithm identification), then ingested like a REST upload.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, KeyInit, Mac};
+use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use utoipa::IntoParams;
 
 use super::auth::Auth;
+use super::multipart::PartSplitter;
 use super::problem::Problem;
 use super::uploads::{Upload, ingest};
 use super::{AppState, valid_key};
@@ -48,7 +49,7 @@ pub async fn store_instances(
     auth: Auth,
     query: Query<StowQuery>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, Problem> {
     stow(state, auth, query, None, headers, body).await
 }
@@ -65,7 +66,7 @@ pub async fn store_study_instances(
     Path(study): Path<String>,
     query: Query<StowQuery>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, Problem> {
     stow(state, auth, query, Some(study), headers, body).await
 }
@@ -91,7 +92,7 @@ async fn stow(
     Query(query): Query<StowQuery>,
     study: Option<String>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    mut body: Body,
 ) -> Result<Response, Problem> {
     let site = match (auth.0.role, &query.site) {
         (Role::Ingest, _) => auth.0.site.clone().unwrap_or_default(),
@@ -108,45 +109,95 @@ async fn stow(
     valid_key("site", &site)?;
     auth.write(&site)?;
     let boundary = boundary(&headers)?;
-    let body = body.map_err(|e| {
+    let limit = app.config.limits.max_upload_bytes;
+    let too_large = || {
         Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too-large",
             "Upload too large",
-            format!(
-                "{e}; the limit is {} bytes",
-                app.config.limits.max_upload_bytes
-            ),
+            format!("the body is over the limit of {limit} bytes"),
         )
-    })?;
-    let parts = split_multipart(&body, &boundary).map_err(|detail| {
-        Problem::bad_request(
-            "invalid-multipart",
-            "Invalid multipart/related body",
-            detail,
-        )
-    })?;
-    if parts.is_empty() {
-        return Err(Problem::bad_request(
-            "invalid-multipart",
-            "Invalid multipart/related body",
-            "the body holds no parts",
-        ));
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
     }
-    let mut outcomes = Vec::with_capacity(parts.len());
-    for part in parts {
-        let outcome = store_part(&app, &site, study.as_deref(), part.clone()).await?;
-        let reason = match &outcome {
-            Stored::Ok { .. } => "stored",
-            Stored::Failed { .. } => "invalid_file",
+    // Parts are stored as they complete, so a request holds one part in memory.
+    let mut splitter = PartSplitter::new(&boundary);
+    let mut received = 0usize;
+    let mut outcomes = Vec::new();
+    loop {
+        let chunk = match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue,
+            },
+            Some(Err(e)) => {
+                let problem =
+                    Problem::bad_request("unreadable-body", "Unreadable body", e.to_string());
+                return Err(after_stored(problem, &outcomes));
+            }
         };
-        app.metrics
-            .segmentations_received_total
-            .with_label_values(&[site.as_str(), "dicomweb", reason])
-            .inc();
-        outcomes.push(outcome);
+        // Bytes up to the limit are still split, so parts completed within it
+        // are stored before a body over the limit is refused.
+        let within = chunk.len().min(limit - received);
+        received += within;
+        let parts = splitter
+            .push(&chunk[..within])
+            .map_err(|detail| after_stored(invalid_multipart(detail), &outcomes))?;
+        for part in parts {
+            let outcome = store_part(&app, &site, study.as_deref(), part)
+                .await
+                .map_err(|p| after_stored(p, &outcomes))?;
+            let reason = match &outcome {
+                Stored::Ok { .. } => "stored",
+                Stored::Failed { .. } => "invalid_file",
+            };
+            app.metrics
+                .segmentations_received_total
+                .with_label_values(&[site.as_str(), "dicomweb", reason])
+                .inc();
+            outcomes.push(outcome);
+        }
+        if within < chunk.len() {
+            return Err(after_stored(too_large(), &outcomes));
+        }
+    }
+    splitter
+        .finish()
+        .map_err(|detail| after_stored(invalid_multipart(detail), &outcomes))?;
+    if outcomes.is_empty() {
+        return Err(invalid_multipart("the body holds no parts".into()));
     }
     Ok(answer(outcomes))
+}
+
+fn invalid_multipart(detail: String) -> Problem {
+    Problem::bad_request(
+        "invalid-multipart",
+        "Invalid multipart/related body",
+        detail,
+    )
+}
+
+/// A request that fails after some of its instances were stored says so: they
+/// stay stored, and sending the whole request again is harmless (storing is
+/// idempotent on SOPInstanceUID).
+fn after_stored(mut problem: Problem, outcomes: &[Stored]) -> Problem {
+    let stored = outcomes
+        .iter()
+        .filter(|o| matches!(o, Stored::Ok { .. }))
+        .count();
+    if stored > 0 {
+        problem.detail = format!(
+            "{}; the {stored} instance(s) before it were stored, and sending them again is harmless",
+            problem.detail
+        );
+    }
+    problem
 }
 
 /// The boundary of a `multipart/related; type="application/dicom"` body.
@@ -195,58 +246,6 @@ fn boundary(headers: &HeaderMap) -> Result<String, Problem> {
                 "the Content-Type has no boundary",
             )
         })
-}
-
-/// Splits a multipart body into part contents (headers dropped). Written here
-/// because the multipart crates parse form-data, not multipart/related; the
-/// framing (RFC 2046) is a delimiter search. Boundaries longer than RFC 2046's
-/// 70 characters are accepted: Orthanc sends 73.
-fn split_multipart(body: &Bytes, boundary: &str) -> Result<Vec<Bytes>, String> {
-    let delimiter = format!("--{boundary}");
-    let find = |from: usize| -> Option<usize> {
-        body[from..]
-            .windows(delimiter.len())
-            .position(|w| w == delimiter.as_bytes())
-            .map(|p| p + from)
-    };
-    let mut at = find(0).ok_or("no boundary delimiter in the body")?;
-    let mut parts = Vec::new();
-    loop {
-        let after = at + delimiter.len();
-        if body[after..].starts_with(b"--") {
-            return Ok(parts);
-        }
-        // The delimiter line ends with CRLF, then the part's headers (maybe none)
-        // up to a blank line, then the content.
-        let line_end = body[after..]
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("a delimiter line does not end")?
-            + after
-            + 2;
-        let content_start = if body[line_end..].starts_with(b"\r\n") {
-            line_end + 2
-        } else {
-            line_end
-                + body[line_end..]
-                    .windows(4)
-                    .position(|w| w == b"\r\n\r\n")
-                    .ok_or("a part has no end of headers")?
-                + 4
-        };
-        let next = find(content_start).ok_or("the body ends without a closing delimiter")?;
-        // The CRLF before the next delimiter belongs to the delimiter.
-        let content_end = if next >= 2 && &body[next - 2..next] == b"\r\n" {
-            next - 2
-        } else {
-            next
-        };
-        if content_end < content_start {
-            return Err("a part is shorter than its framing".into());
-        }
-        parts.push(body.slice(content_start..content_end));
-        at = next;
-    }
 }
 
 /// The case key of a SEG: a hash of its study and the series it segments (keyed
@@ -504,28 +503,6 @@ fn answer(outcomes: Vec<Stored>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn splits_multipart_related() {
-        let body = Bytes::from_static(b"--B\r\nContent-Type: application/dicom\r\nContent-Length: 3\r\n\r\nabc\r\n--B\r\nContent-Type: application/dicom\r\n\r\n\r\nxy\r\n--B--");
-        let parts = split_multipart(&body, "B").unwrap();
-        assert_eq!(
-            parts,
-            vec![Bytes::from_static(b"abc"), Bytes::from_static(b"\r\nxy")]
-        );
-        let preamble = Bytes::from_static(b"ignored\r\n--B\r\n\r\nz\r\n--B--\r\n");
-        assert_eq!(
-            split_multipart(&preamble, "B").unwrap(),
-            vec![Bytes::from_static(b"z")]
-        );
-        assert!(split_multipart(&Bytes::from_static(b"--B\r\n\r\nopen"), "B").is_err());
-        assert!(split_multipart(&Bytes::from_static(b"no delimiter"), "B").is_err());
-        assert!(
-            split_multipart(&Bytes::from_static(b"--B--"), "B")
-                .unwrap()
-                .is_empty()
-        );
-    }
 
     #[test]
     fn case_keys_hash_study_and_series() {

@@ -5,6 +5,7 @@ mod cases;
 mod dicomweb;
 mod drift;
 mod models;
+mod multipart;
 pub mod problem;
 mod uploads;
 

@@ -97,6 +97,10 @@ pub struct DriftConfig {
     pub arl0: f64,
     /// Seconds between refreshes of the quality gauges (`SEGWATCH_REFRESH_SECS`).
     pub refresh_secs: u64,
+    /// Rolling mean Dice windows in days, each exported as
+    /// `segwatch_rolling_dice_<N>d_ratio`; 7 is required (guard rail, rules and
+    /// dashboards) (`SEGWATCH_ROLLING_WINDOWS_DAYS`, comma-separated).
+    pub rolling_windows_days: Vec<u32>,
 }
 
 impl Default for DriftConfig {
@@ -104,6 +108,7 @@ impl Default for DriftConfig {
         DriftConfig {
             arl0: 2000.0,
             refresh_secs: 15,
+            rolling_windows_days: vec![1, 7, 30],
         }
     }
 }
@@ -248,6 +253,12 @@ impl Config {
         if let Some(v) = var("SEGWATCH_REFRESH_SECS") {
             config.drift.refresh_secs = parse("SEGWATCH_REFRESH_SECS", v)?;
         }
+        if let Some(v) = var("SEGWATCH_ROLLING_WINDOWS_DAYS") {
+            config.drift.rolling_windows_days = v
+                .split(',')
+                .map(|d| parse("SEGWATCH_ROLLING_WINDOWS_DAYS", d.trim().to_owned()))
+                .collect::<Result<_, _>>()?;
+        }
         if let Some(v) = var("SEGWATCH_CASE_KEY_SECRET") {
             config.dicomweb.case_key_secret = Some(v);
         }
@@ -290,6 +301,16 @@ impl Config {
             || self.drift.refresh_secs == 0
         {
             return bad("drift.arl0 must be at least 100 and drift.refresh_secs at least 1");
+        }
+        let windows = &self.drift.rolling_windows_days;
+        let distinct: std::collections::BTreeSet<_> = windows.iter().collect();
+        if !windows.contains(&7)
+            || distinct.len() != windows.len()
+            || windows.iter().any(|d| !(1..=365).contains(d))
+        {
+            return bad(
+                "drift.rolling_windows_days must be distinct days from 1 to 365 and include 7",
+            );
         }
         if !(self.scoring.default_tolerance_mm.is_finite()
             && self.scoring.default_tolerance_mm >= 0.0)
@@ -351,6 +372,20 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("SEGWATCH_LEASE_SECS"));
+        assert_eq!(config.drift.rolling_windows_days, [1, 7, 30]);
+        let windows = |v: &str| {
+            let v = v.to_owned();
+            Config::load(None, move |n| {
+                (n == "SEGWATCH_ROLLING_WINDOWS_DAYS").then(|| v.clone())
+            })
+        };
+        assert_eq!(
+            windows("7, 14").unwrap().drift.rolling_windows_days,
+            [7, 14]
+        );
+        for bad in ["1,30", "7,7", "7,0", "7,week"] {
+            assert!(windows(bad).is_err(), "{bad}");
+        }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "unknown_key = 1\n").unwrap();

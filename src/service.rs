@@ -24,7 +24,7 @@ pub async fn launch(config: Arc<Config>) -> anyhow::Result<Router> {
         migrate_when_reachable(&store).await?;
     }
     let compute = Compute::new(config.threads(), config.workers.memory_budget_voxels)?;
-    let metrics = Metrics::new();
+    let metrics = Metrics::new(&config.drift.rolling_windows_days);
     if !config.workers.disabled {
         Workers::new(
             store.clone(),

@@ -26,8 +26,8 @@ pub struct Metrics {
     pub http_request_duration_seconds: HistogramVec,
     pub jobs_queued: IntGauge,
     pub jobs_running: IntGauge,
-    /// Quality gauges, refreshed from Postgres: (rolling window name, gauge).
-    pub rolling_dice_ratio: Vec<(String, GaugeVec)>,
+    /// Quality gauges, refreshed from Postgres: (rolling window in days, gauge).
+    pub rolling_dice_ratio: Vec<(u32, GaugeVec)>,
     pub rolling_cases_7d: IntGaugeVec,
     pub dice_baseline_ratio: GaugeVec,
     pub dice_baseline_p05_ratio: GaugeVec,
@@ -42,12 +42,9 @@ const STREAM: [&str; 4] = ["site", "model", "model_version", "structure"];
 const DETECTOR: [&str; 5] = ["site", "model", "model_version", "structure", "detector"];
 const BASELINE: [&str; 3] = ["model", "model_version", "structure"];
 
-/// Rolling windows exported as `segwatch_rolling_dice_<name>_ratio`.
-pub const ROLLING_WINDOWS: [(&str, i64); 3] = [("1d", 1), ("7d", 7), ("30d", 30)];
-
 impl Metrics {
-    /// Builds and registers every metric.
-    pub fn new() -> Metrics {
+    /// Builds and registers every metric, with a rolling Dice gauge per window.
+    pub fn new(rolling_windows_days: &[u32]) -> Metrics {
         let registry = Registry::new();
         fn register<T: prometheus::core::Collector + Clone + 'static>(
             registry: &Registry,
@@ -143,17 +140,17 @@ impl Metrics {
                 &registry,
                 IntGauge::new("segwatch_jobs_running", "Jobs being scored.").expect("valid metric"),
             ),
-            rolling_dice_ratio: ROLLING_WINDOWS
+            rolling_dice_ratio: rolling_windows_days
                 .iter()
-                .map(|(name, _)| {
+                .map(|&days| {
                     let metric = gauge_vec(
-                        &format!("segwatch_rolling_dice_{name}_ratio"),
+                        &format!("segwatch_rolling_dice_{days}d_ratio"),
                         &format!(
-                            "Mean Dice of cases in the last {name}; site=\"all\" pools every site."
+                            "Mean Dice of cases in the last {days} days; site=\"all\" pools every site."
                         ),
                         &STREAM,
                     );
-                    (name.to_string(), metric)
+                    (days, metric)
                 })
                 .collect(),
             rolling_cases_7d: int_gauge_vec(
@@ -223,12 +220,6 @@ impl Metrics {
     }
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics::new()
-    }
-}
-
 /// Sets up logging: `text` or `json` lines on stderr, filtered by `RUST_LOG`
 /// (default info). Logs carry case keys at most, never patient data.
 pub fn init_logging(format: &str) {
@@ -253,7 +244,7 @@ pub async fn refresh(
     let (queued, running) = store.job_counts().await?;
     metrics.jobs_queued.set(queued);
     metrics.jobs_running.set(running);
-    for ((_, days), (_, gauge)) in ROLLING_WINDOWS.iter().zip(&metrics.rolling_dice_ratio) {
+    for (days, gauge) in &metrics.rolling_dice_ratio {
         let rows = store.rolling_dice(*days as i32).await?;
         gauge.reset();
         if *days == 7 {

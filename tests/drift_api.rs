@@ -59,6 +59,7 @@ async fn drift_raises_an_alert_that_strata_explain_and_ack_resets() {
     // the run is the same every time.
     let app = TestApp::start_with(|c| {
         c.drift.refresh_secs = 1;
+        c.drift.rolling_windows_days = vec![7, 14];
         c.workers.concurrency = 1;
     })
     .await;
@@ -177,6 +178,8 @@ async fn drift_raises_an_alert_that_strata_explain_and_ack_resets() {
         .unwrap();
     assert!(metrics.contains(r#"segwatch_drift_alarm{detector="pit_ewma",model="simnet",model_version="1.0",site="site2",structure="liver"} 0"#));
     assert!(metrics.contains("segwatch_rolling_dice_7d_ratio{"));
+    assert!(metrics.contains("segwatch_rolling_dice_14d_ratio{"));
+    assert!(!metrics.contains("segwatch_rolling_dice_30d_ratio"));
     assert!(metrics.contains(
         r#"segwatch_dice_baseline_ratio{model="simnet",model_version="1.0",structure="liver"}"#
     ));

@@ -32,6 +32,22 @@ enum Command {
     Simulate(simulate::SimulateArgs),
 }
 
+/// The error and its causes on one line, leaving out a cause that the message
+/// before it already quotes (many library errors print their source too).
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
 /// Parses the command line, runs the command and maps failure to an exit code.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
@@ -45,8 +61,22 @@ pub fn run() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("segwatch: error: {err:#}");
+            eprintln!("segwatch: error: {}", one_line(&err));
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_lines_quote_each_cause_once() {
+        let io = std::io::Error::other("disk on fire");
+        let quoting = anyhow::Error::new(io).context("cannot read a.nii: disk on fire");
+        assert_eq!(one_line(&quoting), "cannot read a.nii: disk on fire");
+        let plain = anyhow::anyhow!("connection refused").context("database unavailable");
+        assert_eq!(one_line(&plain), "database unavailable: connection refused");
     }
 }

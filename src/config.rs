@@ -139,6 +139,16 @@ impl Default for Config {
     }
 }
 
+impl LimitsConfig {
+    /// The limits the decoders check headers against.
+    pub fn decode(&self) -> crate::formats::Limits {
+        crate::formats::Limits {
+            max_voxels: self.max_voxels,
+            max_bytes: self.max_decompressed_bytes,
+        }
+    }
+}
+
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {

@@ -20,7 +20,7 @@ use super::problem::Problem;
 use super::uploads::{Upload, ingest};
 use super::{AppState, valid_key};
 use crate::formats::dicom_seg::{self, Provenance};
-use crate::formats::{Decoded, FormatError, Limits};
+use crate::formats::{Decoded, FormatError};
 use crate::store::{Role, SegRole};
 
 /// PS3.18 failure reasons.
@@ -318,10 +318,7 @@ async fn store_part(
     study: Option<&str>,
     bytes: Bytes,
 ) -> Result<Stored, Problem> {
-    let limits = Limits {
-        max_voxels: app.config.limits.max_voxels,
-        max_bytes: app.config.limits.max_decompressed_bytes,
-    };
+    let limits = app.config.limits.decode();
     let voxels = crate::formats::estimated_voxels(&bytes, &limits);
     let input = bytes.clone();
     let decoded = app
@@ -330,15 +327,7 @@ async fn store_part(
             let uids = dicom_seg::instance_uids(&input);
             (dicom_seg::decode(&input, &limits), uids)
         })
-        .await
-        .map_err(|e| {
-            Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "Internal error",
-                e.to_string(),
-            )
-        })?;
+        .await?;
     let (image, (class, instance)) = decoded;
     let failed = |reason: u16, detail: String| Stored::Failed {
         class: class.clone(),

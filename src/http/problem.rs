@@ -96,18 +96,33 @@ impl IntoResponse for Problem {
     }
 }
 
+impl Problem {
+    /// A 500 that is logged; `detail` must not carry patient data.
+    pub fn internal(detail: impl Into<String>) -> Problem {
+        let detail = detail.into();
+        tracing::error!(detail, "internal error");
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+            detail,
+        )
+    }
+}
+
+impl From<crate::compute::ComputePanic> for Problem {
+    fn from(err: crate::compute::ComputePanic) -> Problem {
+        Problem::internal(err.to_string())
+    }
+}
+
 impl From<StoreError> for Problem {
     fn from(err: StoreError) -> Problem {
         if err.is_transient() {
             Problem::unavailable("the database is unreachable; try again shortly", 5)
         } else {
             tracing::error!(error = %err, "store error");
-            Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "Internal error",
-                "the request could not be completed",
-            )
+            Problem::internal("the request could not be completed")
         }
     }
 }

@@ -18,7 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Auth;
 use super::problem::Problem;
 use super::{AppState, valid_key};
-use crate::formats::{self, Decoded, Limits};
+use crate::formats::{self, Decoded};
 use crate::metrics::pairing;
 use crate::store::{NewSegmentation, SegRole};
 use crate::volume::Layout;
@@ -297,10 +297,7 @@ pub(super) async fn ingest(
     }
 
     // Decode (and compress for storage) on the compute pool.
-    let limits = Limits {
-        max_voxels: app.config.limits.max_voxels,
-        max_bytes: app.config.limits.max_decompressed_bytes,
-    };
+    let limits = app.config.limits.decode();
     let voxels = formats::estimated_voxels(&body, &limits);
     let bytes = body.clone();
     let decoded = app
@@ -312,15 +309,7 @@ pub(super) async fn ingest(
             };
             Ok::<_, formats::FormatError>((decoded, gzip(&bytes)))
         })
-        .await
-        .map_err(|e| {
-            Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "Internal error",
-                e.to_string(),
-            )
-        })?;
+        .await?;
     let (decoded, content) = decoded?;
     let layout = decoded.segmentation.layout();
 
@@ -339,14 +328,8 @@ pub(super) async fn ingest(
         pairing::check_structures(&decoded.segmentation, &schema)?;
     }
     if let Some(partner) = &partner {
-        let partner_layout: Layout = serde_json::from_value(partner.grid.clone()).map_err(|e| {
-            Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "Internal error",
-                format!("stored grid: {e}"),
-            )
-        })?;
+        let partner_layout: Layout = serde_json::from_value(partner.grid.clone())
+            .map_err(|e| Problem::internal(format!("stored grid: {e}")))?;
         match role {
             SegRole::Prediction => pairing::check_layouts(&layout, &partner_layout)?,
             SegRole::Reference => pairing::check_layouts(&partner_layout, &layout)?,

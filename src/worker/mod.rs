@@ -15,7 +15,6 @@ pub use score::{inflate, score, structure_name};
 
 use crate::compute::Compute;
 use crate::config::Config;
-use crate::formats::Limits;
 use crate::metrics::Settings;
 use crate::schema::Schema;
 use crate::store::{ClaimedJob, DetectorSettings, JOBS_CHANNEL, Store, StoreError};
@@ -212,10 +211,7 @@ impl Workers {
             surface: self.config.scoring.surface,
             tolerance_mm: self.config.scoring.default_tolerance_mm,
         };
-        let limits = Limits {
-            max_voxels: self.config.limits.max_voxels,
-            max_bytes: self.config.limits.max_decompressed_bytes,
-        };
+        let limits = self.config.limits.decode();
         let max_upload = self.config.limits.max_upload_bytes as u64;
         let scored = self
             .compute

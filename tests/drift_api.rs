@@ -166,16 +166,7 @@ async fn drift_raises_an_alert_that_strata_explain_and_ack_resets() {
 
     // Gauges come from Postgres: the alarm of another stream is exported.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .bearer_auth(&app.admin_key)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains(r#"segwatch_drift_alarm{detector="pit_ewma",model="simnet",model_version="1.0",site="site2",structure="liver"} 0"#));
     assert!(metrics.contains("segwatch_rolling_dice_7d_ratio{"));
     assert!(metrics.contains("segwatch_rolling_dice_14d_ratio{"));

@@ -535,16 +535,7 @@ async fn api_document_docs_and_health() {
             .status(),
         401
     );
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .bearer_auth(&app.admin_key)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains("segwatch_build_info"));
     app.finish().await;
 }

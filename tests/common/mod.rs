@@ -132,6 +132,19 @@ impl TestApp {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// The Prometheus exposition, read with the admin key.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .bearer_auth(&self.admin_key)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Waits until the case is scored or failed, and returns it.
     pub async fn wait_scored(&self, site: &str, case: &str) -> Value {
         wait_scored(&self.client, &self.base, &self.admin_key, site, case).await

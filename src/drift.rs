@@ -91,7 +91,7 @@ const ARL0S: [f64; 4] = [500.0, 1000.0, 2000.0, 5000.0];
 /// Baseline sizes of the width table.
 const SIZES: [f64; 4] = [100.0, 200.0, 500.0, 2000.0];
 /// EWMA widths L giving a mean in-control run length of ARL0 (columns) for a
-/// baseline of n values (rows), by simulation (`tests/drift.rs`, `calibrate`).
+/// baseline of n values (rows), by simulation (`examples/drift_calibration.rs`).
 /// For large n they approach DESIGN's table (2.48 / 2.76 / 2.97 / 3.20); a
 /// smaller baseline lengthens the mean run length, because some baselines sit
 /// low, so L shrinks rather than grows (DESIGN's "+0.2" would double ARL0).

@@ -83,6 +83,8 @@ pub struct SegImage {
     pub kind: SegKind,
     pub segments: Vec<Segment>,
     pub provenance: Provenance,
+    /// Segmentation or Label Map Segmentation Storage.
+    pub sop_class_uid: String,
 }
 
 impl SegImage {
@@ -180,7 +182,7 @@ fn check_structure(body: &[u8]) -> Result<(), FormatError> {
 }
 
 /// SOPClassUID and SOPInstanceUID of a DICOM file, when it is readable that far
-/// (for reporting on files that are not usable SEGs).
+/// (for reporting on files that do not decode as SEGs).
 pub fn instance_uids(bytes: &[u8]) -> (Option<String>, Option<String>) {
     let body = if bytes.get(128..132) == Some(b"DICM") {
         &bytes[128..]
@@ -753,6 +755,7 @@ impl<'a> Seg<'a> {
             kind: self.kind,
             segments,
             provenance,
+            sop_class_uid: text(self.object, tags::SOP_CLASS_UID).unwrap_or_default(),
         })
     }
 

@@ -324,8 +324,16 @@ async fn store_part(
     let decoded = app
         .compute
         .run(voxels, move || {
-            let uids = dicom_seg::instance_uids(&input);
-            (dicom_seg::decode(&input, &limits), uids)
+            // A SEG that decodes names itself; only a failure needs a second look.
+            let decoded = dicom_seg::decode(&input, &limits);
+            let uids = match &decoded {
+                Ok(image) => (
+                    Some(image.sop_class_uid.clone()),
+                    image.provenance.sop_instance_uid.clone(),
+                ),
+                Err(_) => dicom_seg::instance_uids(&input),
+            };
+            (decoded, uids)
         })
         .await?;
     let (image, (class, instance)) = decoded;

@@ -10,7 +10,9 @@
   contract     every metric and label used by the rules and dashboards is in the
                segwatch metric contract (or a recording rule defined here)
   coverage     the promtool unit tests have, for every alert, a case where it fires
-               and one where it does not, and test every recording rule
+               and one where it does not, and test every recording rule; every alert
+               has an Alertmanager route test, and every segwatch alert name used in
+               alertmanager.yml, route-tests.txt or inhibition_test.py exists
 
 Usage: check_static.py [compose|grafana|dockerfile|contract|coverage ...]   (default: all)
 Needs PyYAML.  Exit code 0 when every selected check passes.
@@ -34,6 +36,11 @@ CONTRACT_METRICS = {
     "segwatch_rolling_cases_7d",
     "segwatch_dice_baseline_ratio", "segwatch_dice_baseline_p05_ratio", "segwatch_dice_baseline_p25_ratio",
     "segwatch_drift_statistic", "segwatch_drift_limit", "segwatch_drift_alarm",
+    # one series per open drift incident (labels: incident + its primary stream and
+    # opening detector), and the fleet-wide false-alert budget the limits come from
+    "segwatch_drift_incident_open",
+    "segwatch_drift_false_alert_budget_per_month", "segwatch_drift_streams_active",
+    "segwatch_drift_target_run_length_seconds",
     "segwatch_last_upload_timestamp_seconds",
     "segwatch_segmentations_received_total", "segwatch_cases_scored_total", "segwatch_jobs_failed_total",
     "segwatch_jobs_queued", "segwatch_jobs_running", "segwatch_build_info",
@@ -43,8 +50,8 @@ CONTRACT_HISTOGRAMS = {"segwatch_case_dice_ratio", "segwatch_job_duration_second
 for h in CONTRACT_HISTOGRAMS:
     CONTRACT_METRICS |= {h + "_bucket", h + "_sum", h + "_count"}
 PROMETHEUS_METRICS = {"up", "ALERTS"}
-CONTRACT_LABELS = {"site", "model", "model_version", "structure", "detector", "role", "reason",
-                   "route", "version"}
+CONTRACT_LABELS = {"site", "model", "model_version", "structure", "detector", "incident", "role",
+                   "reason", "route", "version"}
 # Labels Prometheus itself adds: le (histograms), job/instance (targets),
 # alertname/alertstate (ALERTS).  site_version is computed by label_join in a query.
 OTHER_LABELS = {"le", "job", "instance", "alertname", "alertstate", "site_version"}
@@ -300,7 +307,25 @@ def check_coverage(r):
         r.err(f"test refers to unknown alert {a}")
     for rec in sorted(records - tested_records):
         r.err(f"recording rule {rec}: not tested")
-    r.note(f"{len(alerts)} alerts fire and stay silent in tests, {len(tested_records)}/{len(records)} recording rules tested")
+
+    # Alertmanager files follow the alert names of the rules.
+    am = os.path.join(DEPLOY, "alertmanager")
+    routed = set()
+    with open(os.path.join(am, "route-tests.txt"), encoding="utf-8") as fh:
+        for line in fh:
+            routed |= set(re.findall(r"\balertname=(\S+)", line.split("#", 1)[0]))
+    for a in sorted(alerts - routed):
+        r.err(f"alert {a}: no line in alertmanager/route-tests.txt")
+    mentioned = {}
+    for name in ("alertmanager.yml", "route-tests.txt", "inhibition_test.py"):
+        with open(os.path.join(am, name), encoding="utf-8") as fh:
+            for a in re.findall(r"\b(Segwatch[A-Za-z]+)\b", fh.read()):
+                mentioned.setdefault(a, name)
+    for a, name in sorted(mentioned.items()):
+        if a not in alerts:
+            r.err(f"alertmanager/{name}: refers to unknown alert {a}")
+    r.note(f"{len(alerts)} alerts fire and stay silent in tests and have route tests, "
+           f"{len(tested_records)}/{len(records)} recording rules tested")
 
 
 CHECKS = {"compose": check_compose, "grafana": check_grafana, "dockerfile": check_dockerfile,

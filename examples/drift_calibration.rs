@@ -1,124 +1,60 @@
-//! Simulations behind the drift detectors' constants, not tests: they print.
-//! `cargo run --release --example drift_calibration -- ewma` prints the EWMA widths
-//! that give a mean in-control run length of ARL0 for baselines of n values (the
-//! table in `drift::ewma_width`); `-- cusum` prints the Bernoulli CUSUM's
-//! in-control run lengths for several failure rates.
+//! Computes the PIT-EWMA calibration table of `drift::limits` (not a test: it
+//! prints). `cargo run --release --example drift_calibration` prints, for each
+//! baseline size and limit width, the 10th percentile over baselines of the
+//! in-control run length and its harmonic mean over baselines (what sets the
+//! expected false-alert rate), as log10, in the layout of the table.
+//!
+//! Seeds are fixed, so the output is the table in the source, to the digit.
 
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rand_distr::{Beta, Distribution};
-use segwatch::drift::{Baseline, Cusum, PitEwma};
-
-/// Per-case Dice: Beta with this mean and standard deviation, and with
-/// probability `failure` a failure (uniform below 0.5), as in `tests/drift.rs`.
-struct Model {
-    mean: f64,
-    sd: f64,
-    failure: f64,
-}
-
-impl Model {
-    fn sample(&self, rng: &mut StdRng) -> f64 {
-        if rand::RngExt::random::<f64>(rng) < self.failure {
-            return rand::RngExt::random::<f64>(rng) * 0.5;
-        }
-        let common = self.mean * (1.0 - self.mean) / (self.sd * self.sd) - 1.0;
-        Beta::new(self.mean * common, (1.0 - self.mean) * common)
-            .unwrap()
-            .sample(rng)
-    }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-/// Mean in-control run length of PIT-EWMA with limit `width` over 1000 streams.
-fn ewma_mean_run_length(model: &Model, n: usize, width: f64, arl0: f64) -> f64 {
-    let streams = 1000u64;
-    let mut total = 0.0;
-    for stream in 0..streams {
-        let mut rng = StdRng::seed_from_u64(77 * 1_000_003 + stream);
-        let baseline = Baseline::new((0..n).map(|_| model.sample(&mut rng)).collect()).unwrap();
-        let ewma = PitEwma {
-            lambda: segwatch::drift::LAMBDA,
-            width,
-        };
-        let mut state = PitEwma::START;
-        let cap = (arl0 * 20.0) as u32;
-        let mut t = 0;
-        while t < cap
-            && !ewma
-                .update(&mut state, &baseline, model.sample(&mut rng))
-                .alarm
-        {
-            t += 1;
-        }
-        total += (t + 1) as f64;
-    }
-    total / streams as f64
-}
-
-fn ewma_widths() {
-    let model = Model {
-        mean: 0.88,
-        sd: 0.05,
-        failure: 0.0,
-    };
-    for n in [100usize, 200, 500, 2000] {
-        let widths: Vec<String> = [500.0, 1000.0, 2000.0, 5000.0]
-            .iter()
-            .map(|&arl0| {
-                // Bisection: the run length grows with the width.
-                let (mut lo, mut hi) = (1.5f64, 4.0f64);
-                for _ in 0..14 {
-                    let mid = (lo + hi) / 2.0;
-                    if ewma_mean_run_length(&model, n, mid, arl0) < arl0 {
-                        lo = mid
-                    } else {
-                        hi = mid
-                    }
-                }
-                format!("{:.3}", (lo + hi) / 2.0)
-            })
-            .collect();
-        println!("n {n}: {}", widths.join(", "));
-    }
-}
-
-fn cusum_run_lengths() {
-    for failure in [0.01, 0.02, 0.03, 0.05] {
-        let model = Model {
-            mean: 0.9,
-            sd: 0.04,
-            failure,
-        };
-        let mut run_lengths = Vec::new();
-        for stream in 0..400 {
-            let mut rng = StdRng::seed_from_u64(5 * 1_000_003 + stream);
-            let baseline =
-                Baseline::new((0..200).map(|_| model.sample(&mut rng)).collect()).unwrap();
-            let cusum = Cusum::new(&baseline, 0.5);
-            let mut state = Cusum::START;
-            let mut t = 1;
-            while t < 100_000 && !cusum.update(&mut state, model.sample(&mut rng)).alarm {
-                t += 1;
-            }
-            run_lengths.push(t as f64);
-        }
-        let mean = run_lengths.iter().sum::<f64>() / run_lengths.len() as f64;
-        println!(
-            "failure rate {failure}: mean run length {mean:.0}, median {:.0}",
-            median(run_lengths)
-        );
-    }
-}
+use rayon::prelude::*;
+use segwatch::drift::calibration::ewma_conditional_run_lengths;
+use segwatch::drift::limits::{EWMA_DRAWS, EWMA_TABLE_SIZES, EWMA_TABLE_WIDTHS, LAMBDA};
 
 fn main() {
-    match std::env::args().nth(1).as_deref() {
-        Some("ewma") => ewma_widths(),
-        Some("cusum") => cusum_run_lengths(),
-        _ => eprintln!("usage: drift_calibration ewma|cusum"),
-    }
+    let widths = EWMA_TABLE_WIDTHS;
+    let rows: Vec<(Vec<f64>, Vec<f64>)> = EWMA_TABLE_SIZES
+        .par_iter()
+        .map(|&n| {
+            // Draws split in chunks with their own seeds, so both cores work.
+            let chunks = 8;
+            let per_chunk = EWMA_DRAWS / chunks;
+            let lengths: Vec<Vec<f64>> = (0..chunks)
+                .into_par_iter()
+                .flat_map(|c| {
+                    ewma_conditional_run_lengths(
+                        LAMBDA,
+                        n,
+                        &widths,
+                        per_chunk,
+                        n as u64 * 1000 + c as u64,
+                    )
+                })
+                .collect();
+            let mut q10 = Vec::new();
+            let mut harmonic = Vec::new();
+            for w in 0..widths.len() {
+                let mut column: Vec<f64> = lengths.iter().map(|l| l[w]).collect();
+                column.sort_by(f64::total_cmp);
+                q10.push(column[column.len() / 10].log10());
+                let rate = column.iter().map(|l| 1.0 / l).sum::<f64>() / column.len() as f64;
+                harmonic.push((1.0 / rate).log10());
+            }
+            (q10, harmonic)
+        })
+        .collect();
+    let print = |name: &str, column: usize| {
+        println!(
+            "pub const {name}: [[f64; {}]; {}] = [",
+            widths.len(),
+            rows.len()
+        );
+        for row in &rows {
+            let values = if column == 0 { &row.0 } else { &row.1 };
+            let cells: Vec<String> = values.iter().map(|v| format!("{v:.3}")).collect();
+            println!("    [{}],", cells.join(", "));
+        }
+        println!("];");
+    };
+    print("EWMA_Q10_LOG10", 0);
+    print("EWMA_HARMONIC_LOG10", 1);
 }

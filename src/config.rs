@@ -93,8 +93,20 @@ pub struct RoleRule {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DriftConfig {
-    /// Target in-control run length (cases) of the PIT-EWMA detector (`SEGWATCH_DRIFT_ARL0`).
-    pub arl0: f64,
+    /// Expected false alerts a month for the whole deployment, all detectors
+    /// and streams together; every limit follows from it
+    /// (`SEGWATCH_DRIFT_FALSE_ALERTS_PER_MONTH`).
+    pub false_alerts_per_month: f64,
+    /// Expert override of the budget: the same in-control run length in cases
+    /// for every stream and detector, 100 to 10⁹ (`SEGWATCH_DRIFT_ARL0`).
+    pub arl0: Option<f64>,
+    /// Results are fed to the detectors in case-time order once they are this
+    /// many seconds old; a result scored later than that is fed on arrival
+    /// and marked late (`SEGWATCH_DRIFT_LATENESS_SECS`).
+    pub lateness_secs: u64,
+    /// An incident closes after this many days of case time without an alarm
+    /// on any of its streams (`SEGWATCH_DRIFT_INCIDENT_HOLD_DAYS`).
+    pub incident_hold_days: f64,
     /// Seconds between refreshes of the quality gauges (`SEGWATCH_REFRESH_SECS`).
     pub refresh_secs: u64,
     /// Rolling mean Dice windows in days, each exported as
@@ -103,10 +115,30 @@ pub struct DriftConfig {
     pub rolling_windows_days: Vec<u32>,
 }
 
+/// Largest `drift.arl0`: the PIT-EWMA calibration covers run lengths up to
+/// 10⁹ cases for the smallest baseline.
+const MAX_ARL0: f64 = 1e9;
+
+impl DriftConfig {
+    /// What sets every detector's in-control run length.
+    pub fn target(&self) -> crate::drift::RunLengthTarget {
+        use crate::drift::RunLengthTarget;
+        match self.arl0 {
+            Some(cases) => RunLengthTarget::Arl0 { cases },
+            None => RunLengthTarget::Budget {
+                false_alerts_per_month: self.false_alerts_per_month,
+            },
+        }
+    }
+}
+
 impl Default for DriftConfig {
     fn default() -> Self {
         DriftConfig {
-            arl0: 2000.0,
+            false_alerts_per_month: 1.0,
+            arl0: None,
+            lateness_secs: 10,
+            incident_hold_days: 3.0,
             refresh_secs: 15,
             rolling_windows_days: vec![1, 7, 30],
         }
@@ -257,8 +289,18 @@ impl Config {
         if let Some(v) = var("SEGWATCH_POLL_INTERVAL_MS") {
             config.workers.poll_interval_ms = parse("SEGWATCH_POLL_INTERVAL_MS", v)?;
         }
+        if let Some(v) = var("SEGWATCH_DRIFT_FALSE_ALERTS_PER_MONTH") {
+            config.drift.false_alerts_per_month =
+                parse("SEGWATCH_DRIFT_FALSE_ALERTS_PER_MONTH", v)?;
+        }
         if let Some(v) = var("SEGWATCH_DRIFT_ARL0") {
-            config.drift.arl0 = parse("SEGWATCH_DRIFT_ARL0", v)?;
+            config.drift.arl0 = Some(parse("SEGWATCH_DRIFT_ARL0", v)?);
+        }
+        if let Some(v) = var("SEGWATCH_DRIFT_LATENESS_SECS") {
+            config.drift.lateness_secs = parse("SEGWATCH_DRIFT_LATENESS_SECS", v)?;
+        }
+        if let Some(v) = var("SEGWATCH_DRIFT_INCIDENT_HOLD_DAYS") {
+            config.drift.incident_hold_days = parse("SEGWATCH_DRIFT_INCIDENT_HOLD_DAYS", v)?;
         }
         if let Some(v) = var("SEGWATCH_REFRESH_SECS") {
             config.drift.refresh_secs = parse("SEGWATCH_REFRESH_SECS", v)?;
@@ -307,10 +349,21 @@ impl Config {
                 );
             }
         }
-        if !(self.drift.arl0 >= 100.0 && self.drift.arl0.is_finite())
-            || self.drift.refresh_secs == 0
+        let drift = &self.drift;
+        if !(drift.false_alerts_per_month > 0.0 && drift.false_alerts_per_month <= 1000.0) {
+            return bad("drift.false_alerts_per_month must be above 0 and at most 1000");
+        }
+        if drift.arl0.is_some_and(|a| !(100.0..=MAX_ARL0).contains(&a)) {
+            return bad(
+                "drift.arl0 must be from 100 to 1000000000 cases (the calibrated range); leave it unset to use the false-alert budget",
+            );
+        }
+        if drift.refresh_secs == 0
+            || !(drift.incident_hold_days >= 0.0 && drift.incident_hold_days <= 365.0)
         {
-            return bad("drift.arl0 must be at least 100 and drift.refresh_secs at least 1");
+            return bad(
+                "drift.refresh_secs must be at least 1 and drift.incident_hold_days from 0 to 365",
+            );
         }
         let windows = &self.drift.rolling_windows_days;
         let distinct: std::collections::BTreeSet<_> = windows.iter().collect();

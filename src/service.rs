@@ -25,6 +25,14 @@ pub async fn launch(config: Arc<Config>) -> anyhow::Result<Router> {
     }
     let compute = Compute::new(config.threads(), config.workers.memory_budget_voxels)?;
     let metrics = Metrics::new(&config.drift.rolling_windows_days);
+    if let crate::drift::RunLengthTarget::Budget {
+        false_alerts_per_month,
+    } = config.drift.target()
+    {
+        metrics
+            .drift_false_alert_budget_per_month
+            .set(false_alerts_per_month);
+    }
     if !config.workers.disabled {
         Workers::new(
             store.clone(),
@@ -66,7 +74,7 @@ async fn periodic(store: Store, config: Arc<Config>, metrics: Metrics) {
     let mut purged_at = tokio::time::Instant::now() - Duration::from_secs(3600);
     loop {
         tick.tick().await;
-        if let Err(e) = crate::telemetry::refresh(&store, &metrics).await {
+        if let Err(e) = crate::telemetry::refresh(&store, &metrics, config.drift.target()).await {
             warn!(error = %e, "cannot refresh metrics from the database");
         }
         if purged_at.elapsed() >= Duration::from_secs(3600) {

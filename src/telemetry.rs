@@ -3,8 +3,8 @@
 //! histogram and version on build_info): never case, study or patient identifiers.
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::store::{JobInputs, JobOutcome};
@@ -35,6 +35,11 @@ pub struct Metrics {
     pub drift_statistic: GaugeVec,
     pub drift_limit: GaugeVec,
     pub drift_alarm: IntGaugeVec,
+    /// 1 per open incident, labelled with its opening stream and detector.
+    pub drift_incident_open: IntGaugeVec,
+    pub drift_false_alert_budget_per_month: Gauge,
+    pub drift_streams_active: IntGauge,
+    pub drift_target_run_length_seconds: Gauge,
     pub last_upload_timestamp_seconds: GaugeVec,
 }
 
@@ -188,6 +193,35 @@ impl Metrics {
                 "1 while a drift detector is in alarm.",
                 &DETECTOR,
             ),
+            drift_incident_open: int_gauge_vec(
+                "segwatch_drift_incident_open",
+                "1 for each open drift incident, labelled with the stream and detector that opened it.",
+                &["incident", "site", "model", "model_version", "structure", "detector"],
+            ),
+            drift_false_alert_budget_per_month: register(
+                &registry,
+                Gauge::new(
+                    "segwatch_drift_false_alert_budget_per_month",
+                    "Configured expected false alerts a month for the whole deployment (0 with a per-case arl0 override).",
+                )
+                .expect("valid metric"),
+            ),
+            drift_streams_active: register(
+                &registry,
+                IntGauge::new(
+                    "segwatch_drift_streams_active",
+                    "Drift streams with a case in the last 30 days of case time: the budget is shared over them.",
+                )
+                .expect("valid metric"),
+            ),
+            drift_target_run_length_seconds: register(
+                &registry,
+                Gauge::new(
+                    "segwatch_drift_target_run_length_seconds",
+                    "In-control run length of each (stream, detector) pair derived from the budget.",
+                )
+                .expect("valid metric"),
+            ),
             last_upload_timestamp_seconds: gauge_vec(
                 "segwatch_last_upload_timestamp_seconds",
                 "Unix time of the last accepted upload.",
@@ -240,6 +274,7 @@ pub fn init_logging(format: &str) {
 pub async fn refresh(
     store: &crate::store::Store,
     metrics: &Metrics,
+    target: crate::drift::RunLengthTarget,
 ) -> Result<(), crate::store::StoreError> {
     let (queued, running) = store.job_counts().await?;
     metrics.jobs_queued.set(queued);
@@ -310,6 +345,26 @@ pub async fn refresh(
             .drift_alarm
             .with_label_values(&labels)
             .set(d.alarm as i64);
+    }
+    metrics.drift_incident_open.reset();
+    for i in store.open_incidents().await? {
+        let id = i.id.to_string();
+        metrics
+            .drift_incident_open
+            .with_label_values(&[
+                id.as_str(),
+                i.site.as_str(),
+                i.model.as_str(),
+                i.model_version.as_str(),
+                i.structure.as_str(),
+                i.detector.as_str(),
+            ])
+            .set(1);
+    }
+    let (streams, pairs) = store.active_streams().await?;
+    metrics.drift_streams_active.set(streams);
+    if let Some(days) = target.days(pairs as usize) {
+        metrics.drift_target_run_length_seconds.set(days * 86_400.0);
     }
     for (site, role, at) in store.last_uploads().await? {
         metrics

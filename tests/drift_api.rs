@@ -1,4 +1,4 @@
-//! Baselines, detectors, alerts and strata through the API, fed by `segwatch
+//! Baselines, detectors, incidents and strata through the API, fed by `segwatch
 //! simulate` with an injected drift.
 
 mod common;
@@ -53,19 +53,38 @@ async fn wait_results(pool: &PgPool, n: i64) {
     }
 }
 
+async fn wait_fed(pool: &PgPool, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let fed: i64 = sqlx::query_scalar("SELECT count(*) FROM results WHERE NOT drift_pending")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if fed >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{fed} of {n} fed to the detectors"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drift_raises_an_alert_that_strata_explain_and_ack_resets() {
-    // One upload and one job at a time: detectors see cases in a fixed order, so
-    // the run is the same every time.
+async fn a_drift_opens_one_incident_that_strata_explain_and_ack_keeps_open() {
+    // Two workers score in any order; the drift task feeds case-time order.
     let app = TestApp::start_with(|c| {
         c.drift.refresh_secs = 1;
         c.drift.rolling_windows_days = vec![7, 14];
-        c.workers.concurrency = 1;
+        c.drift.lateness_secs = 0;
+        c.workers.concurrency = 2;
     })
     .await;
     let pool = PgPool::connect(&app.db.url).await.unwrap();
     simulate(&app, &["--drift-at", "day1:site2:liver:0.15"]);
     wait_results(&pool, 120).await;
+    wait_fed(&pool, 120).await;
 
     // The baseline simulate set, with the per-case mean as structure "all".
     let (status, baseline) = app
@@ -81,31 +100,57 @@ async fn drift_raises_an_alert_that_strata_explain_and_ack_resets() {
         .collect();
     assert!(structures.contains(&"liver") && structures.contains(&"all"));
 
-    // Every update is stored for audit.
-    let updates: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM detector_updates WHERE site = 'site2' AND structure = 'liver'",
+    // Every update is stored for audit, in case-time order, with the limits
+    // and target it used.
+    let updates: Vec<(chrono::DateTime<chrono::Utc>, Value)> = sqlx::query_as(
+        "SELECT observed_at, parameters FROM detector_updates WHERE site = 'site2' AND structure = 'liver' ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(updates.len(), 3 * 60);
+    assert!(updates.windows(2).all(|w| w[0].0 <= w[1].0));
+    let parameters = &updates[updates.len() - 1].1;
+    assert!(
+        parameters["target_cases"].as_f64().unwrap() > 1000.0,
+        "{parameters}"
+    );
+    assert!(parameters["design"]["detector"].is_string(), "{parameters}");
+    // The mean stream runs PIT-EWMA only.
+    let mean_updates: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM detector_updates WHERE site = 'site2' AND structure = 'all'",
     )
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!(updates, 3 * 60);
+    assert_eq!(mean_updates, 60);
 
-    let (_, alerts) = app.get(&app.admin_key, "/v1/alerts").await;
-    let alerts = alerts.as_array().unwrap();
-    let drift = alerts
-        .iter()
-        .find(|a| a["site"] == "site2" && a["structure"] == "liver" && a["detector"] == "pit_ewma")
-        .unwrap_or_else(|| panic!("no drift alert in {alerts:?}"));
-    assert!(
-        alerts.iter().all(|a| a["site"] != "site1"
-            || a["structure"] == "all"
-            || a["detector"] != "pit_ewma")
-    );
+    // One incident for the change, with its correlated streams as evidence,
+    // and nothing on streams unrelated to site2/liver.
+    let (_, incidents) = app.get(&app.admin_key, "/v1/incidents?state=all").await;
+    let incidents = incidents.as_array().unwrap();
+    let touches = |i: &Value, site: &str, structure: &str| {
+        (i["site"] == site && i["structure"] == structure)
+            || i["streams"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["site"] == site && s["structure"] == structure)
+    };
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    let drift = &incidents[0];
+    assert!(touches(drift, "site2", "liver"), "{drift}");
+    for s in drift["streams"].as_array().unwrap() {
+        assert!(
+            s["site"] != "site1" && (s["structure"] == "liver" || s["structure"] == "all"),
+            "{s}"
+        );
+    }
     let id = drift["id"].as_i64().unwrap();
 
     // Strata of the stream: every acquisition attribute, worst first.
     let (status, strata) = app
-        .get(&app.admin_key, &format!("/v1/alerts/{id}/strata"))
+        .get(&app.admin_key, &format!("/v1/incidents/{id}/strata"))
         .await;
     assert_eq!(status, 200);
     let strata = strata.as_array().unwrap();
@@ -123,27 +168,24 @@ async fn drift_raises_an_alert_that_strata_explain_and_ack_resets() {
     }
     let drops: Vec<f64> = strata.iter().map(|s| s["drop"].as_f64().unwrap()).collect();
     assert!(drops.windows(2).all(|w| w[0] >= w[1]));
-    assert!(drops[0] > 0.05);
 
-    // An ingest key of another site sees neither the alert nor its strata.
+    // An ingest key of another site sees neither the incident nor its strata.
     let site1 = app.key(Role::Ingest, Some("site1")).await;
-    let (_, visible) = app.get(&site1, "/v1/alerts").await;
-    assert!(
-        visible
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|a| a["site"] == "site1")
-    );
+    let (_, visible) = app.get(&site1, "/v1/incidents?state=all").await;
+    assert!(visible.as_array().unwrap().is_empty(), "{visible}");
     assert_eq!(
-        app.get(&site1, &format!("/v1/alerts/{id}/strata")).await.0,
+        app.get(&site1, &format!("/v1/incidents/{id}/strata"))
+            .await
+            .0,
         403
     );
+    assert_eq!(app.get(&site1, "/v1/drift/plan").await.0, 403);
 
-    // Acknowledging resolves the alert and restarts the detector.
+    // Acknowledging records who looked; the excursion still runs, so the
+    // incident stays open and the detector keeps its state.
     let response = app
         .client
-        .post(app.url(&format!("/v1/alerts/{id}/ack")))
+        .post(app.url(&format!("/v1/incidents/{id}/ack")))
         .bearer_auth(&app.admin_key)
         .json(&json!({"note": "new scanner firmware at site2"}))
         .send()
@@ -151,23 +193,39 @@ async fn drift_raises_an_alert_that_strata_explain_and_ack_resets() {
         .unwrap();
     assert_eq!(response.status(), 200);
     let acked: Value = response.json().await.unwrap();
-    assert!(acked["acknowledged_at"].is_string() && acked["resolved_at"].is_string());
-    let (t, alarm): (i32, bool) = sqlx::query_as(
-        "SELECT t, alarm FROM detector_state WHERE site = 'site2' AND structure = 'liver' AND detector = 'pit_ewma'",
+    assert!(acked["acknowledged_at"].is_string() && acked["resolved_at"].is_null());
+    let t: i32 = sqlx::query_scalar(
+        "SELECT t FROM detector_state WHERE site = 'site2' AND structure = 'liver' AND detector = 'pit_ewma'",
     )
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!((t, alarm), (0, false));
+    assert_eq!(t, 60);
     assert_eq!(
-        app.get(&site1, &format!("/v1/alerts/{id}/ack")).await.0,
+        app.get(&site1, &format!("/v1/incidents/{id}/ack")).await.0,
         405
     );
 
-    // Gauges come from Postgres: the alarm of another stream is exported.
+    // The running deployment's plan.
+    let (status, plan) = app.get(&app.admin_key, "/v1/drift/plan?streams=20").await;
+    assert_eq!(status, 200, "{plan}");
+    assert_eq!(
+        (plan["sites"].as_u64(), plan["structures"].as_u64()),
+        (Some(2), Some(5))
+    );
+    assert!(plan["false_alerts_per_month"].as_f64().unwrap() <= 1.0);
+
+    // Gauges come from Postgres: the open incident is exported.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let metrics = app.metrics().await;
-    assert!(metrics.contains(r#"segwatch_drift_alarm{detector="pit_ewma",model="simnet",model_version="1.0",site="site2",structure="liver"} 0"#));
+    assert!(metrics.contains(&format!(
+        r#"segwatch_drift_incident_open{{detector="{}",incident="{id}",model="simnet",model_version="1.0",site="{}",structure="{}"}} 1"#,
+        drift["detector"].as_str().unwrap(),
+        drift["site"].as_str().unwrap(),
+        drift["structure"].as_str().unwrap()
+    )), "{metrics}");
+    assert!(metrics.contains("segwatch_drift_false_alert_budget_per_month 1"));
+    assert!(metrics.contains(r#"segwatch_drift_alarm{detector="pit_ewma",model="simnet",model_version="1.0",site="site2",structure="liver"} 1"#));
     assert!(metrics.contains("segwatch_rolling_dice_7d_ratio{"));
     assert!(metrics.contains("segwatch_rolling_dice_14d_ratio{"));
     assert!(!metrics.contains("segwatch_rolling_dice_30d_ratio"));
@@ -213,6 +271,9 @@ async fn drift_raises_an_alert_that_strata_explain_and_ack_resets() {
         .await
         .unwrap();
     assert_eq!(versions, 2);
+    // A new baseline accepts the current quality: the incident closes.
+    let (_, closed) = app.get(&app.admin_key, "/v1/incidents?state=all").await;
+    assert_eq!(closed[0]["resolution"], "new_baseline");
     pool.close().await;
     app.finish().await;
 }
@@ -274,7 +335,7 @@ async fn alertmanager_notifications_join_the_audit_trail() {
         "status": "firing",
         "alerts": [{
             "status": "firing",
-            "labels": {"alertname": "SegwatchDiceDriftSite", "site": "site2", "structure": "liver"},
+            "labels": {"alertname": "SegwatchQualityIncidentSite", "site": "site2", "structure": "liver"},
             "annotations": {"summary": "Dice drift"},
             "startsAt": "2026-11-29T10:00:00Z",
             "endsAt": "0001-01-01T00:00:00Z"
@@ -298,7 +359,7 @@ async fn alertmanager_notifications_join_the_audit_trail() {
             .unwrap();
     assert_eq!(
         (receiver.as_str(), name.as_str()),
-        ("segwatch-governance", "SegwatchDiceDriftSite")
+        ("segwatch-governance", "SegwatchQualityIncidentSite")
     );
     pool.close().await;
     app.finish().await;

@@ -11,7 +11,8 @@ or the target's own, is Prometheus) one JSON object is printed:
 so that an end-to-end test can send each `expr` to a real Prometheus
 (/api/v1/query or /api/v1/query_range) and assert that it parses and returns data.
 "sparse": true marks queries over series that exist only after something happened
-(ALERTS, segwatch_jobs_failed_total): those may return no data on a quiet system.
+(ALERTS, segwatch_jobs_failed_total, segwatch_drift_incident_open) and have no
+`or vector(...)` fallback: those may return no data on a quiet system.
 
 Template variables ($var, ${var}, ${var:format}, [[var]]) are replaced by
   - the value given with --var NAME=VALUE (repeatable; VALUE may be a comma-separated
@@ -51,9 +52,11 @@ MATCHER_RE = re.compile(r'([A-Za-z_]\w*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
 DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)$")
 UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 RE2_SPECIAL = set("\\.+*?()|[]{}^$")
-# Series that exist only once something happened (an alert fired, a job failed): a
-# query over them may legitimately return no data on a healthy, quiet system.
-SPARSE_METRICS = ("ALERTS", "segwatch_jobs_failed_total")
+# Series that exist only once something happened (an alert fired, a job failed, a
+# drift incident is open): a query over them may legitimately return no data on a
+# healthy, quiet system, unless it falls back to a constant (`or vector(0)`).
+SPARSE_METRICS = ("ALERTS", "segwatch_jobs_failed_total", "segwatch_drift_incident_open")
+FALLBACK_RE = re.compile(r"\bor\s+vector\s*\(")
 
 
 def seconds(d):
@@ -267,7 +270,8 @@ def main(argv=None):
                     "instant": bool(t.get("instant")), "range": bool(t.get("range", not t.get("instant"))),
                     "format": t.get("format", "time_series"),
                     "expr": expr, "raw_expr": t["expr"], "unresolved": sorted(set(sub.unresolved)),
-                    "sparse": any(re.search(rf"\b{m}\b", expr) for m in SPARSE_METRICS),
+                    "sparse": any(re.search(rf"\b{m}\b", expr) for m in SPARSE_METRICS)
+                              and not FALLBACK_RE.search(expr),
                 }))
     if args.strict and unresolved_total:
         print(f"promql_exprs: {unresolved_total} variable reference(s) left unresolved", file=sys.stderr)

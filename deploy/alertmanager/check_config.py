@@ -3,15 +3,22 @@
 
   - governance alerts (governance="true") repeat every 24 h, on every route that
     matches them; other routes repeat more often;
-  - alerts are grouped by alertname, site and structure;
+  - alerts are grouped by alertname, incident, site and structure (one notification
+    per drift incident; the other alerts group by alertname, site and structure);
   - an inhibition rule holds back the quality alerts of a site while that site's
-    SegwatchNoReferenceReceived alert fires (equal: [site]).
+    SegwatchNoReferenceReceived alert fires (equal: [site]);
+  - no quality alert inhibits another one: a pooled incident (SegwatchQualityIncidentPooled)
+    is never held back by a site incident or the other way round, since segwatch
+    already folds related streams into one incident.
 
 Usage: check_config.py ALERTMANAGER_YML   (needs PyYAML)
 """
 import sys
 
 import yaml
+
+
+GROUP_BY = {"alertname", "incident", "site", "structure"}
 
 
 def fail(msg):
@@ -32,8 +39,8 @@ def main(path):
         cfg = yaml.safe_load(fh)
     errors = 0
     root = cfg["route"]
-    if set(root.get("group_by", [])) != {"alertname", "site", "structure"}:
-        errors += fail(f"root group_by is {root.get('group_by')}, want alertname, site, structure")
+    if set(root.get("group_by", [])) != GROUP_BY:
+        errors += fail(f"root group_by is {root.get('group_by')}, want {', '.join(sorted(GROUP_BY))}")
     root_repeat = root.get("repeat_interval")
     governance_routes = 0
     for route in root.get("routes", []):
@@ -64,9 +71,15 @@ def main(path):
     if not found:
         errors += fail("no inhibition of quality alerts by SegwatchNoReferenceReceived")
 
+    for rule in cfg.get("inhibit_rules", []):
+        src = " ".join(rule.get("source_matchers", []))
+        if 'category = "quality"' in src or "SegwatchQualityIncident" in src:
+            errors += fail(f"a quality alert inhibits other alerts: {rule}")
+
     if errors:
         return 1
-    print(f"OK: {path}: grouping, 24h governance repeat ({governance_routes} routes), no-reference inhibition")
+    print(f"OK: {path}: grouping by {', '.join(sorted(GROUP_BY))}, 24h governance repeat "
+          f"({governance_routes} routes), no-reference inhibition, no quality-on-quality inhibition")
     return 0
 
 

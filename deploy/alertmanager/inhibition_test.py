@@ -5,9 +5,11 @@ Starts the Alertmanager binary with deploy/alertmanager/alertmanager.yml on a fr
 loopback port (clustering off, throw-away storage), posts a set of alerts through
 the v2 API and checks which ones the inhibition rules suppress:
 
-  - a site's quality alerts are suppressed while that site's
-    SegwatchNoReferenceReceived fires;
-  - another site's quality alerts and the pooled (site="all") ones are not;
+  - a site's quality incidents (SegwatchQualityIncidentSite) are suppressed while
+    that site's SegwatchNoReferenceReceived fires;
+  - another site's incidents and the pooled (site="all") ones are not;
+  - a pooled incident is not suppressed by a site incident on the same structure
+    and model version, nor the other way round;
   - SegwatchTargetDown is suppressed while SegwatchDown fires.
 
 Notifications are not sent during the test: the process is stopped well before the
@@ -35,25 +37,29 @@ def free_port():
         return s.getsockname()[1]
 
 
-def quality(alertname, site, structure, severity):
-    return {"alertname": alertname, "site": site, "structure": structure, "severity": severity,
-            "governance": "true", "category": "quality", "model": "abdomen-ct",
-            "model_version": "1.4.0", "detector": "pit_ewma"}
+def incident(incident_id, site, structure, detector="pit_ewma"):
+    pooled = site == "all"
+    return {"alertname": "SegwatchQualityIncidentPooled" if pooled else "SegwatchQualityIncidentSite",
+            "incident": str(incident_id), "site": site, "structure": structure,
+            "severity": "page" if pooled else "warning", "governance": "true", "category": "quality",
+            "model": "abdomen-ct", "model_version": "1.4.0", "detector": detector}
 
 
 ALERTS = {
     "no-ref hosp-a": {"alertname": "SegwatchNoReferenceReceived", "site": "hosp-a", "cause": "stale",
                       "severity": "warning", "governance": "true", "category": "data_flow"},
-    "drift hosp-a liver": quality("SegwatchDiceDriftSite", "hosp-a", "liver", "warning"),
-    "cusum hosp-a all": quality("SegwatchFailureRateDriftSite", "hosp-a", "all", "warning"),
-    "drift hosp-b liver": quality("SegwatchDiceDriftSite", "hosp-b", "liver", "warning"),
-    "drift pooled liver": quality("SegwatchDiceDriftPooled", "all", "liver", "page"),
+    "incident 7 hosp-a liver": incident(7, "hosp-a", "liver"),
+    "incident 8 hosp-a all": incident(8, "hosp-a", "all", "cusum"),
+    "incident 9 hosp-b liver": incident(9, "hosp-b", "liver"),
+    "incident 10 pooled liver": incident(10, "all", "liver"),
+    "incident 11 pooled spleen": incident(11, "all", "spleen", "guard_rail"),
+    "incident 12 hosp-c spleen": incident(12, "hosp-c", "spleen", "cusum"),
     "down": {"alertname": "SegwatchDown", "job": "segwatch", "severity": "page", "category": "operations"},
     "target down a": {"alertname": "SegwatchTargetDown", "job": "segwatch", "instance": "a:8080",
                       "severity": "warning", "category": "operations"},
     "backlog": {"alertname": "SegwatchQueueBacklog", "severity": "warning", "category": "operations"},
 }
-EXPECT_SUPPRESSED = {"drift hosp-a liver", "cusum hosp-a all", "target down a"}
+EXPECT_SUPPRESSED = {"incident 7 hosp-a liver", "incident 8 hosp-a all", "target down a"}
 
 
 def request(base, method, path, body=None):
@@ -124,7 +130,7 @@ def main():
         for key in ALERTS:
             alert = got.get(key)
             state = alert["status"]["state"] if alert else "missing"
-            print(f"  {key:22s} {state}")
+            print(f"  {key:26s} {state}")
         if failures:
             print("FAIL: inhibition:\n  " + "\n  ".join(failures))
             return 1

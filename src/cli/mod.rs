@@ -2,6 +2,7 @@
 
 mod eval;
 mod output;
+mod plan;
 mod serve;
 mod simulate;
 
@@ -30,6 +31,9 @@ enum Command {
     Keys(serve::KeysCommand),
     /// Upload simulated cases (with an optional injected drift) to a running segwatch.
     Simulate(simulate::SimulateArgs),
+    /// Drift detection: plan the false-alert budget and detection delays.
+    #[command(subcommand)]
+    Drift(plan::DriftCommand),
 }
 
 /// The error and its causes on one line, leaving out a cause that the message
@@ -57,6 +61,7 @@ pub fn run() -> ExitCode {
         Command::Migrate(args) => serve::migrate(args).map(|_| ExitCode::SUCCESS),
         Command::Keys(command) => serve::keys(command).map(|_| ExitCode::SUCCESS),
         Command::Simulate(args) => simulate::run(args).map(|_| ExitCode::SUCCESS),
+        Command::Drift(command) => plan::run(command).map(|_| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

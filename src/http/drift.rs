@@ -1,5 +1,5 @@
-//! Baselines (frozen, versioned, audited), alerts, and the strata that explain a
-//! stream in alarm.
+//! Baselines (frozen, versioned, audited), incidents, the alert plan, and the
+//! strata that explain a stream in alarm.
 
 use std::collections::BTreeMap;
 
@@ -15,7 +15,7 @@ use super::auth::Auth;
 use super::problem::Problem;
 use super::{AppState, valid_key};
 use crate::drift::Baseline;
-use crate::store::{ALL, Alert, BaselineInfo, Role, Stratum};
+use crate::store::{ALL, BaselineInfo, IncidentView, Role, Stratum};
 
 /// A baseline upload: one entry per validation case, structure name → Dice.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -141,40 +141,40 @@ pub async fn get_baseline(
         .ok_or_else(|| Problem::not_found(format!("no baseline for {model} {version}")))
 }
 
-/// Which alerts to list.
+/// Which incidents to list.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct AlertQuery {
+pub struct IncidentQuery {
     /// `open` (default) or `all`.
     pub state: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/alerts", tag = "drift", params(AlertQuery),
-    responses((status = 200, body = Vec<Alert>), (status = 400, body = Problem), (status = 401, body = Problem)),
+#[utoipa::path(get, path = "/v1/incidents", tag = "drift", params(IncidentQuery),
+    responses((status = 200, body = Vec<IncidentView>, description = "incidents, newest first"), (status = 400, body = Problem), (status = 401, body = Problem)),
     security(("bearer" = [])))]
-pub async fn list_alerts(
+pub async fn list_incidents(
     State(app): State<AppState>,
     auth: Auth,
-    Query(query): Query<AlertQuery>,
-) -> Result<Json<Vec<Alert>>, Problem> {
+    Query(query): Query<IncidentQuery>,
+) -> Result<Json<Vec<IncidentView>>, Problem> {
     let all = match query.state.as_deref() {
         None | Some("open") => false,
         Some("all") => true,
         Some(other) => {
             return Err(Problem::bad_request(
                 "invalid-state",
-                "Unknown alert state",
+                "Unknown incident state",
                 format!("{other}: use open or all"),
             ));
         }
     };
-    // An ingest key sees its own site's streams only.
+    // An ingest key sees the incidents its own site's streams are part of.
     let site = if auth.0.role == Role::Ingest {
         auth.0.site.clone()
     } else {
         None
     };
-    Ok(Json(app.store.alerts(site.as_deref(), all).await?))
+    Ok(Json(app.store.incidents(site.as_deref(), all).await?))
 }
 
 /// An acknowledgement.
@@ -185,15 +185,17 @@ pub struct Acknowledgement {
     pub note: Option<String>,
 }
 
-#[utoipa::path(post, path = "/v1/alerts/{id}/ack", tag = "drift", params(("id" = i64, Path)), request_body = Acknowledgement,
-    responses((status = 200, body = Alert), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
+/// Records who looked at an incident and what they found; the incident stays
+/// open until its streams have been back in control for the hold period.
+#[utoipa::path(post, path = "/v1/incidents/{id}/ack", tag = "drift", params(("id" = i64, Path)), request_body = Acknowledgement,
+    responses((status = 200, body = IncidentView), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn acknowledge(
     State(app): State<AppState>,
     auth: Auth,
     Path(id): Path<i64>,
     body: Bytes,
-) -> Result<Json<Alert>, Problem> {
+) -> Result<Json<IncidentView>, Problem> {
     auth.admin()?;
     let ack: Acknowledgement = if body.is_empty() {
         Acknowledgement::default()
@@ -206,10 +208,10 @@ pub async fn acknowledge(
         .acknowledge(id, &auth.0.key_id, ack.note.as_deref())
         .await?
         .map(Json)
-        .ok_or_else(|| Problem::not_found(format!("no alert {id}")))
+        .ok_or_else(|| Problem::not_found(format!("no incident {id}")))
 }
 
-#[utoipa::path(get, path = "/v1/alerts/{id}/strata", tag = "drift", params(("id" = i64, Path)),
+#[utoipa::path(get, path = "/v1/incidents/{id}/strata", tag = "drift", params(("id" = i64, Path)),
     responses((status = 200, body = Vec<Stratum>, description = "acquisition strata of the stream's recent cases, largest Dice drop first"),
         (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
     security(("bearer" = [])))]
@@ -218,13 +220,13 @@ pub async fn strata(
     auth: Auth,
     Path(id): Path<i64>,
 ) -> Result<Json<Vec<Stratum>>, Problem> {
-    let alert = app
+    let incident = app
         .store
-        .alert(id)
+        .incident(id)
         .await?
-        .ok_or_else(|| Problem::not_found(format!("no alert {id}")))?;
-    if alert.site != ALL {
-        auth.read(&alert.site)?;
+        .ok_or_else(|| Problem::not_found(format!("no incident {id}")))?;
+    if incident.site != ALL {
+        auth.read(&incident.site)?;
     } else if auth.0.role == Role::Ingest {
         return Err(Problem::forbidden(
             "pooled streams need a read or admin key",
@@ -232,27 +234,107 @@ pub async fn strata(
     }
     let baseline = app
         .store
-        .active_baseline(&alert.model, &alert.model_version)
+        .active_baseline(&incident.model, &incident.model_version)
         .await?
         .and_then(|b| {
             b.structures
                 .into_iter()
-                .find(|s| s.structure == alert.structure)
+                .find(|s| s.structure == incident.structure)
         })
         .ok_or_else(|| Problem::not_found("the stream has no active baseline"))?;
-    let since = alert.observed_at - Duration::days(7);
+    let since = incident.observed_at - Duration::days(7);
     let strata = app
         .store
         .strata(
-            &alert.site,
-            &alert.model,
-            &alert.model_version,
-            &alert.structure,
+            &incident.site,
+            &incident.model,
+            &incident.model_version,
+            &incident.structure,
             since,
             baseline.mean,
         )
         .await?;
     Ok(Json(strata))
+}
+
+/// Options of the alert plan.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PlanQuery {
+    /// Simulated streams per change for the delays (10 to 1000, default 200).
+    pub streams: Option<usize>,
+}
+
+/// The alert plan of the running deployment: its active streams summarised as
+/// a fleet (sites, structures, median case rate of a site's structure stream,
+/// smallest active baseline), with the configured budget.
+#[utoipa::path(get, path = "/v1/drift/plan", tag = "drift", params(PlanQuery),
+    responses((status = 200, body = Object, description = "expected false alerts a month per detector and detection delays"),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn drift_plan(
+    State(app): State<AppState>,
+    auth: Auth,
+    Query(query): Query<PlanQuery>,
+) -> Result<Json<crate::drift::plan::Plan>, Problem> {
+    if auth.0.role == Role::Ingest {
+        return Err(Problem::forbidden(
+            "the plan covers every site: use a read or admin key",
+        ));
+    }
+    let streams = query.streams.unwrap_or(200);
+    if !(10..=1000).contains(&streams) {
+        return Err(Problem::bad_request(
+            "invalid-streams",
+            "Invalid stream count",
+            format!("streams={streams}: use 10 to 1000"),
+        ));
+    }
+    let states = app.store.active_stream_states().await?;
+    let baseline = app.store.smallest_active_baseline().await?;
+    let (Some(baseline), false) = (baseline, states.is_empty()) else {
+        return Err(Problem::not_found(
+            "no active drift streams yet: freeze a baseline and score cases first",
+        ));
+    };
+    let sites: std::collections::BTreeSet<&str> = states
+        .iter()
+        .map(|s| s.0.as_str())
+        .filter(|s| *s != ALL)
+        .collect();
+    let structures: std::collections::BTreeSet<&str> = states
+        .iter()
+        .map(|s| s.1.as_str())
+        .filter(|s| *s != ALL)
+        .collect();
+    let mut rates: Vec<f64> = states
+        .iter()
+        .filter(|s| s.0 != ALL && s.1 != ALL)
+        .map(|s| s.2.cases_per_day())
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    let fleet = crate::drift::plan::Fleet {
+        sites: sites.len().max(1) as u32,
+        structures: structures.len().max(1) as u32,
+        cases_per_day: rates.get(rates.len() / 2).copied().unwrap_or(1.0).max(0.1),
+        baseline_cases: baseline as usize,
+        target: app.config.drift.target(),
+        failure_rate: 0.03,
+        failure_threshold: crate::schema::DEFAULT_FAILURE_THRESHOLD,
+    };
+    let plan = app
+        .compute
+        .run(0, move || {
+            crate::drift::plan::plan(
+                &fleet,
+                &crate::drift::plan::DEFAULT_SPREADS,
+                streams,
+                crate::drift::plan::HORIZON_DAYS,
+            )
+        })
+        .await
+        .map_err(|e| Problem::internal(e.to_string()))?;
+    Ok(Json(plan))
 }
 
 /// The body Alertmanager's webhook receiver posts.

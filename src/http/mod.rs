@@ -49,14 +49,14 @@ pub struct AppState {
     info(title = "segwatch", description = "Scores AI segmentations against radiologists' corrections and watches quality over time."),
     paths(uploads::put_prediction, uploads::put_reference, cases::get_case, cases::list_cases,
           models::put_structures, models::get_structures, drift::put_baseline, drift::freeze_baseline,
-          drift::get_baseline, drift::list_alerts, drift::acknowledge, drift::strata,
+          drift::get_baseline, drift::list_incidents, drift::acknowledge, drift::drift_plan, drift::strata,
           dicomweb::store_instances, dicomweb::store_study_instances, healthz, readyz),
     components(schemas(Problem, uploads::UploadAccepted)),
     modifiers(&BearerAuth),
     tags((name = "uploads", description = "PACS integrations send segmentations"),
          (name = "cases", description = "Results for drill-down"),
          (name = "models", description = "Structure schemas of model versions"),
-         (name = "drift", description = "Baselines, drift alerts and what changed"),
+         (name = "drift", description = "Baselines, drift incidents, what changed, and the alert plan"),
          (name = "dicomweb", description = "DICOMweb STOW-RS for PACS"),
          (name = "operations", description = "Health and readiness"))
 )]
@@ -124,9 +124,10 @@ pub fn router(state: AppState) -> Router {
             "/v1/models/{model}/versions/{version}/baseline/freeze",
             post(drift::freeze_baseline),
         )
-        .route("/v1/alerts", get(drift::list_alerts))
-        .route("/v1/alerts/{id}/ack", post(drift::acknowledge))
-        .route("/v1/alerts/{id}/strata", get(drift::strata))
+        .route("/v1/incidents", get(drift::list_incidents))
+        .route("/v1/incidents/{id}/ack", post(drift::acknowledge))
+        .route("/v1/incidents/{id}/strata", get(drift::strata))
+        .route("/v1/drift/plan", get(drift::drift_plan))
         .route(
             "/v1/alertmanager/webhook",
             post(drift::alertmanager_webhook),

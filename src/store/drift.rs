@@ -1,28 +1,25 @@
-//! Baselines, detector state and updates, and alerts.
+//! Baselines, stream states, detector updates and incidents: persisted for
+//! the pure drift feed (`drift::feed`), which decides everything.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::json;
 use sqlx::{Postgres, Transaction};
 use utoipa::ToSchema;
 
-use super::{JobInputs, JobOutcome, Result, Store, StoreError};
-use crate::drift::{self, Baseline, Cusum, PitEwma, State, Update};
-use crate::metrics::Empty;
+use super::{Result, Store, StoreError};
+use crate::drift::feed::{
+    FeedSettings, Feeder, ScoredCase, StreamKey, StreamRecord, VersionContext,
+};
+use crate::drift::incident::{Evidence, Incident, Incidents, StreamId};
+use crate::drift::{Baseline, Detector, StreamState};
 
 /// The stream key used for pooled sites and for a site's mean Dice.
-pub const ALL: &str = "all";
+pub const ALL: &str = crate::drift::incident::ALL;
 
-/// How detectors are tuned.
-#[derive(Debug, Clone)]
-pub struct DetectorSettings {
-    /// Target in-control run length of PIT-EWMA.
-    pub arl0: f64,
-    /// Failure threshold per structure (default 0.5).
-    pub failure_thresholds: BTreeMap<String, f64>,
-}
+/// Lock held by the one process feeding drift streams at a time.
+const FEED_LOCK: i64 = 0x5365_6777_6472_6966;
 
 /// One structure's sample in a baseline.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -48,24 +45,56 @@ pub struct BaselineInfo {
     pub structures: Vec<BaselineStructure>,
 }
 
-/// An alert raised by a detector.
+/// A stream and detector that alarmed during an incident.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Alert {
+pub struct IncidentStream {
+    /// `all` for the pooled stream.
+    pub site: String,
+    /// `all` for the per-case mean.
+    pub structure: String,
+    pub detector: String,
+    /// Case times of its first and latest alarm.
+    pub first_alarm_at: DateTime<Utc>,
+    pub last_alarm_at: DateTime<Utc>,
+}
+
+/// One incident: a change seen by one or more correlated streams.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct IncidentView {
     pub id: i64,
+    /// The stream and detector that opened it.
     pub site: String,
     pub model: String,
     pub model_version: String,
     pub structure: String,
     pub detector: String,
     pub opened_at: DateTime<Utc>,
-    /// Case time of the update that raised it.
+    /// Case time of the opening alarm.
     pub observed_at: DateTime<Utc>,
+    /// Case time of the latest alarm of any of its streams.
+    pub last_alarm_at: DateTime<Utc>,
+    /// Statistic and limit of the opening update.
     pub statistic: f64,
     pub limit: f64,
+    /// Every stream and detector that alarmed while it was open.
+    pub streams: Vec<IncidentStream>,
     pub acknowledged_at: Option<DateTime<Utc>>,
     pub acknowledged_by: Option<String>,
     pub note: Option<String>,
     pub resolved_at: Option<DateTime<Utc>>,
+    /// `back_in_control` or `new_baseline`.
+    pub resolution: Option<String>,
+}
+
+/// An open incident, for metrics.
+#[derive(Debug, Clone)]
+pub struct OpenIncident {
+    pub id: i64,
+    pub site: String,
+    pub model: String,
+    pub model_version: String,
+    pub structure: String,
+    pub detector: String,
 }
 
 /// A detector's current state, for metrics.
@@ -155,6 +184,22 @@ impl Store {
         )
         .execute(&mut *tx)
         .await?;
+        sqlx::query!(
+            "DELETE FROM drift_streams WHERE model = $1 AND model_version = $2",
+            model,
+            version
+        )
+        .execute(&mut *tx)
+        .await?;
+        // A new baseline accepts the current quality: what was open closes.
+        sqlx::query!(
+            "UPDATE incidents SET resolved_at = now(), resolution = 'new_baseline'
+             WHERE model = $1 AND model_version = $2 AND resolved_at IS NULL",
+            model,
+            version
+        )
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(BaselineInfo {
             model: model.into(),
@@ -235,77 +280,160 @@ impl Store {
         Ok(by_case.into_iter().map(|(_, m)| m).collect())
     }
 
-    /// Alerts, newest first: open ones only unless `all`; one site's (with its
-    /// pooled ones excluded) when `site` is given.
-    pub async fn alerts(&self, site: Option<&str>, all: bool) -> Result<Vec<Alert>> {
-        sqlx::query_as!(
-            Alert,
-            r#"SELECT id, site, model, model_version, structure, detector, opened_at, observed_at, statistic,
-                      limit_value AS "limit", acknowledged_at, acknowledged_by, note, resolved_at
-               FROM alerts WHERE ($1::text IS NULL OR site = $1) AND ($2 OR resolved_at IS NULL)
-               ORDER BY id DESC LIMIT 1000"#,
+    /// Incidents, newest first: open ones only unless `all`; those touching
+    /// one site (its own streams, and pooled ones it is evidence of) when
+    /// `site` is given.
+    pub async fn incidents(&self, site: Option<&str>, all: bool) -> Result<Vec<IncidentView>> {
+        let ids = sqlx::query_scalar!(
+            "SELECT i.id FROM incidents i
+             WHERE ($2 OR i.resolved_at IS NULL)
+               AND ($1::text IS NULL OR i.site = $1
+                    OR EXISTS (SELECT 1 FROM incident_streams s WHERE s.incident_id = i.id AND s.site = $1))
+             ORDER BY i.id DESC LIMIT 1000",
             site,
             all
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::classify)?;
+        self.incident_views(&ids).await
+    }
+
+    /// One incident.
+    pub async fn incident(&self, id: i64) -> Result<Option<IncidentView>> {
+        Ok(self.incident_views(&[id]).await?.pop())
+    }
+
+    async fn incident_views(&self, ids: &[i64]) -> Result<Vec<IncidentView>> {
+        let rows = sqlx::query!(
+            r#"SELECT id, site, model, model_version, structure, detector, opened_at, observed_at, last_alarm_at,
+                      statistic, limit_value, acknowledged_at, acknowledged_by, note, resolved_at, resolution
+               FROM incidents WHERE id = ANY($1) ORDER BY id DESC"#,
+            ids
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::classify)?;
+        let streams = sqlx::query!(
+            "SELECT incident_id, site, structure, detector, first_alarm_at, last_alarm_at
+             FROM incident_streams WHERE incident_id = ANY($1) ORDER BY incident_id, first_alarm_at, site, structure, detector",
+            ids
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::classify)?;
+        let mut by_incident: BTreeMap<i64, Vec<IncidentStream>> = BTreeMap::new();
+        for s in streams {
+            by_incident
+                .entry(s.incident_id)
+                .or_default()
+                .push(IncidentStream {
+                    site: s.site,
+                    structure: s.structure,
+                    detector: s.detector,
+                    first_alarm_at: s.first_alarm_at,
+                    last_alarm_at: s.last_alarm_at,
+                });
+        }
+        Ok(rows
+            .into_iter()
+            .map(|r| IncidentView {
+                streams: by_incident.remove(&r.id).unwrap_or_default(),
+                id: r.id,
+                site: r.site,
+                model: r.model,
+                model_version: r.model_version,
+                structure: r.structure,
+                detector: r.detector,
+                opened_at: r.opened_at,
+                observed_at: r.observed_at,
+                last_alarm_at: r.last_alarm_at,
+                statistic: r.statistic,
+                limit: r.limit_value,
+                acknowledged_at: r.acknowledged_at,
+                acknowledged_by: r.acknowledged_by,
+                note: r.note,
+                resolved_at: r.resolved_at,
+                resolution: r.resolution,
+            })
+            .collect())
+    }
+
+    /// Acknowledges an incident (the first acknowledgement is kept; a note
+    /// replaces the previous one). It stays open while its streams alarm.
+    /// None if there is no such incident.
+    pub async fn acknowledge(
+        &self,
+        id: i64,
+        by: &str,
+        note: Option<&str>,
+    ) -> Result<Option<IncidentView>> {
+        let updated = sqlx::query!(
+            "UPDATE incidents SET acknowledged_at = coalesce(acknowledged_at, now()),
+                    acknowledged_by = coalesce(acknowledged_by, $2), note = coalesce($3, note)
+             WHERE id = $1",
+            id,
+            by,
+            note
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::classify)?;
+        if updated.rows_affected() == 0 {
+            return Ok(None);
+        }
+        self.incident(id).await
+    }
+
+    /// Open incidents, for metrics.
+    pub async fn open_incidents(&self) -> Result<Vec<OpenIncident>> {
+        sqlx::query_as!(
+            OpenIncident,
+            "SELECT id, site, model, model_version, structure, detector FROM incidents WHERE resolved_at IS NULL"
         )
         .fetch_all(&self.pool)
         .await
         .map_err(StoreError::classify)
     }
 
-    /// One alert.
-    pub async fn alert(&self, id: i64) -> Result<Option<Alert>> {
-        sqlx::query_as!(
-            Alert,
-            r#"SELECT id, site, model, model_version, structure, detector, opened_at, observed_at, statistic,
-                      limit_value AS "limit", acknowledged_at, acknowledged_by, note, resolved_at
-               FROM alerts WHERE id = $1"#,
-            id
+    /// States of the streams of the last 30 days of case time: (site, structure, state).
+    pub async fn active_stream_states(&self) -> Result<Vec<(String, String, StreamState)>> {
+        let rows = sqlx::query!(
+            "SELECT site, structure, state FROM drift_streams
+             WHERE latest_at > (SELECT max(latest_at) FROM drift_streams) - interval '30 days'"
         )
-        .fetch_optional(&self.pool)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::classify)?;
+        rows.into_iter()
+            .map(|r| {
+                let state = serde_json::from_value(r.state)
+                    .map_err(|e| StoreError::Corrupt(format!("drift stream state: {e}")))?;
+                Ok((r.site, r.structure, state))
+            })
+            .collect()
+    }
+
+    /// Size of the smallest active baseline sample.
+    pub async fn smallest_active_baseline(&self) -> Result<Option<i64>> {
+        sqlx::query_scalar!(
+            "SELECT min(cardinality(s.dice))::bigint FROM baselines b JOIN baseline_samples s ON s.baseline_id = b.id WHERE b.active"
+        )
+        .fetch_one(&self.pool)
         .await
         .map_err(StoreError::classify)
     }
 
-    /// Acknowledges an alert: restarts its detector and resolves it. None if
-    /// there is no such alert.
-    pub async fn acknowledge(
-        &self,
-        id: i64,
-        by: &str,
-        note: Option<&str>,
-    ) -> Result<Option<Alert>> {
-        let mut tx = self.pool.begin().await.map_err(StoreError::classify)?;
-        let Some(alert) = sqlx::query!(
-            "UPDATE alerts SET acknowledged_at = coalesce(acknowledged_at, now()), acknowledged_by = coalesce(acknowledged_by, $2),
-                    note = coalesce($3, note), resolved_at = coalesce(resolved_at, now())
-             WHERE id = $1 RETURNING site, model, model_version, structure, detector",
-            id,
-            by,
-            note
+    /// Streams of the last 30 days of case time, and their (stream, detector) pairs.
+    pub async fn active_streams(&self) -> Result<(i64, i64)> {
+        let r = sqlx::query!(
+            r#"SELECT count(*) AS "streams!", coalesce(sum(pairs), 0)::bigint AS "pairs!" FROM drift_streams
+               WHERE latest_at > (SELECT max(latest_at) FROM drift_streams) - interval '30 days'"#
         )
-        .fetch_optional(&mut *tx)
-        .await?
-        else {
-            return Ok(None);
-        };
-        let start = match alert.detector.as_str() {
-            "cusum" => Cusum::START.statistic,
-            _ => PitEwma::START.statistic,
-        };
-        sqlx::query!(
-            "UPDATE detector_state SET t = 0, statistic = $6, alarm = false, reset_at = now(), updated_at = now()
-             WHERE site = $1 AND model = $2 AND model_version = $3 AND structure = $4 AND detector = $5 AND detector <> 'guard_rail'",
-            alert.site,
-            alert.model,
-            alert.model_version,
-            alert.structure,
-            alert.detector,
-            start
-        )
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        self.alert(id).await
+        .fetch_one(&self.pool)
+        .await
+        .map_err(StoreError::classify)?;
+        Ok((r.streams, r.pairs))
     }
 
     /// Every detector's current state.
@@ -460,24 +588,200 @@ async fn load_samples<'e>(
         .collect()
 }
 
-/// One detector update to apply.
-struct StreamInput<'a> {
-    site: &'a str,
-    structure: &'a str,
-    dice: f64,
+impl Store {
+    /// Feeds up to `batch` scored results older than `lateness` to their drift
+    /// streams, oldest case time first, in one transaction; returns how many.
+    /// One process feeds at a time (others return 0).
+    pub async fn feed_drift(
+        &self,
+        feeder: &mut Feeder,
+        settings: &FeedSettings,
+        lateness: std::time::Duration,
+        batch: i64,
+    ) -> Result<usize> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::classify)?;
+        let locked = sqlx::query_scalar!("SELECT pg_try_advisory_xact_lock($1)", FEED_LOCK)
+            .fetch_one(&mut *tx)
+            .await?;
+        if locked != Some(true) {
+            return Ok(0);
+        }
+        let rows = sqlx::query!(
+            "SELECT id, site, model, model_version, mean_dice, observed_at FROM results
+             WHERE drift_pending AND scored_at <= now() - make_interval(secs => $1)
+             ORDER BY observed_at, id LIMIT $2 FOR UPDATE",
+            lateness.as_secs_f64(),
+            batch
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let mut dice: BTreeMap<i64, Vec<(String, f64)>> = BTreeMap::new();
+        for r in sqlx::query!(
+            r#"SELECT result_id, structure, dice AS "dice!" FROM structure_results
+               WHERE result_id = ANY($1) AND empty <> 'both' AND dice IS NOT NULL ORDER BY result_id, position"#,
+            &ids
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            dice.entry(r.result_id).or_default().push((r.structure, r.dice));
+        }
+        let cases: Vec<ScoredCase> = rows
+            .into_iter()
+            .map(|r| ScoredCase {
+                structures: dice.remove(&r.id).unwrap_or_default(),
+                result_id: r.id,
+                site: r.site,
+                model: r.model,
+                model_version: r.model_version,
+                observed_at: r.observed_at,
+                mean_dice: r.mean_dice,
+            })
+            .collect();
+        let mut contexts = BTreeMap::new();
+        for case in &cases {
+            let version = (case.model.clone(), case.model_version.clone());
+            if !contexts.contains_key(&version)
+                && let Some(context) = version_context(&mut tx, &version.0, &version.1).await?
+            {
+                contexts.insert(version, context);
+            }
+        }
+        let mut streams = BTreeMap::new();
+        for (model, version) in contexts.keys() {
+            for r in sqlx::query!(
+                "SELECT site, structure, baseline_id, state, pairs FROM drift_streams
+                 WHERE model = $1 AND model_version = $2 FOR UPDATE",
+                model,
+                version
+            )
+            .fetch_all(&mut *tx)
+            .await?
+            {
+                let state: StreamState = serde_json::from_value(r.state)
+                    .map_err(|e| StoreError::Corrupt(format!("drift stream state: {e}")))?;
+                let key = StreamKey {
+                    model: model.clone(),
+                    model_version: version.clone(),
+                    stream: StreamId {
+                        site: r.site,
+                        structure: r.structure,
+                    },
+                };
+                let record = StreamRecord {
+                    baseline_id: r.baseline_id,
+                    state,
+                    pairs: r.pairs as usize,
+                    changed: false,
+                };
+                streams.insert(key, record);
+            }
+        }
+        let latest = cases.iter().map(|c| c.observed_at).max();
+        let active_pairs = sqlx::query_scalar!(
+            r#"SELECT coalesce(sum(pairs), 0)::bigint AS "pairs!" FROM drift_streams
+               WHERE latest_at > greatest($1, (SELECT max(latest_at) FROM drift_streams)) - interval '30 days'"#,
+            latest
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let updates = feeder.feed(
+            settings,
+            &cases,
+            &mut streams,
+            &mut contexts,
+            active_pairs as usize,
+        );
+        for (key, record) in streams.iter().filter(|(_, r)| r.changed) {
+            save_stream(&mut tx, key, record).await?;
+        }
+        for u in &updates {
+            let parameters =
+                serde_json::to_value(&u.context).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let statistic = if u.update.statistic.is_finite() {
+                u.update.statistic
+            } else {
+                0.0
+            };
+            sqlx::query!(
+                "INSERT INTO detector_updates (site, model, model_version, structure, detector, result_id, baseline_id, t, input,
+                                               statistic, limit_value, alarm, parameters, late, observed_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                u.key.stream.site,
+                u.key.model,
+                u.key.model_version,
+                u.key.stream.structure,
+                u.update.detector.as_str(),
+                u.result_id,
+                u.baseline_id,
+                u.update.t as i32,
+                if u.update.input.is_finite() { u.update.input } else { 0.0 },
+                statistic,
+                u.update.limit,
+                u.update.alarm,
+                parameters,
+                u.context.late,
+                u.observed_at
+            )
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query!(
+                "INSERT INTO detector_state (site, model, model_version, structure, detector, baseline_id, t, statistic, limit_value, alarm)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 ON CONFLICT (site, model, model_version, structure, detector) DO UPDATE
+                 SET baseline_id = $6, t = $7, statistic = $8, limit_value = $9, alarm = $10, updated_at = now()",
+                u.key.stream.site,
+                u.key.model,
+                u.key.model_version,
+                u.key.stream.structure,
+                u.update.detector.as_str(),
+                u.baseline_id,
+                u.update.t as i32,
+                statistic,
+                u.update.limit,
+                u.update.alarm
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        for ((model, version), context) in &mut contexts {
+            for incident in context.incidents.open.iter_mut().filter(|i| i.changed) {
+                save_incident(&mut tx, model, version, incident).await?;
+            }
+            for (incident, closed_at) in &mut context.closed {
+                save_incident(&mut tx, model, version, incident).await?;
+                sqlx::query!(
+                    "UPDATE incidents SET resolved_at = now(), resolution = 'back_in_control', closed_observed_at = $2
+                     WHERE id = $1 AND resolved_at IS NULL",
+                    incident.id,
+                    *closed_at
+                )
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        sqlx::query!(
+            "UPDATE results SET drift_pending = false WHERE id = ANY($1)",
+            &ids
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(cases.len())
+    }
 }
 
-/// Feeds a scored case to every detector of its streams (site and pooled, each
-/// structure and the mean), storing each update and opening or resolving alerts.
-/// Runs inside the transaction that stores the result.
-pub(super) async fn update_detectors(
+/// A model version's active baseline, failure thresholds and open incidents;
+/// None without an active baseline.
+async fn version_context(
     tx: &mut Transaction<'_, Postgres>,
-    result_id: i64,
-    inputs: &JobInputs,
-    outcome: &JobOutcome,
-    settings: &DetectorSettings,
-) -> Result<()> {
-    let (model, version) = (inputs.model.as_str(), inputs.model_version.as_str());
+    model: &str,
+    version: &str,
+) -> Result<Option<VersionContext>> {
     let Some(baseline_id) = sqlx::query_scalar!(
         "SELECT id FROM baselines WHERE model = $1 AND model_version = $2 AND active",
         model,
@@ -486,219 +790,159 @@ pub(super) async fn update_detectors(
     .fetch_optional(&mut **tx)
     .await?
     else {
-        return Ok(());
+        return Ok(None);
     };
     let samples = load_samples(&mut **tx, baseline_id).await?;
-    let mut streams: Vec<StreamInput> = Vec::new();
-    for (structure, m, _) in &outcome.structures {
-        if m.empty != Empty::Both && m.dice.is_finite() && samples.contains_key(structure) {
-            for site in [inputs.site.as_str(), ALL] {
-                streams.push(StreamInput {
-                    site,
-                    structure,
-                    dice: m.dice,
-                });
-            }
-        }
+    let schema = sqlx::query_scalar!(
+        "SELECT schema FROM model_schemas WHERE model = $1 AND model_version = $2",
+        model,
+        version
+    )
+    .fetch_optional(&mut **tx)
+    .await?;
+    let failure_thresholds = schema
+        .and_then(|s| serde_json::from_value::<crate::schema::Schema>(s).ok())
+        .map(|s| {
+            s.structures
+                .iter()
+                .map(|d| (d.name.clone(), d.failure()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut open = Vec::new();
+    for r in sqlx::query!(
+        "SELECT id, site, structure, detector, observed_at, last_alarm_at, statistic, limit_value FROM incidents
+         WHERE model = $1 AND model_version = $2 AND resolved_at IS NULL ORDER BY id FOR UPDATE",
+        model,
+        version
+    )
+    .fetch_all(&mut **tx)
+    .await?
+    {
+        let streams = sqlx::query!(
+            "SELECT site, structure, detector, first_alarm_at, last_alarm_at FROM incident_streams WHERE incident_id = $1",
+            r.id
+        )
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .filter_map(|s| {
+            Some(Evidence {
+                detector: Detector::parse(&s.detector)?,
+                site: s.site,
+                structure: s.structure,
+                first_alarm_at: s.first_alarm_at,
+                last_alarm_at: s.last_alarm_at,
+            })
+        })
+        .collect();
+        let detector = Detector::parse(&r.detector)
+            .ok_or_else(|| StoreError::Corrupt(format!("incident {}: detector {}", r.id, r.detector)))?;
+        open.push(Incident {
+            id: Some(r.id),
+            stream: StreamId {
+                site: r.site,
+                structure: r.structure,
+            },
+            detector,
+            observed_at: r.observed_at,
+            last_alarm_at: r.last_alarm_at,
+            statistic: r.statistic,
+            limit: r.limit_value,
+            streams,
+            changed: false,
+        });
     }
-    if let Some(mean) = outcome.mean_dice.filter(|_| samples.contains_key(ALL)) {
-        for site in [inputs.site.as_str(), ALL] {
-            streams.push(StreamInput {
-                site,
-                structure: ALL,
-                dice: mean,
-            });
-        }
-    }
-    // A fixed order of row locks keeps concurrent jobs from deadlocking.
-    streams.sort_by(|a, b| (a.site, a.structure).cmp(&(b.site, b.structure)));
-    for stream in &streams {
-        let baseline = &samples[stream.structure];
-        for detector in ["cusum", "guard_rail", "pit_ewma"] {
-            let start = if detector == "cusum" {
-                Cusum::START
-            } else {
-                PitEwma::START
-            };
-            sqlx::query!(
-                "INSERT INTO detector_state (site, model, model_version, structure, detector, baseline_id, statistic, limit_value)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0) ON CONFLICT DO NOTHING",
-                stream.site,
-                model,
-                version,
-                stream.structure,
-                detector,
-                baseline_id,
-                start.statistic
-            )
-            .execute(&mut **tx)
-            .await?;
-            let row = sqlx::query!(
-                "SELECT t, statistic, baseline_id FROM detector_state
-                 WHERE site = $1 AND model = $2 AND model_version = $3 AND structure = $4 AND detector = $5 FOR UPDATE",
-                stream.site,
-                model,
-                version,
-                stream.structure,
-                detector
-            )
-            .fetch_one(&mut **tx)
-            .await?;
-            let mut state = if row.baseline_id == baseline_id {
-                State {
-                    t: row.t as u32,
-                    statistic: row.statistic,
-                }
-            } else {
-                start
-            };
-            let (update, parameters) = match detector {
-                "pit_ewma" => {
-                    let d = PitEwma::for_arl0(settings.arl0, baseline);
-                    (
-                        d.update(&mut state, baseline, stream.dice),
-                        json!({"lambda": d.lambda, "width": d.width, "arl0": settings.arl0, "baseline_cases": baseline.len()}),
-                    )
-                }
-                "cusum" => {
-                    let threshold = settings
-                        .failure_thresholds
-                        .get(stream.structure)
-                        .copied()
-                        .unwrap_or(crate::schema::DEFAULT_FAILURE_THRESHOLD);
-                    let d = Cusum::new(baseline, threshold);
-                    (
-                        d.update(&mut state, stream.dice),
-                        json!({"threshold": d.threshold, "p0": d.p0, "p1": d.p1, "h": d.h}),
-                    )
-                }
-                _ => {
-                    let window = sqlx::query!(
-                        r#"SELECT avg(CASE WHEN $4 = 'all' THEN r.mean_dice ELSE s.dice END) AS mean, count(*) AS "cases!"
-                           FROM results r LEFT JOIN structure_results s ON s.result_id = r.id AND s.structure = $4
-                           WHERE r.model = $2 AND r.model_version = $3 AND ($1 = 'all' OR r.site = $1)
-                             AND r.observed_at > $5::timestamptz - interval '7 days' AND r.observed_at <= $5
-                             AND ($4 = 'all' OR (s.empty <> 'both' AND s.dice IS NOT NULL))"#,
-                        stream.site,
-                        model,
-                        version,
-                        stream.structure,
-                        inputs.observed_at
-                    )
-                    .fetch_one(&mut **tx)
-                    .await?;
-                    let update = drift::guard_rail(
-                        window.mean.unwrap_or(f64::NAN),
-                        window.cases,
-                        baseline.mean(),
-                    );
-                    (
-                        update,
-                        json!({"margin": drift::GUARD_MARGIN, "min_cases": drift::GUARD_MIN_CASES, "window_days": 7}),
-                    )
-                }
-            };
-            record(
-                tx,
-                stream,
-                model,
-                version,
-                detector,
-                baseline_id,
-                result_id,
-                &update,
-                &parameters,
-                inputs.observed_at,
-            )
-            .await?;
-        }
-    }
+    Ok(Some(VersionContext {
+        baseline_id,
+        samples,
+        failure_thresholds,
+        incidents: Incidents { open },
+        closed: Vec::new(),
+    }))
+}
+
+async fn save_stream(
+    tx: &mut Transaction<'_, Postgres>,
+    key: &StreamKey,
+    record: &StreamRecord,
+) -> Result<()> {
+    let state =
+        serde_json::to_value(&record.state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let latest = record.state.latest_at.unwrap_or_else(Utc::now);
+    sqlx::query!(
+        "INSERT INTO drift_streams (model, model_version, site, structure, baseline_id, state, pairs, latest_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (model, model_version, site, structure) DO UPDATE
+         SET baseline_id = $5, state = $6, pairs = $7, latest_at = $8, updated_at = now()",
+        key.model,
+        key.model_version,
+        key.stream.site,
+        key.stream.structure,
+        record.baseline_id,
+        state,
+        record.pairs as i32,
+        latest
+    )
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
-/// Stores a detector update and keeps its alert in step.
-#[allow(clippy::too_many_arguments)]
-async fn record(
+/// Inserts a new incident (setting its id) or updates an open one, with its streams.
+async fn save_incident(
     tx: &mut Transaction<'_, Postgres>,
-    stream: &StreamInput<'_>,
     model: &str,
     version: &str,
-    detector: &str,
-    baseline_id: i64,
-    result_id: i64,
-    update: &Update,
-    parameters: &serde_json::Value,
-    observed_at: DateTime<Utc>,
+    incident: &mut Incident,
 ) -> Result<()> {
-    let statistic = if update.statistic.is_finite() {
-        update.statistic
-    } else {
-        0.0
+    let id = match incident.id {
+        Some(id) => {
+            sqlx::query!(
+                "UPDATE incidents SET last_alarm_at = $2 WHERE id = $1",
+                id,
+                incident.last_alarm_at
+            )
+            .execute(&mut **tx)
+            .await?;
+            id
+        }
+        None => {
+            let id = sqlx::query_scalar!(
+                "INSERT INTO incidents (site, model, model_version, structure, detector, observed_at, last_alarm_at, statistic, limit_value)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+                incident.stream.site,
+                model,
+                version,
+                incident.stream.structure,
+                incident.detector.as_str(),
+                incident.observed_at,
+                incident.last_alarm_at,
+                if incident.statistic.is_finite() { incident.statistic } else { 0.0 },
+                incident.limit
+            )
+            .fetch_one(&mut **tx)
+            .await?;
+            incident.id = Some(id);
+            id
+        }
     };
-    sqlx::query!(
-        "UPDATE detector_state SET t = $6, statistic = $7, limit_value = $8, alarm = $9, baseline_id = $10, updated_at = now()
-         WHERE site = $1 AND model = $2 AND model_version = $3 AND structure = $4 AND detector = $5",
-        stream.site,
-        model,
-        version,
-        stream.structure,
-        detector,
-        update.t as i32,
-        statistic,
-        update.limit,
-        update.alarm,
-        baseline_id
-    )
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query!(
-        "INSERT INTO detector_updates (site, model, model_version, structure, detector, result_id, baseline_id, t, input,
-                                       statistic, limit_value, alarm, parameters)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        stream.site,
-        model,
-        version,
-        stream.structure,
-        detector,
-        result_id,
-        baseline_id,
-        update.t as i32,
-        if update.input.is_finite() { update.input } else { 0.0 },
-        statistic,
-        update.limit,
-        update.alarm,
-        parameters
-    )
-    .execute(&mut **tx)
-    .await?;
-    if update.alarm {
+    for e in &incident.streams {
         sqlx::query!(
-            "INSERT INTO alerts (site, model, model_version, structure, detector, observed_at, statistic, limit_value)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-            stream.site,
-            model,
-            version,
-            stream.structure,
-            detector,
-            observed_at,
-            statistic,
-            update.limit
-        )
-        .execute(&mut **tx)
-        .await?;
-    } else {
-        sqlx::query!(
-            "UPDATE alerts SET resolved_at = now()
-             WHERE site = $1 AND model = $2 AND model_version = $3 AND structure = $4 AND detector = $5 AND resolved_at IS NULL",
-            stream.site,
-            model,
-            version,
-            stream.structure,
-            detector
+            "INSERT INTO incident_streams (incident_id, site, structure, detector, first_alarm_at, last_alarm_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (incident_id, site, structure, detector) DO UPDATE SET last_alarm_at = $6",
+            id,
+            e.site,
+            e.structure,
+            e.detector.as_str(),
+            e.first_alarm_at,
+            e.last_alarm_at
         )
         .execute(&mut **tx)
         .await?;
     }
+    incident.changed = false;
     Ok(())
 }
 

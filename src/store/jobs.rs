@@ -6,7 +6,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::drift::DetectorSettings;
 use super::{Result, Store, StoreError};
 use crate::metrics::StructureMetrics;
 
@@ -129,13 +128,13 @@ impl Store {
     }
 
     /// Stores the results and marks the job done, in one transaction, if the
-    /// lease is still ours; false (and nothing stored) otherwise.
+    /// lease is still ours; false (and nothing stored) otherwise. The drift
+    /// task feeds the result to its streams later, in case-time order.
     pub async fn complete_job(
         &self,
         job: &ClaimedJob,
         inputs: &JobInputs,
         outcome: &JobOutcome,
-        detectors: &DetectorSettings,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await.map_err(StoreError::classify)?;
         let done = sqlx::query!(
@@ -204,7 +203,6 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        super::drift::update_detectors(&mut tx, result_id, inputs, outcome, detectors).await?;
         tx.commit().await?;
         Ok(true)
     }

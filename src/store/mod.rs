@@ -13,8 +13,8 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 pub use drift::{
-    ALL, Alert, BaselineInfo, BaselineStructure, DetectorRow, DetectorSettings, NotifiedAlert,
-    Stratum,
+    ALL, BaselineInfo, BaselineStructure, DetectorRow, IncidentStream, IncidentView, NotifiedAlert,
+    OpenIncident, Stratum,
 };
 pub use jobs::{ClaimedJob, JobInputs, JobOutcome};
 pub use keys::{KeyInfo, Principal, Role, hash_secret};

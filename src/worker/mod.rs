@@ -1,6 +1,7 @@
 //! Job workers: claim a leased job, score it on the compute pool, store the
 //! results, retry transient failures with backoff, record permanent ones.
 
+mod drift;
 mod score;
 
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use crate::compute::Compute;
 use crate::config::Config;
 use crate::metrics::Settings;
 use crate::schema::Schema;
-use crate::store::{ClaimedJob, DetectorSettings, JOBS_CHANNEL, Store, StoreError};
+use crate::store::{ClaimedJob, JOBS_CHANNEL, Store, StoreError};
 use crate::telemetry::Metrics;
 
 /// Set to `abort_after_claim` to abort the process right after claiming a job:
@@ -55,7 +56,10 @@ impl Workers {
 
     /// Starts the listener and `concurrency` claim loops.
     pub fn spawn(self) -> Vec<JoinHandle<()>> {
-        let mut tasks = vec![tokio::spawn(self.clone().listen())];
+        let mut tasks = vec![
+            tokio::spawn(self.clone().listen()),
+            tokio::spawn(drift::feed(self.store.clone(), self.config.clone())),
+        ];
         for slot in 0..self.config.concurrency() {
             tasks.push(tokio::spawn(self.clone().run(slot)));
         }
@@ -202,11 +206,6 @@ impl Workers {
             Ok(schema) => schema,
             Err(e) => return Handled::Failed(format!("stored schema is unreadable: {e}")),
         };
-        let failure_thresholds = schema
-            .iter()
-            .flat_map(|s| &s.structures)
-            .map(|d| (d.name.clone(), d.failure()))
-            .collect();
         let settings = Settings {
             surface: self.config.scoring.surface,
             tolerance_mm: self.config.scoring.default_tolerance_mm,
@@ -231,15 +230,7 @@ impl Workers {
             Ok(Err(e)) => return Handled::Failed(e.to_string()),
             Err(panic) => return Handled::Failed(panic.to_string()),
         };
-        let detectors = DetectorSettings {
-            arl0: self.config.drift.arl0,
-            failure_thresholds,
-        };
-        match self
-            .store
-            .complete_job(job, &inputs, &outcome, &detectors)
-            .await
-        {
+        match self.store.complete_job(job, &inputs, &outcome).await {
             Ok(true) => {
                 self.metrics.record_scored(&inputs, &outcome);
                 Handled::Done

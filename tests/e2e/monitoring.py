@@ -1,32 +1,48 @@
 #!/usr/bin/env python3
 """End to end monitoring test: segwatch and Postgres running, a real Prometheus
-scraping segwatch with the repository's rules loaded, `segwatch simulate` with one
-drift injected. Asserts that
+scraping segwatch with the repository's rules loaded, `segwatch simulate` over 30
+days at 3 sites with one drift injected (site3, liver, -0.10 Dice from day 20).
+Asserts that
 
-  * the PIT-EWMA drift alarm rises for the drifted stream (site2, liver) and for
-    no other per-site structure stream (pooled streams and site means that contain
-    the drifted cases may legitimately alarm too; they are reported, not asserted);
-  * the matching Prometheus alert is pending or firing;
+  * `GET /v1/incidents?state=all` holds exactly one incident whose primary stream or
+    evidence streams include site3/liver, opened (its case time `observed_at`) within
+    3 days after the start of simulated day 20, still open, and no incident with a
+    stream unrelated to the drift (related: site site3 or "all", structure liver or
+    "all"; the pooled streams and the site mean contain the drifted cases);
+  * /metrics exports that incident as segwatch_drift_incident_open and the
+    false-alert budget gauges;
+  * Prometheus shows SegwatchQualityIncidentSite (SegwatchQualityIncidentPooled if
+    the primary stream is pooled) pending or firing for that incident, and no
+    quality alert for any other incident;
   * every PromQL expression of the dashboards parses and returns data.
 
 Usage: monitoring.py --segwatch target/debug/segwatch [--admin-url postgres://...]
 Needs `prometheus` on PATH (Debian package). Python standard library only.
 """
 import argparse
+import datetime as dt
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DRIFT = "day4:site2:liver:0.08"
-SITES, DAYS, PER_DAY, SEED = 3, 10, 8, 1
+DRIFT_DAY, DRIFT_SITE, DRIFT_STRUCTURE = 20, "site3", "liver"
+DRIFT = f"day{DRIFT_DAY}:{DRIFT_SITE}:{DRIFT_STRUCTURE}:0.10"
+SITES, DAYS, PER_DAY, SEED = 3, 30, 8, 1
+# The drift detectors are fed in case-time order once results are this old (s).
+LATENESS_SECS = 2
+# The incident must open (case time) at most this long after the drift starts.
+DETECTION_WINDOW = dt.timedelta(days=3)
+QUALITY_ALERTS = ("SegwatchQualityIncidentPooled", "SegwatchQualityIncidentSite")
 
 
 def free_port():
@@ -70,6 +86,34 @@ def metric_samples(text, name):
     return out
 
 
+def metric_values(text, name):
+    """Values of a metric without labels in a text exposition."""
+    return [float(line.split()[1]) for line in text.splitlines()
+            if line.startswith(name + " ") or line.startswith(name + "\t")]
+
+
+def parse_time(value):
+    """An RFC 3339 timestamp (Z or offset, any fraction digits) as an aware datetime."""
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", value.strip())
+    if not m:
+        raise ValueError(f"not an RFC 3339 timestamp: {value!r}")
+    offset = "+00:00" if m.group(3) == "Z" else m.group(3)
+    fraction = f".{(m.group(2) or '0')[:6]:0<6}"
+    return dt.datetime.fromisoformat(m.group(1) + fraction + offset)
+
+
+def related(site, structure):
+    """A stream that contains the drifted cases (or is the drifted stream)."""
+    return site in (DRIFT_SITE, "all") and structure in (DRIFT_STRUCTURE, "all")
+
+
+def incident_streams(incident):
+    """(site, structure) of the primary stream and of every evidence stream."""
+    streams = {(incident["site"], incident["structure"])}
+    streams |= {(s["site"], s["structure"]) for s in incident.get("streams") or []}
+    return streams
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--segwatch", required=True)
@@ -91,7 +135,7 @@ def main():
         # One job at a time, uploaded one by one: the detectors see the simulated
         # cases in the same order on every run.
         env = dict(os.environ, SEGWATCH_DATABASE_URL=db_url, SEGWATCH_LISTEN=f"127.0.0.1:{port}", SEGWATCH_REFRESH_SECS="2",
-                   SEGWATCH_WORKER_CONCURRENCY="1", RUST_LOG="warn")
+                   SEGWATCH_WORKER_CONCURRENCY="1", SEGWATCH_DRIFT_LATENESS_SECS=str(LATENESS_SECS), RUST_LOG="warn")
         subprocess.run([segwatch, "migrate"], env=env, check=True)
         admin = subprocess.run([segwatch, "keys", "create", "--role", "admin", "--label", "e2e"], env=env, check=True,
                                capture_output=True, text=True).stdout.strip()
@@ -127,6 +171,10 @@ def main():
         wait("Prometheus ready", lambda: http(f"{prom}/-/ready"))
 
         started = time.time()
+        # simulate puts its first case at (its own start) - DAYS days, and day k starts
+        # k days later; the few seconds simulate takes to start do not matter here.
+        day_start = (dt.datetime.fromtimestamp(started, dt.timezone.utc) - dt.timedelta(days=DAYS)
+                     + dt.timedelta(days=DRIFT_DAY))
         subprocess.run([segwatch, "simulate", "--url", base, "--key", admin, "--sites", str(SITES), "--days", str(DAYS),
                         "--cases-per-day", str(PER_DAY), "--seed", str(SEED), "--drift-at", DRIFT, "--concurrency", "1"], check=True)
         total = SITES * DAYS * PER_DAY
@@ -134,43 +182,115 @@ def main():
         def all_scored():
             text = http(f"{base}/metrics", reader)
             return sum(v for _, v in metric_samples(text, "segwatch_cases_scored_total")) >= total
-        wait(f"{total} cases scored", all_scored, timeout=600)
+        wait(f"{total} cases scored", all_scored, timeout=1800)
         print(f"simulated and scored {total} cases in {time.time() - started:.0f} s")
-        time.sleep(5)  # a gauge refresh and two scrapes
+        # The drift feeder takes results once they are LATENESS_SECS old; then a gauge
+        # refresh and two scrapes.
+        time.sleep(LATENESS_SECS + 6)
 
         # The exposition passes promtool's lint.
         exposition = http(f"{base}/metrics", reader)
         lint = subprocess.run(["promtool", "check", "metrics"], input=exposition, capture_output=True, text=True)
-        if lint.returncode != 0 or lint.stdout.strip() or lint.stderr.strip():
+        findings = [line for line in (lint.stdout + lint.stderr).splitlines() if line.strip()]
+        if findings or lint.returncode != 0:
             failures.append(f"promtool check metrics: {lint.stdout}{lint.stderr}")
         else:
             print("promtool check metrics: clean")
 
-        # The drift alarm, from segwatch's own exposition.
+        # Detector state, from segwatch's own exposition (reported, not asserted: related
+        # streams may alarm as evidence of the incident).
         alarms = metric_samples(exposition, "segwatch_drift_alarm")
         raised = sorted((l["site"], l["structure"], l["detector"]) for l, v in alarms if v == 1)
-        print("alarms raised:", raised)
-        ewma = {(l["site"], l["structure"]): v for l, v in alarms if l["detector"] == "pit_ewma"}
-        if ewma.get(("site2", "liver")) != 1:
-            failures.append("the PIT-EWMA alarm did not rise for site2/liver")
-        for (site, structure), value in ewma.items():
-            drifted_data = site in ("site2", "all") and structure in ("liver", "all")
-            if value == 1 and not drifted_data:
-                failures.append(f"PIT-EWMA alarm for {site}/{structure}, which has no drifted cases")
-        if not any(s != "all" and t != "all" for s, t in ewma):
+        print("detectors in alarm:", raised)
+        if not any(l["site"] != "all" and l["structure"] != "all" for l, _ in alarms):
             failures.append("no per-site structure streams were monitored")
+        for name in ("segwatch_drift_false_alert_budget_per_month", "segwatch_drift_streams_active",
+                     "segwatch_drift_target_run_length_seconds"):
+            values = metric_values(exposition, name)
+            if len(values) != 1 or not values[0] > 0:
+                failures.append(f"/metrics: {name} is {values or 'missing'}, want one positive value")
+            else:
+                print(f"{name} = {values[0]:g}")
 
-        # The alert in Prometheus.
-        def alert_state():
-            query = 'ALERTS{alertname="SegwatchDiceDriftSite",site="site2",structure="liver"}'
+        # The incidents, from segwatch's API.
+        def incidents_now():
+            answer = json.loads(http(f"{base}/v1/incidents?state=all", admin))
+            if not isinstance(answer, list):
+                raise ValueError(f"GET /v1/incidents: not a JSON array: {answer!r}")
+            return answer
+
+        try:
+            incidents_now()
+        except (urllib.error.URLError, ValueError) as e:
+            sys.exit(f"FAIL: GET /v1/incidents?state=all: {e}")
+        # Give the drift feeder up to a minute more; the checks below report what is there.
+        deadline = time.time() + 60
+        while (not any((DRIFT_SITE, DRIFT_STRUCTURE) in incident_streams(i) for i in incidents_now())
+               and time.time() < deadline):
+            time.sleep(1)
+        time.sleep(3)  # let any other incident of the last detector updates show up too
+        incidents = incidents_now()
+        for i in incidents:
+            print(f"incident {i['id']}: primary {i['site']}/{i['structure']} {i['detector']}, observed {i['observed_at']}, "
+                  f"resolved {i.get('resolved_at')}, streams "
+                  f"{sorted((s['site'], s['structure'], s['detector']) for s in i.get('streams') or [])}")
+        matching = [i for i in incidents if (DRIFT_SITE, DRIFT_STRUCTURE) in incident_streams(i)]
+        if len(matching) != 1:
+            failures.append(f"{len(matching)} incidents include {DRIFT_SITE}/{DRIFT_STRUCTURE}, want exactly 1: "
+                            f"{[i['id'] for i in matching]}")
+        for i in incidents:
+            unrelated = sorted(st for st in incident_streams(i) if not related(*st))
+            if unrelated:
+                failures.append(f"incident {i['id']} covers streams without drifted cases: {unrelated}")
+        incident = matching[0] if len(matching) == 1 else None
+        if incident is not None:
+            observed = parse_time(incident["observed_at"])
+            delay = observed - day_start
+            print(f"incident {incident['id']} opened {delay.total_seconds() / 86400:.2f} days (case time) "
+                  f"after the drift started on day {DRIFT_DAY}")
+            if not dt.timedelta(0) <= delay <= DETECTION_WINDOW:
+                failures.append(f"incident {incident['id']} observed at {incident['observed_at']}, want within "
+                                f"{DETECTION_WINDOW.days} days after the start of day {DRIFT_DAY} ({day_start.isoformat()})")
+            if incident.get("resolved_at"):
+                failures.append(f"incident {incident['id']} resolved at {incident['resolved_at']} although the drift "
+                                f"is still running")
+                incident = None
+
+        if incident is not None:
+            # The incident on /metrics, labelled with its primary stream and detector.
+            want = {k: str(incident[k]) for k in ("id", "site", "model", "model_version", "structure", "detector")}
+            want["incident"] = want.pop("id")
+            exposition = http(f"{base}/metrics", reader)
+            series = [l for l, v in metric_samples(exposition, "segwatch_drift_incident_open") if v == 1]
+            if not any(all(l.get(k) == v for k, v in want.items()) for l in series):
+                failures.append(f"/metrics: no segwatch_drift_incident_open{want} == 1 (got {series})")
+
+            # The alert in Prometheus.
+            alertname = QUALITY_ALERTS[0] if incident["site"] == "all" else QUALITY_ALERTS[1]
+
+            def alert_state():
+                query = f'ALERTS{{alertname="{alertname}",incident="{incident["id"]}"}}'
+                result = json.loads(http(f"{prom}/api/v1/query?" + urllib.parse.urlencode({"query": query})))["data"]["result"]
+                states = {r["metric"].get("alertstate") for r in result}
+                return states & {"pending", "firing"}
+            print(f"alert {alertname} for incident {incident['id']}:",
+                  wait("the incident alert in Prometheus", alert_state, timeout=90))
+            query = 'ALERTS{alertname=~"SegwatchQualityIncident.*"}'
             result = json.loads(http(f"{prom}/api/v1/query?" + urllib.parse.urlencode({"query": query})))["data"]["result"]
-            states = {r["metric"].get("alertstate") for r in result}
-            return states & {"pending", "firing"}
-        print("alert SegwatchDiceDriftSite site2/liver:", wait("the drift alert in Prometheus", alert_state, timeout=60))
+            others = sorted({(r["metric"]["alertname"], r["metric"].get("incident"), r["metric"].get("alertstate"))
+                             for r in result if r["metric"].get("incident") != str(incident["id"])})
+            if others:
+                # Other incidents are checked above (related streams only); an alert
+                # must still belong to an incident segwatch knows.
+                print("quality alerts for other incidents:", others)
+                known = {str(i["id"]) for i in incidents}
+                for name, other, _ in others:
+                    if other not in known:
+                        failures.append(f"{name} for incident {other}, which GET /v1/incidents does not list")
 
         # Every dashboard expression parses and returns data.
         exprs = subprocess.run([sys.executable, os.path.join(ROOT, "dashboards/validate/promql_exprs.py"),
-                                "--var", "site=site2", "--var", "structure=liver", "--var", "model=simnet",
+                                "--var", f"site={DRIFT_SITE}", "--var", f"structure={DRIFT_STRUCTURE}", "--var", "model=simnet",
                                 "--var", "model_version=1.0"], check=True, capture_output=True, text=True).stdout
         checked = empty = 0
         for line in exprs.splitlines():

@@ -1,0 +1,288 @@
+//! Feeding scored cases to their streams, in case-time order: the pure core of
+//! the service's drift task. The store loads what this needs and persists what
+//! it changes; nothing here does I/O.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+
+use super::incident::{ALL, Incident, Incidents, StreamId};
+use super::{
+    Baseline, Design, Detector, Observation, RunLengthTarget, StreamProfile, StreamState, Update,
+};
+
+/// One scored case: its Dice per structure (structures empty on both sides
+/// left out) and its mean.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoredCase {
+    pub result_id: i64,
+    pub site: String,
+    pub model: String,
+    pub model_version: String,
+    /// Case time.
+    pub observed_at: DateTime<Utc>,
+    pub structures: Vec<(String, f64)>,
+    pub mean_dice: Option<f64>,
+}
+
+/// A stream of the deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamKey {
+    pub model: String,
+    pub model_version: String,
+    pub stream: StreamId,
+}
+
+/// A stream's stored state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamRecord {
+    /// The baseline its state was built on.
+    pub baseline_id: i64,
+    pub state: StreamState,
+    /// Detectors running on it: its share of the budget.
+    pub pairs: usize,
+    /// Changed since loaded.
+    pub changed: bool,
+}
+
+/// A model version's active baseline, failure thresholds and open incidents.
+#[derive(Debug, Clone, Default)]
+pub struct VersionContext {
+    pub baseline_id: i64,
+    /// Structure (or "all" for the per-case mean) → sample.
+    pub samples: BTreeMap<String, Baseline>,
+    /// Structure → failure threshold.
+    pub failure_thresholds: BTreeMap<String, f64>,
+    pub incidents: Incidents,
+    /// Incidents closed while feeding, with the case time that closed them.
+    pub closed: Vec<(Incident, DateTime<Utc>)>,
+}
+
+/// How streams are fed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FeedSettings {
+    pub target: RunLengthTarget,
+    /// An incident closes after this much case time without alarms.
+    pub incident_hold: Duration,
+    /// Failure threshold of structures the schema leaves unset.
+    pub default_failure_threshold: f64,
+}
+
+/// What an update was computed with, stored with it for audit and replay.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UpdateContext {
+    /// The stream's target in-control run length, in cases.
+    pub target_cases: f64,
+    /// (stream, detector) pairs sharing the budget, and the stream's case rate.
+    pub pairs: usize,
+    pub cases_per_day: f64,
+    /// The case came earlier in case time than one already fed.
+    pub late: bool,
+    pub design: Design,
+}
+
+/// One detector update of one case.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdateRecord {
+    pub result_id: i64,
+    pub key: StreamKey,
+    pub baseline_id: i64,
+    pub observed_at: DateTime<Utc>,
+    pub update: Update,
+    pub context: UpdateContext,
+}
+
+/// Designs for one stream kind, baseline and target (and guard-rail window
+/// scale), computed once.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct DesignKey {
+    baseline_id: i64,
+    structure: String,
+    target_bits: u64,
+    window_scale: i32,
+    threshold_bits: u64,
+}
+
+/// Feeds cases to streams, keeping designs between calls.
+#[derive(Debug, Default)]
+pub struct Feeder {
+    designs: HashMap<DesignKey, Arc<Vec<Design>>>,
+}
+
+/// Designs kept at most (the cache is cleared past it).
+const DESIGN_CACHE: usize = 4096;
+
+impl Feeder {
+    /// Feeds `cases` (in case-time order) to their streams. `streams` holds the
+    /// stored state of the streams they touch (missing ones start fresh);
+    /// `contexts` each model version's baseline and open incidents (versions
+    /// without an active baseline are skipped); `active_pairs` counts the
+    /// (stream, detector) pairs of the deployment active in the last 30 days,
+    /// streams in `streams` included. Returns every update.
+    pub fn feed(
+        &mut self,
+        settings: &FeedSettings,
+        cases: &[ScoredCase],
+        streams: &mut BTreeMap<StreamKey, StreamRecord>,
+        contexts: &mut BTreeMap<(String, String), VersionContext>,
+        mut active_pairs: usize,
+    ) -> Vec<UpdateRecord> {
+        let mut records = Vec::new();
+        for case in cases {
+            let version = (case.model.clone(), case.model_version.clone());
+            let Some(context) = contexts.get_mut(&version) else {
+                continue;
+            };
+            let mut inputs: Vec<(StreamId, f64)> = Vec::new();
+            for (structure, dice) in &case.structures {
+                if context.samples.contains_key(structure) && dice.is_finite() {
+                    for site in [case.site.as_str(), ALL] {
+                        inputs.push((stream_id(site, structure), *dice));
+                    }
+                }
+            }
+            if let Some(mean) = case.mean_dice.filter(|m| m.is_finite())
+                && context.samples.contains_key(ALL)
+            {
+                for site in [case.site.as_str(), ALL] {
+                    inputs.push((stream_id(site, ALL), mean));
+                }
+            }
+            // Every stream of the case joins the budget before any is fed, so
+            // the first case already sees its site's and the pooled streams.
+            for (stream, _) in &inputs {
+                let key = StreamKey {
+                    model: case.model.clone(),
+                    model_version: case.model_version.clone(),
+                    stream: stream.clone(),
+                };
+                let record = streams.entry(key).or_insert_with(|| StreamRecord {
+                    baseline_id: context.baseline_id,
+                    state: StreamState::default(),
+                    pairs: 0,
+                    changed: true,
+                });
+                if record.baseline_id != context.baseline_id {
+                    active_pairs = active_pairs.saturating_sub(record.pairs);
+                    *record = StreamRecord {
+                        baseline_id: context.baseline_id,
+                        state: StreamState::default(),
+                        pairs: 0,
+                        changed: true,
+                    };
+                }
+                if record.pairs == 0 {
+                    record.pairs = Detector::ALL
+                        .iter()
+                        .filter(|d| d.runs_on(stream.structure == ALL))
+                        .count();
+                    active_pairs += record.pairs;
+                }
+            }
+            for (stream, dice) in inputs {
+                let key = StreamKey {
+                    model: case.model.clone(),
+                    model_version: case.model_version.clone(),
+                    stream: stream.clone(),
+                };
+                let baseline = &context.samples[&stream.structure];
+                let threshold = context
+                    .failure_thresholds
+                    .get(&stream.structure)
+                    .copied()
+                    .unwrap_or(settings.default_failure_threshold);
+                let Some(record) = streams.get_mut(&key) else {
+                    continue;
+                };
+                let profile = StreamProfile {
+                    structure_is_mean: stream.structure == ALL,
+                    failure_threshold: threshold,
+                    cases_per_day: record.state.cases_per_day(),
+                };
+                let target = settings.target.cases(active_pairs, profile.cases_per_day);
+                let designs =
+                    self.designs(context.baseline_id, &stream, baseline, &profile, target);
+                let late = record.state.is_late(case.observed_at);
+                let observation = Observation {
+                    dice,
+                    at: case.observed_at,
+                };
+                let updates = record.state.feed(&designs, baseline, observation);
+                record.changed = true;
+                for (update, design) in updates.into_iter().zip(designs.iter()) {
+                    if update.alarm {
+                        context.incidents.alarm(&stream, &update, case.observed_at);
+                    }
+                    records.push(UpdateRecord {
+                        result_id: case.result_id,
+                        key: key.clone(),
+                        baseline_id: context.baseline_id,
+                        observed_at: case.observed_at,
+                        update,
+                        context: UpdateContext {
+                            target_cases: target,
+                            pairs: active_pairs,
+                            cases_per_day: profile.cases_per_day,
+                            late,
+                            design: design.clone(),
+                        },
+                    });
+                }
+            }
+            let closed = context
+                .incidents
+                .close_quiet(case.observed_at, settings.incident_hold);
+            context
+                .closed
+                .extend(closed.into_iter().map(|i| (i, case.observed_at)));
+        }
+        records
+    }
+
+    fn designs(
+        &mut self,
+        baseline_id: i64,
+        stream: &StreamId,
+        baseline: &Baseline,
+        profile: &StreamProfile,
+        target: f64,
+    ) -> Arc<Vec<Design>> {
+        // The guard rail's table of window limits is sized by the case rate:
+        // recompute it when the rate doubles, not on every small change.
+        let window_scale = profile.cases_per_day.max(1.0).log2().ceil() as i32;
+        let key = DesignKey {
+            baseline_id,
+            structure: stream.structure.clone(),
+            target_bits: target.to_bits(),
+            window_scale,
+            threshold_bits: profile.failure_threshold.to_bits(),
+        };
+        if self.designs.len() >= DESIGN_CACHE {
+            self.designs.clear();
+        }
+        self.designs
+            .entry(key)
+            .or_insert_with(|| {
+                let profile = StreamProfile {
+                    cases_per_day: 2f64.powi(window_scale),
+                    ..*profile
+                };
+                Arc::new(
+                    Detector::ALL
+                        .into_iter()
+                        .filter_map(|d| Design::new(d, baseline, &profile, target))
+                        .collect(),
+                )
+            })
+            .clone()
+    }
+}
+
+fn stream_id(site: &str, structure: &str) -> StreamId {
+    StreamId {
+        site: site.to_owned(),
+        structure: structure.to_owned(),
+    }
+}

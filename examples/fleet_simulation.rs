@@ -8,6 +8,7 @@
 //! and their mean and spread; `--drift day20:site3:s0:0.10` injects a drop of
 //! structure s0 at site 3 from day 20 (structures are s0, s1, … with the spreads
 //! of `segwatch simulate`'s liver, spleen, kidneys and pancreas in turn).
+//! `DEBUG_INCIDENTS=1` also lists every incident on stderr.
 
 use std::collections::BTreeMap;
 
@@ -86,9 +87,18 @@ fn model(structure: usize, drop: f64) -> DiceModel {
     }
 }
 
-/// Incidents of one simulated deployment: (opened, by detector, first case time
-/// of an incident after the drift, streams of incidents unrelated to the drift).
-fn run(args: &Args, seed: u64) -> (usize, BTreeMap<&'static str, usize>, Option<f64>, usize) {
+/// Incidents of one simulated deployment.
+struct Outcome {
+    incidents: usize,
+    by_detector: BTreeMap<&'static str, usize>,
+    /// Days from the drift to the first incident related to it.
+    first_related: Option<f64>,
+    /// Incidents related to the drift opened after it, and the others.
+    related: usize,
+    unrelated: usize,
+}
+
+fn run(args: &Args, seed: u64) -> Outcome {
     let mut rng = StdRng::seed_from_u64(seed);
     let names: Vec<String> = (0..args.structures).map(|s| format!("s{s}")).collect();
     // The acceptance baseline: RECOMMENDED_BASELINE validation cases.
@@ -180,7 +190,7 @@ fn run(args: &Args, seed: u64) -> (usize, BTreeMap<&'static str, usize>, Option<
         }
         *by_detector.entry(i.detector.as_str()).or_insert(0) += 1;
     }
-    let (mut first_related, mut unrelated) = (None::<f64>, 0);
+    let (mut first_related, mut related, mut unrelated) = (None::<f64>, 0, 0);
     if let Some((day, site, structure, _)) = args.drift {
         let drifted = segwatch::drift::incident::StreamId {
             site: format!("site{site}"),
@@ -190,12 +200,19 @@ fn run(args: &Args, seed: u64) -> (usize, BTreeMap<&'static str, usize>, Option<
             let days = (i.observed_at - start).num_seconds() as f64 / 86_400.0 - day as f64;
             if i.stream.related(&drifted) && days >= 0.0 {
                 first_related = Some(first_related.map_or(days, |f| f.min(days)));
+                related += 1;
             } else {
                 unrelated += 1;
             }
         }
     }
-    (incidents.len(), by_detector, first_related, unrelated)
+    Outcome {
+        incidents: incidents.len(),
+        by_detector,
+        first_related,
+        related,
+        unrelated,
+    }
 }
 
 fn main() {
@@ -203,10 +220,12 @@ fn main() {
     let mut counts = Vec::new();
     let mut totals: BTreeMap<&str, usize> = BTreeMap::new();
     let mut delays = Vec::new();
-    let mut unrelated_total = 0;
+    let (mut related_total, mut unrelated_total) = (0, 0);
     for seed in 1..=args.seeds {
-        let (n, by_detector, delay, unrelated) = run(&args, seed);
-        for (d, c) in by_detector {
+        let outcome = run(&args, seed);
+        let (n, delay, unrelated) = (outcome.incidents, outcome.first_related, outcome.unrelated);
+        related_total += outcome.related;
+        for (d, c) in outcome.by_detector {
             *totals.entry(d).or_insert(0) += c;
         }
         counts.push(n as f64);
@@ -242,11 +261,13 @@ fn main() {
     if args.drift.is_some() {
         delays.sort_by(f64::total_cmp);
         println!(
-            "drift detected in {} of {} runs; days to the first related incident: median {:?}, max {:?}; unrelated incidents {unrelated_total}",
+            "drift detected in {} of {} runs; days to the first related incident: median {:?}, max {:?}; \
+             incidents related to the drift {related_total} ({:.2} per run); unrelated incidents {unrelated_total}",
             delays.len(),
             counts.len(),
             delays.get(delays.len() / 2),
-            delays.last()
+            delays.last(),
+            related_total as f64 / counts.len() as f64
         );
     }
 }

@@ -279,6 +279,74 @@ async fn a_drift_opens_one_incident_that_strata_explain_and_ack_keeps_open() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_values_get_a_specific_problem_not_a_500() {
+    let app = TestApp::start().await;
+    let problem = |response: reqwest::Response| async move {
+        let status = response.status().as_u16();
+        let kind = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        assert_eq!(kind.as_deref(), Some("application/problem+json"), "{body}");
+        (
+            status,
+            body["type"]
+                .as_str()
+                .unwrap_or("")
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_owned(),
+        )
+    };
+    let send = |request: reqwest::RequestBuilder| request.bearer_auth(&app.admin_key).send();
+    // A NUL character the database would refuse, in a query filter and in a note.
+    let r = send(
+        app.client
+            .get(app.url("/v1/sites/site1/cases?protocol=%00")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(problem(r).await, (400, "invalid-value".to_owned()));
+    // Out-of-range counts and dates.
+    let freeze = app.url("/v1/models/m/versions/1/baseline/freeze");
+    let r = send(app.client.post(&freeze).json(&json!({"cases": -1})))
+        .await
+        .unwrap();
+    assert_eq!(problem(r).await, (400, "invalid-baseline".to_owned()));
+    // axum's own rejections: malformed JSON, a missing field, a non-numeric id.
+    let r = send(
+        app.client
+            .post(&freeze)
+            .header("content-type", "application/json")
+            .body("{"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(problem(r).await.0, 400);
+    let r = send(app.client.post(&freeze).json(&json!({})))
+        .await
+        .unwrap();
+    assert_eq!(problem(r).await, (422, "invalid-body".to_owned()));
+    let r = send(app.client.get(app.url("/v1/incidents/abc/strata")))
+        .await
+        .unwrap();
+    assert_eq!(problem(r).await, (400, "invalid-request".to_owned()));
+    // Case keys of dots only read as path segments (HTTP clients resolve `.`
+    // and `..` before sending; `...` reaches the service).
+    let r = send(
+        app.client
+            .put(app.url("/v1/sites/site1/cases/.../reference"))
+            .body(vec![0u8; 10]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(problem(r).await, (400, "invalid-key".to_owned()));
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn baselines_are_validated_and_admin_only() {
     let app = TestApp::start().await;
     let reader = app.key(Role::Read, None).await;
@@ -324,6 +392,13 @@ async fn baselines_are_validated_and_admin_only() {
     let info: Value = response.json().await.unwrap();
     assert_eq!(info["structures"][1]["structure"], "liver");
     assert_eq!(info["structures"][1]["cases"], 120);
+    // A baseline below the recommended size is accepted and flagged.
+    assert!(
+        info["structures"][1]["note"]
+            .as_str()
+            .unwrap()
+            .contains("at least 200")
+    );
     app.finish().await;
 }
 

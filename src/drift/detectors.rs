@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::Baseline;
-use super::calibration::{ewma_sigma, mean_lower_quantile, rate_upper_bound};
+use super::calibration::{mean_lower_quantile, rate_upper_bound};
 use super::limits::{CusumDesign, LAMBDA, ewma_limit};
 
 /// No PIT-EWMA or CUSUM alarm before this many cases in a stream.
@@ -404,11 +404,6 @@ fn step(
         limit,
         alarm,
     }
-}
-
-/// The PIT-EWMA's asymptotic standard deviation, for reports.
-pub fn ewma_sd() -> f64 {
-    ewma_sigma(LAMBDA)
 }
 
 #[cfg(test)]

@@ -25,6 +25,18 @@ pub const MIN_BASELINE: usize = 100;
 /// the CUSUM to see a rise from 3 % to 10 %.
 pub const RECOMMENDED_BASELINE: usize = 200;
 
+/// What a baseline smaller than [`RECOMMENDED_BASELINE`] costs, and how many
+/// cases it needs; None for a large enough one.
+pub fn baseline_note(baseline: &Baseline) -> Option<String> {
+    (baseline.len() < RECOMMENDED_BASELINE).then(|| {
+        format!(
+            "{} cases: at least {RECOMMENDED_BASELINE} are recommended; with fewer, limits that hold for 90 % of \
+             baselines are wider and a failure-rate rise is seen later (docs/drift.md)",
+            baseline.len()
+        )
+    })
+}
+
 /// Why a baseline cannot be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("invalid baseline: {0}")]
@@ -107,5 +119,8 @@ mod tests {
         assert!((b.mean() - 0.4975).abs() < 1e-12);
         assert!(Baseline::new(vec![0.9; 99]).is_err());
         assert!(Baseline::new(vec![1.5; 100]).is_err());
+        assert!(baseline_note(&b).is_none());
+        let small = Baseline::new(vec![0.9; 120]).unwrap();
+        assert!(baseline_note(&small).unwrap().contains("at least 200"));
     }
 }

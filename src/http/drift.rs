@@ -36,6 +36,9 @@ pub struct FreezeRequest {
     pub cases: i64,
 }
 
+/// Most cases a baseline can be frozen from.
+const MAX_FREEZE_CASES: i64 = 100_000;
+
 /// Per-structure samples and the per-case mean (structure `all`).
 fn samples(cases: &[BTreeMap<String, f64>]) -> Result<BTreeMap<String, Baseline>, Problem> {
     let invalid =
@@ -110,6 +113,18 @@ pub async fn freeze_baseline(
     auth.admin()?;
     valid_key("model", &model)?;
     valid_key("model_version", &version)?;
+    let allowed = crate::drift::MIN_BASELINE as i64..=MAX_FREEZE_CASES;
+    if !allowed.contains(&request.cases) {
+        return Err(Problem::bad_request(
+            "invalid-baseline",
+            "Invalid baseline",
+            format!(
+                "cases must be from {} to {}",
+                allowed.start(),
+                allowed.end()
+            ),
+        ));
+    }
     let cases = app
         .store
         .first_scored(&model, &version, request.cases)

@@ -82,8 +82,10 @@ impl utoipa::Modify for BearerAuth {
 
 /// Site, case, model and version keys: 1 to 128 of `A-Z a-z 0-9 . _ -`.
 pub fn valid_key(what: &str, value: &str) -> Result<(), Problem> {
+    // `.` and `..` would read as path segments in URLs and file names.
     let ok = !value.is_empty()
         && value.len() <= 128
+        && !value.bytes().all(|b| b == b'.')
         && value
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
@@ -93,7 +95,9 @@ pub fn valid_key(what: &str, value: &str) -> Result<(), Problem> {
         Err(Problem::bad_request(
             "invalid-key",
             "Invalid identifier",
-            format!("{what} must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' or '-'"),
+            format!(
+                "{what} must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' or '-', not only dots"
+            ),
         ))
     }
 }
@@ -146,6 +150,7 @@ pub fn router(state: AppState) -> Router {
         // Bodies are limited after transfer decompression.
         .layer(DefaultBodyLimit::max(limits.max_upload_bytes))
         .layer(RequestDecompressionLayer::new())
+        .layer(middleware::map_response(problem::problem_for_rejections))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state.clone());
     let request_id = HeaderName::from_static("x-request-id");

@@ -79,6 +79,55 @@ impl Problem {
     }
 }
 
+/// Turns error responses that are not problem+json yet (the plain-text
+/// rejections of axum's JSON, query, path and body-limit extractors) into
+/// problem+json with the same status, so every error has one shape. Headers
+/// such as `Allow` are kept.
+pub async fn problem_for_rejections(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if is_problem || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // Rejection messages are short; anything longer is cut.
+    let text = axum::body::to_bytes(body, REJECTION_TEXT_LIMIT)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let (slug, title) = match status {
+        StatusCode::BAD_REQUEST => ("invalid-request", "Invalid request"),
+        StatusCode::PAYLOAD_TOO_LARGE => ("too-large", "Request body too large"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported-media-type", "Unsupported media type"),
+        StatusCode::UNPROCESSABLE_ENTITY => ("invalid-body", "Invalid request body"),
+        StatusCode::METHOD_NOT_ALLOWED => ("method-not-allowed", "Method not allowed"),
+        StatusCode::SERVICE_UNAVAILABLE => ("unavailable", "Service temporarily unavailable"),
+        _ => ("error", "Request failed"),
+    };
+    let detail = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    let mut problem = Problem::new(status, slug, title, detail);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        problem.retry_after = Some(5);
+    }
+    let mut response = problem.into_response();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    for (name, value) in response.headers() {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    *response.headers_mut() = parts.headers;
+    response
+}
+
+/// Bytes of a plain-text rejection kept in the problem's detail.
+const REJECTION_TEXT_LIMIT: usize = 4096;
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -118,6 +167,9 @@ impl From<crate::compute::ComputePanic> for Problem {
 
 impl From<StoreError> for Problem {
     fn from(err: StoreError) -> Problem {
+        if let Some(detail) = err.invalid_input() {
+            return Problem::bad_request("invalid-value", "Invalid value", detail);
+        }
         if err.is_transient() {
             Problem::unavailable("the database is unreachable; try again shortly", 5)
         } else {

@@ -29,6 +29,9 @@ pub struct BaselineStructure {
     pub mean: f64,
     pub p05: f64,
     pub p25: f64,
+    /// Set when the sample is smaller than recommended: what that costs and
+    /// how many cases it needs.
+    pub note: Option<String>,
 }
 
 /// The active baseline of a model version.
@@ -129,6 +132,7 @@ fn summary(structure: &str, baseline: &Baseline) -> BaselineStructure {
         mean: baseline.mean(),
         p05: baseline.quantile(0.05),
         p25: baseline.quantile(0.25),
+        note: crate::drift::baseline_note(baseline),
     }
 }
 

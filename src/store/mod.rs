@@ -50,6 +50,26 @@ impl StoreError {
         }
     }
 
+    /// What was wrong with a value the database refused as input (a NUL
+    /// character in text, a date or number out of its range): the request's
+    /// fault, not the service's. The transaction was rolled back.
+    pub fn invalid_input(&self) -> Option<&'static str> {
+        let StoreError::Database(sqlx::Error::Database(e)) = self else {
+            return None;
+        };
+        match e.code().as_deref() {
+            // character_not_in_repertoire, untranslatable_character
+            Some("22021") | Some("22P05") => Some("text must not contain NUL characters"),
+            // datetime_field_overflow, invalid_datetime_format, numeric_value_out_of_range
+            Some("22008") | Some("22007") | Some("22003") => {
+                Some("a date or number is out of its valid range")
+            }
+            // invalid_row_count_in_limit_clause and similar
+            Some("2201W") | Some("2201X") => Some("a count must not be negative"),
+            _ => None,
+        }
+    }
+
     /// Whether the operation may succeed if retried.
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))

@@ -10,12 +10,20 @@ use serde_json::Value;
 const BOUNDARY: &str = "segwatch-test-boundary-0123456789-0123456789-0123456789-0123456789-xyz";
 
 fn multipart(files: &[&str]) -> Vec<u8> {
+    let parts: Vec<Vec<u8>> = files
+        .iter()
+        .map(|file| read_fixture(&format!("dicom/{file}")))
+        .collect();
+    multipart_of(&parts)
+}
+
+fn multipart_of(parts: &[Vec<u8>]) -> Vec<u8> {
     let mut body = Vec::new();
-    for file in files {
+    for part in parts {
         body.extend_from_slice(
             format!("--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes(),
         );
-        body.extend_from_slice(&read_fixture(&format!("dicom/{file}")));
+        body.extend_from_slice(part);
         body.extend_from_slice(b"\r\n");
     }
     body.extend_from_slice(format!("--{BOUNDARY}--").as_bytes());
@@ -30,6 +38,10 @@ fn basic(key: &str) -> String {
 }
 
 async fn stow(app: &TestApp, key: &str, path: &str, files: &[&str]) -> (u16, Value) {
+    stow_body(app, key, path, multipart(files)).await
+}
+
+async fn stow_body(app: &TestApp, key: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
     let response = app
         .client
         .post(app.url(path))
@@ -38,15 +50,17 @@ async fn stow(app: &TestApp, key: &str, path: &str, files: &[&str]) -> (u16, Val
             "Content-Type",
             format!("multipart/related; type=\"application/dicom\"; boundary={BOUNDARY}"),
         )
-        .body(multipart(files))
+        .body(body)
         .send()
         .await
         .unwrap();
     let status = response.status().as_u16();
+    let content_type = response.headers()["content-type"].clone();
+    let answer = response.json().await.unwrap_or(Value::Null);
     if status < 400 || status == 409 {
-        assert_eq!(response.headers()["content-type"], "application/dicom+json");
+        assert_eq!(content_type, "application/dicom+json", "{status} {answer}");
     }
-    (status, response.json().await.unwrap_or(Value::Null))
+    (status, answer)
 }
 
 fn items(answer: &Value, tag: &str) -> Vec<Value> {
@@ -325,5 +339,150 @@ async fn bodies_are_streamed_part_by_part_within_the_upload_limit() {
     );
     let scored = app.wait_scored("site1", &case).await;
     assert_eq!(scored["status"], "scored", "{scored}");
+    app.finish().await;
+}
+
+/// A fixture SEG carrying a patient's identity, as a PACS would send it.
+fn with_identity(file: &str) -> Vec<u8> {
+    use dicom_core::value::PrimitiveValue;
+    use dicom_core::{DataElement, Tag, VR};
+    let bytes = read_fixture(&format!("dicom/{file}"));
+    let mut object = dicom_object::OpenFileOptions::new()
+        .from_reader(&bytes[128..])
+        .unwrap();
+    for (tag, vr, value) in [
+        (Tag(0x0010, 0x0010), VR::PN, PHI[0]),
+        (Tag(0x0010, 0x0020), VR::LO, PHI[1]),
+        (Tag(0x0010, 0x0030), VR::DA, PHI[2]),
+        (Tag(0x0008, 0x0080), VR::LO, PHI[3]),
+        (Tag(0x0008, 0x0050), VR::SH, PHI[4]),
+    ] {
+        object.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
+    }
+    let mut out = Vec::new();
+    object.write_all(&mut out).unwrap();
+    for value in PHI {
+        assert!(contains(&out, value), "the test file holds {value}");
+    }
+    out
+}
+
+const PHI: [&str; 5] = [
+    "Doe^Jane",
+    "PID-12345",
+    "19700101",
+    "St Elsewhere General Hospital",
+    "ACC-20260512-0042",
+];
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_segs_carry_no_patient_identity_and_score_the_same() {
+    use std::io::Read;
+
+    let app =
+        TestApp::start_with(|c| c.dicomweb.case_key_secret = Some("site secret".into())).await;
+    let key = app.key(Role::Ingest, Some("site1")).await;
+    let expected: Value = serde_json::from_slice(&read_fixture("dicom/expected.json")).unwrap();
+    let mean = expected["pairs"][0]["mean_dice"].as_f64().unwrap();
+    let (pred, reference) = (
+        with_identity("ai_binary.dcm"),
+        with_identity("corrected_binary.dcm"),
+    );
+
+    // Over REST.
+    for (role, body) in [
+        ("prediction", pred.clone()),
+        ("reference", reference.clone()),
+    ] {
+        let response = app.upload(&key, "site1", "phi-rest", role, body).await;
+        assert_eq!(response.status(), 202);
+    }
+    let scored = app.wait_scored("site1", "phi-rest").await;
+    assert_eq!(scored["status"], "scored", "{scored}");
+    assert!((scored["mean_dice"].as_f64().unwrap() - mean).abs() < 1e-9);
+    // The duplicate check still recognises the bytes as sent.
+    let again = app
+        .upload(&key, "site1", "phi-rest", "reference", reference.clone())
+        .await;
+    assert_eq!(again.status(), 200);
+
+    // Over STOW-RS.
+    let (status, answer) = stow_body(
+        &app,
+        &key,
+        "/dicom-web/studies",
+        multipart_of(&[pred.clone(), reference.clone()]),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let case_url = items(&answer, "00081199")[0]["00081190"]["Value"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let case = case_url.rsplit('/').next().unwrap().to_owned();
+    let scored = app.wait_scored("site1", &case).await;
+    assert_eq!(scored["status"], "scored", "{scored}");
+    assert!((scored["mean_dice"].as_f64().unwrap() - mean).abs() < 1e-9);
+    // Idempotent on the SOP instance, stored hashed.
+    let (status, _) = stow_body(
+        &app,
+        &key,
+        "/dicom-web/studies",
+        multipart_of(std::slice::from_ref(&pred)),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, view) = app.get(&key, &case_url).await;
+    assert_eq!(view["revisions"].as_array().unwrap().len(), 2);
+
+    // What Postgres holds: four segmentations, none with an identifier.
+    let mut forbidden: Vec<String> = PHI.iter().map(|s| s.to_string()).collect();
+    for file in ["ai_binary.dcm", "corrected_binary.dcm"] {
+        let p = &expected["provenance"][file];
+        for field in [
+            "study_instance_uid",
+            "series_instance_uid",
+            "sop_instance_uid",
+            "referenced_series_instance_uid",
+            "frame_of_reference_uid",
+            "device_serial_number",
+        ] {
+            forbidden.push(p[field].as_str().unwrap().to_owned());
+        }
+    }
+    for value in expected["phi"]["forbidden_strings"].as_array().unwrap() {
+        forbidden.push(value.as_str().unwrap().to_owned());
+    }
+    let pool = sqlx::PgPool::connect(&app.db.url).await.unwrap();
+    let rows: Vec<(Vec<u8>, String)> = sqlx::query_as(
+        "SELECT content, coalesce(provenance::text, '') || acquisition::text || coalesce(sop_instance_uid, '')
+         FROM segmentations",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 4);
+    for (content, metadata) in &rows {
+        let mut stored = Vec::new();
+        flate2::read::GzDecoder::new(&content[..])
+            .read_to_end(&mut stored)
+            .unwrap();
+        assert!(stored.len() > 132 && &stored[128..132] == b"DICM");
+        for value in &forbidden {
+            assert!(!contains(&stored, value), "the stored file holds {value}");
+            assert!(
+                !metadata.contains(value.as_str()),
+                "the stored metadata holds {value}"
+            );
+        }
+        assert!(contains(&stored, "YES"), "PatientIdentityRemoved");
+    }
+    pool.close().await;
     app.finish().await;
 }

@@ -115,9 +115,10 @@ fn the_simulated_deployment_sees_dice_drops_within_days() {
     assert!(liver.median_cases.unwrap() <= 10.0 && liver.p90_cases.unwrap() <= 20.0);
     let pancreas = detection_delays(&fleet, &drop(0.80, 0.07, 0.05), 200, 10.0, 2);
     eprintln!("pancreas-like −0.05: {pancreas:?}");
-    // The target is 90 % within 10 days; this design reaches about 83 %
-    // (docs/drift.md), so the test holds it to what it measures.
-    assert!(pancreas.median_cases.unwrap() <= 50.0 && pancreas.detected >= 0.75);
+    // 90 % within 10 days is the target; these 200 streams give 90.5 % and the
+    // planner's 400 others 89 % (docs/drift.md), so the bound leaves room for
+    // that spread.
+    assert!(pancreas.median_cases.unwrap() <= 50.0 && pancreas.detected >= 0.85);
     // A failure rate rising from 3 % to 10 % needs more cases: the information
     // a case carries about it (0.053 nats) bounds any detector's delay.
     let failures = Change {

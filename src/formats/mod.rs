@@ -1,6 +1,7 @@
 //! Decoding segmentation files into label volumes, with size limits checked on
 //! headers before anything large is allocated.
 
+pub mod deidentify;
 pub mod dicom_seg;
 mod dicom_structure;
 pub mod nifti;

@@ -17,8 +17,9 @@ use utoipa::IntoParams;
 use super::auth::Auth;
 use super::multipart::PartSplitter;
 use super::problem::Problem;
-use super::uploads::{Upload, ingest};
+use super::uploads::{Upload, ingest, uid_key};
 use super::{AppState, valid_key};
+use crate::formats::deidentify::hash_uid;
 use crate::formats::dicom_seg::{self, Provenance};
 use crate::formats::{Decoded, FormatError};
 use crate::store::{Role, SegRole};
@@ -365,7 +366,8 @@ async fn store_part(
     if study.is_some_and(|s| s != study_uid) {
         return Ok(failed(
             DOES_NOT_MATCH_STUDY,
-            format!("the instance belongs to study {study_uid}"),
+            // Not the UID: this detail is logged.
+            "the instance belongs to another study than the request's".into(),
         ));
     }
     let role = role_of(app, &p);
@@ -409,7 +411,9 @@ async fn store_part(
         model_version,
         acquisition: Value::Object(acquisition),
         observed_at: None,
-        sop_instance_uid: Some(sop_uid.clone()),
+        // Stored keyed-hashed like the UIDs in the stored file; the same instance
+        // hashes the same way, so storing stays idempotent on it.
+        sop_instance_uid: Some(hash_uid(&sop_uid, &uid_key(&app.config))),
     };
     let decoded = Decoded {
         segmentation: image.into_segmentation(),

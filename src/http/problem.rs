@@ -85,11 +85,13 @@ impl Problem {
 /// such as `Allow` are kept.
 pub async fn problem_for_rejections(response: Response) -> Response {
     let status = response.status();
-    let is_problem = response
+    // Rejections are text/plain or have no body; other media types (problem+json,
+    // STOW-RS's dicom+json failure lists) are answers already.
+    let plain = response
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
-    if is_problem || !(status.is_client_error() || status.is_server_error()) {
+        .is_none_or(|v| v.as_bytes().starts_with(b"text/plain"));
+    if !plain || !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
     let (mut parts, body) = response.into_parts();

@@ -18,7 +18,9 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Auth;
 use super::problem::Problem;
 use super::{AppState, valid_key};
-use crate::formats::{self, Decoded};
+use crate::config::Config;
+use crate::formats::dicom_seg::Provenance;
+use crate::formats::{self, Decoded, FormatError, Limits, deidentify};
 use crate::metrics::pairing;
 use crate::store::{NewSegmentation, SegRole};
 use crate::volume::Layout;
@@ -274,6 +276,8 @@ pub(super) async fn ingest(
         ));
     }
     let case_url = format!("/v1/sites/{site}/cases/{case}");
+    // The hash of the upload as received (not of what is stored), so the same
+    // bytes sent again are recognised.
     let sha256 = Sha256::digest(&body).to_vec();
     let duplicate = match &sop_instance_uid {
         Some(uid) => app.store.find_instance(site, case, role, uid).await?,
@@ -296,10 +300,12 @@ pub(super) async fn ingest(
         ));
     }
 
-    // Decode (and compress for storage) on the compute pool.
+    // Decode, de-identify and compress for storage on the compute pool.
     let limits = app.config.limits.decode();
     let voxels = formats::estimated_voxels(&body, &limits);
     let bytes = body.clone();
+    let key = uid_key(&app.config);
+    let content_key = key.clone();
     let decoded = app
         .compute
         .run(voxels, move || {
@@ -307,7 +313,8 @@ pub(super) async fn ingest(
                 Some(decoded) => decoded,
                 None => formats::decode_upload(&bytes, &limits)?,
             };
-            Ok::<_, formats::FormatError>((decoded, gzip(&bytes)))
+            let content = stored_content(&bytes, decoded.format, &content_key, &limits)?;
+            Ok::<_, formats::FormatError>((decoded, content))
         })
         .await?;
     let (decoded, content) = decoded?;
@@ -350,7 +357,7 @@ pub(super) async fn ingest(
         acquisition,
         provenance: decoded
             .provenance
-            .map(|p| serde_json::to_value(p).unwrap_or(Value::Null)),
+            .map(|p| serde_json::to_value(stored_provenance(p, &key)).unwrap_or(Value::Null)),
         observed_at,
         sop_instance_uid,
     };
@@ -442,11 +449,51 @@ fn acquisition(query: &UploadQuery, headers: &HeaderMap) -> Result<Value, Proble
     Ok(Value::Object(fields))
 }
 
-/// gzip of an upload for storage; gzip uploads are kept as they are.
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    if bytes.starts_with(&[0x1f, 0x8b]) {
-        return bytes.to_vec();
+/// The key of the HMAC that replaces DICOM UIDs in what is stored: the
+/// `dicomweb.case_key_secret` when configured (so nobody without it can link a
+/// stored UID to the PACS), else a fixed key (the hash then only hides the UID
+/// from readers who do not hold the original).
+pub(super) fn uid_key(config: &Config) -> Vec<u8> {
+    match &config.dicomweb.case_key_secret {
+        Some(secret) => secret.as_bytes().to_vec(),
+        None => b"segwatch uid hash".to_vec(),
     }
+}
+
+/// What is stored of an upload: the file de-identified (formats::deidentify:
+/// PS3.15 Annex E basic profile with keyed-hashed UIDs for a SEG, free text and
+/// extensions dropped for a NIfTI), gzip-compressed. Never the original bytes.
+fn stored_content(
+    bytes: &[u8],
+    format: &str,
+    key: &[u8],
+    limits: &Limits,
+) -> Result<Vec<u8>, FormatError> {
+    let clean = if format == "dicom_seg" {
+        deidentify::deidentify_seg(bytes, key)?
+    } else {
+        deidentify::deidentify_nifti(bytes, limits)?
+    };
+    Ok(gzip(&clean))
+}
+
+/// The provenance stored with a SEG: UIDs keyed-hashed as in the stored file, and
+/// the free-text SeriesDescription dropped (it only serves role rules at ingest).
+fn stored_provenance(p: Provenance, key: &[u8]) -> Provenance {
+    let hash = |uid: Option<String>| uid.map(|u| deidentify::hash_uid(&u, key));
+    Provenance {
+        sop_instance_uid: hash(p.sop_instance_uid),
+        study_instance_uid: hash(p.study_instance_uid),
+        series_instance_uid: hash(p.series_instance_uid),
+        referenced_series_instance_uid: hash(p.referenced_series_instance_uid),
+        frame_of_reference_uid: hash(p.frame_of_reference_uid),
+        series_description: None,
+        ..p
+    }
+}
+
+/// gzip of what is stored.
+fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(
         Vec::with_capacity(bytes.len() / 4),
         flate2::Compression::fast(),

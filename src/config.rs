@@ -179,7 +179,18 @@ impl LimitsConfig {
             max_bytes: self.max_decompressed_bytes,
         }
     }
+
+    /// Largest inflated size of a stored upload: whatever ingest accepted, a
+    /// worker can read back. A body is at most `max_upload_bytes` on arrival,
+    /// but a gzip NIfTI body inflates to its voxel data (at most
+    /// `max_decompressed_bytes`) plus a header.
+    pub fn stored_bytes(&self) -> u64 {
+        (self.max_upload_bytes as u64).max(self.max_decompressed_bytes + STORED_HEADER_ALLOWANCE)
+    }
 }
+
+/// Room for a file's header beside its voxel data in [`LimitsConfig::stored_bytes`].
+const STORED_HEADER_ALLOWANCE: u64 = 1 << 20;
 
 impl Default for LimitsConfig {
     fn default() -> Self {

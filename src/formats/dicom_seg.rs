@@ -464,6 +464,11 @@ impl<'a> Seg<'a> {
         }
         let row_cosine = [o[0], o[1], o[2]];
         let column_cosine = [o[3], o[4], o[5]];
+        if let Some(why) = orientation_problem(row_cosine, column_cosine) {
+            return Err(FormatError::Geometry(format!(
+                "ImageOrientationPatient {o:?}: {why}"
+            )));
+        }
         let normal = cross(row_cosine, column_cosine);
         let along = |p: [f64; 3], axis: [f64; 3]| p[0] * axis[0] + p[1] * axis[1] + p[2] * axis[2];
         for (i, f) in self.frames.iter().enumerate() {
@@ -550,6 +555,11 @@ impl<'a> Seg<'a> {
             affine,
             dims: 3,
         };
+        if let Some(why) = grid.degeneracy() {
+            return Err(FormatError::Geometry(format!(
+                "PixelSpacing and slice spacing give an unusable grid: {why}"
+            )));
+        }
         Ok((grid, slices))
     }
 
@@ -845,10 +855,47 @@ fn native_samples(
     }
 }
 
+/// Why a row and a column direction cannot orient an image plane: they must be
+/// unit vectors (within 1 %) and orthogonal (within 1 %).
+fn orientation_problem(row: [f64; 3], column: [f64; 3]) -> Option<&'static str> {
+    let dot = |a: [f64; 3], b: [f64; 3]| a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
+    let unit = |v: [f64; 3]| (dot(v, v).sqrt() - 1.0).abs() <= 0.01;
+    if row.iter().chain(&column).any(|v| !v.is_finite()) {
+        Some("not finite")
+    } else if !unit(row) || !unit(column) {
+        Some("the row and column directions must be unit vectors")
+    } else if dot(row, column).abs() > 0.01 {
+        Some("the row and column directions must be orthogonal")
+    } else {
+        None
+    }
+}
+
 fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
     [
         a[1] * b[2] - a[2] * b[1],
         a[2] * b[0] - a[0] * b[2],
         a[0] * b[1] - a[1] * b[0],
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_or_skewed_orientations_are_refused() {
+        assert_eq!(orientation_problem([1.0, 0.0, 0.0], [0.0, 1.0, 0.0]), None);
+        assert!(
+            orientation_problem([0.0; 3], [0.0; 3])
+                .unwrap()
+                .contains("unit")
+        );
+        assert!(
+            orientation_problem([1.0, 0.0, 0.0], [0.6, 0.8, 0.0])
+                .unwrap()
+                .contains("orthogonal")
+        );
+        assert!(orientation_problem([f64::NAN, 0.0, 0.0], [0.0, 1.0, 0.0]).is_some());
+    }
 }

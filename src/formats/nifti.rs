@@ -397,17 +397,23 @@ fn grid_of(header: &Header, shape: [usize; 3], dims: u8) -> Result<Grid, FormatE
     } else {
         Grid::axis_aligned(shape, spacing, dims).affine
     };
-    if affine.iter().flatten().any(|v| !v.is_finite()) {
-        return Err(FormatError::Header(
-            "the affine has non-finite values".into(),
-        ));
-    }
-    Ok(Grid {
+    let grid = Grid {
         shape,
         spacing,
         affine,
         dims,
-    })
+    };
+    if let Some(why) = grid.degeneracy() {
+        let source = if header.sform_code > 0 {
+            "sform (srow_x, srow_y, srow_z)"
+        } else if header.qform_code > 0 {
+            "qform"
+        } else {
+            "pixdim"
+        };
+        return Err(FormatError::Header(format!("{source}: {why}")));
+    }
+    Ok(grid)
 }
 
 /// The qform rotation (quaternion b, c, d; a implied), scaled by spacing and qfac.
@@ -837,5 +843,23 @@ mod tests {
         assert_eq!(grid.affine[0], [-0.5, 0.0, 0.0, 7.0]);
         assert_eq!(grid.affine[1], [0.0, -0.75, 0.0, 0.0]);
         assert_eq!(grid.affine[2], [0.0, 0.0, -2.0, 0.0]);
+    }
+
+    #[test]
+    fn degenerate_geometry_names_the_field() {
+        // An all-zero sform: every voxel at one point.
+        let mut file = encode(&sample(Labels::U8(vec![]), 3), false);
+        file[254..256].copy_from_slice(&2i16.to_le_bytes());
+        for offset in (280..328).step_by(4) {
+            file[offset..offset + 4].copy_from_slice(&0f32.to_le_bytes());
+        }
+        let err = decode(&file, &Limits::default()).unwrap_err().to_string();
+        assert!(err.contains("sform") && err.contains("zero"), "{err}");
+        // An absurd spacing, without sform or qform.
+        let mut file = encode(&sample(Labels::U8(vec![]), 3), false);
+        file[252..256].copy_from_slice(&[0; 4]);
+        file[80..84].copy_from_slice(&3e38f32.to_le_bytes());
+        let err = decode(&file, &Limits::default()).unwrap_err().to_string();
+        assert!(err.contains("pixdim") && err.contains("outside"), "{err}");
     }
 }

@@ -88,7 +88,55 @@ impl Grid {
     pub fn spacing_vec(&self) -> Vec<f64> {
         self.spacing[..self.dims as usize].to_vec()
     }
+
+    /// Why the grid cannot place voxels in the world, if it cannot: a spacing
+    /// that is not finite or outside [`SPACING_RANGE_MM`], a non-finite affine,
+    /// or axes that are zero or (nearly) parallel, so that voxels collapse.
+    pub fn degeneracy(&self) -> Option<String> {
+        let axes = self.dims as usize;
+        if let Some(axis) = (0..axes).find(|&a| !SPACING_RANGE_MM.contains(&self.spacing[a])) {
+            return Some(format!(
+                "voxel spacing {} mm along axis {axis} is outside {} to {} mm",
+                self.spacing[axis],
+                SPACING_RANGE_MM.start(),
+                SPACING_RANGE_MM.end()
+            ));
+        }
+        if self.affine.iter().flatten().any(|v| !v.is_finite()) {
+            return Some("the affine has non-finite values".into());
+        }
+        let column = |a: usize| [0, 1, 2].map(|r| self.affine[r][a]);
+        let norm = |v: [f64; 3]| (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
+        let columns: Vec<[f64; 3]> = (0..axes).map(column).collect();
+        if let Some(axis) = columns.iter().position(|c| norm(*c) == 0.0) {
+            return Some(format!(
+                "the affine's axis {axis} is zero: every voxel along it lands on one point"
+            ));
+        }
+        let scale: f64 = columns.iter().map(|c| norm(*c)).product();
+        let volume = if axes == 3 {
+            let [a, b, c] = [columns[0], columns[1], columns[2]];
+            (a[0] * (b[1] * c[2] - b[2] * c[1]) - a[1] * (b[0] * c[2] - b[2] * c[0])
+                + a[2] * (b[0] * c[1] - b[1] * c[0]))
+                .abs()
+        } else {
+            let [a, b] = [columns[0], columns[1]];
+            norm([
+                a[1] * b[2] - a[2] * b[1],
+                a[2] * b[0] - a[0] * b[2],
+                a[0] * b[1] - a[1] * b[0],
+            ])
+        };
+        (volume < DEGENERATE_RATIO * scale)
+            .then(|| "the affine's axes are (nearly) parallel: the grid is singular".into())
+    }
 }
+
+/// Voxel spacings accepted, in mm: a micrometre to a metre.
+pub const SPACING_RANGE_MM: std::ops::RangeInclusive<f64> = 1e-3..=1e3;
+/// Axes spanning less than this share of the volume their lengths allow are
+/// taken as parallel.
+const DEGENERATE_RATIO: f64 = 1e-6;
 
 /// The unit vector along `v`, or zero if `v` is zero.
 fn unit(v: [f64; 3]) -> [f64; 3] {
@@ -197,6 +245,37 @@ impl BoundingBox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn singular_or_absurd_grids_are_named() {
+        let good = Grid::axis_aligned([4, 4, 4], [0.8, 0.8, 2.5], 3);
+        assert_eq!(good.degeneracy(), None);
+        let zero = Grid {
+            affine: [[0.0; 4]; 3],
+            ..good.clone()
+        };
+        assert!(zero.degeneracy().unwrap().contains("axis 0 is zero"));
+        let mut parallel = good.clone();
+        parallel.affine[1][2] = 0.8;
+        parallel.affine[2][2] = 0.0;
+        parallel.affine[1][1] = 0.8;
+        parallel.affine[0][2] = 0.0;
+        parallel.affine[0][1] = 0.0;
+        // Columns 1 and 2 are now both along y.
+        assert!(parallel.degeneracy().unwrap().contains("parallel"));
+        let huge = Grid::axis_aligned([4, 4, 4], [3e38, 1.0, 1.0], 3);
+        assert!(huge.degeneracy().unwrap().contains("axis 0"));
+        // A planar image only needs two independent axes.
+        let planar = Grid {
+            affine: [
+                [0.5, 0.0, 0.0, 0.0],
+                [0.0, 0.5, 0.0, 0.0],
+                [0.0, 0.0, 0.0, 0.0],
+            ],
+            ..Grid::axis_aligned([4, 4, 1], [0.5, 0.5, 1.0], 2)
+        };
+        assert_eq!(planar.degeneracy(), None);
+    }
 
     fn grid() -> Grid {
         Grid::axis_aligned([4, 5, 6], [0.8, 0.8, 1.5], 3)

@@ -211,7 +211,7 @@ impl Workers {
             tolerance_mm: self.config.scoring.default_tolerance_mm,
         };
         let limits = self.config.limits.decode();
-        let max_upload = self.config.limits.max_upload_bytes as u64;
+        let max_stored = self.config.limits.stored_bytes();
         let scored = self
             .compute
             .run(inputs.voxels as u64, move || {
@@ -221,7 +221,7 @@ impl Workers {
                     schema.as_ref(),
                     settings,
                     &limits,
-                    max_upload,
+                    max_stored,
                 )
             })
             .await;

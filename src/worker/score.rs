@@ -2,7 +2,7 @@
 
 use std::io::Read;
 
-use flate2::read::GzDecoder;
+use flate2::read::MultiGzDecoder;
 
 use crate::formats::{self, FormatError, Limits};
 use crate::metrics::pairing::{self, PairingError, Request};
@@ -40,7 +40,7 @@ pub fn structure_name(m: &StructureMetrics) -> String {
 /// Inflates a stored (gzip) upload, capped at `limit` bytes.
 pub fn inflate(stored: &[u8], limit: u64) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
-    GzDecoder::new(stored)
+    MultiGzDecoder::new(stored)
         .take(limit + 1)
         .read_to_end(&mut out)
         .map_err(|e| format!("stored upload is unreadable: {e}"))?;
@@ -57,10 +57,10 @@ pub fn score(
     schema: Option<&Schema>,
     settings: Settings,
     limits: &Limits,
-    max_upload: u64,
+    max_stored: u64,
 ) -> Result<JobOutcome, ScoreError> {
     let decode = |stored: &[u8], role: &'static str| {
-        let bytes = inflate(stored, max_upload).map_err(ScoreError::Stored)?;
+        let bytes = inflate(stored, max_stored).map_err(ScoreError::Stored)?;
         formats::decode(&bytes, limits).map_err(|source| ScoreError::Format { role, source })
     };
     let (p, r) = rayon::join(

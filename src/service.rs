@@ -5,24 +5,30 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use tracing::{info, warn};
+use tokio::sync::oneshot;
+use tracing::{error, info, warn};
 
 use crate::compute::Compute;
 use crate::config::Config;
 use crate::http::{self, AppState};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
 use crate::worker::Workers;
 
-/// Starts workers and periodic tasks and returns the API router.
+/// Starts the service and returns the API router.
+///
+/// The database is prepared in the background: the first attempt to reach it
+/// and apply the migrations is awaited, so that with the database up the
+/// router is returned ready (as tests and a normal start expect); when it is
+/// unreachable or missing the router is returned at once, `/readyz` answers
+/// 503 naming the problem, and the attempts go on until it is there. Workers
+/// and periodic tasks start once the database is ready. A migration that fails
+/// for another reason on the first attempt stops the start.
 pub async fn launch(config: Arc<Config>) -> anyhow::Result<Router> {
     let store = Store::connect(
         &config.database_url,
         (config.concurrency() as u32 * 2 + 8).max(10),
     )?;
-    if config.migrate {
-        migrate_when_reachable(&store).await?;
-    }
     let compute = Compute::new(config.threads(), config.workers.memory_budget_voxels)?;
     let metrics = Metrics::new(&config.drift.rolling_windows_days);
     if let crate::drift::RunLengthTarget::Budget {
@@ -33,16 +39,19 @@ pub async fn launch(config: Arc<Config>) -> anyhow::Result<Router> {
             .drift_false_alert_budget_per_month
             .set(false_alerts_per_month);
     }
-    if !config.workers.disabled {
-        Workers::new(
-            store.clone(),
-            compute.clone(),
-            config.clone(),
-            metrics.clone(),
-        )
-        .spawn();
+    let (first_tx, first_rx) = oneshot::channel();
+    tokio::spawn(prepare_database(
+        AppState {
+            store: store.clone(),
+            compute: compute.clone(),
+            config: config.clone(),
+            metrics: metrics.clone(),
+        },
+        first_tx,
+    ));
+    if let Ok(FirstAttempt::Failed(e)) = first_rx.await {
+        return Err(e.into());
     }
-    tokio::spawn(periodic(store.clone(), config.clone(), metrics.clone()));
     Ok(http::router(AppState {
         store,
         compute,
@@ -51,21 +60,79 @@ pub async fn launch(config: Arc<Config>) -> anyhow::Result<Router> {
     }))
 }
 
-/// Applies migrations, waiting for the database if it is still starting.
-async fn migrate_when_reachable(store: &Store) -> anyhow::Result<()> {
-    let mut delay = Duration::from_millis(500);
-    for attempt in 1..=10 {
-        match store.migrate().await {
-            Ok(()) => return Ok(()),
-            Err(e) if attempt < 10 => {
-                warn!(error = %e, "cannot migrate yet; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
+/// How the first attempt to prepare the database ended.
+enum FirstAttempt {
+    /// Ready, or not reachable yet (attempts go on).
+    Done,
+    /// A failure retrying will not fix.
+    Failed(StoreError),
+}
+
+/// Waits for the database, applies the migrations (unless disabled), then starts
+/// the workers and periodic tasks. Reports the first attempt's outcome on `first`.
+async fn prepare_database(app: AppState, first: oneshot::Sender<FirstAttempt>) {
+    let mut first = Some(first);
+    let mut delay = Duration::from_millis(250);
+    let mut last_error = String::new();
+    loop {
+        let attempt = async {
+            app.store.check().await?;
+            if app.config.migrate {
+                app.store.migrate().await?;
             }
-            Err(e) => return Err(e.into()),
+            Ok::<(), StoreError>(())
+        };
+        match attempt.await {
+            Ok(()) => {
+                if !last_error.is_empty() {
+                    info!(database = %app.store.target(), "database ready");
+                }
+                start_background(app);
+                if let Some(first) = first.take() {
+                    let _ = first.send(FirstAttempt::Done);
+                }
+                return;
+            }
+            Err(e) if e.is_transient() => {
+                let message = e.to_string();
+                if message != last_error {
+                    warn!(error = %message, "database not ready; /readyz answers 503 until it is");
+                    last_error = message;
+                }
+                if let Some(first) = first.take() {
+                    let _ = first.send(FirstAttempt::Done);
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_RETRY_DELAY);
+            }
+            Err(e) => {
+                match first.take() {
+                    Some(first) => {
+                        let _ = first.send(FirstAttempt::Failed(e));
+                    }
+                    None => error!(error = %e, "cannot apply the migrations; /readyz answers 503"),
+                }
+                return;
+            }
         }
     }
-    Ok(())
+}
+
+/// The longest wait between two attempts to reach the database.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+/// Starts the workers and the periodic tasks.
+fn start_background(app: AppState) {
+    if !app.config.workers.disabled {
+        Workers::new(
+            app.store.clone(),
+            app.compute.clone(),
+            app.config.clone(),
+            app.metrics.clone(),
+        )
+        .spawn();
+    }
+    tokio::spawn(periodic(app.store, app.config, app.metrics));
 }
 
 /// Refreshes the gauges from Postgres and purges expired uploads.

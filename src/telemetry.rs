@@ -238,6 +238,20 @@ impl Metrics {
         String::from_utf8(out).unwrap_or_default()
     }
 
+    /// The exposition an ingest key of `site` may read: every series labelled
+    /// with another site, or with the pooled site `all`, is left out (series
+    /// without a site label describe the service, not a site's cases).
+    pub fn render_for_site(&self, site: &str) -> String {
+        let own = format!("site=\"{site}\"");
+        self.render()
+            .lines()
+            .filter(|line| {
+                line.starts_with('#') || !line.contains("site=\"") || line.contains(&own)
+            })
+            .map(|line| format!("{line}\n"))
+            .collect()
+    }
+
     /// Counts a scored case and its Dice per structure.
     pub fn record_scored(&self, inputs: &JobInputs, outcome: &JobOutcome) {
         let (site, model, version) = (&inputs.site, &inputs.model, &inputs.model_version);
@@ -373,4 +387,27 @@ pub async fn refresh(
             .set(at);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ingest_key_sees_its_own_sites_series_only() {
+        let metrics = Metrics::new(&[7]);
+        for site in ["site1", "site10", "site2", "all"] {
+            metrics
+                .last_upload_timestamp_seconds
+                .with_label_values(&[site, "prediction"])
+                .set(1.0);
+        }
+        metrics.jobs_queued.set(3);
+        let text = metrics.render_for_site("site1");
+        assert!(text.contains(r#"site="site1""#));
+        for other in [r#"site="site10""#, r#"site="site2""#, r#"site="all""#] {
+            assert!(!text.contains(other), "{other} in {text}");
+        }
+        assert!(text.contains("segwatch_jobs_queued 3"));
+    }
 }

@@ -34,6 +34,19 @@ fn cubes(shift: usize, side: usize) -> Vec<u8> {
     encode(&LabelVolume::new(grid, Labels::U8(labels)).unwrap(), true)
 }
 
+/// The service on `db` in this process, without migrating; its base URL.
+async fn serve_without_migrating(db: &TestDb) -> String {
+    let mut config = common::test_config(db);
+    config.migrate = false;
+    let router = segwatch::service::launch(std::sync::Arc::new(config))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    base
+}
+
 async fn count(pool: &PgPool, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
@@ -413,14 +426,7 @@ async fn full_queue_and_unreachable_database_answer_503() {
         name: "unused".into(),
         url: "postgres://postgres@127.0.0.1:1/none".into(),
     };
-    let mut config = common::test_config(&down);
-    config.migrate = false;
-    let router = segwatch::service::launch(std::sync::Arc::new(config))
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let base = serve_without_migrating(&down).await;
     let client = reqwest::Client::new();
     let started = Instant::now();
     let response = upload(
@@ -575,13 +581,46 @@ async fn keys_command_creates_lists_and_revokes() {
             .status(),
         202
     );
-    cli(&["keys", "revoke", &id]);
+    // An ingest key reads its own site's series on /metrics, not another's.
+    let other = app.key(Role::Ingest, Some("s8")).await;
     assert_eq!(
-        app.upload(&token, "s9", "c2", "prediction", cubes(0, 4))
+        app.upload(&other, "s8", "c", "prediction", cubes(0, 4))
             .await
             .status(),
-        401
+        202
     );
+    let own_metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(own_metrics.contains(r#"site="s9""#) && !own_metrics.contains(r#"site="s8""#));
+    assert!(app.metrics().await.contains(r#"site="s8""#));
+    // Revoked by another process: refused within the key cache's lifetime.
+    cli(&["keys", "revoke", &id]);
+    let revoked = Instant::now();
+    for attempt in 0.. {
+        let case = format!("after-revoke-{attempt}");
+        let status = app
+            .upload(&token, "s9", &case, "prediction", cubes(0, 4))
+            .await
+            .status();
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 202);
+        assert!(
+            revoked.elapsed() < segwatch::store::KEY_CACHE_TTL + Duration::from_secs(2),
+            "a revoked key still works after {:?}",
+            revoked.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     // The secret is stored hashed.
     let pool = PgPool::connect(&app.db.url).await.unwrap();
     let stored: Vec<u8> = sqlx::query_scalar("SELECT secret_sha256 FROM api_keys WHERE id = $1")
@@ -867,5 +906,259 @@ async fn requests_carry_an_id_and_json_is_compressed() {
         .await
         .unwrap();
     assert_eq!(response.headers()["content-encoding"], "gzip");
+    app.finish().await;
+}
+
+/// A `segwatch serve` on `database_url`, not waited for: it must open its port
+/// whatever the state of the database.
+fn serve_on(database_url: &str) -> ServeProcess {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(env!("CARGO_BIN_EXE_segwatch"))
+        .arg("serve")
+        .env("SEGWATCH_DATABASE_URL", database_url)
+        .env("SEGWATCH_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SEGWATCH_WORKER_THREADS", "1")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    ServeProcess {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+/// Polls `path` until it answers `status`, for at most `within`; returns the body.
+async fn wait_for_status(
+    client: &reqwest::Client,
+    url: &str,
+    status: u16,
+    within: Duration,
+) -> (String, String) {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(response) = client.get(url).send().await
+            && response.status().as_u16() == status
+        {
+            let content_type = response
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            return (content_type, response.text().await.unwrap());
+        }
+        assert!(Instant::now() < deadline, "{url} did not answer {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `segwatch migrate` and `keys list` against `url` fail with one line naming
+/// the host, port, database and setting, without the password or a Postgres
+/// source position.
+fn assert_cli_names_the_database(url: &str, host: &str, port: u16, database: &str) {
+    for args in [&["migrate"][..], &["keys", "list"][..]] {
+        let output = Command::new(env!("CARGO_BIN_EXE_segwatch"))
+            .args(args)
+            .env("SEGWATCH_DATABASE_URL", url)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        for part in [
+            host,
+            &format!(":{port}"),
+            &format!("\"{database}\""),
+            "database_url",
+            "SEGWATCH_DATABASE_URL",
+        ] {
+            assert!(
+                stderr.contains(part),
+                "{args:?}: {part} missing in {stderr}"
+            );
+        }
+        assert!(!stderr.contains("s3cret"), "{stderr}");
+        assert!(!stderr.contains("at line"), "{stderr}");
+    }
+}
+
+/// Waits until `base` answers /healthz 200 and /readyz 503 problem+json without
+/// the password or Postgres source positions; returns the /readyz body.
+async fn up_but_not_ready(client: &reqwest::Client, base: &str) -> String {
+    wait_for_status(
+        client,
+        &format!("{base}/healthz"),
+        200,
+        Duration::from_secs(5),
+    )
+    .await;
+    let (content_type, body) = wait_for_status(
+        client,
+        &format!("{base}/readyz"),
+        503,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(content_type, "application/problem+json");
+    assert!(
+        !body.contains("s3cret") && !body.contains("at line"),
+        "{body}"
+    );
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_opens_its_port_without_the_database_and_migrates_when_it_appears() {
+    let client = reqwest::Client::new();
+    let mut admin = reqwest::Url::parse(&common::admin_url()).unwrap();
+    let host = admin.host_str().unwrap().to_owned();
+    let port = admin.port().unwrap_or(5432);
+
+    // Nothing listens on the port.
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let closed = format!("postgres://segwatch:s3cret@127.0.0.1:{closed_port}/segwatch_nowhere");
+    assert_cli_names_the_database(&closed, "127.0.0.1", closed_port, "segwatch_nowhere");
+    let serve = serve_on(&closed);
+    let started = Instant::now();
+    up_but_not_ready(&client, &serve.base).await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(serve);
+
+    // The server answers but the database does not exist yet.
+    let name = format!("segwatch_test_{:016x}", rand::random::<u64>());
+    admin.set_password(Some("s3cret")).unwrap();
+    admin.set_path(&name);
+    let missing = admin.to_string();
+    assert_cli_names_the_database(&missing, &host, port, &name);
+    let serve = serve_on(&missing);
+    let body = up_but_not_ready(&client, &serve.base).await;
+    assert!(body.contains("does not exist"), "{body}");
+
+    // Created: ready without a restart, migrations applied.
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&common::admin_url())
+        .await
+        .unwrap();
+    sqlx::Executor::execute(
+        &mut conn,
+        sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")),
+    )
+    .await
+    .unwrap();
+    let db = TestDb {
+        url: missing.clone(),
+        name,
+    };
+    wait_for_status(
+        &client,
+        &format!("{}/readyz", serve.base),
+        200,
+        Duration::from_secs(20),
+    )
+    .await;
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    assert!(count(&pool, "SELECT count(*) FROM api_keys").await >= 0);
+    pool.close().await;
+    drop(serve);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_without_migrations_says_so_without_postgres_positions() {
+    let bare = TestDb::new().await;
+    let base = serve_without_migrating(&bare).await;
+    let response = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_eq!(response.status(), 503);
+    let problem: Value = response.json().await.unwrap();
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("segwatch migrate"), "{detail}");
+    assert!(!detail.contains("at line"), "{detail}");
+    bare.drop_db().await;
+}
+
+/// The `src` of every `<script>` and the `href` of every `<link>` in `html`.
+fn asset_urls(html: &str) -> Vec<(String, String)> {
+    let mut urls = Vec::new();
+    for (tag, attribute) in [("<script", "src="), ("<link", "href=")] {
+        for (at, _) in html.match_indices(tag) {
+            let end = html[at..].find('>').map_or(html.len(), |e| at + e);
+            let element = &html[at..end];
+            if let Some(a) = element.find(attribute) {
+                let value = &element[a + attribute.len()..];
+                let quote = value.chars().next().unwrap();
+                let value = value[1..].split(quote).next().unwrap();
+                urls.push((tag[1..].to_owned(), value.to_owned()));
+            }
+        }
+    }
+    urls
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docs_load_only_assets_served_by_segwatch() {
+    let app = TestApp::start().await;
+    let page = reqwest::Url::parse(&app.url("/docs")).unwrap();
+    let response = app.client.get(page.clone()).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let html = response.text().await.unwrap();
+    assert!(html.contains("\"openapi\""));
+    let urls = asset_urls(&html);
+    assert!(
+        urls.iter().any(|(tag, _)| tag == "script"),
+        "no script: {html}"
+    );
+    for (tag, url) in urls {
+        let resolved = page.join(&url).unwrap();
+        assert_eq!(
+            resolved.origin(),
+            page.origin(),
+            "{tag} {url} is not served by segwatch"
+        );
+        let asset = app.client.get(resolved).send().await.unwrap();
+        assert_eq!(asset.status(), 200, "{url}");
+        let content_type = asset.headers()["content-type"].to_str().unwrap().to_owned();
+        let expected = if tag == "script" {
+            "javascript"
+        } else {
+            "text/css"
+        };
+        assert!(content_type.contains(expected), "{url}: {content_type}");
+        assert!(!asset.bytes().await.unwrap().is_empty(), "{url}");
+    }
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_well_compressed_upload_accepted_at_ingest_is_scored() {
+    // Bodies up to 1 MiB, voxel data up to 64 MiB: a gzip label map of 4 MB
+    // inflated arrives in a few kB and must be read back by the worker.
+    let app = TestApp::start_with(|c| {
+        c.limits.max_upload_bytes = 1 << 20;
+        c.limits.max_decompressed_bytes = 64 << 20;
+    })
+    .await;
+    let shape = [200, 200, 100];
+    let grid = Grid::axis_aligned(shape, [1.0, 1.0, 2.0], 3);
+    let labels: Vec<u8> = (0..grid.len())
+        .map(|i| u8::from((i % 200) > 50 && (i % 200) < 150))
+        .collect();
+    let body = encode(&LabelVolume::new(grid, Labels::U8(labels)).unwrap(), true);
+    assert!(body.len() < 1 << 20, "{} bytes", body.len());
+    for role in ["prediction", "reference"] {
+        let response = app
+            .upload(&app.admin_key, "site1", "big", role, body.clone())
+            .await;
+        assert_eq!(response.status(), 202);
+    }
+    let case = app.wait_scored("site1", "big").await;
+    assert_eq!(case["status"], "scored", "{case}");
     app.finish().await;
 }

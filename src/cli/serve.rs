@@ -77,6 +77,7 @@ pub fn migrate(args: ConfigArgs) -> anyhow::Result<()> {
     let config = args.load()?;
     runtime()?.block_on(async {
         let store = Store::connect(&config.database_url, 2)?;
+        store.check().await?;
         store.migrate().await?;
         eprintln!("segwatch: migrations applied");
         Ok(())
@@ -92,6 +93,7 @@ pub fn keys(command: KeysCommand) -> anyhow::Result<()> {
     };
     runtime()?.block_on(async {
         let store = Store::connect(&config.database_url, 2)?;
+        store.check().await?;
         match command {
             KeysCommand::Create {
                 site, role, label, ..
@@ -138,7 +140,9 @@ pub fn keys(command: KeysCommand) -> anyhow::Result<()> {
     })
 }
 
-/// Runs the service until SIGINT or SIGTERM.
+/// Runs the service until SIGINT or SIGTERM. The port opens at once; while the
+/// database is unreachable or missing `/readyz` answers 503 and the migrations
+/// are applied as soon as it is there.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = args.config.load()?;
     if args.no_migrate {
@@ -147,10 +151,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     telemetry::init_logging(&config.log_format);
     let config = Arc::new(config);
     runtime()?.block_on(async move {
-        let router = crate::service::launch(config.clone()).await?;
+        // Bound first: a port in use is reported before any database work.
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let router = crate::service::launch(config.clone()).await?;
         info!(address = %config.listen, threads = config.threads(), "segwatch serving");
         axum::serve(listener, router)
             .with_graceful_shutdown(shutdown())

@@ -32,7 +32,7 @@ pub use uploads::ACQUISITION_HEADER;
 
 use crate::compute::Compute;
 use crate::config::Config;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
 
 /// What every handler shares.
@@ -145,7 +145,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
-        .merge(Scalar::with_url("/docs", ApiDoc::openapi()))
+        .merge(Scalar::with_url("/docs", ApiDoc::openapi()).custom_html(DOCS_HTML))
+        .route("/docs/scalar.js", get(docs_script))
         .fallback(|| async { Problem::not_found("no such route") })
         // Bodies are limited after transfer decompression.
         .layer(DefaultBodyLimit::max(limits.max_upload_bytes))
@@ -204,10 +205,16 @@ async fn healthz() -> &'static str {
 async fn readyz(State(app): State<AppState>) -> Result<&'static str, Problem> {
     match app.store.ready().await {
         Ok(true) => Ok("ready\n"),
+        Ok(false) if app.config.migrate => Err(Problem::unavailable(
+            "the database is reachable but the migrations are not all applied yet",
+            5,
+        )),
         Ok(false) => Err(Problem::unavailable(
             "migrations are not all applied; run segwatch migrate",
             10,
         )),
+        // Host, port and database name stay in the log: this route needs no key.
+        Err(StoreError::Connect(e)) => Err(Problem::unavailable(e.summary(), 5)),
         Err(e) => Err(Problem::unavailable(
             format!("database not reachable: {e}"),
             5,
@@ -215,10 +222,30 @@ async fn readyz(State(app): State<AppState>) -> Result<&'static str, Problem> {
     }
 }
 
-async fn metrics(State(app): State<AppState>, _auth: auth::Auth) -> Response {
+/// Every series for a read or admin key; an ingest key sees its own site's.
+async fn metrics(State(app): State<AppState>, auth: auth::Auth) -> Response {
+    let text = match (&auth.0.role, &auth.0.site) {
+        (crate::store::Role::Ingest, Some(site)) => app.metrics.render_for_site(site),
+        _ => app.metrics.render(),
+    };
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// The `/docs` page: Scalar's default page loads its script from a CDN, which an
+/// offline network cannot reach; this one loads only [`DOCS_SCRIPT`] from here.
+const DOCS_HTML: &str = include_str!("assets/docs.html");
+
+/// Scalar API Reference's standalone browser build (MIT, see
+/// `assets/README.md`), embedded so `/docs` works without Internet access.
+const DOCS_SCRIPT: &[u8] = include_bytes!("assets/scalar-api-reference.js");
+
+async fn docs_script() -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(),
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        DOCS_SCRIPT,
     )
         .into_response()
 }

@@ -3,6 +3,10 @@
 //! A token reads `sw_<id>_<secret>`: the id finds the row, the secret is checked
 //! against its hash. Secrets are 256 random bits, so a fast hash is enough.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use chrono::{DateTime, Utc};
 use rand::RngExt;
 use serde::Serialize;
@@ -131,33 +135,139 @@ impl Store {
         .execute(&self.pool)
         .await
         .map_err(StoreError::classify)?;
+        // This process stops accepting it now; others within KEY_CACHE_TTL.
+        self.keys.invalidate();
         Ok(done.rows_affected() == 1)
     }
 
     /// The principal of a bearer token, or None for an unknown, malformed or
-    /// revoked key.
+    /// revoked key. Keys are read from memory (see [`KEY_CACHE_TTL`]): a
+    /// missing header, a malformed token or a wrong secret never touches the
+    /// database.
     pub async fn authenticate(&self, token: &str) -> Result<Option<Principal>> {
         let Some((id, secret)) = token.strip_prefix("sw_").and_then(|t| t.split_once('_')) else {
             return Ok(None);
         };
-        let row = sqlx::query!(
-            "SELECT secret_sha256, role, site FROM api_keys WHERE id = $1 AND revoked_at IS NULL",
-            id
-        )
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::classify)?;
-        let Some(row) = row else { return Ok(None) };
-        let matches: bool = hash_secret(secret).ct_eq(&row.secret_sha256).into();
-        if !matches {
+        // Ill-formed ids never reach the database.
+        if id.is_empty()
+            || id.len() > MAX_KEY_PART
+            || secret.len() > MAX_KEY_PART
+            || !id.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
             return Ok(None);
         }
-        let role = Role::parse(&row.role)
-            .ok_or_else(|| StoreError::Corrupt(format!("key {id} has role {}", row.role)))?;
-        Ok(Some(Principal {
+        let mut keys = self.active_keys(None).await?;
+        if !keys.contains_key(id) {
+            // A key created since the last read (by another process): read again.
+            // Reloads run one at a time, so a flood of unknown ids costs the
+            // database one query at a time, and known keys never wait for it.
+            keys = self.active_keys(Some(&keys)).await?;
+        }
+        let Some(key) = keys.get(id) else {
+            return Ok(None);
+        };
+        let matches: bool = hash_secret(secret).ct_eq(&key.secret_sha256).into();
+        Ok(matches.then(|| Principal {
             key_id: id.to_owned(),
-            role,
-            site: row.site,
+            role: key.role,
+            site: key.site.clone(),
         }))
+    }
+
+    /// The active keys, from memory while younger than [`KEY_CACHE_TTL`] and
+    /// not `stale` (a read the caller found lacking); a reload that fails keeps
+    /// serving the keys last read (the database may be down), so
+    /// authentication and `/metrics` keep working.
+    async fn active_keys(&self, stale: Option<&ActiveKeys>) -> Result<ActiveKeys> {
+        let usable =
+            |keys: ActiveKeys| (!stale.is_some_and(|s| Arc::ptr_eq(s, &keys))).then_some(keys);
+        if let Some(keys) = self.keys.fresh().and_then(usable) {
+            return Ok(keys);
+        }
+        // One reload at a time; callers that waited find it done.
+        let _reloading = self.keys.reload.lock().await;
+        if let Some(keys) = self.keys.fresh().and_then(usable) {
+            return Ok(keys);
+        }
+        let loaded = sqlx::query!(
+            "SELECT id, secret_sha256, role, site FROM api_keys WHERE revoked_at IS NULL"
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::classify);
+        let rows = match loaded {
+            Ok(rows) => rows,
+            Err(e) => {
+                return match self.keys.last() {
+                    Some(keys) if e.is_transient() => Ok(keys),
+                    _ => Err(e),
+                };
+            }
+        };
+        let mut keys = HashMap::with_capacity(rows.len());
+        for r in rows {
+            let role = Role::parse(&r.role)
+                .ok_or_else(|| StoreError::Corrupt(format!("key {} has role {}", r.id, r.role)))?;
+            keys.insert(
+                r.id,
+                CachedKey {
+                    secret_sha256: r.secret_sha256,
+                    role,
+                    site: r.site,
+                },
+            );
+        }
+        Ok(self.keys.store(keys))
+    }
+}
+
+/// How long a read of the active keys is used: a revoked key stops working, and
+/// a new one starts, within this time.
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(10);
+/// Longest id or secret part of a key accepted.
+const MAX_KEY_PART: usize = 128;
+
+/// What authentication needs of an active key.
+#[derive(Debug)]
+struct CachedKey {
+    secret_sha256: Vec<u8>,
+    role: Role,
+    site: Option<String>,
+}
+
+/// Active keys by id.
+type ActiveKeys = Arc<HashMap<String, CachedKey>>;
+
+/// The active keys last read, and when.
+#[derive(Debug, Clone, Default)]
+pub(super) struct KeyCache {
+    keys: Arc<std::sync::RwLock<Option<(Instant, ActiveKeys)>>>,
+    reload: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl KeyCache {
+    fn fresh(&self) -> Option<ActiveKeys> {
+        let guard = self.keys.read().ok()?;
+        let (at, keys) = guard.as_ref()?;
+        (at.elapsed() < KEY_CACHE_TTL).then(|| keys.clone())
+    }
+
+    fn last(&self) -> Option<ActiveKeys> {
+        self.keys.read().ok()?.as_ref().map(|(_, k)| k.clone())
+    }
+
+    fn store(&self, keys: HashMap<String, CachedKey>) -> ActiveKeys {
+        let keys = Arc::new(keys);
+        if let Ok(mut guard) = self.keys.write() {
+            *guard = Some((Instant::now(), keys.clone()));
+        }
+        keys
+    }
+
+    /// Forgets the keys read, so the next authentication reads them again.
+    fn invalidate(&self) {
+        if let Ok(mut guard) = self.keys.write() {
+            *guard = None;
+        }
     }
 }

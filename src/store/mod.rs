@@ -7,22 +7,27 @@ mod results;
 mod schemas;
 mod uploads;
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
 
 pub use drift::{
     ALL, BaselineInfo, BaselineStructure, DetectorRow, IncidentStream, IncidentView, NotifiedAlert,
     OpenIncident, Stratum,
 };
 pub use jobs::{ClaimedJob, JobInputs, JobOutcome};
-pub use keys::{KeyInfo, Principal, Role, hash_secret};
+pub use keys::{KEY_CACHE_TTL, KeyInfo, Principal, Role, hash_secret};
 pub use results::{CaseFilter, CaseStatus, CaseSummary, CaseView, Revision};
 pub use uploads::{NewSegmentation, PartnerGrid, SegRole, StoredUpload};
 
 /// Channel on which new jobs are announced.
 pub const JOBS_CHANNEL: &str = "segwatch_jobs";
+
+/// The setting that names the database, as told to users.
+const DATABASE_SETTING: &str = "database_url in the configuration file or SEGWATCH_DATABASE_URL";
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -30,12 +35,195 @@ pub enum StoreError {
     /// The database cannot be reached or timed out: retry later.
     #[error("database unavailable: {0}")]
     Unavailable(String),
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database named by `database_url` cannot be used: unreachable,
+    /// missing or refusing the connection. Retrying may succeed once it is fixed.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// `database_url` is not a valid PostgreSQL URL.
+    #[error("{DATABASE_SETTING} is not a valid postgres:// URL: {0}")]
+    BadUrl(String),
+    /// An error the database returned for a statement.
+    #[error("database error: {}", describe(.0))]
+    Database(sqlx::Error),
+    /// A migration could not be applied.
+    #[error("migration failed: {}", describe_migrate(.0))]
+    Migrate(sqlx::migrate::MigrateError),
+    /// Rows that contradict each other or cannot be decoded.
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+}
+
+// Written by hand rather than with `#[from]`: a source would be printed after the
+// message, with the Postgres source position `describe` leaves out.
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> StoreError {
+        StoreError::Database(err)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(err: sqlx::migrate::MigrateError) -> StoreError {
+        StoreError::Migrate(err)
+    }
+}
+
+/// Where the database is, for messages: host, port and database, never the
+/// user's password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbTarget {
+    /// Host name, address or Unix socket directory.
+    pub host: String,
+    /// TCP port (also the socket's suffix).
+    pub port: u16,
+    /// Database name; Postgres defaults it to the user name.
+    pub database: String,
+    /// The user connecting.
+    pub user: String,
+}
+
+impl DbTarget {
+    fn of(options: &PgConnectOptions) -> DbTarget {
+        let user = options.get_username().to_owned();
+        DbTarget {
+            host: options.get_host().to_owned(),
+            port: options.get_port(),
+            database: options.get_database().unwrap_or(&user).to_owned(),
+            user,
+        }
+    }
+}
+
+impl fmt::Display for DbTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "database \"{}\" on {}:{}",
+            self.database, self.host, self.port
+        )
+    }
+}
+
+/// Why the database named by `database_url` cannot be used. Each message names
+/// the host, port and database and the setting to change.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConnectError {
+    /// Nothing answers at the host and port, or the host is unknown.
+    #[error(
+        "cannot reach {target}: {reason}; is PostgreSQL running there? Check {DATABASE_SETTING}"
+    )]
+    NoAnswer {
+        /// The database tried.
+        target: DbTarget,
+        /// What the connection attempt reported.
+        reason: String,
+    },
+    /// The server answers but has no such database.
+    #[error("{target} does not exist; create it (createdb -h {} -p {} -U {} {}) or point {DATABASE_SETTING} at an existing database",
+        .target.host, .target.port, .target.user, .target.database)]
+    Missing {
+        /// The database tried.
+        target: DbTarget,
+    },
+    /// The server refused the connection: authentication, permissions, too many
+    /// connections or still starting.
+    #[error("{target} refused user \"{}\": {reason}; check the user and password in {DATABASE_SETTING}", .target.user)]
+    Refused {
+        /// The database tried.
+        target: DbTarget,
+        /// What the server said.
+        reason: String,
+    },
+}
+
+impl ConnectError {
+    /// The problem without host, port, database or user, for answers to
+    /// unauthenticated callers (`/readyz`); the log has the full message.
+    pub fn summary(&self) -> String {
+        match self {
+            ConnectError::NoAnswer { reason, .. } => {
+                format!("the database named by database_url does not answer: {reason}")
+            }
+            ConnectError::Missing { .. } => {
+                "the database named by database_url does not exist".to_owned()
+            }
+            ConnectError::Refused { reason, .. } => {
+                format!("the database named by database_url refused the connection: {reason}")
+            }
+        }
+    }
+
+    /// Interprets an error from connecting to `target`; `None` when it is not
+    /// a connection problem.
+    fn from_sqlx(target: &DbTarget, err: &sqlx::Error) -> Option<ConnectError> {
+        let target = target.clone();
+        match err {
+            sqlx::Error::Io(e) => Some(ConnectError::NoAnswer {
+                target,
+                reason: e.to_string(),
+            }),
+            sqlx::Error::Tls(e) => Some(ConnectError::NoAnswer {
+                target,
+                reason: format!("TLS: {e}"),
+            }),
+            sqlx::Error::Database(e) => match e.code().as_deref() {
+                // invalid_catalog_name
+                Some("3D000") => Some(ConnectError::Missing { target }),
+                // invalid_authorization_specification, invalid_password,
+                // too_many_connections, cannot_connect_now
+                Some(code) if code.starts_with("28") || code == "53300" || code == "57P03" => {
+                    Some(ConnectError::Refused {
+                        target,
+                        reason: e.message().to_owned(),
+                    })
+                }
+                // connection_exception and its subclasses
+                Some(code) if code.starts_with("08") => Some(ConnectError::NoAnswer {
+                    target,
+                    reason: e.message().to_owned(),
+                }),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// An error as shown to users: Postgres errors without the position in the
+/// server's C source ("at line 948") that sqlx appends.
+fn describe(err: &sqlx::Error) -> String {
+    match err {
+        sqlx::Error::Database(e) => e.message().to_owned(),
+        other => without_source_position(&other.to_string()),
+    }
+}
+
+fn describe_migrate(err: &sqlx::migrate::MigrateError) -> String {
+    use sqlx::migrate::MigrateError;
+    match err {
+        MigrateError::Execute(e) => describe(e),
+        MigrateError::ExecuteMigration(e, version) => {
+            format!("migration {version}: {}", describe(e))
+        }
+        other => without_source_position(&other.to_string()),
+    }
+}
+
+/// Removes every " at line N" (a Postgres source position) from a message.
+fn without_source_position(message: &str) -> String {
+    const MARK: &str = " at line ";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(MARK) {
+        let after = &rest[at + MARK.len()..];
+        let digits = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        out.push_str(&rest[..at]);
+        if digits == 0 {
+            out.push_str(MARK);
+        }
+        rest = &after[digits..];
+    }
+    out.push_str(rest);
+    out
 }
 
 impl StoreError {
@@ -72,26 +260,40 @@ impl StoreError {
 
     /// Whether the operation may succeed if retried.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(self, StoreError::Unavailable(_) | StoreError::Connect(_))
     }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// How long a connection attempt may take before the database is reported
+/// as not answering.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The service's database.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: PgPool,
+    target: DbTarget,
+    keys: keys::KeyCache,
 }
 
 impl Store {
     /// Connects lazily: requests fail fast with `Unavailable` while the database is down.
     pub fn connect(url: &str, max_connections: u32) -> Result<Store> {
+        // The parser's messages quote no part of the URL, so no password.
+        let options =
+            PgConnectOptions::from_str(url).map_err(|e| StoreError::BadUrl(describe(&e)))?;
+        let target = DbTarget::of(&options);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(3))
-            .connect_lazy(url)?;
-        Ok(Store { pool })
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_lazy_with(options);
+        Ok(Store {
+            pool,
+            target,
+            keys: keys::KeyCache::default(),
+        })
     }
 
     /// The connection pool (for LISTEN).
@@ -99,19 +301,118 @@ impl Store {
         &self.pool
     }
 
+    /// Where the database is.
+    pub fn target(&self) -> &DbTarget {
+        &self.target
+    }
+
+    /// Opens one connection outside the pool, so that a failure says why (the
+    /// pool retries refused connections until it times out and keeps no reason).
+    pub async fn check(&self) -> Result<()> {
+        let options = self.pool.connect_options();
+        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options));
+        match attempt.await {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(self.diagnose(e)),
+            Err(_) => Err(ConnectError::NoAnswer {
+                target: self.target.clone(),
+                reason: format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+            }
+            .into()),
+        }
+    }
+
+    /// Names the database in connection failures; other errors as usual.
+    fn diagnose(&self, err: sqlx::Error) -> StoreError {
+        match ConnectError::from_sqlx(&self.target, &err) {
+            Some(connect) => connect.into(),
+            None => StoreError::classify(err),
+        }
+    }
+
+    /// Like `diagnose`, and when the pool only says it timed out, asks the
+    /// database directly why.
+    async fn diagnose_pool(&self, err: sqlx::Error) -> StoreError {
+        match err {
+            sqlx::Error::PoolTimedOut => match self.check().await {
+                Err(e) => e,
+                // Reachable now: the pool was busy, or the database just came up.
+                Ok(()) => StoreError::classify(sqlx::Error::PoolTimedOut),
+            },
+            other => self.diagnose(other),
+        }
+    }
+
     /// Applies the migrations in `migrations/`.
     pub async fn migrate(&self) -> Result<()> {
-        sqlx::migrate!("./migrations").run(&self.pool).await?;
-        Ok(())
+        match sqlx::migrate!("./migrations").run(&self.pool).await {
+            Ok(()) => Ok(()),
+            // Getting a connection failed, rather than a migration.
+            Err(sqlx::migrate::MigrateError::Execute(e))
+                if matches!(e, sqlx::Error::PoolTimedOut)
+                    || ConnectError::from_sqlx(&self.target, &e).is_some() =>
+            {
+                Err(self.diagnose_pool(e).await)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Database reachable and every migration applied.
     pub async fn ready(&self) -> Result<bool> {
+        // With no connection open (never reached, or all dropped since), one direct
+        // attempt says at once why, where the pool would retry until its timeout.
+        if self.pool.size() == 0 {
+            self.check().await?;
+        }
         let applied: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+            match sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
                 .fetch_one(&self.pool)
                 .await
-                .map_err(StoreError::classify)?;
+            {
+                Ok(n) => n,
+                // No migration table yet: nothing applied.
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => {
+                    return Ok(false);
+                }
+                Err(e) => return Err(self.diagnose_pool(e).await),
+            };
         Ok(applied as usize >= sqlx::migrate!("./migrations").iter().count())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_source_positions_are_left_out() {
+        assert_eq!(
+            without_source_position(
+                "relation \"x\" does not exist at line 1392: database \"y\" does not exist at line 948"
+            ),
+            "relation \"x\" does not exist: database \"y\" does not exist"
+        );
+        assert_eq!(
+            without_source_position("look at line endings"),
+            "look at line endings"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_target_never_holds_the_password() {
+        let store = Store::connect("postgres://me:s3cret@db.example:6543/segwatch", 1).unwrap();
+        let target = store.target().clone();
+        assert_eq!(
+            target.to_string(),
+            "database \"segwatch\" on db.example:6543"
+        );
+        let missing = ConnectError::Missing { target }.to_string();
+        assert!(missing.contains("SEGWATCH_DATABASE_URL") && !missing.contains("s3cret"));
+        let bad = Store::connect("postgres://me:s3cret@db.example:port/x", 1).unwrap_err();
+        assert!(!bad.to_string().contains("s3cret"), "{bad}");
     }
 }

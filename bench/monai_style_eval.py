@@ -3,7 +3,7 @@
 compared against.
 
 For every label present in either file (background 0 excluded) it computes the
-metric contract of /work/shared/DESIGN.md with the `voxel` surface definition:
+metric contract (README "How the engine works") with the `voxel` surface definition:
 
   counts    all labels at once from one joint histogram
             np.bincount(pred * K + ref, minlength=K * K)

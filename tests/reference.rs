@@ -1,4 +1,4 @@
-//! Every case in ../shared/reference matches MONAI (voxel) and surface-distance
+//! Every case in tests/fixtures/reference matches MONAI (voxel) and surface-distance
 //! (surfel): counts exactly, other values within 1e-5 relative (1e-6 absolute).
 
 use std::path::{Path, PathBuf};

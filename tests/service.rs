@@ -251,6 +251,19 @@ async fn bad_uploads_get_the_right_4xx_and_store_nothing() {
     };
     let cases: Vec<(reqwest::Response, u16, &str)> = vec![
         (
+            // Content-Encoding gzip over data that is not gzip.
+            app.client
+                .put(app.url("/v1/sites/s1/cases/bad0/prediction?model=m&model_version=v1"))
+                .bearer_auth(&key)
+                .header("content-encoding", "gzip")
+                .body(b"this is not gzip data at all".to_vec())
+                .send()
+                .await
+                .unwrap(),
+            400,
+            "unreadable-body",
+        ),
+        (
             send(
                 key.clone(),
                 "bad1",

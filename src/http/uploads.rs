@@ -202,15 +202,24 @@ async fn accept(
     check_content_type(headers)?;
     let acquisition = acquisition(&query, headers)?;
     let body = body.map_err(|e| {
-        Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too-large",
-            "Upload too large",
-            format!(
-                "{e}; the limit is {} bytes",
-                app.config.limits.max_upload_bytes
-            ),
-        )
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                "Upload too large",
+                format!(
+                    "{e}; the limit is {} bytes",
+                    app.config.limits.max_upload_bytes
+                ),
+            )
+        } else {
+            // Most often a Content-Encoding whose data does not decode.
+            Problem::bad_request(
+                "unreadable-body",
+                "Unreadable request body",
+                format!("{e}: check the Content-Encoding and the data sent"),
+            )
+        }
     })?;
     if body.is_empty() {
         return Err(Problem::bad_request(

@@ -44,6 +44,7 @@ CONTRACT_METRICS = {
     "segwatch_last_upload_timestamp_seconds",
     "segwatch_segmentations_received_total", "segwatch_cases_scored_total", "segwatch_jobs_failed_total",
     "segwatch_jobs_queued", "segwatch_jobs_running", "segwatch_build_info",
+    "segwatch_database_up",
 }
 CONTRACT_HISTOGRAMS = {"segwatch_case_dice_ratio", "segwatch_job_duration_seconds",
                        "segwatch_http_request_duration_seconds"}

@@ -141,7 +141,10 @@ async fn periodic(store: Store, config: Arc<Config>, metrics: Metrics) {
     let mut purged_at = tokio::time::Instant::now() - Duration::from_secs(3600);
     loop {
         tick.tick().await;
-        if let Err(e) = crate::telemetry::refresh(&store, &metrics, config.drift.target()).await {
+        let refreshed = crate::telemetry::refresh(&store, &metrics, config.drift.target()).await;
+        // The last gauges read stay exported while the database is away.
+        metrics.database_up.set(i64::from(refreshed.is_ok()));
+        if let Err(e) = refreshed {
             warn!(error = %e, "cannot refresh metrics from the database");
         }
         if purged_at.elapsed() >= Duration::from_secs(3600) {

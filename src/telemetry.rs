@@ -41,6 +41,8 @@ pub struct Metrics {
     pub drift_streams_active: IntGauge,
     pub drift_target_run_length_seconds: Gauge,
     pub last_upload_timestamp_seconds: GaugeVec,
+    /// 1 while the last refresh from the database succeeded.
+    pub database_up: IntGauge,
 }
 
 const STREAM: [&str; 4] = ["site", "model", "model_version", "structure"];
@@ -219,6 +221,14 @@ impl Metrics {
                 Gauge::new(
                     "segwatch_drift_target_run_length_seconds",
                     "In-control run length of each (stream, detector) pair derived from the budget.",
+                )
+                .expect("valid metric"),
+            ),
+            database_up: register(
+                &registry,
+                IntGauge::new(
+                    "segwatch_database_up",
+                    "1 while the last refresh of the gauges from the database succeeded, else 0 (the gauges then keep their last values).",
                 )
                 .expect("valid metric"),
             ),

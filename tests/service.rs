@@ -1175,3 +1175,43 @@ async fn a_well_compressed_upload_accepted_at_ingest_is_scored() {
     assert_eq!(case["status"], "scored", "{case}");
     app.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_keep_answering_while_the_database_is_gone() {
+    let db = TestDb::new().await;
+    let serve = ServeProcess::start(&db, &[("SEGWATCH_REFRESH_SECS", "1")]).await;
+    let store = segwatch::store::Store::connect(&db.url, 2).unwrap();
+    let reader = store.create_key(Role::Read, None, None).await.unwrap();
+    let client = reqwest::Client::new();
+    let scrape = || async {
+        let response = client
+            .get(format!("{}/metrics", serve.base))
+            .bearer_auth(&reader)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    };
+    let until = |text: &'static str| async move {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if scrape().await.contains(text) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "/metrics never showed {text}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    until("segwatch_database_up 1").await;
+    // The database goes away: the key read before still works, the gauges say so.
+    drop(store);
+    db.drop_db().await;
+    until("segwatch_database_up 0").await;
+    let ready = client
+        .get(format!("{}/readyz", serve.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+}

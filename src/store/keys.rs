@@ -198,9 +198,14 @@ impl Store {
         let rows = match loaded {
             Ok(rows) => rows,
             Err(e) => {
+                // Keys keep working on what was last read while the database
+                // is away (down, restarting, or its database gone).
                 return match self.keys.last() {
-                    Some(keys) if e.is_transient() => Ok(keys),
-                    _ => Err(e),
+                    Some(keys) => {
+                        tracing::warn!(error = %e, "cannot reload keys; using those last read");
+                        Ok(keys)
+                    }
+                    None => Err(e),
                 };
             }
         };

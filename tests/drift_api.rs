@@ -215,15 +215,23 @@ async fn a_drift_opens_one_incident_that_strata_explain_and_ack_keeps_open() {
     );
     assert!(plan["false_alerts_per_month"].as_f64().unwrap() <= 1.0);
 
-    // Gauges come from Postgres: the open incident is exported.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let metrics = app.metrics().await;
-    assert!(metrics.contains(&format!(
+    // Gauges come from Postgres, refreshed every second: the open incident is
+    // exported.
+    let series = format!(
         r#"segwatch_drift_incident_open{{detector="{}",incident="{id}",model="simnet",model_version="1.0",site="{}",structure="{}"}} 1"#,
         drift["detector"].as_str().unwrap(),
         drift["site"].as_str().unwrap(),
         drift["structure"].as_str().unwrap()
-    )), "{metrics}");
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let metrics = app.metrics().await;
+        if metrics.contains(&series) {
+            break metrics;
+        }
+        assert!(Instant::now() < deadline, "no {series} in {metrics}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     assert!(metrics.contains("segwatch_drift_false_alert_budget_per_month 1"));
     assert!(metrics.contains(r#"segwatch_drift_alarm{detector="pit_ewma",model="simnet",model_version="1.0",site="site2",structure="liver"} 1"#));
     assert!(metrics.contains("segwatch_rolling_dice_7d_ratio{"));

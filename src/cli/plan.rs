@@ -201,23 +201,24 @@ pub fn render(plan: &Plan) -> String {
     );
     out += "\ndetection delay on one site's structure stream (any detector), after the change\n";
     out += &format!(
-        "{:<48} {:>9} {:>9} {:>9} {:>9} {:>10}\n",
-        "change", "median", "p90", "median", "p90", "detected"
+        "{:<48} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}\n",
+        "change", "median", "p90", "median", "p90", "within", "detected"
     );
     out += &format!(
-        "{:<48} {:>9} {:>9} {:>9} {:>9} {:>10}\n",
-        "", "cases", "cases", "days", "days", "(horizon)"
+        "{:<48} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}\n",
+        "", "cases", "cases", "days", "days", "10 days", "(horizon)"
     );
     let cell =
         |v: Option<f64>, digits: usize| v.map_or("—".to_owned(), |v| format!("{v:.digits$}"));
     for (name, d) in &plan.delays {
         out += &format!(
-            "{:<48} {:>9} {:>9} {:>9} {:>9} {:>9.0}% ({:.0} d)\n",
+            "{:<48} {:>9} {:>9} {:>9} {:>9} {:>8.0}% {:>9.0}% ({:.0} d)\n",
             name,
             cell(d.median_cases, 0),
             cell(d.p90_cases, 0),
             cell(d.median_days, 1),
             cell(d.p90_days, 1),
+            d.detected_within_10_days * 100.0,
             d.detected * 100.0,
             d.horizon_days
         );

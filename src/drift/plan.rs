@@ -195,9 +195,10 @@ pub struct Delays {
     pub p90_cases: Option<f64>,
     pub median_days: Option<f64>,
     pub p90_days: Option<f64>,
-    /// Share detected within the horizon.
+    /// Share detected within the horizon, and within 10 days.
     pub detected: f64,
     pub horizon_days: f64,
+    pub detected_within_10_days: f64,
 }
 
 /// Cases fed before the change, so the stream is past its warm-up and has a
@@ -269,8 +270,11 @@ pub fn detection_delays(
         let v = *delays.get(((delays.len() as f64 * q).ceil() as usize).saturating_sub(1))?;
         v.is_finite().then_some(v)
     };
-    let detected =
-        delays.iter().filter(|d| d.is_finite()).count() as f64 / delays.len().max(1) as f64;
+    let share = |within: f64| {
+        delays.iter().filter(|&&d| d <= within).count() as f64 / delays.len().max(1) as f64
+    };
+    let detected = share(f64::MAX);
+    let detected_within_10_days = share(10.0 * rate);
     Delays {
         streams,
         false_alarm_before,
@@ -280,6 +284,7 @@ pub fn detection_delays(
         p90_days: percentile(0.9).map(|c| c / rate),
         detected,
         horizon_days,
+        detected_within_10_days,
     }
 }
 

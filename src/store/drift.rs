@@ -693,13 +693,18 @@ impl Store {
         )
         .fetch_one(&mut *tx)
         .await?;
-        let updates = feeder.feed(
-            settings,
-            &cases,
-            &mut streams,
-            &mut contexts,
-            active_pairs as usize,
-        );
+        // The step is CPU work (a new design computes its limits): keep it off
+        // the async worker threads so HTTP and the gauge refresh are not held up.
+        // The service always runs on the multi-threaded runtime.
+        let updates = tokio::task::block_in_place(|| {
+            feeder.feed(
+                settings,
+                &cases,
+                &mut streams,
+                &mut contexts,
+                active_pairs as usize,
+            )
+        });
         for (key, record) in streams.iter().filter(|(_, r)| r.changed) {
             save_stream(&mut tx, key, record).await?;
         }

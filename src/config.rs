@@ -43,6 +43,9 @@ pub struct LimitsConfig {
     pub max_queue_depth: i64,
     /// Seconds a request may take.
     pub request_timeout_secs: u64,
+    /// Seconds a client may take to send a request's headers
+    /// (`SEGWATCH_HEADER_READ_TIMEOUT_SECS`).
+    pub header_read_timeout_secs: u64,
 }
 
 /// The job workers and the compute pool.
@@ -200,6 +203,7 @@ impl Default for LimitsConfig {
             max_decompressed_bytes: 2 << 30,
             max_queue_depth: 10_000,
             request_timeout_secs: 120,
+            header_read_timeout_secs: 10,
         }
     }
 }
@@ -282,6 +286,9 @@ impl Config {
         if let Some(v) = var("SEGWATCH_MAX_VOXELS") {
             config.limits.max_voxels = parse("SEGWATCH_MAX_VOXELS", v)?;
         }
+        if let Some(v) = var("SEGWATCH_HEADER_READ_TIMEOUT_SECS") {
+            config.limits.header_read_timeout_secs = parse("SEGWATCH_HEADER_READ_TIMEOUT_SECS", v)?;
+        }
         if let Some(v) = var("SEGWATCH_MAX_QUEUE_DEPTH") {
             config.limits.max_queue_depth = parse("SEGWATCH_MAX_QUEUE_DEPTH", v)?;
         }
@@ -336,6 +343,9 @@ impl Config {
         let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return bad("log_format must be text or json");
+        }
+        if self.limits.header_read_timeout_secs == 0 {
+            return bad("limits.header_read_timeout_secs must be at least 1");
         }
         if self.workers.lease_secs == 0 || self.workers.max_attempts < 1 {
             return bad("workers.lease_secs and workers.max_attempts must be at least 1");

@@ -1215,3 +1215,35 @@ async fn metrics_keep_answering_while_the_database_is_gone() {
         .unwrap();
     assert_eq!(ready.status(), 503);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_headers_is_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::new().await;
+    let serve = ServeProcess::start(&db, &[("SEGWATCH_HEADER_READ_TIMEOUT_SECS", "1")]).await;
+    let address = serve.base.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: segwatch\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    // The server closes the connection (hyper may first answer 408).
+    let mut buffer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buffer)).await;
+    assert!(
+        read.is_ok(),
+        "the half-sent request was still open after 10 s"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // Meanwhile and afterwards, complete requests are served.
+    let health = reqwest::get(format!("{}/healthz", serve.base))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    drop(serve);
+    db.drop_db().await;
+}

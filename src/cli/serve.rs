@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -157,11 +158,70 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let router = crate::service::launch(config.clone()).await?;
         info!(address = %config.listen, threads = config.threads(), "segwatch serving");
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown())
-            .await?;
+        let header_timeout = Duration::from_secs(config.limits.header_read_timeout_secs);
+        serve_http1(listener, router, header_timeout, shutdown()).await;
         Ok(())
     })
+}
+
+/// Serves HTTP/1.1 until `shutdown`, then waits for requests in flight. A
+/// client gets `header_timeout` to send a request's headers, then its
+/// connection is closed. Written on hyper's connection builder because
+/// `axum::serve` cannot set a header-read timeout (slow clients held their
+/// connections forever).
+async fn serve_http1(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    header_timeout: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    use tower::ServiceExt;
+
+    // Each connection holds a receiver; shutdown is announced by sending, and
+    // finished once every receiver is gone.
+    let (closing, connections) = tokio::sync::watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, do not spin.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = TowerToHyperService::new(router.clone().map_request(
+            |request: axum::http::Request<hyper::body::Incoming>| {
+                request.map(axum::body::Body::new)
+            },
+        ));
+        let mut close = connections.clone();
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = close.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+            drop(close);
+        });
+    }
+    drop(connections);
+    let _ = closing.send(true);
+    closing.closed().await;
 }
 
 async fn shutdown() {

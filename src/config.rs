@@ -46,6 +46,9 @@ pub struct LimitsConfig {
     /// Seconds a client may take to send a request's headers
     /// (`SEGWATCH_HEADER_READ_TIMEOUT_SECS`).
     pub header_read_timeout_secs: u64,
+    /// Structures (labels or segments) one upload may hold: each is a set of
+    /// metric series, so this bounds what one key can add (`SEGWATCH_MAX_STRUCTURES`).
+    pub max_structures: usize,
 }
 
 /// The job workers and the compute pool.
@@ -204,6 +207,7 @@ impl Default for LimitsConfig {
             max_queue_depth: 10_000,
             request_timeout_secs: 120,
             header_read_timeout_secs: 10,
+            max_structures: 256,
         }
     }
 }
@@ -289,6 +293,9 @@ impl Config {
         if let Some(v) = var("SEGWATCH_HEADER_READ_TIMEOUT_SECS") {
             config.limits.header_read_timeout_secs = parse("SEGWATCH_HEADER_READ_TIMEOUT_SECS", v)?;
         }
+        if let Some(v) = var("SEGWATCH_MAX_STRUCTURES") {
+            config.limits.max_structures = parse("SEGWATCH_MAX_STRUCTURES", v)?;
+        }
         if let Some(v) = var("SEGWATCH_MAX_QUEUE_DEPTH") {
             config.limits.max_queue_depth = parse("SEGWATCH_MAX_QUEUE_DEPTH", v)?;
         }
@@ -344,8 +351,10 @@ impl Config {
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return bad("log_format must be text or json");
         }
-        if self.limits.header_read_timeout_secs == 0 {
-            return bad("limits.header_read_timeout_secs must be at least 1");
+        if self.limits.header_read_timeout_secs == 0 || self.limits.max_structures == 0 {
+            return bad(
+                "limits.header_read_timeout_secs and limits.max_structures must be at least 1",
+            );
         }
         if self.workers.lease_secs == 0 || self.workers.max_attempts < 1 {
             return bad("workers.lease_secs and workers.max_attempts must be at least 1");

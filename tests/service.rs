@@ -1247,3 +1247,34 @@ async fn a_client_that_never_finishes_its_headers_is_dropped() {
     drop(serve);
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_with_more_structures_than_allowed_is_refused() {
+    let app = TestApp::start_with(|c| c.limits.max_structures = 2).await;
+    // Two labels: accepted.
+    assert_eq!(
+        app.upload(&app.admin_key, "site1", "two", "prediction", cubes(0, 4))
+            .await
+            .status(),
+        202
+    );
+    // Three labels: each would be a set of metric series.
+    let grid = Grid::axis_aligned([8, 8, 4], [1.0; 3], 3);
+    let labels: Vec<u8> = (0..grid.len()).map(|i| (i % 4) as u8).collect();
+    let three = encode(&LabelVolume::new(grid, Labels::U8(labels)).unwrap(), true);
+    let response = app
+        .upload(&app.admin_key, "site1", "three", "prediction", three)
+        .await;
+    assert_eq!(response.status(), 422);
+    let problem: Value = response.json().await.unwrap();
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("too-many-structures"),
+        "{problem}"
+    );
+    let (status, _) = app.get(&app.admin_key, "/v1/sites/site1/cases/three").await;
+    assert_eq!(status, 404);
+    app.finish().await;
+}

@@ -315,6 +315,7 @@ pub(super) async fn ingest(
     let bytes = body.clone();
     let key = uid_key(&app.config);
     let content_key = key.clone();
+    let max_structures = app.config.limits.max_structures;
     let decoded = app
         .compute
         .run(voxels, move || {
@@ -322,11 +323,24 @@ pub(super) async fn ingest(
                 Some(decoded) => decoded,
                 None => formats::decode_upload(&bytes, &limits)?,
             };
+            let structures = decoded.segmentation.structure_count();
+            if structures > max_structures {
+                return Ok(Err(structures));
+            }
             let content = stored_content(&bytes, decoded.format, &content_key, &limits)?;
-            Ok::<_, formats::FormatError>((decoded, content))
+            Ok::<_, formats::FormatError>(Ok((decoded, content)))
         })
         .await?;
-    let (decoded, content) = decoded?;
+    let (decoded, content) = decoded?.map_err(|structures| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too-many-structures",
+            "Too many structures",
+            format!(
+                "the upload holds {structures} structures; at most {max_structures} are accepted (limits.max_structures)"
+            ),
+        )
+    })?;
     let layout = decoded.segmentation.layout();
 
     // The structure schema of the case's model version, and the partner's grid.

@@ -30,6 +30,22 @@ impl Segmentation {
         }
     }
 
+    /// Structures it holds: distinct non-zero labels, or segments.
+    pub fn structure_count(&self) -> usize {
+        match self {
+            Segmentation::LabelMap(v) => {
+                let mut seen = vec![false; 1 << 16];
+                let mut mark = |label: usize| seen[label] = true;
+                match &v.labels {
+                    super::Labels::U8(l) => l.iter().for_each(|&x| mark(x as usize)),
+                    super::Labels::U16(l) => l.iter().for_each(|&x| mark(x as usize)),
+                }
+                seen[1..].iter().filter(|&&s| s).count()
+            }
+            Segmentation::Segments { segments, .. } => segments.len(),
+        }
+    }
+
     /// The grid the segmentation is stored on.
     pub fn grid(&self) -> &Grid {
         match self {

@@ -525,10 +525,25 @@ async fn api_document_docs_and_health() {
         .json()
         .await
         .unwrap();
+    // Every route the service answers, documented.
     for path in [
         "/v1/sites/{site}/cases/{case}/prediction",
+        "/v1/sites/{site}/cases/{case}/reference",
+        "/v1/sites/{site}/cases/{case}",
         "/v1/sites/{site}/cases",
         "/v1/models/{model}/versions/{version}/structures",
+        "/v1/models/{model}/versions/{version}/baseline",
+        "/v1/models/{model}/versions/{version}/baseline/freeze",
+        "/v1/incidents",
+        "/v1/incidents/{id}/ack",
+        "/v1/incidents/{id}/strata",
+        "/v1/drift/plan",
+        "/v1/alertmanager/webhook",
+        "/dicom-web/studies",
+        "/dicom-web/studies/{study}",
+        "/healthz",
+        "/readyz",
+        "/metrics",
     ] {
         assert!(spec["paths"][path].is_object(), "{path} missing");
     }

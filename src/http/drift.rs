@@ -360,7 +360,12 @@ pub struct Notification {
 }
 
 /// Alertmanager posts delivered notifications here (an admin key); they join the
-/// audit trail next to alerts and acknowledgements.
+/// audit trail next to incidents and acknowledgements.
+#[utoipa::path(post, path = "/v1/alertmanager/webhook", tag = "drift",
+    request_body(content = Object, description = "Alertmanager's webhook payload (receiver, alerts)"),
+    responses((status = 204, description = "recorded"), (status = 400, body = Problem),
+        (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("bearer" = [])))]
 pub async fn alertmanager_webhook(
     State(app): State<AppState>,
     auth: Auth,

@@ -50,7 +50,8 @@ pub struct AppState {
     paths(uploads::put_prediction, uploads::put_reference, cases::get_case, cases::list_cases,
           models::put_structures, models::get_structures, drift::put_baseline, drift::freeze_baseline,
           drift::get_baseline, drift::list_incidents, drift::acknowledge, drift::drift_plan, drift::strata,
-          dicomweb::store_instances, dicomweb::store_study_instances, healthz, readyz),
+          drift::alertmanager_webhook, dicomweb::store_instances, dicomweb::store_study_instances,
+          healthz, readyz, metrics),
     components(schemas(Problem, uploads::UploadAccepted)),
     modifiers(&BearerAuth),
     tags((name = "uploads", description = "PACS integrations send segmentations"),
@@ -58,7 +59,7 @@ pub struct AppState {
          (name = "models", description = "Structure schemas of model versions"),
          (name = "drift", description = "Baselines, drift incidents, what changed, and the alert plan"),
          (name = "dicomweb", description = "DICOMweb STOW-RS for PACS"),
-         (name = "operations", description = "Health and readiness"))
+         (name = "operations", description = "Health, readiness and Prometheus metrics"))
 )]
 pub struct ApiDoc;
 
@@ -223,6 +224,11 @@ async fn readyz(State(app): State<AppState>) -> Result<&'static str, Problem> {
 }
 
 /// Every series for a read or admin key; an ingest key sees its own site's.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, content_type = "text/plain", body = String,
+        description = "Prometheus text exposition; an ingest key gets its own site's series only"),
+        (status = 401, body = Problem)),
+    security(("bearer" = [])))]
 async fn metrics(State(app): State<AppState>, auth: auth::Auth) -> Response {
     let text = match (&auth.0.role, &auth.0.site) {
         (crate::store::Role::Ingest, Some(site)) => app.metrics.render_for_site(site),

@@ -274,22 +274,7 @@ pub fn hash_uid(uid: &str, key: &[u8]) -> String {
 /// replaced by keyed hashes ([`hash_uid`]). The result decodes to the same
 /// segmentation as the input.
 pub fn deidentify_seg(bytes: &[u8], key: &[u8]) -> Result<Vec<u8>, FormatError> {
-    if bytes.len() > MAX_FILE_BYTES {
-        return Err(FormatError::TooLarge(format!(
-            "{} bytes, more than {MAX_FILE_BYTES}",
-            bytes.len()
-        )));
-    }
-    let body = if bytes.get(128..132) == Some(b"DICM") {
-        &bytes[128..]
-    } else {
-        bytes
-    };
-    if !body.starts_with(b"DICM") {
-        return Err(FormatError::Dicom(
-            "no DICM prefix: not a DICOM Part 10 file".into(),
-        ));
-    }
+    let body = super::dicom_seg::part10_body(bytes)?;
     check_structure(body)?;
     let mut object = OpenFileOptions::new()
         .read_preamble(dicom_object::file::ReadPreamble::Never)
@@ -463,30 +448,7 @@ impl LengthWalk<'_> {
     fn element(&mut self, tag: (u16, u16), depth: usize) -> Option<()> {
         let (len, header, sequence, length_at) = if self.encoding.explicit_vr {
             let vr = self.data.get(self.at + 4..self.at + 6)?;
-            let short = matches!(
-                vr,
-                b"AE"
-                    | b"AS"
-                    | b"AT"
-                    | b"CS"
-                    | b"DA"
-                    | b"DS"
-                    | b"DT"
-                    | b"FL"
-                    | b"FD"
-                    | b"IS"
-                    | b"LO"
-                    | b"LT"
-                    | b"PN"
-                    | b"SH"
-                    | b"SL"
-                    | b"SS"
-                    | b"ST"
-                    | b"TM"
-                    | b"UI"
-                    | b"UL"
-                    | b"US"
-            );
+            let short = super::dicom_structure::has_short_length(vr);
             if short {
                 (self.u16_at(self.at + 6)? as u32, 8, false, 6)
             } else {
@@ -686,7 +648,7 @@ pub fn deidentify_nifti(bytes: &[u8], limits: &Limits) -> Result<Vec<u8>, Format
 
 fn deidentify_nifti_from(mut input: impl Read, limits: &Limits) -> Result<Vec<u8>, FormatError> {
     let mut header = vec![0u8; 540];
-    read_full(&mut input, &mut header[..4], "the header")?;
+    super::nifti::read_exact(&mut input, &mut header[..4], "the header")?;
     let first: [u8; 4] = [header[0], header[1], header[2], header[3]];
     let (layout, big_endian) = match (i32::from_le_bytes(first), i32::from_be_bytes(first)) {
         (348, _) => (&NIFTI1, false),
@@ -701,7 +663,7 @@ fn deidentify_nifti_from(mut input: impl Read, limits: &Limits) -> Result<Vec<u8
     };
     let header_len = layout.header_len;
     header.truncate(header_len);
-    read_full(&mut input, &mut header[4..], "the header")?;
+    super::nifti::read_exact(&mut input, &mut header[4..], "the header")?;
     let int = |at: usize, width: usize| -> i64 {
         let b = &header[at..at + width];
         match (width, big_endian) {
@@ -801,30 +763,12 @@ fn deidentify_nifti_from(mut input: impl Read, limits: &Limits) -> Result<Vec<u8
     out.extend_from_slice(&header);
     out.extend_from_slice(&[0u8; 4]);
     out.resize(total, 0);
-    read_full(
+    super::nifti::read_exact(
         &mut input,
         &mut out[new_offset as usize..],
         "the voxel data",
     )?;
     Ok(out)
-}
-
-fn read_full(input: &mut impl Read, buf: &mut [u8], what: &str) -> Result<(), FormatError> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match input.read(&mut buf[filled..]) {
-            Ok(0) => {
-                return Err(FormatError::Truncated(format!(
-                    "{what} ends after {filled} of {} bytes",
-                    buf.len()
-                )));
-            }
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

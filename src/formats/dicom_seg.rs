@@ -101,15 +101,16 @@ fn invalid(what: impl Into<String>) -> FormatError {
     FormatError::Dicom(what.into())
 }
 
-/// Decodes a DICOM SEG held in memory.
-pub fn decode(bytes: &[u8], limits: &Limits) -> Result<SegImage, FormatError> {
+/// The Part 10 stream of a file, from its "DICM" prefix, after checking its
+/// size. Files start with a 128-byte preamble and "DICM"; streams may omit
+/// the preamble.
+pub(super) fn part10_body(bytes: &[u8]) -> Result<&[u8], FormatError> {
     if bytes.len() > MAX_FILE_BYTES {
         return Err(FormatError::TooLarge(format!(
             "{} bytes, more than {MAX_FILE_BYTES}",
             bytes.len()
         )));
     }
-    // Files start with a 128-byte preamble and "DICM"; streams may omit the preamble.
     let body = if bytes.get(128..132) == Some(b"DICM") {
         &bytes[128..]
     } else {
@@ -118,6 +119,12 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<SegImage, FormatError> {
     if !body.starts_with(b"DICM") {
         return Err(invalid("no DICM prefix: not a DICOM Part 10 file"));
     }
+    Ok(body)
+}
+
+/// Decodes a DICOM SEG held in memory.
+pub fn decode(bytes: &[u8], limits: &Limits) -> Result<SegImage, FormatError> {
+    let body = part10_body(bytes)?;
     check_structure(body)?;
     let object = OpenFileOptions::new()
         .read_preamble(dicom_object::file::ReadPreamble::Never)

@@ -86,32 +86,7 @@ impl Walker<'_> {
                 .bytes
                 .get(self.at + 4..self.at + 6)
                 .ok_or_else(ends_in_header)?;
-            // Only these VRs have a 2-byte length; the parser reads any other,
-            // unknown ones included (as UN), with a 4-byte length.
-            let short = matches!(
-                vr,
-                b"AE"
-                    | b"AS"
-                    | b"AT"
-                    | b"CS"
-                    | b"DA"
-                    | b"DS"
-                    | b"DT"
-                    | b"FL"
-                    | b"FD"
-                    | b"IS"
-                    | b"LO"
-                    | b"LT"
-                    | b"PN"
-                    | b"SH"
-                    | b"SL"
-                    | b"SS"
-                    | b"ST"
-                    | b"TM"
-                    | b"UI"
-                    | b"UL"
-                    | b"US"
-            );
+            let short = has_short_length(vr);
             let (len, size) = if short {
                 (self.u16(self.at + 6)? as u32, 8)
             } else {
@@ -302,6 +277,36 @@ pub fn check(data_set: &[u8], encoding: Encoding) -> Result<(), Problem> {
         encoding,
     };
     walker.data_set(End::At(data_set.len()), data_set.len(), 0)
+}
+
+/// Whether an element of this explicit VR has a 2-byte length. Only these VRs
+/// do; the parser reads any other, unknown ones included (as UN), with a 4-byte
+/// length.
+pub(super) fn has_short_length(vr: &[u8]) -> bool {
+    matches!(
+        vr,
+        b"AE"
+            | b"AS"
+            | b"AT"
+            | b"CS"
+            | b"DA"
+            | b"DS"
+            | b"DT"
+            | b"FL"
+            | b"FD"
+            | b"IS"
+            | b"LO"
+            | b"LT"
+            | b"PN"
+            | b"SH"
+            | b"SL"
+            | b"SS"
+            | b"ST"
+            | b"TM"
+            | b"UI"
+            | b"UL"
+            | b"US"
+    )
 }
 
 #[cfg(test)]

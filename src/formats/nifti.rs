@@ -324,7 +324,12 @@ fn read_plain<R: Read>(mut input: R, limits: &Limits) -> Result<LabelVolume, For
     Ok(LabelVolume::new(grid, labels).expect("voxel count matches the shape"))
 }
 
-fn read_exact<R: Read>(input: &mut R, buf: &mut [u8], what: &str) -> Result<(), FormatError> {
+/// Fills `buf` from `input`, or says which part ended early.
+pub(super) fn read_exact<R: Read>(
+    input: &mut R,
+    buf: &mut [u8],
+    what: &str,
+) -> Result<(), FormatError> {
     let mut filled = 0;
     while filled < buf.len() {
         match input.read(&mut buf[filled..]) {

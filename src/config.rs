@@ -43,13 +43,25 @@ pub struct LimitsConfig {
     pub max_queue_depth: i64,
     /// Seconds a request may take.
     pub request_timeout_secs: u64,
-    /// Seconds a client may take to send a request's headers
-    /// (`SEGWATCH_HEADER_READ_TIMEOUT_SECS`).
+    /// Seconds a client may take to send a request's headers, and a
+    /// keep-alive connection may stay idle (`SEGWATCH_HEADER_READ_TIMEOUT_SECS`).
     pub header_read_timeout_secs: u64,
     /// Structures (labels or segments) one upload may hold: each is a set of
     /// metric series, so this bounds what one key can add (`SEGWATCH_MAX_STRUCTURES`).
     pub max_structures: usize,
+    /// Bytes of request bodies held in memory at once, across requests; beyond
+    /// it requests get 503 with Retry-After (`SEGWATCH_MAX_BODY_MEMORY_BYTES`).
+    pub max_body_memory_bytes: u64,
+    /// Models with a prediction in the last [`ACTIVE_DAYS`] days, across the
+    /// deployment; a prediction for one more gets 422 (`SEGWATCH_MAX_MODELS`).
+    pub max_models: u32,
+    /// Versions of one model with a prediction in the last [`ACTIVE_DAYS`]
+    /// days; a prediction for one more gets 422 (`SEGWATCH_MAX_MODEL_VERSIONS`).
+    pub max_model_versions: u32,
 }
+
+/// Days after its last prediction a model version stops counting as active.
+pub const ACTIVE_DAYS: u32 = 30;
 
 /// The job workers and the compute pool.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -208,6 +220,9 @@ impl Default for LimitsConfig {
             request_timeout_secs: 120,
             header_read_timeout_secs: 10,
             max_structures: 256,
+            max_body_memory_bytes: 2 << 30,
+            max_models: 16,
+            max_model_versions: 4,
         }
     }
 }
@@ -296,6 +311,15 @@ impl Config {
         if let Some(v) = var("SEGWATCH_MAX_STRUCTURES") {
             config.limits.max_structures = parse("SEGWATCH_MAX_STRUCTURES", v)?;
         }
+        if let Some(v) = var("SEGWATCH_MAX_BODY_MEMORY_BYTES") {
+            config.limits.max_body_memory_bytes = parse("SEGWATCH_MAX_BODY_MEMORY_BYTES", v)?;
+        }
+        if let Some(v) = var("SEGWATCH_MAX_MODELS") {
+            config.limits.max_models = parse("SEGWATCH_MAX_MODELS", v)?;
+        }
+        if let Some(v) = var("SEGWATCH_MAX_MODEL_VERSIONS") {
+            config.limits.max_model_versions = parse("SEGWATCH_MAX_MODEL_VERSIONS", v)?;
+        }
         if let Some(v) = var("SEGWATCH_MAX_QUEUE_DEPTH") {
             config.limits.max_queue_depth = parse("SEGWATCH_MAX_QUEUE_DEPTH", v)?;
         }
@@ -354,6 +378,14 @@ impl Config {
         if self.limits.header_read_timeout_secs == 0 || self.limits.max_structures == 0 {
             return bad(
                 "limits.header_read_timeout_secs and limits.max_structures must be at least 1",
+            );
+        }
+        if self.limits.max_models == 0 || self.limits.max_model_versions == 0 {
+            return bad("limits.max_models and limits.max_model_versions must be at least 1");
+        }
+        if self.limits.max_body_memory_bytes < self.limits.max_upload_bytes as u64 {
+            return bad(
+                "limits.max_body_memory_bytes must be at least limits.max_upload_bytes, or the largest upload could never be admitted",
             );
         }
         if self.workers.lease_secs == 0 || self.workers.max_attempts < 1 {

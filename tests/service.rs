@@ -1231,8 +1231,23 @@ async fn metrics_keep_answering_while_the_database_is_gone() {
     assert_eq!(ready.status(), 503);
 }
 
+/// Asserts the server closes `connection` within 5 s (the timeout is 1 s).
+async fn assert_closed_within_seconds(connection: &mut tokio::net::TcpStream, what: &str) {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let read =
+        tokio::time::timeout(Duration::from_secs(10), connection.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "{what} was still open after 10 s");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{what}: {:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_never_finishes_its_headers_is_dropped() {
+async fn slow_and_idle_clients_are_dropped() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let db = TestDb::new().await;
     let serve = ServeProcess::start(&db, &[("SEGWATCH_HEADER_READ_TIMEOUT_SECS", "1")]).await;
@@ -1241,19 +1256,18 @@ async fn a_client_that_never_finishes_its_headers_is_dropped() {
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: segwatch\r\n")
         .await
         .unwrap();
-    let started = Instant::now();
     // The server closes the connection (hyper may first answer 408).
-    let mut buffer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buffer)).await;
-    assert!(
-        read.is_ok(),
-        "the half-sent request was still open after 10 s"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
+    assert_closed_within_seconds(&mut slow, "the half-sent request").await;
+    // A keep-alive connection left idle after a complete exchange is closed
+    // within the same timeout.
+    let mut idle = tokio::net::TcpStream::connect(&address).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: segwatch\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 12];
+    idle.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    assert_closed_within_seconds(&mut idle, "the idle connection").await;
     // Meanwhile and afterwards, complete requests are served.
     let health = reqwest::get(format!("{}/healthz", serve.base))
         .await
@@ -1291,5 +1305,123 @@ async fn an_upload_with_more_structures_than_allowed_is_refused() {
     );
     let (status, _) = app.get(&app.admin_key, "/v1/sites/site1/cases/three").await;
     assert_eq!(status, 404);
+    app.finish().await;
+}
+
+/// The `type` of a problem+json response, after its last `/`.
+async fn problem_kind(response: reqwest::Response) -> String {
+    let problem: Value = response.json().await.unwrap();
+    problem["type"]
+        .as_str()
+        .and_then(|t| t.rsplit('/').next())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_and_versions_past_their_bounds_are_refused() {
+    let app = TestApp::start_with(|c| {
+        c.limits.max_models = 2;
+        c.limits.max_model_versions = 2;
+    })
+    .await;
+    let predict = |case: &'static str, model: &'static str, version: &'static str| {
+        app.client
+            .put(app.url(&format!(
+                "/v1/sites/site1/cases/{case}/prediction?model={model}&model_version={version}"
+            )))
+            .bearer_auth(&app.admin_key)
+            .body(cubes(0, 4))
+            .send()
+    };
+    assert_eq!(predict("a1", "liver", "1").await.unwrap().status(), 202);
+    assert_eq!(predict("a2", "liver", "2").await.unwrap().status(), 202);
+    // An active version takes more predictions; a third version does not.
+    assert_eq!(predict("a3", "liver", "2").await.unwrap().status(), 202);
+    let third = predict("a4", "liver", "3").await.unwrap();
+    assert_eq!(third.status(), 422);
+    assert_eq!(problem_kind(third).await, "too-many-model-versions");
+    assert_eq!(predict("b1", "lung", "1").await.unwrap().status(), 202);
+    let third_model = predict("c1", "kidney", "1").await.unwrap();
+    assert_eq!(third_model.status(), 422);
+    assert_eq!(problem_kind(third_model).await, "too-many-models");
+    for case in ["a4", "c1"] {
+        let (status, _) = app
+            .get(&app.admin_key, &format!("/v1/sites/site1/cases/{case}"))
+            .await;
+        assert_eq!(status, 404, "nothing stored for {case}");
+    }
+    // A version stops counting once its predictions are older than the window.
+    sqlx::query(
+        "UPDATE segmentations SET received_at = now() - interval '31 days' WHERE model = 'liver' AND model_version = '1'",
+    )
+    .execute(app.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(predict("a5", "liver", "3").await.unwrap().status(), 202);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_past_the_memory_ceiling_get_503_with_retry_after() {
+    // The ceiling equals the upload limit: one 1 MiB body fits, two do not.
+    let app = TestApp::start_with(|c| {
+        c.limits.max_upload_bytes = 1 << 20;
+        c.limits.max_body_memory_bytes = 1 << 20;
+    })
+    .await;
+    // A Content-Encoding body inflating past the per-upload limit is 413.
+    let bomb = {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&vec![0u8; 8 << 20]).unwrap();
+        gz.finish().unwrap()
+    };
+    let response = app
+        .client
+        .put(app.url("/v1/sites/site1/cases/bomb/reference"))
+        .bearer_auth(&app.admin_key)
+        .header("content-encoding", "gzip")
+        .body(bomb)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+
+    // A streamed body that passes what is free is 503 with Retry-After: one
+    // chunked request holds 700 KiB while another sends 700 KiB.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut slow = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "PUT /v1/sites/site1/cases/slow/reference HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n",
+        app.admin_key,
+        700 << 10
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&vec![0u8; 700 << 10]).await.unwrap();
+    slow.write_all(b"\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = app
+        .client
+        .put(app.url("/v1/sites/site1/cases/second/reference"))
+        .bearer_auth(&app.admin_key)
+        .body(vec![7u8; 700 << 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 503);
+    assert_eq!(second.headers()["retry-after"], "5");
+    assert_eq!(problem_kind(second).await, "unavailable");
+    // The first body ends (not an image: 422); then the room is free again.
+    slow.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut answer = String::new();
+    slow.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 422"), "{answer}");
+    let again = app
+        .upload(&app.admin_key, "site1", "second", "reference", cubes(0, 4))
+        .await;
+    assert_eq!(again.status(), 202);
     app.finish().await;
 }

@@ -1,5 +1,6 @@
 //! The REST API: thin axum handlers over the store and the compute pool.
 
+mod admission;
 mod auth;
 mod cases;
 mod dicomweb;
@@ -149,6 +150,14 @@ pub fn router(state: AppState) -> Router {
         .merge(Scalar::with_url("/docs", ApiDoc::openapi()).custom_html(DOCS_HTML))
         .route("/docs/scalar.js", get(docs_script))
         .fallback(|| async { Problem::not_found("no such route") })
+        // Inside the decompression layer, so decompressed bytes are counted.
+        .layer(middleware::from_fn_with_state(
+            admission::BodyBudget::new(
+                limits.max_body_memory_bytes,
+                limits.max_upload_bytes as u64,
+            ),
+            admission::admit_body,
+        ))
         // Bodies are limited after transfer decompression.
         .layer(DefaultBodyLimit::max(limits.max_upload_bytes))
         .layer(RequestDecompressionLayer::new())

@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::formats::dicom_seg::Provenance;
 use crate::formats::{self, Decoded, FormatError, Limits, deidentify};
 use crate::metrics::pairing;
-use crate::store::{NewSegmentation, SegRole};
+use crate::store::{ModelBoundExceeded, ModelBounds, NewSegmentation, SegRole};
 use crate::volume::Layout;
 
 /// Header carrying acquisition metadata as a JSON object.
@@ -384,7 +384,17 @@ pub(super) async fn ingest(
         observed_at,
         sop_instance_uid,
     };
-    let stored = app.store.store_upload(&new).await?;
+    let limits = &app.config.limits;
+    let bounds = ModelBounds {
+        models: limits.max_models,
+        versions: limits.max_model_versions,
+        active_days: crate::config::ACTIVE_DAYS,
+    };
+    let stored = app
+        .store
+        .store_upload(&new, bounds)
+        .await?
+        .map_err(|exceeded| model_bound_problem(exceeded, &new))?;
     let status = if stored.duplicate {
         StatusCode::OK
     } else {
@@ -400,6 +410,30 @@ pub(super) async fn ingest(
             queued: stored.job_id.is_some(),
         },
     ))
+}
+
+/// Why a prediction of one more model or version is refused: each adds metric
+/// series, so one key must not add them without bound.
+fn model_bound_problem(exceeded: ModelBoundExceeded, new: &NewSegmentation) -> Problem {
+    let model = new.model.as_deref().unwrap_or_default();
+    let days = crate::config::ACTIVE_DAYS;
+    let (kind, title, detail) = match exceeded {
+        ModelBoundExceeded::Models { limit } => (
+            "too-many-models",
+            "Too many models",
+            format!(
+                "{limit} models already have predictions from the last {days} days (limits.max_models); model {model} would be one more"
+            ),
+        ),
+        ModelBoundExceeded::Versions { limit } => (
+            "too-many-model-versions",
+            "Too many model versions",
+            format!(
+                "{limit} versions of model {model} already have predictions from the last {days} days (limits.max_model_versions)"
+            ),
+        ),
+    };
+    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, kind, title, detail)
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), Problem> {

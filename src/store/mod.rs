@@ -21,7 +21,9 @@ pub use drift::{
 pub use jobs::{ClaimedJob, JobInputs, JobOutcome};
 pub use keys::{KEY_CACHE_TTL, KeyInfo, Principal, Role, hash_secret};
 pub use results::{CaseFilter, CaseStatus, CaseSummary, CaseView, Revision};
-pub use uploads::{NewSegmentation, PartnerGrid, SegRole, StoredUpload};
+pub use uploads::{
+    ModelBoundExceeded, ModelBounds, NewSegmentation, PartnerGrid, SegRole, StoredUpload,
+};
 
 /// Channel on which new jobs are announced.
 pub const JOBS_CHANNEL: &str = "segwatch_jobs";

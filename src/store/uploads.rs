@@ -66,6 +66,24 @@ pub struct StoredUpload {
     pub job_id: Option<i64>,
 }
 
+/// How many models, and versions of one model, may be active: with a
+/// prediction received in the last `active_days` days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelBounds {
+    pub models: u32,
+    pub versions: u32,
+    pub active_days: u32,
+}
+
+/// A prediction refused because its model or version would pass a bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelBoundExceeded {
+    /// The model would be one more active model than `limit`.
+    Models { limit: u32 },
+    /// The version would be one more active version of its model than `limit`.
+    Versions { limit: u32 },
+}
+
 /// The latest segmentation on the other side of a case.
 #[derive(Debug, Clone)]
 pub struct PartnerGrid {
@@ -154,9 +172,20 @@ impl Store {
 
     /// Stores an upload as the case's next revision of its role and, when the
     /// case has the other side too, enqueues the pair, all in one transaction.
-    /// Identical bytes already stored for the role change nothing.
-    pub async fn store_upload(&self, new: &NewSegmentation) -> Result<StoredUpload> {
+    /// Identical bytes already stored for the role change nothing. A
+    /// prediction of a model or version that is not active yet is refused when
+    /// it would pass `bounds`.
+    pub async fn store_upload(
+        &self,
+        new: &NewSegmentation,
+        bounds: ModelBounds,
+    ) -> Result<std::result::Result<StoredUpload, ModelBoundExceeded>> {
         let mut tx = self.pool.begin().await.map_err(StoreError::classify)?;
+        if let (Some(model), Some(version)) = (&new.model, &new.model_version)
+            && let Some(exceeded) = check_model_bounds(&mut tx, model, version, bounds).await?
+        {
+            return Ok(Err(exceeded));
+        }
         let case_id = sqlx::query_scalar!(
             "INSERT INTO cases (site, case_key) VALUES ($1, $2)
              ON CONFLICT (site, case_key) DO UPDATE SET site = EXCLUDED.site RETURNING id",
@@ -181,11 +210,11 @@ impl Store {
         .await?;
         if let Some(revision) = existing {
             tx.commit().await?;
-            return Ok(StoredUpload {
+            return Ok(Ok(StoredUpload {
                 revision,
                 duplicate: true,
                 job_id: None,
-            });
+            }));
         }
         let revision = sqlx::query_scalar!(
             "SELECT coalesce(max(revision), 0) + 1 FROM segmentations WHERE case_id = $1 AND role = $2",
@@ -250,10 +279,71 @@ impl Store {
             None => None,
         };
         tx.commit().await?;
-        Ok(StoredUpload {
+        Ok(Ok(StoredUpload {
             revision,
             duplicate: false,
             job_id,
-        })
+        }))
     }
+}
+
+/// Refuses a model or version that is not active yet when it would pass a
+/// bound. New versions are checked one at a time (an advisory lock), so racing
+/// uploads cannot pass the bound together.
+async fn check_model_bounds(
+    tx: &mut sqlx::PgConnection,
+    model: &str,
+    version: &str,
+    bounds: ModelBounds,
+) -> Result<Option<ModelBoundExceeded>> {
+    let days = bounds.active_days as i32;
+    if version_active(tx, model, version, days).await? {
+        return Ok(None);
+    }
+    sqlx::query!("SELECT pg_advisory_xact_lock(hashtext('segwatch model bounds'))")
+        .execute(&mut *tx)
+        .await?;
+    if version_active(tx, model, version, days).await? {
+        return Ok(None);
+    }
+    let counts = sqlx::query!(
+        r#"SELECT count(DISTINCT model) FILTER (WHERE model <> $1) AS "other_models!",
+                  count(DISTINCT model_version) FILTER (WHERE model = $1) AS "versions!"
+           FROM segmentations WHERE role = 'prediction' AND received_at > now() - make_interval(days => $2)"#,
+        model,
+        days
+    )
+    .fetch_one(tx)
+    .await?;
+    // This model counts once whether it is active already or not.
+    Ok(if counts.other_models >= i64::from(bounds.models) {
+        Some(ModelBoundExceeded::Models {
+            limit: bounds.models,
+        })
+    } else if counts.versions >= i64::from(bounds.versions) {
+        Some(ModelBoundExceeded::Versions {
+            limit: bounds.versions,
+        })
+    } else {
+        None
+    })
+}
+
+/// Whether `model` `version` has a prediction from the last `days` days.
+async fn version_active(
+    tx: &mut sqlx::PgConnection,
+    model: &str,
+    version: &str,
+    days: i32,
+) -> Result<bool> {
+    let active = sqlx::query_scalar!(
+        "SELECT EXISTS (SELECT 1 FROM segmentations WHERE role = 'prediction' AND model = $1
+         AND model_version = $2 AND received_at > now() - make_interval(days => $3))",
+        model,
+        version,
+        days
+    )
+    .fetch_one(tx)
+    .await?;
+    Ok(active.unwrap_or(false))
 }

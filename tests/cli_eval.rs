@@ -325,3 +325,27 @@ fn usage_errors() {
     let tolerance = segwatch(&["eval", "a.nii", "b.nii", "--tolerance-mm=-1"]);
     assert!(String::from_utf8_lossy(&tolerance.stderr).contains("not a tolerance in mm"));
 }
+
+#[test]
+fn a_reader_that_closes_early_ends_the_output_quietly() {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_segwatch"))
+        .args([
+            "eval",
+            &reference_case("P09_pred.nii.gz"),
+            &reference_case("P09_ref.nii.gz"),
+            "--format",
+            "json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run segwatch");
+    // The reader goes away before segwatch writes (`segwatch eval … | head -0`).
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}

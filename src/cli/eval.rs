@@ -173,7 +173,7 @@ fn run_pair(args: &EvalArgs, pred: &Path, reference: &Path) -> anyhow::Result<Ex
         Format::Csv => output::structures_csv(None, &report.structures),
         Format::Table => output::case_table(&report),
     };
-    print!("{text}");
+    super::print_out(&text)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -283,7 +283,7 @@ fn run_folders(args: &EvalArgs, pred_dir: &Path, ref_dir: &Path) -> anyhow::Resu
         Format::Csv => output::summary_csv(&summary),
         Format::Table => output::summary_table(&summary, outcomes.len() - failed, failed),
     };
-    print!("{text}");
+    super::print_out(&text)?;
     Ok(if failed > 0 {
         eprintln!("segwatch: {failed} of {} cases failed", outcomes.len());
         ExitCode::FAILURE

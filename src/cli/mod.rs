@@ -52,6 +52,24 @@ fn one_line(err: &anyhow::Error) -> String {
     line
 }
 
+/// Writes `text` to standard output. A reader that went away (`segwatch eval …
+/// | head`) surfaces as a broken-pipe error, which [`run`] ends quietly.
+fn print_out(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
+/// Whether the failure is standard output closed by its reader.
+fn broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// Parses the command line, runs the command and maps failure to an exit code.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
@@ -65,6 +83,8 @@ pub fn run() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // As ripgrep does: the reader has what it wanted.
+        Err(err) if broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("segwatch: error: {}", one_line(&err));
             ExitCode::from(2)
@@ -75,6 +95,13 @@ pub fn run() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_closed_reader_is_recognised_through_context() {
+        let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        assert!(broken_pipe(&anyhow::Error::new(pipe).context("writing")));
+        assert!(!broken_pipe(&anyhow::anyhow!("broken pipe")));
+    }
 
     #[test]
     fn error_lines_quote_each_cause_once() {

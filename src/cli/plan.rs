@@ -77,9 +77,9 @@ pub fn run(command: DriftCommand) -> anyhow::Result<()> {
         None => local(&args)?,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&plan)?);
+        super::print_out(&(serde_json::to_string_pretty(&plan)? + "\n"))?;
     } else {
-        print!("{}", render(&plan));
+        super::print_out(&render(&plan))?;
     }
     Ok(())
 }

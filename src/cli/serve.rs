@@ -105,17 +105,16 @@ pub fn keys(command: KeysCommand) -> anyhow::Result<()> {
                 if let Some(site) = &site {
                     http::valid_key("site", site).map_err(|p| anyhow::anyhow!(p.detail))?;
                 }
-                println!(
-                    "{}",
-                    store
-                        .create_key(role, site.as_deref(), label.as_deref())
-                        .await?
-                );
+                let token = store
+                    .create_key(role, site.as_deref(), label.as_deref())
+                    .await?;
+                super::print_out(&format!("{token}\n"))?;
             }
             KeysCommand::List { .. } => {
+                let mut table = String::from("id\trole\tsite\tcreated\tlabel\n");
                 for key in store.list_keys().await? {
-                    println!(
-                        "{}\t{}\t{}\t{}\t{}{}",
+                    table += &format!(
+                        "{}\t{}\t{}\t{}\t{}{}\n",
                         key.id,
                         serde_json::to_value(&key.role)
                             .ok()
@@ -129,6 +128,7 @@ pub fn keys(command: KeysCommand) -> anyhow::Result<()> {
                             .unwrap_or_default()
                     );
                 }
+                super::print_out(&table)?;
             }
             KeysCommand::Revoke { id, .. } => {
                 if !store.revoke_key(&id).await? {

@@ -571,6 +571,20 @@ async fn api_document_docs_and_health() {
     );
     let metrics = app.metrics().await;
     assert!(metrics.contains("segwatch_build_info"));
+    // Failure counters start at 0 for every reason, so dashboards show 0, not "no data".
+    for reason in [
+        "transient",
+        "invalid_file",
+        "grid_mismatch",
+        "unknown_structure",
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "segwatch_jobs_failed_total{{reason=\"{reason}\"}} 0"
+            )),
+            "{reason}"
+        );
+    }
     app.finish().await;
 }
 

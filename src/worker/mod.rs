@@ -12,11 +12,12 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-pub use score::{inflate, score, structure_name};
+pub use score::{ScoreError, inflate, score, structure_name};
 
 use crate::compute::Compute;
 use crate::config::Config;
 use crate::metrics::Settings;
+use crate::metrics::pairing::PairingError;
 use crate::schema::Schema;
 use crate::store::{ClaimedJob, JOBS_CHANNEL, Store, StoreError};
 use crate::telemetry::Metrics;
@@ -39,12 +40,76 @@ pub struct Workers {
 enum Handled {
     Done,
     Retry(String),
-    Failed(String),
+    Failed(FailureReason, String),
     LeaseLost,
+}
+
+/// Why a job did not score: the stable `reason` label of
+/// `segwatch_jobs_failed_total`, whatever the wording of the error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    /// The database failed; the job is retried.
+    Transient,
+    /// A stored upload cannot be read or decoded.
+    InvalidFile,
+    /// The prediction and reference grids cannot be compared.
+    GridMismatch,
+    /// A structure is not in the model version's schema.
+    UnknownStructure,
+    /// An upload was purged after the retention period.
+    Purged,
+    /// Attempts ran out (a crashed worker, a lost lease).
+    Abandoned,
+    /// The scorer panicked or the stored schema is unreadable: a bug.
+    Internal,
+}
+
+impl FailureReason {
+    /// Every reason, so the counter starts at 0 for each.
+    pub const ALL: [FailureReason; 7] = [
+        FailureReason::Transient,
+        FailureReason::InvalidFile,
+        FailureReason::GridMismatch,
+        FailureReason::UnknownStructure,
+        FailureReason::Purged,
+        FailureReason::Abandoned,
+        FailureReason::Internal,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::Transient => "transient",
+            FailureReason::InvalidFile => "invalid_file",
+            FailureReason::GridMismatch => "grid_mismatch",
+            FailureReason::UnknownStructure => "unknown_structure",
+            FailureReason::Purged => "purged",
+            FailureReason::Abandoned => "abandoned",
+            FailureReason::Internal => "internal",
+        }
+    }
+}
+
+impl From<&ScoreError> for FailureReason {
+    fn from(err: &ScoreError) -> FailureReason {
+        match err {
+            ScoreError::Format { .. } | ScoreError::Stored(_) => FailureReason::InvalidFile,
+            ScoreError::Pairing(PairingError::Grid(_) | PairingError::Coverage(_)) => {
+                FailureReason::GridMismatch
+            }
+            ScoreError::Pairing(PairingError::Unknown(_)) => FailureReason::UnknownStructure,
+        }
+    }
 }
 
 impl Workers {
     pub fn new(store: Store, compute: Compute, config: Arc<Config>, metrics: Metrics) -> Workers {
+        for reason in FailureReason::ALL {
+            metrics
+                .jobs_failed_total
+                .with_label_values(&[reason.as_str()])
+                .inc_by(0);
+        }
         Workers {
             store,
             compute,
@@ -157,16 +222,16 @@ impl Workers {
             Handled::Retry(reason) => {
                 self.metrics
                     .jobs_failed_total
-                    .with_label_values(&["transient"])
+                    .with_label_values(&[FailureReason::Transient.as_str()])
                     .inc();
                 let delay = retry_delay(job.attempts);
                 warn!(slot, job = job.id, attempt = job.attempts, %reason, "retrying later");
                 self.store.fail_job(&job, reason, Some(delay)).await
             }
-            Handled::Failed(reason) => {
+            Handled::Failed(kind, reason) => {
                 self.metrics
                     .jobs_failed_total
-                    .with_label_values(&[failure_reason(reason)])
+                    .with_label_values(&[kind.as_str()])
                     .inc();
                 warn!(slot, job = job.id, %reason, "failed");
                 self.store.fail_job(&job, reason, None).await
@@ -180,10 +245,13 @@ impl Workers {
 
     async fn process(&self, job: &ClaimedJob) -> Handled {
         if job.attempts > self.config.workers.max_attempts {
-            return Handled::Failed(format!(
-                "abandoned after {} attempts (worker crashed or lost its lease)",
-                job.attempts - 1
-            ));
+            return Handled::Failed(
+                FailureReason::Abandoned,
+                format!(
+                    "abandoned after {} attempts (worker crashed or lost its lease)",
+                    job.attempts - 1
+                ),
+            );
         }
         let transient = |e: StoreError| Handled::Retry(e.to_string());
         let inputs = match self.store.job_inputs(job).await {
@@ -194,6 +262,7 @@ impl Workers {
             (inputs.prediction.clone(), inputs.reference.clone())
         else {
             return Handled::Failed(
+                FailureReason::Purged,
                 "an upload was purged after the retention period; upload it again".into(),
             );
         };
@@ -204,7 +273,12 @@ impl Workers {
             .transpose()
         {
             Ok(schema) => schema,
-            Err(e) => return Handled::Failed(format!("stored schema is unreadable: {e}")),
+            Err(e) => {
+                return Handled::Failed(
+                    FailureReason::Internal,
+                    format!("stored schema is unreadable: {e}"),
+                );
+            }
         };
         let settings = Settings {
             surface: self.config.scoring.surface,
@@ -227,8 +301,8 @@ impl Workers {
             .await;
         let outcome = match scored {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(e)) => return Handled::Failed(e.to_string()),
-            Err(panic) => return Handled::Failed(panic.to_string()),
+            Ok(Err(e)) => return Handled::Failed(FailureReason::from(&e), e.to_string()),
+            Err(panic) => return Handled::Failed(FailureReason::Internal, panic.to_string()),
         };
         match self.store.complete_job(job, &inputs, &outcome).await {
             Ok(true) => {
@@ -246,17 +320,24 @@ fn retry_delay(attempts: i32) -> Duration {
     Duration::from_secs(2u64.saturating_pow(attempts.clamp(1, 16) as u32).min(300))
 }
 
-/// A short, bounded reason label for a permanent failure.
-fn failure_reason(reason: &str) -> &'static str {
-    if reason.contains("grids differ") {
-        "grid_mismatch"
-    } else if reason.contains("unknown structure") {
-        "unknown_structure"
-    } else if reason.contains("purged") {
-        "purged"
-    } else if reason.contains("abandoned") {
-        "abandoned"
-    } else {
-        "invalid_file"
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::GridMismatch;
+
+    #[test]
+    fn failure_reasons_follow_the_error_not_its_wording() {
+        let grid = ScoreError::Pairing(PairingError::Grid(GridMismatch::Dims(3, 2)));
+        assert_eq!(FailureReason::from(&grid), FailureReason::GridMismatch);
+        let unknown = ScoreError::Pairing(PairingError::Unknown("label 9".into()));
+        assert_eq!(
+            FailureReason::from(&unknown),
+            FailureReason::UnknownStructure
+        );
+        let stored = ScoreError::Stored("anything at all".into());
+        assert_eq!(FailureReason::from(&stored), FailureReason::InvalidFile);
+        let labels: std::collections::BTreeSet<_> =
+            FailureReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(labels.len(), FailureReason::ALL.len());
     }
 }

@@ -142,6 +142,8 @@ fn table_and_csv_formats() {
     assert!(table.status.success());
     let text = String::from_utf8(table.stdout).unwrap();
     assert!(text.contains("structure  empty  dice"), "{text}");
+    // Unnamed label-map structures are named as in the service: label_N.
+    assert!(text.contains("\nlabel_1 "), "{text}");
     assert!(text.contains("0.8888"), "{text}");
     assert!(text.contains("mean Dice 0.8888"), "{text}");
 

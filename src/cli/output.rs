@@ -10,17 +10,9 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::eval::{CaseOutcome, CaseReport};
-use crate::metrics::{Empty, StructureMetrics};
+use crate::metrics::{Empty, StructureMetrics, structure_name};
 
 /// Readable name of a structure: its name, else its code, else its label.
-fn structure_name(s: &StructureMetrics) -> String {
-    s.name
-        .clone()
-        .or_else(|| s.code.clone())
-        .or_else(|| s.label.map(|l| l.to_string()))
-        .unwrap_or_default()
-}
-
 fn number(v: f64, decimals: usize) -> String {
     if v.is_finite() {
         format!("{v:.decimals$}")
@@ -97,7 +89,7 @@ pub fn case_table(report: &CaseReport) -> String {
         .iter()
         .map(|s| {
             vec![
-                structure_name(s),
+                s.display_name(),
                 empty_name(s.empty).into(),
                 number(s.dice, 4),
                 number(s.iou, 4),
@@ -275,13 +267,8 @@ pub fn summary_table(summary: &[StructureSummary], scored: usize, failed: usize)
     let rows: Vec<Vec<String>> = summary
         .iter()
         .map(|s| {
-            let name = s
-                .name
-                .clone()
-                .or_else(|| s.code.clone())
-                .or_else(|| s.label.map(|l| l.to_string()));
             vec![
-                name.unwrap_or_default(),
+                structure_name(s.name.as_deref(), s.code.as_deref(), s.label),
                 s.cases.to_string(),
                 optional(s.dice_mean, 4),
                 optional(s.dice_median, 4),

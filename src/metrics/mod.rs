@@ -75,6 +75,25 @@ pub struct StructureMetrics {
     pub nsd: f64,
 }
 
+/// The one naming rule for a structure in results, tables, metrics and
+/// dashboards: the schema's name, else the segment code (`SCHEME:VALUE`), else
+/// `label_N`.
+pub fn structure_name(name: Option<&str>, code: Option<&str>, label: Option<u16>) -> String {
+    match (name, code, label) {
+        (Some(name), _, _) => name.to_owned(),
+        (None, Some(code), _) => code.to_owned(),
+        (None, None, Some(label)) => format!("label_{label}"),
+        (None, None, None) => "unnamed".to_owned(),
+    }
+}
+
+impl StructureMetrics {
+    /// The structure's name by [`structure_name`].
+    pub fn display_name(&self) -> String {
+        structure_name(self.name.as_deref(), self.code.as_deref(), self.label)
+    }
+}
+
 /// JSON has no infinity or NaN: those become null.
 fn finite_or_null<S: Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
     if value.is_finite() {
@@ -235,4 +254,23 @@ pub fn score_labels(
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::structure_name;
+
+    #[test]
+    fn structures_are_named_by_name_then_code_then_label() {
+        assert_eq!(
+            structure_name(Some("liver"), Some("SCT:10200004"), Some(1)),
+            "liver"
+        );
+        assert_eq!(
+            structure_name(None, Some("SCT:10200004"), Some(1)),
+            "SCT:10200004"
+        );
+        assert_eq!(structure_name(None, None, Some(3)), "label_3");
+        assert_eq!(structure_name(None, None, None), "unnamed");
+    }
 }

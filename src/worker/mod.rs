@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-pub use score::{ScoreError, inflate, score, structure_name};
+pub use score::{ScoreError, inflate, score};
 
 use crate::compute::Compute;
 use crate::config::Config;

@@ -26,17 +26,6 @@ pub enum ScoreError {
     Stored(String),
 }
 
-/// The name a structure has in results, metrics and dashboards: the schema's
-/// name, else the segment code, else `label_N`.
-pub fn structure_name(m: &StructureMetrics) -> String {
-    match (&m.name, &m.code, m.label) {
-        (Some(name), _, _) => name.clone(),
-        (None, Some(code), _) => code.clone(),
-        (None, None, Some(label)) => format!("label_{label}"),
-        (None, None, None) => "unnamed".into(),
-    }
-}
-
 /// Inflates a stored (gzip) upload, capped at `limit` bytes.
 pub fn inflate(stored: &[u8], limit: u64) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
@@ -96,7 +85,7 @@ pub fn score(
         structures: evaluation
             .structures
             .into_iter()
-            .map(|m| (structure_name(&m), tolerance(&m), m))
+            .map(|m| (m.display_name(), tolerance(&m), m))
             .map(|(name, tolerance, m)| (name, m, tolerance))
             .collect(),
     })

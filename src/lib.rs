@@ -1,16 +1,15 @@
 //! segwatch: watches deployed medical-image segmentation models by scoring their
-//! output against radiologists' corrections. See DESIGN.md for the architecture.
+//! output against radiologists' corrections. This crate is the I/O shell (HTTP,
+//! store, workers, telemetry, CLI) around the pure engine crate
+//! `segwatch-engine`, re-exported here; `docs/architecture.md` maps the layers.
 
 pub mod cli;
 pub mod compute;
 pub mod config;
-pub mod drift;
-pub mod formats;
 pub mod http;
-pub mod metrics;
-pub mod schema;
 pub mod service;
 pub mod store;
 pub mod telemetry;
-pub mod volume;
 pub mod worker;
+
+pub use segwatch_engine::{drift, formats, metrics, schema, volume};

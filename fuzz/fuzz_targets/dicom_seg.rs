@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use segwatch::formats::{Limits, dicom_seg};
+use segwatch_engine::formats::{Limits, dicom_seg};
 
 fuzz_target!(|data: &[u8]| {
     let limits = Limits {

@@ -14,6 +14,8 @@ use serde::Serialize;
 use super::output;
 use crate::formats::{self, Limits};
 use crate::metrics::pairing::{self, Request};
+use clap::builder::TypedValueParser;
+
 use crate::metrics::{self, Settings, StructureMetrics, SurfaceMode};
 use crate::schema::Schema;
 use crate::volume::{Grid, Segmentation};
@@ -42,7 +44,7 @@ pub struct EvalArgs {
     #[arg(long, value_delimiter = ',')]
     labels: Option<Vec<u16>>,
     /// Surface definition for distance metrics.
-    #[arg(long, value_enum, default_value_t = SurfaceMode::Voxel)]
+    #[arg(long, default_value = "voxel", value_parser = surface_mode())]
     surface: SurfaceMode,
     /// Normalised surface Dice tolerance in mm.
     #[arg(long, default_value_t = 1.0, value_parser = positive_mm)]
@@ -57,6 +59,12 @@ pub struct EvalArgs {
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+}
+
+/// `--surface`: the engine's mode names, listed in `--help`.
+fn surface_mode() -> impl clap::builder::TypedValueParser<Value = SurfaceMode> {
+    clap::builder::PossibleValuesParser::new(SurfaceMode::NAMES)
+        .try_map(|name| name.parse::<SurfaceMode>())
 }
 
 fn positive_mm(s: &str) -> Result<f64, String> {

@@ -78,10 +78,7 @@ pub fn case_table(report: &CaseReport) -> String {
         "grid        {} voxels of {} mm; surface {}, NSD tolerance {} mm\n",
         dims(&shape),
         dims(&spacing),
-        serde_json::to_value(report.surface)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default(),
+        report.surface.as_str(),
         report.tolerance_mm
     );
     let rows: Vec<Vec<String>> = report

@@ -73,10 +73,7 @@ pub fn score(
             .unwrap_or(settings.tolerance_mm)
     };
     Ok(JobOutcome {
-        surface: serde_json::to_value(settings.surface)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default(),
+        surface: settings.surface.as_str().to_owned(),
         grid: serde_json::json!({
             "shape": evaluation.grid.shape_vec(),
             "spacing_mm": evaluation.grid.spacing_vec(),

@@ -17,7 +17,7 @@ use overlap::LabelOverlap;
 use surface::Surface;
 
 /// Which surface definition the distance metrics use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SurfaceMode {
     /// Face-connected border voxels, equally weighted (MONAI, Metrics Reloaded).
@@ -25,6 +25,31 @@ pub enum SurfaceMode {
     Voxel,
     /// Area-weighted surface elements on the corner lattice (DeepMind surface-distance).
     Surfel,
+}
+
+impl SurfaceMode {
+    /// Every mode's name, as in configuration, JSON and the command line.
+    pub const NAMES: [&'static str; 2] = ["voxel", "surfel"];
+
+    /// The mode's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SurfaceMode::Voxel => "voxel",
+            SurfaceMode::Surfel => "surfel",
+        }
+    }
+}
+
+impl std::str::FromStr for SurfaceMode {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<SurfaceMode, String> {
+        match name {
+            "voxel" => Ok(SurfaceMode::Voxel),
+            "surfel" => Ok(SurfaceMode::Surfel),
+            other => Err(format!("unknown surface mode {other:?}: voxel or surfel")),
+        }
+    }
 }
 
 /// Which side of a structure is empty, if any.

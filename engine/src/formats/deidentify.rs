@@ -782,7 +782,7 @@ mod tests {
     const KEY: &[u8] = b"test key";
 
     fn fixture(path: &str) -> Vec<u8> {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
         std::fs::read(root.join(path)).unwrap()
     }
 
@@ -806,7 +806,7 @@ mod tests {
 
     /// Every SEG fixture that decodes, with its transfer syntax.
     fn seg_fixtures() -> Vec<(String, Vec<u8>)> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom");
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/dicom");
         let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -1111,6 +1111,7 @@ mod tests {
         }
         for file in ["fuzz"] {
             let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
                 .join("tests/fixtures")
                 .join(file);
             for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {

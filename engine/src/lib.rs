@@ -1,0 +1,14 @@
+//! segwatch's engine: label volumes on their grids, NIfTI and DICOM SEG
+//! decoding and de-identification, segmentation metrics (overlap, surface
+//! distances, surface Dice), structure schemas and drift detection.
+//!
+//! Pure by construction: this crate depends on no async runtime, database or
+//! HTTP crate, so the service (`segwatch`) and any other program can use it as
+//! a library. The metric definitions are in `docs/metrics.md`, the drift method
+//! in `docs/drift.md`.
+
+pub mod drift;
+pub mod formats;
+pub mod metrics;
+pub mod schema;
+pub mod volume;

@@ -4,9 +4,13 @@
 //!
 //! Pure by construction: this crate depends on no async runtime, database or
 //! HTTP crate, so the service (`segwatch`) and any other program can use it as
-//! a library. The metric definitions are in `docs/metrics.md`, the drift method
-//! in `docs/drift.md`.
+//! a library ([`arrays`] scores label images held as `ndarray` arrays). The
+//! metric definitions are in `docs/metrics.md`, the drift method in
+//! `docs/drift.md`.
 
+#![deny(missing_docs)]
+
+pub mod arrays;
 pub mod drift;
 pub mod formats;
 pub mod metrics;

@@ -55,7 +55,9 @@ pub enum UnknownPolicy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Schema {
+    /// The structures, each with a label, a code or both; results follow this order.
     pub structures: Vec<StructureDef>,
+    /// What to do with labels or codes not listed (reject by default).
     #[serde(default)]
     pub unknown_labels: UnknownPolicy,
 }

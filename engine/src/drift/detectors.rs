@@ -62,6 +62,7 @@ impl Detector {
 /// One scored case of a stream.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Observation {
+    /// The case's Dice for the stream's structure (or its per-case mean), in [0, 1].
     pub dice: f64,
     /// Case time.
     pub at: DateTime<Utc>,
@@ -73,7 +74,9 @@ pub struct Observation {
 pub struct GuardRail {
     /// Chance that one evaluation of an in-control window alarms.
     pub alpha: f64,
+    /// No alarm while the window holds fewer cases than this ([`GUARD_MIN_CASES`]).
     pub min_cases: u32,
+    /// Window length in days of case time ([`GUARD_WINDOW_DAYS`]).
     pub window_days: u32,
     /// (window cases, limit); left out of audit records, which carry the
     /// limit used.
@@ -171,15 +174,22 @@ pub struct StreamProfile {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "detector", rename_all = "snake_case")]
 pub enum Design {
+    /// PIT-EWMA: EWMA of each case's mid-rank percentile in the baseline, from 0.5.
     PitEwma {
+        /// Weight of the newest percentile in the EWMA ([`LAMBDA`]).
         lambda: f64,
+        /// Distance of the limit below 0.5, in units of the EWMA's asymptotic sd.
         width: f64,
+        /// Alarm when the EWMA falls below this: 0.5 − `width` · sd.
         limit: f64,
+        /// Size of the baseline the limit was calibrated for.
         baseline_cases: usize,
         /// The target run length was beyond the calibration table.
         beyond_table: bool,
     },
+    /// Bernoulli CUSUM of failures.
     Cusum(CusumDesign),
+    /// Guard rail on the mean Dice of the last 7 days.
     GuardRail(GuardRail),
 }
 
@@ -225,6 +235,7 @@ impl Design {
         })
     }
 
+    /// The detector this design is for.
     pub fn detector(&self) -> Detector {
         match self {
             Design::PitEwma { .. } => Detector::PitEwma,
@@ -284,30 +295,40 @@ impl Window {
 pub struct DetectorState {
     /// Cases fed since the detector started.
     pub t: u32,
+    /// The EWMA (PIT-EWMA), the CUSUM sum, or the window mean Dice (guard rail).
     pub statistic: f64,
+    /// Whether the latest case fed raised an alarm.
     pub alarm: bool,
 }
 
 /// Everything a stream remembers between cases.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StreamState {
-    /// Case time of the first and the latest case fed.
+    /// Earliest case time fed; None before the first case.
     pub first_at: Option<DateTime<Utc>>,
+    /// Latest case time fed; None before the first case.
     pub latest_at: Option<DateTime<Utc>>,
+    /// Cases and Dice sums of the last 7 days, for the guard rail and the case rate.
     pub window: Window,
+    /// Running state of each detector fed so far.
     pub detectors: BTreeMap<Detector, DetectorState>,
 }
 
 /// One detector update, as stored for audit.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Update {
+    /// The detector that stepped.
     pub detector: Detector,
+    /// Cases fed to it since it started, this one included.
     pub t: u32,
     /// What the detector was fed: the percentile u (PIT-EWMA), 1 for a failure
     /// (CUSUM), or the window's case count (guard rail).
     pub input: f64,
+    /// The statistic after this case (see [`DetectorState::statistic`]).
     pub statistic: f64,
+    /// The limit it was compared with: below it alarms, above it for the CUSUM.
     pub limit: f64,
+    /// Whether it alarmed; never during warm-up, nor with too few cases in the window.
     pub alarm: bool,
 }
 

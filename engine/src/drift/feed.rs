@@ -17,21 +17,30 @@ use super::{
 /// left out) and its mean.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScoredCase {
+    /// Stored id of the evaluation result the case comes from.
     pub result_id: i64,
+    /// Site (hospital) that sent the case.
     pub site: String,
+    /// Model name.
     pub model: String,
+    /// Model version: each version has its own baselines, streams and incidents.
     pub model_version: String,
     /// Case time.
     pub observed_at: DateTime<Utc>,
+    /// (structure name, Dice) for each structure scored.
     pub structures: Vec<(String, f64)>,
+    /// Mean Dice over `structures`; None when there is none.
     pub mean_dice: Option<f64>,
 }
 
 /// A stream of the deployment.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StreamKey {
+    /// Model name.
     pub model: String,
+    /// Model version.
     pub model_version: String,
+    /// Site and structure within the version.
     pub stream: StreamId,
 }
 
@@ -40,6 +49,7 @@ pub struct StreamKey {
 pub struct StreamRecord {
     /// The baseline its state was built on.
     pub baseline_id: i64,
+    /// Detector state; starts afresh when the version's baseline changes.
     pub state: StreamState,
     /// Detectors running on it: its share of the budget.
     pub pairs: usize,
@@ -50,11 +60,13 @@ pub struct StreamRecord {
 /// A model version's active baseline, failure thresholds and open incidents.
 #[derive(Debug, Clone, Default)]
 pub struct VersionContext {
+    /// Stored id of the version's active baseline.
     pub baseline_id: i64,
     /// Structure (or "all" for the per-case mean) → sample.
     pub samples: BTreeMap<String, Baseline>,
     /// Structure → failure threshold.
     pub failure_thresholds: BTreeMap<String, f64>,
+    /// The version's open incidents, updated as cases alarm.
     pub incidents: Incidents,
     /// Incidents closed while feeding, with the case time that closed them.
     pub closed: Vec<(Incident, DateTime<Utc>)>,
@@ -63,6 +75,7 @@ pub struct VersionContext {
 /// How streams are fed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FeedSettings {
+    /// What sets every detector's in-control run length.
     pub target: RunLengthTarget,
     /// An incident closes after this much case time without alarms.
     pub incident_hold: Duration,
@@ -75,22 +88,30 @@ pub struct FeedSettings {
 pub struct UpdateContext {
     /// The stream's target in-control run length, in cases.
     pub target_cases: f64,
-    /// (stream, detector) pairs sharing the budget, and the stream's case rate.
+    /// (stream, detector) pairs sharing the false-alert budget.
     pub pairs: usize,
+    /// The stream's case rate over its window, in cases a day.
     pub cases_per_day: f64,
     /// The case came earlier in case time than one already fed.
     pub late: bool,
+    /// The detector's parameters and limit.
     pub design: Design,
 }
 
 /// One detector update of one case.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpdateRecord {
+    /// Stored id of the evaluation result of the case.
     pub result_id: i64,
+    /// The stream updated.
     pub key: StreamKey,
+    /// The baseline the stream's state is built on.
     pub baseline_id: i64,
+    /// Case time.
     pub observed_at: DateTime<Utc>,
+    /// The detector's step.
     pub update: Update,
+    /// What the step was computed with.
     pub context: UpdateContext,
 }
 

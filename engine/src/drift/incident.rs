@@ -20,7 +20,9 @@ pub const ALL: &str = "all";
 /// A stream within one model version.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct StreamId {
+    /// Site name, or [`ALL`] for the stream pooling every site.
     pub site: String,
+    /// Structure name, or [`ALL`] for the per-case mean Dice.
     pub structure: String,
 }
 
@@ -35,11 +37,15 @@ impl StreamId {
 /// A stream and detector whose alarm belongs to an incident.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evidence {
+    /// Site of the stream, or [`ALL`].
     pub site: String,
+    /// Structure of the stream, or [`ALL`].
     pub structure: String,
+    /// The detector that alarmed.
     pub detector: Detector,
-    /// Case times of its first and latest alarm.
+    /// Case time of its first alarm in this incident.
     pub first_alarm_at: DateTime<Utc>,
+    /// Case time of its latest alarm in this incident.
     pub last_alarm_at: DateTime<Utc>,
 }
 
@@ -50,12 +56,15 @@ pub struct Incident {
     pub id: Option<i64>,
     /// The stream and detector that opened it.
     pub stream: StreamId,
+    /// The detector whose alarm opened it.
     pub detector: Detector,
-    /// Case time of the opening alarm, and of the latest alarm of any stream.
+    /// Case time of the opening alarm.
     pub observed_at: DateTime<Utc>,
+    /// Case time of the latest alarm of any of its streams.
     pub last_alarm_at: DateTime<Utc>,
-    /// The opening update's statistic and limit.
+    /// The opening update's statistic.
     pub statistic: f64,
+    /// The opening update's limit.
     pub limit: f64,
     /// Every stream and detector that alarmed while it was open, the opening
     /// one first.
@@ -67,6 +76,7 @@ pub struct Incident {
 /// The open incidents of one model version.
 #[derive(Debug, Clone, Default)]
 pub struct Incidents {
+    /// Open incidents, oldest first.
     pub open: Vec<Incident>,
 }
 

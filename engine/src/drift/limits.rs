@@ -40,6 +40,8 @@ const TARGET_STEPS_PER_DECADE: f64 = 20.0;
 // and EWMA_TABLE_WIDTHS (columns): its 10th percentile, and its harmonic mean
 // (1 / mean false-alarm rate). From `cargo run --release --example
 // drift_calibration`, which reproduces them to the digit.
+/// log10 of the 10th percentile over baselines of PIT-EWMA's in-control run
+/// length in cases: rows [`EWMA_TABLE_SIZES`], columns [`EWMA_TABLE_WIDTHS`].
 // Measured run lengths; a few happen to be close to e or π.
 #[allow(clippy::approx_constant)]
 pub const EWMA_Q10_LOG10: [[f64; 35]; 7] = [
@@ -80,6 +82,8 @@ pub const EWMA_Q10_LOG10: [[f64; 35]; 7] = [
     ],
 ];
 
+/// log10 of the harmonic mean over baselines (1 / mean false-alarm rate) of
+/// PIT-EWMA's in-control run length in cases, laid out as [`EWMA_Q10_LOG10`].
 // Measured run lengths; a few happen to be close to e or π.
 #[allow(clippy::approx_constant)]
 pub const EWMA_HARMONIC_LOG10: [[f64; 35]; 7] = [
@@ -125,11 +129,17 @@ pub const EWMA_HARMONIC_LOG10: [[f64; 35]; 7] = [
 #[serde(rename_all = "snake_case")]
 pub enum RunLengthTarget {
     /// Expected false alerts a month for the whole deployment.
-    Budget { false_alerts_per_month: f64 },
+    Budget {
+        /// Expected false alerts a month over every (stream, detector) pair.
+        false_alerts_per_month: f64,
+    },
     /// Expert override: the same in-control run length, in cases, for every
     /// stream and detector (the fleet's false-alert rate then grows with its
     /// streams and case rates).
-    Arl0 { cases: f64 },
+    Arl0 {
+        /// In-control run length in cases.
+        cases: f64,
+    },
 }
 
 impl RunLengthTarget {
@@ -241,15 +251,19 @@ pub fn ewma_harmonic_run_length(baseline_cases: usize, width: f64) -> f64 {
 pub struct CusumDesign {
     /// Dice below this is a failure.
     pub threshold: f64,
-    /// Failures in the baseline, and its size.
+    /// Failures (Dice below `threshold`) in the baseline.
     pub baseline_failures: u64,
+    /// Cases in the baseline.
     pub baseline_cases: u64,
     /// Upper 90 % confidence bound of the baseline failure rate: the limits
     /// hold for every true rate up to it.
     pub p0: f64,
     /// The failure rate the chart is tuned to detect (2 · p0).
     pub p1: f64,
+    /// Added on a failure: the log-likelihood ratio of p1 to p0, in units of the
+    /// step down (−1) of a non-failure, rounded, at least 1.
     pub up: u32,
+    /// Alarm when the statistic exceeds this.
     pub h: u32,
 }
 

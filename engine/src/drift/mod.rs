@@ -66,18 +66,22 @@ impl Baseline {
         Ok(Baseline { sorted: values })
     }
 
+    /// Number of Dice values (at least [`MIN_BASELINE`]).
     pub fn len(&self) -> usize {
         self.sorted.len()
     }
 
+    /// True when it holds no value; never for a baseline built by [`Baseline::new`].
     pub fn is_empty(&self) -> bool {
         self.sorted.is_empty()
     }
 
+    /// The Dice values, ascending.
     pub fn values(&self) -> &[f64] {
         &self.sorted
     }
 
+    /// Arithmetic mean of the Dice values.
     pub fn mean(&self) -> f64 {
         self.sorted.iter().sum::<f64>() / self.sorted.len() as f64
     }

@@ -21,8 +21,11 @@ use super::{Baseline, Design, Detector, Observation, RunLengthTarget, StreamProf
 /// probability `failure_rate` a failure (uniform between 0.05 and 0.45).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct DiceModel {
+    /// Mean Dice of non-failures (clamped to 0.05–0.99 when sampling).
     pub mean: f64,
+    /// Standard deviation of the Dice of non-failures.
     pub sd: f64,
+    /// Chance that a case is a failure, in [0, 1].
     pub failure_rate: f64,
 }
 
@@ -41,15 +44,19 @@ impl DiceModel {
 /// A fleet to plan for.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Fleet {
+    /// Sites sending cases.
     pub sites: u32,
     /// Structures per case (each site also has a per-case mean stream).
     pub structures: u32,
     /// Cases a day at each site.
     pub cases_per_day: f64,
+    /// Cases in each stream's baseline.
     pub baseline_cases: usize,
+    /// What sets every detector's in-control run length.
     pub target: RunLengthTarget,
-    /// Baseline failure rate of the structures, and the failure threshold.
+    /// Baseline failure rate of the structures, in [0, 1].
     pub failure_rate: f64,
+    /// Dice below this is a failure.
     pub failure_threshold: f64,
 }
 
@@ -106,8 +113,11 @@ impl Fleet {
 /// Expected false alerts a month of one detector over the whole fleet.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct FalseAlerts {
+    /// The detector.
     pub detector: Detector,
+    /// Streams of the fleet it runs on.
     pub streams: u32,
+    /// False alerts a month over those streams.
     pub per_month: f64,
     /// The figure is an upper bound rather than an expectation.
     pub upper_bound: bool,
@@ -179,25 +189,32 @@ fn cusum_false_alarm_rate(fleet: &Fleet, target: f64) -> f64 {
 /// A change to detect on a site's structure stream.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Change {
+    /// Per-case Dice law before the change (and of the baseline).
     pub before: DiceModel,
+    /// Per-case Dice law after it.
     pub after: DiceModel,
 }
 
 /// Detection delays of a change over simulated streams.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Delays {
-    /// Streams simulated, and those that raised a false alarm before the change
-    /// (left out of the delays).
+    /// Streams simulated.
     pub streams: usize,
+    /// Streams that raised a false alarm before the change (left out of the delays).
     pub false_alarm_before: usize,
-    /// Delay percentiles in cases and in days; None where fewer were detected.
+    /// Median delay in cases after the change; None when fewer than half were detected.
     pub median_cases: Option<f64>,
+    /// 90th-percentile delay in cases; None when fewer than 90 % were detected.
     pub p90_cases: Option<f64>,
+    /// Median delay in days; None as `median_cases`.
     pub median_days: Option<f64>,
+    /// 90th-percentile delay in days; None as `p90_cases`.
     pub p90_days: Option<f64>,
-    /// Share detected within the horizon, and within 10 days.
+    /// Share of the streams kept that detected the change within the horizon.
     pub detected: f64,
+    /// Days after the change the simulation looked.
     pub horizon_days: f64,
+    /// Share of the streams kept that detected the change within 10 days.
     pub detected_within_10_days: f64,
 }
 
@@ -334,15 +351,21 @@ pub const DEFAULT_SPREADS: [(f64, f64); 2] = [(0.95, 0.02), (0.80, 0.07)];
 /// A whole plan: the fleet's budget split, expected false alerts and delays.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
+    /// Sites of the fleet.
     pub sites: u32,
+    /// Structures per case.
     pub structures: u32,
+    /// Cases a day at each site.
     pub cases_per_day: f64,
+    /// Cases in each stream's baseline.
     pub baseline_cases: usize,
+    /// Streams: per site and pooled, for each structure and the per-case mean.
     pub streams: u32,
     /// (stream, detector) pairs sharing the budget.
     pub pairs: usize,
     /// In-control run length of each pair in days (None for a per-case override).
     pub run_length_days: Option<f64>,
+    /// Expected false alerts a month, per detector.
     pub false_alerts: Vec<FalseAlerts>,
     /// All detectors together.
     pub false_alerts_per_month: f64,

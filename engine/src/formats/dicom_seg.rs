@@ -47,30 +47,49 @@ const BACKGROUND_CODE: &str = "DCM:125040";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum SegKind {
+    /// SegmentationType BINARY: one 1-bit frame per segment and slice.
     Binary,
+    /// SegmentationType FRACTIONAL: 8-bit probability or occupancy per voxel.
     Fractional,
+    /// Label Map Segmentation: one frame per slice, pixel value = SegmentNumber.
     Labelmap,
 }
 
 /// Where a SEG comes from: what the service keeps about it. No patient data.
+/// Text fields are trimmed, and None when the attribute is absent or empty.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Provenance {
+    /// SOPInstanceUID of the SEG itself.
     pub sop_instance_uid: Option<String>,
+    /// StudyInstanceUID.
     pub study_instance_uid: Option<String>,
+    /// SeriesInstanceUID of the SEG's own series.
     pub series_instance_uid: Option<String>,
+    /// SeriesInstanceUID of the first ReferencedSeriesSequence item: the segmented image series.
     pub referenced_series_instance_uid: Option<String>,
+    /// FrameOfReferenceUID: the patient coordinate system of the grid.
     pub frame_of_reference_uid: Option<String>,
     /// AUTOMATIC when every segment is; otherwise the most manual type present.
     pub segment_algorithm_type: Option<String>,
+    /// AlgorithmName of the first segment (its algorithm identification, else SegmentAlgorithmName).
     pub algorithm_name: Option<String>,
+    /// AlgorithmVersion of the first segment's algorithm identification.
     pub algorithm_version: Option<String>,
+    /// Manufacturer of the equipment (or software) that produced the SEG.
     pub manufacturer: Option<String>,
+    /// ManufacturerModelName.
     pub manufacturer_model_name: Option<String>,
+    /// SoftwareVersions, as stored (possibly several, backslash-separated).
     pub software_versions: Option<String>,
+    /// SeriesDescription.
     pub series_description: Option<String>,
+    /// ContentLabel.
     pub content_label: Option<String>,
+    /// BodyPartExamined.
     pub body_part_examined: Option<String>,
+    /// ProtocolName.
     pub protocol_name: Option<String>,
+    /// SliceThickness from the pixel measures, in mm; None when absent or not positive.
     pub slice_thickness_mm: Option<f64>,
 }
 
@@ -80,8 +99,11 @@ pub struct SegImage {
     /// x = columns, y = rows, z = slices in increasing order along the normal;
     /// RAS affine.
     pub grid: Grid,
+    /// How the segments were stored.
     pub kind: SegKind,
+    /// The segments in SegmentSequence order, LABELMAP background left out.
     pub segments: Vec<Segment>,
+    /// Where the SEG comes from.
     pub provenance: Provenance,
     /// Segmentation or Label Map Segmentation Storage.
     pub sop_class_uid: String,

@@ -33,30 +33,43 @@ impl Default for Limits {
 /// What is wrong with an input file.
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
+    /// The file could not be opened or read.
     #[error("cannot read file: {0}")]
     Io(#[from] std::io::Error),
+    /// The gzip stream (of a `.nii.gz`) is corrupt.
     #[error("corrupt gzip data: {0}")]
     Gzip(String),
+    /// The data ends before the header, data set or voxel data it declares.
     #[error("truncated file: {0}")]
     Truncated(String),
+    /// Not a single-file NIfTI-1/2: wrong `sizeof_hdr` or magic, or a detached `.hdr`/`.img` pair.
     #[error("not a NIfTI file: {0}")]
     NotNifti(String),
+    /// A NIfTI header field is unusable (dimensions, `vox_offset`, affine, …).
     #[error("invalid header: {0}")]
     Header(String),
+    /// The NIfTI datatype cannot hold integer labels (complex, RGB, float128, unknown).
     #[error("unsupported datatype: {0}")]
     Datatype(String),
+    /// The image exceeds the [`Limits`] or the file-size cap, or does not fit in memory.
     #[error("too large: {0}")]
     TooLarge(String),
+    /// A voxel holds no valid label: negative, non-integer, non-finite or above 65535.
     #[error("invalid voxel value: {0}")]
     Value(String),
+    /// The DICOM data set is malformed or misses a required attribute.
     #[error("invalid DICOM: {0}")]
     Dicom(String),
+    /// A DICOM file whose SOP class is not (Label Map) Segmentation Storage.
     #[error("not a DICOM segmentation: {0}")]
     NotSegmentation(String),
+    /// A DICOM transfer syntax other than native, deflated, big-endian or RLE.
     #[error("unsupported transfer syntax: {0}")]
     TransferSyntax(String),
+    /// NumberOfFrames disagrees with the per-frame groups or the pixel data.
     #[error("frame count mismatch: {0}")]
     FrameCount(String),
+    /// The SEG's frames do not form one regular grid (orientation, in-plane shift, slice spacing).
     #[error("inconsistent geometry: {0}")]
     Geometry(String),
 }
@@ -85,6 +98,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Segmentation, FormatError
 
 /// A decoded upload, with what the service keeps about where it came from.
 pub struct Decoded {
+    /// The decoded label map or segments.
     pub segmentation: Segmentation,
     /// `nifti` or `dicom_seg`.
     pub format: &'static str,

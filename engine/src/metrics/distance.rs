@@ -9,10 +9,15 @@ use super::surface::Surface;
 /// Surface-distance metrics of one structure. Infinite when a surface is missing.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SurfaceMetrics {
+    /// Hausdorff distance in mm: the larger of the two directed maxima.
     pub hd_mm: f64,
+    /// The larger of the two directed 95th-percentile distances, in mm.
     pub hd95_mm: f64,
+    /// Average symmetric surface distance in mm: mean over both surfaces pooled.
     pub assd_mm: f64,
+    /// Mean average surface distance in mm: mean of the two directed means.
     pub masd_mm: f64,
+    /// Normalized surface Dice: share of both surfaces within the tolerance, in [0, 1].
     pub nsd: f64,
 }
 

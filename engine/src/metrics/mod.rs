@@ -56,9 +56,13 @@ impl std::str::FromStr for SurfaceMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Empty {
+    /// Both sides have voxels: every metric is measured.
     None,
+    /// Neither side has a voxel: perfect agreement by convention.
     Both,
+    /// Only the prediction is empty (a missed structure).
     Pred,
+    /// Only the reference is empty (a spurious structure).
     Ref,
 }
 
@@ -71,31 +75,49 @@ pub struct StructureMetrics {
     pub code: Option<String>,
     /// Human-readable structure name, when known.
     pub name: Option<String>,
+    /// Which side, if any, has no voxel of the structure; sets the conventions below.
     pub empty: Empty,
+    /// Voxels of the structure in the prediction.
     pub pred_voxels: u64,
+    /// Voxels of the structure in the reference.
     pub ref_voxels: u64,
+    /// True positives: voxels in both.
     pub tp: u64,
+    /// False positives: voxels in the prediction only (`pred_voxels - tp`).
     pub fp: u64,
+    /// False negatives: voxels in the reference only (`ref_voxels - tp`); `fn` in JSON.
     #[serde(rename = "fn")]
     pub fn_: u64,
+    /// Prediction volume in mL: `pred_voxels` × [`Grid::voxel_volume_ml`].
     pub pred_volume_ml: f64,
+    /// Reference volume in mL: `ref_voxels` × [`Grid::voxel_volume_ml`].
     pub ref_volume_ml: f64,
+    /// Dice, 2·tp / (2·tp + fp + fn), in [0, 1]; 1 when both sides are empty, 0 when one is.
     #[serde(serialize_with = "finite_or_null")]
     pub dice: f64,
+    /// Jaccard index (IoU), tp / (tp + fp + fn); 1 when both sides are empty, 0 when one is.
     #[serde(serialize_with = "finite_or_null")]
     pub iou: f64,
+    /// tp / `pred_voxels`; 1 when both sides are empty, NaN when only the prediction is.
     #[serde(serialize_with = "finite_or_null")]
     pub precision: f64,
+    /// Sensitivity, tp / `ref_voxels`; 1 when both sides are empty, NaN when only the reference is.
     #[serde(serialize_with = "finite_or_null")]
     pub recall: f64,
+    /// Hausdorff distance between the two surfaces in mm; 0 when both are empty, ∞ when one is.
     #[serde(serialize_with = "finite_or_null")]
     pub hd_mm: f64,
+    /// 95th-percentile Hausdorff distance in mm (the larger directed percentile); 0 or ∞ as `hd_mm`.
     #[serde(serialize_with = "finite_or_null")]
     pub hd95_mm: f64,
+    /// Average symmetric surface distance in mm, over both surfaces pooled; 0 or ∞ as `hd_mm`.
     #[serde(serialize_with = "finite_or_null")]
     pub assd_mm: f64,
+    /// Mean of the two directed mean surface distances, in mm; 0 or ∞ as `hd_mm`.
     #[serde(serialize_with = "finite_or_null")]
     pub masd_mm: f64,
+    /// Normalized surface Dice: share of both surfaces within the tolerance of the
+    /// other, in [0, 1]; 1 when both sides are empty, 0 when one is.
     #[serde(serialize_with = "finite_or_null")]
     pub nsd: f64,
 }
@@ -131,8 +153,11 @@ fn finite_or_null<S: Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S:
 /// Overlap counts of one structure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counts {
+    /// Voxels of the structure in the prediction.
     pub pred_voxels: u64,
+    /// Voxels of the structure in the reference.
     pub ref_voxels: u64,
+    /// Voxels in both; at most the smaller of the two counts.
     pub tp: u64,
 }
 
@@ -149,6 +174,7 @@ impl From<LabelOverlap> for Counts {
 /// What to compute for one structure.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Settings {
+    /// Surface definition for HD, HD95, ASSD, MASD and NSD.
     pub surface: SurfaceMode,
     /// NSD tolerance in mm.
     pub tolerance_mm: f64,

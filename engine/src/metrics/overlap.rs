@@ -54,6 +54,7 @@ pub trait LabelValue:
 {
     /// Number of distinct values.
     const COUNT: usize;
+    /// The value as an index into per-label tables, below `COUNT`.
     fn index(self) -> usize;
 }
 

@@ -28,10 +28,13 @@ pub struct Request<'a> {
 /// Why two segmentations cannot be compared.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PairingError {
+    /// The grids do not sample one lattice, or cannot be aligned as stored.
     #[error("grids differ")]
     Grid(#[from] GridMismatch),
+    /// A segment lies outside the other side's grid once moved onto it.
     #[error("grids differ: {0}")]
     Coverage(String),
+    /// The schema rejects unlisted structures and this one (a label or code) is unlisted.
     #[error("unknown structure: {0} is not in the structure schema")]
     Unknown(String),
 }
@@ -45,7 +48,9 @@ enum Side<'a> {
 /// The structures of a pair, scored on their common grid.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Evaluation {
+    /// The common grid: a label map's, or for two SEGs the union of their slice ranges.
     pub grid: Grid,
+    /// One entry per structure scored, in the order of the labels or segments paired.
     pub structures: Vec<StructureMetrics>,
 }
 

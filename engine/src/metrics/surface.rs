@@ -15,7 +15,10 @@ use crate::volume::{Grid, Labels};
 /// lattice, where point k along an axis lies between voxels k − 1 and k.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Surface {
+    /// Surface points as lattice coordinates (x, y, z).
     pub points: Vec<Point>,
+    /// Surfel mode: each point's element area in mm² (length in mm in 2D), parallel
+    /// to `points`; None in voxel mode, where every point weighs the same.
     pub weights: Option<Vec<f64>>,
 }
 

@@ -11,8 +11,11 @@ use super::{
 /// is target voxel `origin`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GridMap {
+    /// Target axis that each source axis (x, y, z) runs along; a permutation.
     pub axes: [usize; 3],
+    /// Whether each source axis runs against its target axis.
     pub flip: [bool; 3],
+    /// Target voxel index of source voxel (0, 0, 0); may lie outside the target.
     pub origin: [i64; 3],
 }
 

@@ -33,18 +33,35 @@ pub struct Grid {
 /// Why two grids are not the same.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum GridMismatch {
+    /// One grid is 2D and the other 3D: (this grid's, the other's) `dims`.
     #[error("dimensionality differs: {0}D vs {1}D")]
     Dims(u8, u8),
+    /// Voxel counts per axis differ: the two shapes, 2 or 3 entries each.
     #[error("shape differs: {0:?} vs {1:?}")]
     Shape(Vec<usize>, Vec<usize>),
+    /// Voxel sizes differ by more than [`GRID_TOLERANCE_MM`]: (this grid's, the other's), in mm.
     #[error("spacing differs: {0:?} mm vs {1:?} mm")]
     Spacing(Vec<f64>, Vec<f64>),
+    /// An axis is off every axis of the other grid by more than [`GRID_TOLERANCE_RAD`],
+    /// or along one that another axis already runs along.
     #[error("orientation differs: axis {axis} points {angle_rad:.2e} rad apart")]
-    Orientation { axis: char, angle_rad: f64 },
+    Orientation {
+        /// This grid's axis that points elsewhere: `'x'`, `'y'` or `'z'`.
+        axis: char,
+        /// Angle between it and the closest axis of the other grid, in radians.
+        angle_rad: f64,
+    },
+    /// The origins (world position of voxel (0, 0, 0)) differ: off the other's lattice by
+    /// more than [`GRID_TOLERANCE_MM`], or by whole voxels where the grids must coincide.
     #[error("origin differs by {distance_mm:.4} mm")]
-    Origin { distance_mm: f64 },
+    Origin {
+        /// How far apart, in mm: the off-lattice residual, or the whole-voxel shift.
+        distance_mm: f64,
+    },
+    /// Same lattice, but axes permuted or flipped: alignable with [`Grid::map_onto`].
     #[error("the same voxels are stored with axes in another order or direction")]
     Layout,
+    /// Same lattice, but some voxels of this grid fall outside the other one.
     #[error("the segmentation reaches outside the other image")]
     Extent,
 }
@@ -151,7 +168,9 @@ fn unit(v: [f64; 3]) -> [f64; 3] {
 /// Voxel labels, stored in the narrowest type that holds them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Labels {
+    /// Labels 0–255, one byte per voxel, x fastest.
     U8(Vec<u8>),
+    /// Labels 0–65535, two bytes per voxel, x fastest.
     U16(Vec<u16>),
 }
 
@@ -181,7 +200,9 @@ impl Labels {
 /// A label map on its grid. Label 0 is background.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LabelVolume {
+    /// The grid the labels are sampled on.
     pub grid: Grid,
+    /// One label per voxel of `grid`, x fastest; `labels.len() == grid.len()`.
     pub labels: Labels,
 }
 
@@ -189,7 +210,9 @@ pub struct LabelVolume {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{voxels} labels for a grid of {expected} voxels")]
 pub struct LengthMismatch {
+    /// Number of labels given.
     pub voxels: usize,
+    /// Number of voxels in the grid (product of its shape).
     pub expected: usize,
 }
 
@@ -209,7 +232,9 @@ impl LabelVolume {
 /// An inclusive box of voxel indices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct BoundingBox {
+    /// Lowest voxel index along x, y, z (inclusive).
     pub min: [usize; 3],
+    /// Highest voxel index along x, y, z (inclusive); `max[a] >= min[a]`.
     pub max: [usize; 3],
 }
 

@@ -9,7 +9,12 @@ pub enum Segmentation {
     /// One label per voxel (NIfTI).
     LabelMap(LabelVolume),
     /// Coded segments, each its own mask (DICOM SEG).
-    Segments { grid: Grid, segments: Vec<Segment> },
+    Segments {
+        /// The grid every segment's mask is indexed on.
+        grid: Grid,
+        /// The segments, in SegmentSequence order, background segments left out.
+        segments: Vec<Segment>,
+    },
 }
 
 /// How a segmentation is stored, without its voxels: enough to tell whether it
@@ -17,7 +22,9 @@ pub enum Segmentation {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", content = "grid", rename_all = "snake_case")]
 pub enum Layout {
+    /// A label map ([`Segmentation::LabelMap`]) on this grid.
     LabelMap(Grid),
+    /// Coded segments ([`Segmentation::Segments`]) on this grid.
     Segments(Grid),
 }
 
@@ -58,6 +65,7 @@ impl Segmentation {
 /// One segment: its identity and its voxels on the SEG's grid.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Segment {
+    /// SegmentNumber: the segment's identifier, unique within its SEG.
     pub number: u16,
     /// `SCHEME:VALUE` of the property type, with `^SCHEME:VALUE` of its modifier.
     pub code: String,
@@ -75,8 +83,11 @@ pub struct Segment {
 /// probability = value / max.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FractionMap {
+    /// The box of the segment's non-zero stored values, on the SEG's grid.
     pub bbox: BoundingBox,
+    /// One stored value per voxel of `bbox`, x fastest, capped at 255.
     pub values: Vec<u8>,
+    /// MaximumFractionalValue (255 when absent): the value meaning probability 1.
     pub max: u16,
 }
 

@@ -75,6 +75,8 @@ async fn results_equal_eval_in_either_upload_order_for_nifti_and_seg() {
             "reference/cases/P09_ref.nii.gz",
         ),
         ("dicom/ai_binary.dcm", "dicom/corrected_binary.dcm"),
+        // The reference labels both kidneys "Kidney": results need unique names.
+        ("dicom/corrected_binary.dcm", "dicom/ai_binary.dcm"),
     ];
     for (i, (pred_file, ref_file)) in pairs.iter().enumerate() {
         let (pred, reference) = (read_fixture(pred_file), read_fixture(ref_file));
@@ -1437,5 +1439,34 @@ async fn request_bodies_past_the_memory_ceiling_get_503_with_retry_after() {
         .upload(&app.admin_key, "site1", "second", "reference", cubes(0, 4))
         .await;
     assert_eq!(again.status(), 202);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_the_time_limit_gets_problem_json_with_retry_after() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::start_with(|c| c.limits.request_timeout_secs = 1).await;
+    // Headers, then a body that stalls.
+    let mut slow = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "PUT /v1/sites/site1/cases/slow/reference HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 1000\r\nConnection: close\r\n\r\nabc",
+        app.admin_key
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), slow.read_to_string(&mut answer))
+        .await
+        .expect("answered within 10 s")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    let lower = answer.to_ascii_lowercase();
+    assert!(
+        lower.contains("content-type: application/problem+json"),
+        "{answer}"
+    );
+    assert!(lower.contains("retry-after: 5"), "{answer}");
+    assert!(answer.contains("request_timeout_secs"), "{answer}");
     app.finish().await;
 }

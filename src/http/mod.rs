@@ -15,14 +15,13 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderName, StatusCode, header};
+use axum::http::{HeaderName, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use tower_http::compression::CompressionLayer;
 use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -166,9 +165,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state.clone());
     let request_id = HeaderName::from_static("x-request-id");
     api.layer(CompressionLayer::new())
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
+        .layer(middleware::from_fn_with_state(
             Duration::from_secs(limits.request_timeout_secs),
+            time_limit,
         ))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(
@@ -188,6 +187,22 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// Answers 503 problem+json with Retry-After when a request takes longer than
+/// `limits.request_timeout_secs` (tower-http's timeout answers an empty body).
+async fn time_limit(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => Problem::unavailable(
+            format!(
+                "the request took longer than {} s (limits.request_timeout_secs); retry later",
+                limit.as_secs()
+            ),
+            5,
+        )
+        .into_response(),
+    }
 }
 
 /// Records request latency by route template.

@@ -316,6 +316,7 @@ pub(super) async fn ingest(
     let key = uid_key(&app.config);
     let content_key = key.clone();
     let max_structures = app.config.limits.max_structures;
+    let max_stored = app.config.limits.stored_bytes();
     let decoded = app
         .compute
         .run(voxels, move || {
@@ -325,21 +326,34 @@ pub(super) async fn ingest(
             };
             let structures = decoded.segmentation.structure_count();
             if structures > max_structures {
-                return Ok(Err(structures));
+                return Ok(Err(Refusal::TooManyStructures(structures)));
             }
-            let content = stored_content(&bytes, decoded.format, &content_key, &limits)?;
-            Ok::<_, formats::FormatError>(Ok((decoded, content)))
+            let clean = deidentified(&bytes, decoded.format, &content_key, &limits)?;
+            // What is stored must inflate within the workers' limit: hashed UIDs
+            // can make a de-identified SEG longer than the upload.
+            if clean.len() as u64 > max_stored {
+                return Ok(Err(Refusal::StoredTooLarge(clean.len() as u64)));
+            }
+            Ok::<_, formats::FormatError>(Ok((decoded, gzip(&clean))))
         })
         .await?;
-    let (decoded, content) = decoded?.map_err(|structures| {
-        Problem::new(
+    let (decoded, content) = decoded?.map_err(|refusal| match refusal {
+        Refusal::TooManyStructures(structures) => Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "too-many-structures",
             "Too many structures",
             format!(
                 "the upload holds {structures} structures; at most {max_structures} are accepted (limits.max_structures)"
             ),
-        )
+        ),
+        Refusal::StoredTooLarge(bytes) => Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            "Upload too large",
+            format!(
+                "the de-identified file is {bytes} bytes; at most {max_stored} can be stored for scoring (limits.max_upload_bytes, limits.max_decompressed_bytes)"
+            ),
+        ),
     })?;
     let layout = decoded.segmentation.layout();
 
@@ -520,18 +534,24 @@ pub(super) fn uid_key(config: &Config) -> Vec<u8> {
 /// What is stored of an upload: the file de-identified (formats::deidentify:
 /// PS3.15 Annex E basic profile with keyed-hashed UIDs for a SEG, free text and
 /// extensions dropped for a NIfTI), gzip-compressed. Never the original bytes.
-fn stored_content(
+/// Why a decoded upload is refused before it is stored.
+enum Refusal {
+    TooManyStructures(usize),
+    StoredTooLarge(u64),
+}
+
+/// The upload as it is kept: de-identified (see [`deidentify`]), uncompressed.
+fn deidentified(
     bytes: &[u8],
     format: &str,
     key: &[u8],
     limits: &Limits,
 ) -> Result<Vec<u8>, FormatError> {
-    let clean = if format == "dicom_seg" {
-        deidentify::deidentify_seg(bytes, key)?
+    if format == "dicom_seg" {
+        deidentify::deidentify_seg(bytes, key)
     } else {
-        deidentify::deidentify_nifti(bytes, limits)?
-    };
-    Ok(gzip(&clean))
+        deidentify::deidentify_nifti(bytes, limits)
+    }
 }
 
 /// The provenance stored with a SEG: UIDs keyed-hashed as in the stored file, and

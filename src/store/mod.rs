@@ -262,7 +262,17 @@ impl StoreError {
 
     /// Whether the operation may succeed if retried.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_) | StoreError::Connect(_))
+        match self {
+            StoreError::Unavailable(_) | StoreError::Connect(_) => true,
+            // Serialisation failures and deadlocks, a server shutting down,
+            // connection failures, exhausted resources.
+            StoreError::Database(sqlx::Error::Database(e)) => e.code().is_some_and(|code| {
+                ["40", "57P", "08", "53"]
+                    .iter()
+                    .any(|class| code.starts_with(class))
+            }),
+            _ => false,
+        }
     }
 }
 

@@ -310,7 +310,9 @@ impl Workers {
                 Handled::Done
             }
             Ok(false) => Handled::LeaseLost,
-            Err(e) => transient(e),
+            Err(e) if e.is_transient() => transient(e),
+            // A constraint the results break will break it again: a bug.
+            Err(e) => Handled::Failed(FailureReason::Internal, e.to_string()),
         }
     }
 }

@@ -79,11 +79,57 @@ pub fn score(
             "spacing_mm": evaluation.grid.spacing_vec(),
         }),
         mean_dice: metrics::mean_dice(&evaluation.structures),
-        structures: evaluation
-            .structures
+        structures: unique_names(&evaluation.structures)
             .into_iter()
-            .map(|m| (m.display_name(), tolerance(&m), m))
-            .map(|(name, tolerance, m)| (name, m, tolerance))
+            .zip(evaluation.structures)
+            .map(|(name, m)| {
+                let tolerance = tolerance(&m);
+                (name, m, tolerance)
+            })
             .collect(),
     })
+}
+
+/// Names unique within a case, as results are keyed by name: structures that
+/// share a name (two segments labelled alike) get their code or label added,
+/// then a counter if that is shared too.
+fn unique_names(structures: &[StructureMetrics]) -> Vec<String> {
+    use std::collections::HashMap;
+    let count = |names: &[String]| {
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for name in names {
+            *counts.entry(name.as_str()).or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|(name, _)| name.to_owned())
+            .collect::<std::collections::HashSet<_>>()
+    };
+    let mut names: Vec<String> = structures
+        .iter()
+        .map(StructureMetrics::display_name)
+        .collect();
+    let shared = count(&names);
+    for (name, m) in names.iter_mut().zip(structures) {
+        if shared.contains(name.as_str()) {
+            let detail = m
+                .code
+                .clone()
+                .or_else(|| m.label.map(|l| format!("label_{l}")));
+            if let Some(detail) = detail {
+                *name = format!("{name} ({detail})");
+            }
+        }
+    }
+    let shared = count(&names);
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for name in names.iter_mut() {
+        if shared.contains(name.as_str()) {
+            let n = seen.entry(name.clone()).or_default();
+            *n += 1;
+            *name = format!("{name} #{n}");
+        }
+    }
+    names
 }

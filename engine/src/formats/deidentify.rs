@@ -55,7 +55,7 @@ use flate2::read::MultiGzDecoder;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use super::dicom_structure::{self, Encoding, Problem};
+use super::dicom_structure::{self, Encoding};
 use super::{FormatError, Limits};
 
 /// Largest SEG accepted, in bytes (as the decoder).
@@ -275,7 +275,8 @@ pub fn hash_uid(uid: &str, key: &[u8]) -> String {
 /// segmentation as the input.
 pub fn deidentify_seg(bytes: &[u8], key: &[u8]) -> Result<Vec<u8>, FormatError> {
     let body = super::dicom_seg::part10_body(bytes)?;
-    check_structure(body)?;
+    // Bounded as the decoder bounds it; the upload decoded within the limits.
+    super::dicom_seg::check_structure(body, &super::Limits::default())?;
     let mut object = OpenFileOptions::new()
         .read_preamble(dicom_object::file::ReadPreamble::Never)
         .from_reader(body)
@@ -567,37 +568,6 @@ fn clean(object: &mut InMemDicomObject, key: &[u8]) {
             }
         }
     }
-}
-
-/// Checks the data set's structure before the DICOM parser sees it (as the
-/// decoder does), so that parsing is bounded.
-fn check_structure(body: &[u8]) -> Result<(), FormatError> {
-    let to_error = |problem| match problem {
-        Problem::Truncated(m) => FormatError::Truncated(m),
-        Problem::Malformed(m) => FormatError::Dicom(m),
-    };
-    dicom_structure::check_meta_group(&body[4..]).map_err(to_error)?;
-    let mut data_set = body;
-    let meta = dicom_object::FileMetaTable::from_reader(&mut data_set)
-        .map_err(|e| FormatError::Dicom(format!("file meta group: {e}")))?;
-    let syntax = meta.transfer_syntax().trim_end_matches('\0');
-    let encoding = Encoding {
-        explicit_vr: syntax != IMPLICIT_VR_LITTLE_ENDIAN,
-        big_endian: syntax == EXPLICIT_VR_BIG_ENDIAN,
-    };
-    let inflated;
-    let data_set = if syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN {
-        let mut bytes = Vec::new();
-        flate2::read::DeflateDecoder::new(data_set)
-            .take(MAX_FILE_BYTES as u64)
-            .read_to_end(&mut bytes)
-            .map_err(|e| FormatError::Dicom(format!("deflated data set: {e}")))?;
-        inflated = bytes;
-        &inflated[..]
-    } else {
-        data_set
-    };
-    dicom_structure::check(data_set, encoding).map_err(to_error)
 }
 
 /// NIfTI header layout of one version: where the fields are.

@@ -147,7 +147,7 @@ pub(super) fn part10_body(bytes: &[u8]) -> Result<&[u8], FormatError> {
 /// Decodes a DICOM SEG held in memory.
 pub fn decode(bytes: &[u8], limits: &Limits) -> Result<SegImage, FormatError> {
     let body = part10_body(bytes)?;
-    check_structure(body)?;
+    check_structure(body, limits)?;
     let object = OpenFileOptions::new()
         .read_preamble(dicom_object::file::ReadPreamble::Never)
         .from_reader(body)
@@ -176,8 +176,14 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<SegImage, FormatError> {
     Seg::parse(&object, encapsulated, limits)?.decode()
 }
 
-/// Checks the data set's structure before the DICOM parser sees it.
-fn check_structure(body: &[u8]) -> Result<(), FormatError> {
+/// Room for a data set's attributes beside its voxel data when a deflated
+/// data set is inflated.
+const DATA_SET_ALLOWANCE: u64 = 1 << 20;
+
+/// Checks the data set's structure before the DICOM parser sees it, so that
+/// parsing is bounded; a deflated data set may inflate to at most the voxel
+/// data limit (plus room for its attributes).
+pub(super) fn check_structure(body: &[u8], limits: &Limits) -> Result<(), FormatError> {
     let to_error = |problem| match problem {
         Problem::Truncated(m) => FormatError::Truncated(m),
         Problem::Malformed(m) => invalid(m),
@@ -193,15 +199,21 @@ fn check_structure(body: &[u8]) -> Result<(), FormatError> {
     };
     let inflated;
     let data_set = if syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN {
+        let cap = limits
+            .max_bytes
+            .saturating_add(DATA_SET_ALLOWANCE)
+            .min(MAX_FILE_BYTES as u64);
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(
-            &mut std::io::Read::take(
-                flate2::read::DeflateDecoder::new(data_set),
-                MAX_FILE_BYTES as u64,
-            ),
+            &mut std::io::Read::take(flate2::read::DeflateDecoder::new(data_set), cap + 1),
             &mut bytes,
         )
         .map_err(|e| invalid(format!("deflated data set: {e}")))?;
+        if bytes.len() as u64 > cap {
+            return Err(FormatError::TooLarge(format!(
+                "the deflated data set inflates to more than {cap} bytes"
+            )));
+        }
         inflated = bytes;
         &inflated[..]
     } else {
@@ -218,7 +230,7 @@ pub fn instance_uids(bytes: &[u8]) -> (Option<String>, Option<String>) {
     } else {
         bytes
     };
-    if !body.starts_with(b"DICM") || check_structure(body).is_err() {
+    if !body.starts_with(b"DICM") || check_structure(body, &Limits::default()).is_err() {
         return (None, None);
     }
     match OpenFileOptions::new()
@@ -461,9 +473,16 @@ impl<'a> Seg<'a> {
             frames,
             segments,
             pixel_spacing: [pixel_spacing[0], pixel_spacing[1]],
-            spacing_between_slices: floats(measures, tags::SPACING_BETWEEN_SLICES)
+            spacing_between_slices: match floats(measures, tags::SPACING_BETWEEN_SLICES)
                 .and_then(|v| v.first().copied())
-                .filter(|&s| s > 0.0),
+            {
+                Some(s) if !(s.is_finite() && s > 0.0) => {
+                    return Err(FormatError::Geometry(format!(
+                        "SpacingBetweenSlices (0018,0088) is {s}: it must be a positive number of mm"
+                    )));
+                }
+                declared => declared,
+            },
             slice_thickness: floats(measures, tags::SLICE_THICKNESS)
                 .and_then(|v| v.first().copied())
                 .filter(|&s| s > 0.0),
@@ -926,5 +945,56 @@ mod tests {
                 .contains("orthogonal")
         );
         assert!(orientation_problem([f64::NAN, 0.0, 0.0], [0.0, 1.0, 0.0]).is_some());
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/dicom");
+        std::fs::read(dir.join(name)).unwrap()
+    }
+
+    #[test]
+    fn a_deflated_data_set_inflating_past_the_limits_is_too_large() {
+        let limits = Limits {
+            max_voxels: 1 << 20,
+            max_bytes: 1 << 20,
+        };
+        let file = fixture("ai_binary_deflate.dcm");
+        assert!(decode(&file, &limits).is_ok());
+        // The same file meta group, then 3 MiB of zeros deflated to a few KB.
+        let body = part10_body(&file).unwrap();
+        let group_length = u32::from_le_bytes(body[12..16].try_into().unwrap()) as usize;
+        let mut bomb = body[..16 + group_length].to_vec();
+        let mut deflate =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        deflate.write_all(&vec![0u8; 3 << 20]).unwrap();
+        bomb.extend(deflate.finish().unwrap());
+        let err = decode(&bomb, &limits).err().unwrap();
+        assert!(matches!(err, FormatError::TooLarge(_)), "{err}");
+    }
+
+    #[test]
+    fn a_spacing_between_slices_that_is_not_positive_is_refused() {
+        // Replace the fixture's SpacingBetweenSlices (DS) with "0" of the same length.
+        let file = fixture("ai_binary.dcm");
+        let tag = [0x18u8, 0x00, 0x88, 0x00, b'D', b'S'];
+        let at = file
+            .windows(tag.len())
+            .position(|w| w == tag)
+            .expect("the fixture has SpacingBetweenSlices");
+        let length = u16::from_le_bytes([file[at + 6], file[at + 7]]) as usize;
+        let mut zero = file.clone();
+        let value = &mut zero[at + 8..at + 8 + length];
+        value.fill(b' ');
+        value[0] = b'0';
+        let err = decode(&zero, &Limits::default()).err().unwrap();
+        assert!(matches!(err, FormatError::Geometry(_)), "{err}");
+        assert!(err.to_string().contains("SpacingBetweenSlices"), "{err}");
     }
 }

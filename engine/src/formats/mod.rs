@@ -138,6 +138,35 @@ pub fn estimated_voxels(bytes: &[u8], limits: &Limits) -> u64 {
 }
 
 /// A DICOM Part 10 file: "DICM" after the 128-byte preamble, or at the start.
+/// A NIfTI header or a gzip stream is never taken for one, whatever its bytes
+/// 128 to 132 happen to hold.
 pub fn is_dicom(head: &[u8]) -> bool {
+    const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+    if head.starts_with(&GZIP_MAGIC) || nifti::has_signature(head) {
+        return false;
+    }
     head.get(128..132) == Some(b"DICM") || head.starts_with(b"DICM")
+}
+
+#[cfg(test)]
+mod sniffing_tests {
+    use super::*;
+    use crate::volume::{Grid, LabelVolume, Labels};
+
+    #[test]
+    fn a_nifti_whose_bytes_128_to_132_spell_dicm_is_read_as_nifti() {
+        let grid = Grid::axis_aligned([4, 4, 2], [1.0; 3], 3);
+        let volume =
+            LabelVolume::new(grid, Labels::U8((0..32).map(|i| (i % 3) as u8).collect())).unwrap();
+        // NIfTI-1 cal_min (offset 128) is any float; these bytes read "DICM".
+        let mut plain = nifti::encode(&volume, false);
+        plain[128..132].copy_from_slice(b"DICM");
+        assert!(!is_dicom(&plain));
+        match decode(&plain, &Limits::default()).unwrap() {
+            Segmentation::LabelMap(decoded) => assert_eq!(decoded.labels, volume.labels),
+            other => panic!("{other:?}"),
+        }
+        let gzipped = nifti::encode(&volume, true);
+        assert!(!is_dicom(&gzipped));
+    }
 }

@@ -206,6 +206,23 @@ fn read_header<R: Read>(input: &mut R) -> Result<Header, FormatError> {
     }
 }
 
+/// Whether `head` starts with a single-file NIfTI-1 or NIfTI-2 header:
+/// `sizeof_hdr` 348 or 540 (either byte order) and its `n+1`/`n+2` magic.
+pub fn has_signature(head: &[u8]) -> bool {
+    let Some(size) = head.get(..4) else {
+        return false;
+    };
+    let size: [u8; 4] = [size[0], size[1], size[2], size[3]];
+    let (le, be) = (i32::from_le_bytes(size), i32::from_be_bytes(size));
+    if le == 348 || be == 348 {
+        head.get(344..348) == Some(b"n+1\0")
+    } else if le == 540 || be == 540 {
+        head.get(4..8) == Some(b"n+2\0")
+    } else {
+        false
+    }
+}
+
 fn check_magic(found: &[u8], single: &[u8], pair: &[u8]) -> Result<(), FormatError> {
     if found == single {
         Ok(())

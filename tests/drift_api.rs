@@ -336,7 +336,21 @@ async fn bad_values_get_a_specific_problem_not_a_500() {
     let r = send(app.client.post(&freeze).json(&json!({})))
         .await
         .unwrap();
-    assert_eq!(problem(r).await, (422, "invalid-body".to_owned()));
+    assert_eq!(problem(r).await, (400, "invalid-baseline".to_owned()));
+    // A JSON array is not an object, though serde would read a struct from it.
+    let r = send(
+        app.client
+            .post(app.url("/v1/incidents/1/ack"))
+            .json(&json!([null])),
+    )
+    .await
+    .unwrap();
+    assert_eq!(problem(r).await, (400, "invalid-ack".to_owned()));
+    // A valid request the state cannot satisfy: no scored cases yet.
+    let r = send(app.client.post(&freeze).json(&json!({"cases": 150.0})))
+        .await
+        .unwrap();
+    assert_eq!(problem(r).await, (409, "not-enough-cases".to_owned()));
     let r = send(app.client.get(app.url("/v1/incidents/abc/strata")))
         .await
         .unwrap();

@@ -1470,3 +1470,55 @@ async fn a_request_past_the_time_limit_gets_problem_json_with_retry_after() {
     assert!(answer.contains("request_timeout_secs"), "{answer}");
     app.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_version_gathers_at_most_max_structures() {
+    let app = TestApp::start_with(|c| c.limits.max_structures = 2).await;
+    let labelled = |label: u8| {
+        let grid = Grid::axis_aligned([8, 8, 4], [1.0; 3], 3);
+        let labels: Vec<u8> = (0..grid.len())
+            .map(|i| if i % 5 == 0 { label } else { 0 })
+            .collect();
+        encode(&LabelVolume::new(grid, Labels::U8(labels)).unwrap(), true)
+    };
+    // Labels 1 and 2 are gathered by the first scored pair.
+    for role in ["prediction", "reference"] {
+        let r = app
+            .upload(&app.admin_key, "site1", "first", role, cubes(0, 4))
+            .await;
+        assert_eq!(r.status(), 202);
+    }
+    assert_eq!(app.wait_scored("site1", "first").await["status"], "scored");
+    // Label 3 would be a third structure of m v1: the upload completing the
+    // pair is refused and stores nothing, whichever side comes second.
+    let r = app
+        .upload(&app.admin_key, "site1", "rotated", "reference", labelled(3))
+        .await;
+    assert_eq!(r.status(), 202);
+    let r = app
+        .upload(
+            &app.admin_key,
+            "site1",
+            "rotated",
+            "prediction",
+            labelled(3),
+        )
+        .await;
+    assert_eq!(r.status(), 422);
+    assert_eq!(problem_kind(r).await, "too-many-structures");
+    let (_, case) = app
+        .get(&app.admin_key, "/v1/sites/site1/cases/rotated")
+        .await;
+    assert_eq!(case["revisions"].as_array().unwrap().len(), 1, "{case}");
+    // Known structures still pair.
+    let r = app
+        .upload(&app.admin_key, "site1", "again", "reference", labelled(2))
+        .await;
+    assert_eq!(r.status(), 202);
+    let r = app
+        .upload(&app.admin_key, "site1", "again", "prediction", labelled(1))
+        .await;
+    assert_eq!(r.status(), 202);
+    assert_eq!(app.wait_scored("site1", "again").await["status"], "scored");
+    app.finish().await;
+}

@@ -13,7 +13,7 @@ use super::{AppState, valid_key};
 use crate::store::{CaseFilter, CaseSummary, CaseView};
 
 #[utoipa::path(get, path = "/v1/sites/{site}/cases/{case}", tag = "cases",
-    params(("site" = String, Path), ("case" = String, Path)),
+    params(("site" = String, Path, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$"), ("case" = String, Path, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$")),
     responses((status = 200, body = CaseView), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn get_case(
@@ -39,8 +39,10 @@ pub struct ListQuery {
     pub structure: Option<String>,
     pub model_version: Option<String>,
     /// `dice` (worst first; the only order).
+    #[param(pattern = "^dice$")]
     pub order: Option<String>,
     /// At most this many cases (default 50, at most 500).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// Only cases scored since then (RFC 3339).
     pub since: Option<DateTime<Utc>>,
@@ -54,7 +56,7 @@ pub struct ListQuery {
 }
 
 #[utoipa::path(get, path = "/v1/sites/{site}/cases", tag = "cases",
-    params(("site" = String, Path), ListQuery),
+    params(("site" = String, Path, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$"), ListQuery),
     responses((status = 200, body = Vec<CaseSummary>), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)),
     security(("bearer" = [])))]
 pub async fn list_cases(

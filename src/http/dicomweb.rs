@@ -40,7 +40,7 @@ pub struct StowQuery {
 }
 
 #[utoipa::path(post, path = "/dicom-web/studies", tag = "dicomweb", params(StowQuery),
-    request_body(content = Vec<u8>, content_type = "multipart/related; type=\"application/dicom\"", description = "DICOM SEG instances"),
+    request_body(content = super::FileBody, content_type = "multipart/related; type=\"application/dicom\"", description = "DICOM SEG instances"),
     responses((status = 200, description = "all stored (application/dicom+json)"), (status = 202, description = "some stored"),
         (status = 409, description = "none stored"), (status = 400, body = Problem), (status = 401, body = Problem),
         (status = 403, body = Problem), (status = 415, body = Problem), (status = 503, body = Problem)),
@@ -56,7 +56,7 @@ pub async fn store_instances(
 }
 
 #[utoipa::path(post, path = "/dicom-web/studies/{study}", tag = "dicomweb", params(("study" = String, Path), StowQuery),
-    request_body(content = Vec<u8>, content_type = "multipart/related; type=\"application/dicom\"", description = "DICOM SEG instances of the study"),
+    request_body(content = super::FileBody, content_type = "multipart/related; type=\"application/dicom\"", description = "DICOM SEG instances of the study"),
     responses((status = 200, description = "all stored (application/dicom+json)"), (status = 202, description = "some stored"),
         (status = 409, description = "none stored"), (status = 400, body = Problem), (status = 401, body = Problem),
         (status = 403, body = Problem), (status = 415, body = Problem), (status = 503, body = Problem)),

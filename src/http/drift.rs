@@ -12,7 +12,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Auth;
-use super::problem::Problem;
+use super::problem::{Problem, json_object};
 use super::{AppState, valid_key};
 use crate::drift::Baseline;
 use crate::store::{ALL, BaselineInfo, IncidentView, Role, Stratum};
@@ -32,8 +32,10 @@ pub struct BaselineUpload {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FreezeRequest {
-    /// The first this many scored cases (by case time); at least 100.
-    pub cases: i64,
+    /// The first this many scored cases (by case time); at least 100. A JSON
+    /// number, integral (`150.0` is 150, as JSON Schema counts it).
+    #[schema(value_type = i64, minimum = 100, maximum = 100000)]
+    pub cases: f64,
 }
 
 /// Most cases a baseline can be frozen from.
@@ -71,7 +73,7 @@ fn samples(cases: &[BTreeMap<String, f64>]) -> Result<BTreeMap<String, Baseline>
 }
 
 #[utoipa::path(put, path = "/v1/models/{model}/versions/{version}/baseline", tag = "drift",
-    params(("model" = String, Path), ("version" = String, Path)), request_body = BaselineUpload,
+    params(("model" = String, Path, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$"), ("version" = String, Path, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$")), request_body = BaselineUpload,
     responses((status = 201, body = BaselineInfo), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)),
     security(("bearer" = [])))]
 pub async fn put_baseline(
@@ -83,8 +85,8 @@ pub async fn put_baseline(
     auth.admin()?;
     valid_key("model", &model)?;
     valid_key("model_version", &version)?;
-    let upload: BaselineUpload = serde_json::from_slice(&body)
-        .map_err(|e| Problem::bad_request("invalid-baseline", "Invalid baseline", e.to_string()))?;
+    let upload: BaselineUpload = json_object(&body)
+        .map_err(|e| Problem::bad_request("invalid-baseline", "Invalid baseline", e))?;
     let samples = samples(&upload.cases)?;
     let info = app
         .store
@@ -101,20 +103,23 @@ pub async fn put_baseline(
 }
 
 #[utoipa::path(post, path = "/v1/models/{model}/versions/{version}/baseline/freeze", tag = "drift",
-    params(("model" = String, Path), ("version" = String, Path)), request_body = FreezeRequest,
+    params(("model" = String, Path, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$"), ("version" = String, Path, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$")), request_body = FreezeRequest,
     responses((status = 201, body = BaselineInfo), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)),
     security(("bearer" = [])))]
 pub async fn freeze_baseline(
     State(app): State<AppState>,
     auth: Auth,
     Path((model, version)): Path<(String, String)>,
-    Json(request): Json<FreezeRequest>,
+    body: Bytes,
 ) -> Result<(StatusCode, Json<BaselineInfo>), Problem> {
     auth.admin()?;
     valid_key("model", &model)?;
     valid_key("model_version", &version)?;
+    let invalid =
+        |detail: String| Problem::bad_request("invalid-baseline", "Invalid baseline", detail);
+    let request: FreezeRequest = json_object(&body).map_err(invalid)?;
     let allowed = crate::drift::MIN_BASELINE as i64..=MAX_FREEZE_CASES;
-    if !allowed.contains(&request.cases) {
+    if request.cases.fract() != 0.0 || !allowed.contains(&(request.cases as i64)) {
         return Err(Problem::bad_request(
             "invalid-baseline",
             "Invalid baseline",
@@ -127,8 +132,20 @@ pub async fn freeze_baseline(
     }
     let cases = app
         .store
-        .first_scored(&model, &version, request.cases)
+        .first_scored(&model, &version, request.cases as i64)
         .await?;
+    if cases.len() < crate::drift::MIN_BASELINE {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "not-enough-cases",
+            "Not enough scored cases",
+            format!(
+                "{model} {version} has {} scored cases; a baseline needs at least {}",
+                cases.len(),
+                crate::drift::MIN_BASELINE
+            ),
+        ));
+    }
     let samples = samples(&cases)?;
     let source = format!("first {} scored cases", cases.len());
     let info = app
@@ -139,7 +156,7 @@ pub async fn freeze_baseline(
 }
 
 #[utoipa::path(get, path = "/v1/models/{model}/versions/{version}/baseline", tag = "drift",
-    params(("model" = String, Path), ("version" = String, Path)),
+    params(("model" = String, Path, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$"), ("version" = String, Path, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$")),
     responses((status = 200, body = BaselineInfo), (status = 401, body = Problem), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn get_baseline(
@@ -161,6 +178,7 @@ pub async fn get_baseline(
 #[into_params(parameter_in = Query)]
 pub struct IncidentQuery {
     /// `open` (default) or `all`.
+    #[param(pattern = "^(open|all)$")]
     pub state: Option<String>,
 }
 
@@ -215,9 +233,8 @@ pub async fn acknowledge(
     let ack: Acknowledgement = if body.is_empty() {
         Acknowledgement::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            Problem::bad_request("invalid-ack", "Invalid acknowledgement", e.to_string())
-        })?
+        json_object(&body)
+            .map_err(|e| Problem::bad_request("invalid-ack", "Invalid acknowledgement", e))?
     };
     app.store
         .acknowledge(id, &auth.0.key_id, ack.note.as_deref())
@@ -277,6 +294,7 @@ pub async fn strata(
 #[into_params(parameter_in = Query)]
 pub struct PlanQuery {
     /// Simulated streams per change for the delays (10 to 1000, default 200).
+    #[param(minimum = 10, maximum = 1000)]
     pub streams: Option<usize>,
 }
 
@@ -372,11 +390,11 @@ pub async fn alertmanager_webhook(
     body: Bytes,
 ) -> Result<StatusCode, Problem> {
     auth.admin()?;
-    let notification: Notification = serde_json::from_slice(&body).map_err(|e| {
+    let notification: Notification = json_object(&body).map_err(|e| {
         Problem::bad_request(
             "invalid-notification",
             "Invalid Alertmanager notification",
-            e.to_string(),
+            e,
         )
     })?;
     let recorded = app

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderName, header};
+use axum::http::{HeaderName, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -52,8 +52,8 @@ pub struct AppState {
           drift::get_baseline, drift::list_incidents, drift::acknowledge, drift::drift_plan, drift::strata,
           drift::alertmanager_webhook, dicomweb::store_instances, dicomweb::store_study_instances,
           healthz, readyz, metrics),
-    components(schemas(Problem, uploads::UploadAccepted)),
-    modifiers(&BearerAuth),
+    components(schemas(Problem, uploads::UploadAccepted, FileBody)),
+    modifiers(&BearerAuth, &ProblemResponses),
     tags((name = "uploads", description = "PACS integrations send segmentations"),
          (name = "cases", description = "Results for drill-down"),
          (name = "models", description = "Structure schemas of model versions"),
@@ -80,6 +80,102 @@ impl utoipa::Modify for BearerAuth {
         }
     }
 }
+
+/// Completes every operation's responses from what the service does for all of
+/// them, so the document states them once rather than on every route: errors
+/// are `application/problem+json`; routes behind a key answer 401; routes with
+/// input answer 400; routes that reach the database answer 503 with
+/// Retry-After; every response has a description.
+struct ProblemResponses;
+
+/// Routes that answer without the database.
+const WITHOUT_DATABASE: [&str; 4] = ["/healthz", "/readyz", "/openapi.json", "/metrics"];
+
+impl utoipa::Modify for ProblemResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{
+            Content, HeaderBuilder, Ref, RefOr, ResponseBuilder, Type, schema::Object,
+        };
+        let problem = |description: &str, retry_after: bool| {
+            let mut response = ResponseBuilder::new().description(description).content(
+                PROBLEM_JSON,
+                Content::new(Some(Ref::from_schema_name("Problem"))),
+            );
+            if retry_after {
+                response = response.header(
+                    "Retry-After",
+                    HeaderBuilder::new()
+                        .schema(Some(Object::with_type(Type::Integer)))
+                        .description(Some("seconds to wait before retrying"))
+                        .build(),
+                );
+            }
+            RefOr::T(response.build())
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let responses = &mut operation.responses.responses;
+                for (status, response) in responses.iter_mut() {
+                    let RefOr::T(response) = response else {
+                        continue;
+                    };
+                    if let Some(json) = response.content.shift_remove("application/json") {
+                        let is_problem = matches!(&json, RefOr::T(c) if matches!(&c.schema, Some(RefOr::Ref(r)) if r.ref_location.ends_with("/Problem")));
+                        let media = if is_problem {
+                            PROBLEM_JSON
+                        } else {
+                            "application/json"
+                        };
+                        response.content.insert(media.to_owned(), json);
+                    }
+                    if response.description.is_empty() {
+                        response.description = status
+                            .parse::<u16>()
+                            .ok()
+                            .and_then(|code| StatusCode::from_u16(code).ok())
+                            .and_then(|code| code.canonical_reason())
+                            .unwrap_or("response")
+                            .to_owned();
+                    }
+                }
+                let has_input = operation.parameters.as_ref().is_some_and(|p| !p.is_empty())
+                    || operation.request_body.is_some();
+                if has_input {
+                    responses
+                        .entry("400".into())
+                        .or_insert_with(|| problem("invalid request", false));
+                }
+                if operation.security.is_some() {
+                    responses
+                        .entry("401".into())
+                        .or_insert_with(|| problem("missing, unknown or revoked key", false));
+                }
+                if !WITHOUT_DATABASE.contains(&path.as_str()) {
+                    responses.entry("503".into()).or_insert_with(|| {
+                        problem("database unreachable or service busy; retry later", true)
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// A request body of bytes: a segmentation file, or a multipart of them
+/// (documented as a binary string; `Vec<u8>` would read as an integer array).
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary, min_length = 1)]
+#[allow(dead_code)] // read by the OpenAPI derive only
+struct FileBody(Vec<u8>);
+
+/// The media type of every error body (RFC 9457).
+const PROBLEM_JSON: &str = "application/problem+json";
 
 /// Site, case, model and version keys: 1 to 128 of `A-Z a-z 0-9 . _ -`.
 pub fn valid_key(what: &str, value: &str) -> Result<(), Problem> {

@@ -11,7 +11,7 @@ use super::{AppState, valid_key};
 use crate::schema::Schema;
 
 #[utoipa::path(put, path = "/v1/models/{model}/versions/{version}/structures", tag = "models",
-    params(("model" = String, Path), ("version" = String, Path)),
+    params(("model" = String, Path, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$"), ("version" = String, Path, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$")),
     request_body(content = Object, description = "{\"structures\": [{\"label\": 1, \"code\": \"SCT:10200004\", \"name\": \"liver\", \"tolerance_mm\": 2, \"failure_threshold\": 0.5}], \"unknown_labels\": \"reject\"}"),
     responses((status = 201, description = "created"), (status = 200, description = "replaced"), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)),
     security(("bearer" = [])))]
@@ -26,7 +26,7 @@ pub async fn put_structures(
     valid_key("model_version", &version)?;
     let invalid =
         |detail: String| Problem::bad_request("invalid-schema", "Invalid structure schema", detail);
-    let schema: Schema = serde_json::from_slice(&body).map_err(|e| invalid(e.to_string()))?;
+    let schema: Schema = super::problem::json_object(&body).map_err(invalid)?;
     schema.validate().map_err(|e| invalid(e.to_string()))?;
     let created = app.store.put_schema(&model, &version, &schema).await?;
     Ok((
@@ -40,7 +40,7 @@ pub async fn put_structures(
 }
 
 #[utoipa::path(get, path = "/v1/models/{model}/versions/{version}/structures", tag = "models",
-    params(("model" = String, Path), ("version" = String, Path)),
+    params(("model" = String, Path, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$"), ("version" = String, Path, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$")),
     responses((status = 200, description = "the schema"), (status = 401, body = Problem), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn get_structures(

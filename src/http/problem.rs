@@ -267,3 +267,14 @@ impl From<PairingError> for Problem {
         }
     }
 }
+
+/// Parses a request body that must be one JSON object into `T`. serde reads a
+/// struct from a JSON array too (`[null]` as `{"note": null}`), so anything but
+/// an object is refused first. The error is the detail for a 400.
+pub fn json_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    if !value.is_object() {
+        return Err("the body must be a JSON object".into());
+    }
+    serde_json::from_value(value).map_err(|e| e.to_string())
+}

@@ -40,8 +40,18 @@ fn refused_media(media: &str) -> bool {
 #[into_params(parameter_in = Query)]
 pub struct UploadQuery {
     /// Model name (required for predictions).
+    #[param(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$"
+    )]
     pub model: Option<String>,
     /// Model version (required for predictions).
+    #[param(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$"
+    )]
     pub model_version: Option<String>,
     pub scanner_manufacturer: Option<String>,
     pub scanner_model: Option<String>,
@@ -49,6 +59,35 @@ pub struct UploadQuery {
     pub protocol: Option<String>,
     /// When the case happened (admin keys only, for simulations and back-fills).
     pub observed_at: Option<DateTime<Utc>>,
+}
+
+/// A prediction's query as documented: [`UploadQuery`] with the model and its
+/// version required. The handler reads [`UploadQuery`], so that a missing one
+/// gets its own 400 (`missing-model`) rather than a generic rejection.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // read by the OpenAPI derive only
+struct PredictionQuery {
+    /// Model name.
+    #[param(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$"
+    )]
+    model: String,
+    /// Model version.
+    #[param(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$"
+    )]
+    model_version: String,
+    scanner_manufacturer: Option<String>,
+    scanner_model: Option<String>,
+    slice_thickness_mm: Option<f64>,
+    protocol: Option<String>,
+    /// When the case happened (admin keys only, for simulations and back-fills).
+    observed_at: Option<DateTime<Utc>>,
 }
 
 /// The answer to an accepted upload.
@@ -65,8 +104,8 @@ pub struct UploadAccepted {
 }
 
 #[utoipa::path(put, path = "/v1/sites/{site}/cases/{case}/prediction", tag = "uploads",
-    params(("site" = String, Path), ("case" = String, Path, description = "pseudonymous case key"), UploadQuery),
-    request_body(content = Vec<u8>, description = "NIfTI (.nii/.nii.gz) or DICOM SEG", content_type = "application/octet-stream"),
+    params(("site" = String, Path, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$"), ("case" = String, Path, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$", description = "pseudonymous case key"), PredictionQuery),
+    request_body(content = super::FileBody, description = "NIfTI (.nii/.nii.gz) or DICOM SEG", content_type = "application/octet-stream"),
     responses((status = 202, body = UploadAccepted, description = "stored"), (status = 200, body = UploadAccepted, description = "already stored"),
         (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)),
@@ -93,8 +132,8 @@ pub async fn put_prediction(
 }
 
 #[utoipa::path(put, path = "/v1/sites/{site}/cases/{case}/reference", tag = "uploads",
-    params(("site" = String, Path), ("case" = String, Path, description = "pseudonymous case key"), UploadQuery),
-    request_body(content = Vec<u8>, description = "NIfTI (.nii/.nii.gz) or DICOM SEG", content_type = "application/octet-stream"),
+    params(("site" = String, Path, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$"), ("case" = String, Path, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$", description = "pseudonymous case key"), UploadQuery),
+    request_body(content = super::FileBody, description = "NIfTI (.nii/.nii.gz) or DICOM SEG", content_type = "application/octet-stream"),
     responses((status = 202, body = UploadAccepted, description = "stored"), (status = 200, body = UploadAccepted, description = "already stored"),
         (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)),
@@ -287,7 +326,12 @@ pub(super) async fn ingest(
     let case_url = format!("/v1/sites/{site}/cases/{case}");
     // The hash of the upload as received (not of what is stored), so the same
     // bytes sent again are recognised.
-    let sha256 = Sha256::digest(&body).to_vec();
+    // Hashed on the compute pool: hundreds of MB would stall the async runtime.
+    let hashed = body.clone();
+    let sha256 = app
+        .compute
+        .run(0, move || Sha256::digest(&hashed).to_vec())
+        .await?;
     let duplicate = match &sop_instance_uid {
         Some(uid) => app.store.find_instance(site, case, role, uid).await?,
         None => None,
@@ -324,9 +368,9 @@ pub(super) async fn ingest(
                 Some(decoded) => decoded,
                 None => formats::decode_upload(&bytes, &limits)?,
             };
-            let structures = decoded.segmentation.structure_count();
-            if structures > max_structures {
-                return Ok(Err(Refusal::TooManyStructures(structures)));
+            let structures = decoded.segmentation.structure_keys();
+            if structures.len() > max_structures {
+                return Ok(Err(Refusal::TooManyStructures(structures.len())));
             }
             let clean = deidentified(&bytes, decoded.format, &content_key, &limits)?;
             // What is stored must inflate within the workers' limit: hashed UIDs
@@ -334,10 +378,10 @@ pub(super) async fn ingest(
             if clean.len() as u64 > max_stored {
                 return Ok(Err(Refusal::StoredTooLarge(clean.len() as u64)));
             }
-            Ok::<_, formats::FormatError>(Ok((decoded, gzip(&clean))))
+            Ok::<_, formats::FormatError>(Ok((decoded, gzip(&clean), structures)))
         })
         .await?;
-    let (decoded, content) = decoded?.map_err(|refusal| match refusal {
+    let (decoded, content, structures) = decoded?.map_err(|refusal| match refusal {
         Refusal::TooManyStructures(structures) => Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "too-many-structures",
@@ -397,12 +441,14 @@ pub(super) async fn ingest(
             .map(|p| serde_json::to_value(stored_provenance(p, &key)).unwrap_or(Value::Null)),
         observed_at,
         sop_instance_uid,
+        structures,
     };
     let limits = &app.config.limits;
     let bounds = ModelBounds {
         models: limits.max_models,
         versions: limits.max_model_versions,
         active_days: crate::config::ACTIVE_DAYS,
+        structures: u32::try_from(limits.max_structures).unwrap_or(u32::MAX),
     };
     let stored = app
         .store
@@ -444,6 +490,13 @@ fn model_bound_problem(exceeded: ModelBoundExceeded, new: &NewSegmentation) -> P
             "Too many model versions",
             format!(
                 "{limit} versions of model {model} already have predictions from the last {days} days (limits.max_model_versions)"
+            ),
+        ),
+        ModelBoundExceeded::Structures { limit } => (
+            "too-many-structures",
+            "Too many structures",
+            format!(
+                "this pair would bring its model version past {limit} structures (limits.max_structures)"
             ),
         ),
     };

@@ -158,9 +158,13 @@ impl Store {
         }
         let mut keys = self.active_keys(None).await?;
         if !keys.contains_key(id) {
-            // A key created since the last read (by another process): read again.
-            // Reloads run one at a time, so a flood of unknown ids costs the
-            // database one query at a time, and known keys never wait for it.
+            // A key created since the last read (by another process): read again,
+            // but no sooner than UNKNOWN_KEY_RELOAD after the last read, and one
+            // read at a time; callers waiting meanwhile share it. A flood of
+            // unknown ids costs the database at most one query a second.
+            if let Some(wait) = self.keys.until_older_than(UNKNOWN_KEY_RELOAD) {
+                tokio::time::sleep(wait).await;
+            }
             keys = self.active_keys(Some(&keys)).await?;
         }
         let Some(key) = keys.get(id) else {
@@ -229,6 +233,9 @@ impl Store {
 /// How long a read of the active keys is used: a revoked key stops working, and
 /// a new one starts, within this time.
 pub const KEY_CACHE_TTL: Duration = Duration::from_secs(10);
+/// An unknown key id reads the keys again once they are this old: a key
+/// created by another process is accepted after at most this wait.
+pub const UNKNOWN_KEY_RELOAD: Duration = Duration::from_secs(1);
 /// Longest id or secret part of a key accepted.
 const MAX_KEY_PART: usize = 128;
 
@@ -255,6 +262,14 @@ impl KeyCache {
         let guard = self.keys.read().ok()?;
         let (at, keys) = guard.as_ref()?;
         (at.elapsed() < KEY_CACHE_TTL).then(|| keys.clone())
+    }
+
+    /// How long until the keys last read are `age` old (None: they are, or
+    /// none were read).
+    fn until_older_than(&self, age: Duration) -> Option<Duration> {
+        let guard = self.keys.read().ok()?;
+        let (at, _) = guard.as_ref()?;
+        age.checked_sub(at.elapsed()).filter(|wait| !wait.is_zero())
     }
 
     fn last(&self) -> Option<ActiveKeys> {

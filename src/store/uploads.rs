@@ -54,6 +54,8 @@ pub struct NewSegmentation {
     pub observed_at: Option<DateTime<Utc>>,
     /// DICOM SOPInstanceUID, for idempotent DICOMweb uploads.
     pub sop_instance_uid: Option<String>,
+    /// Keys of the structures it holds ([`crate::volume::Segmentation::structure_keys`]).
+    pub structures: Vec<String>,
 }
 
 /// What storing an upload did.
@@ -73,6 +75,8 @@ pub struct ModelBounds {
     pub models: u32,
     pub versions: u32,
     pub active_days: u32,
+    /// Structures a model version may gather through scored pairs.
+    pub structures: u32,
 }
 
 /// A prediction refused because its model or version would pass a bound.
@@ -82,6 +86,8 @@ pub enum ModelBoundExceeded {
     Models { limit: u32 },
     /// The version would be one more active version of its model than `limit`.
     Versions { limit: u32 },
+    /// The pair would bring its model version past `limit` structures.
+    Structures { limit: u32 },
 }
 
 /// The latest segmentation on the other side of a case.
@@ -226,8 +232,9 @@ impl Store {
         .unwrap_or(1);
         let id = sqlx::query_scalar!(
             "INSERT INTO segmentations (case_id, role, revision, sha256, format, content, content_bytes, voxels, grid,
-                                        model, model_version, acquisition, provenance, observed_at, sop_instance_uid)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, coalesce($14, now()), $15)
+                                        model, model_version, acquisition, provenance, observed_at, sop_instance_uid,
+                                        structures)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, coalesce($14, now()), $15, $16)
              RETURNING id",
             case_id,
             new.role.as_str(),
@@ -243,12 +250,14 @@ impl Store {
             new.acquisition,
             new.provenance,
             new.observed_at,
-            new.sop_instance_uid
+            new.sop_instance_uid,
+            &new.structures
         )
         .fetch_one(&mut *tx)
         .await?;
-        let partner = sqlx::query_scalar!(
-            "SELECT id FROM segmentations WHERE case_id = $1 AND role = $2 ORDER BY revision DESC LIMIT 1",
+        let partner = sqlx::query!(
+            "SELECT id, model, model_version, structures FROM segmentations
+             WHERE case_id = $1 AND role = $2 ORDER BY revision DESC LIMIT 1",
             case_id,
             new.role.other().as_str()
         )
@@ -257,9 +266,23 @@ impl Store {
         let job_id = match partner {
             Some(partner) => {
                 let (prediction, reference) = match new.role {
-                    SegRole::Prediction => (id, partner),
-                    SegRole::Reference => (partner, id),
+                    SegRole::Prediction => (id, partner.id),
+                    SegRole::Reference => (partner.id, id),
                 };
+                let (model, version) = match new.role {
+                    SegRole::Prediction => (new.model.clone(), new.model_version.clone()),
+                    SegRole::Reference => (partner.model, partner.model_version),
+                };
+                if let (Some(model), Some(version)) = (model, version) {
+                    let mut pair = partner.structures;
+                    pair.extend(new.structures.iter().cloned());
+                    if let Some(exceeded) =
+                        gather_structures(&mut tx, &model, &version, pair, bounds.structures)
+                            .await?
+                    {
+                        return Ok(Err(exceeded));
+                    }
+                }
                 let job = sqlx::query_scalar!(
                     "INSERT INTO jobs (case_id, prediction_id, reference_id) VALUES ($1, $2, $3)
                      ON CONFLICT (prediction_id, reference_id) DO NOTHING RETURNING id",
@@ -346,4 +369,71 @@ async fn version_active(
     .fetch_one(tx)
     .await?;
     Ok(active.unwrap_or(false))
+}
+
+/// Adds a pair's structures to those its model version has gathered, unless
+/// that would pass `limit`. Versions gathering new structures are serialised
+/// (an advisory lock per version), so racing pairs cannot pass it together.
+async fn gather_structures(
+    tx: &mut sqlx::PgConnection,
+    model: &str,
+    version: &str,
+    mut structures: Vec<String>,
+    limit: u32,
+) -> Result<Option<ModelBoundExceeded>> {
+    structures.sort();
+    structures.dedup();
+    if new_structures(tx, model, version, &structures)
+        .await?
+        .is_empty()
+    {
+        return Ok(None);
+    }
+    sqlx::query!(
+        "SELECT pg_advisory_xact_lock(hashtext('segwatch structures ' || $1 || ' ' || $2))",
+        model,
+        version
+    )
+    .execute(&mut *tx)
+    .await?;
+    let added = new_structures(tx, model, version, &structures).await?;
+    let gathered = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM version_structures WHERE model = $1 AND model_version = $2"#,
+        model,
+        version
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if gathered + added.len() as i64 > i64::from(limit) {
+        return Ok(Some(ModelBoundExceeded::Structures { limit }));
+    }
+    sqlx::query!(
+        "INSERT INTO version_structures (model, model_version, structure)
+         SELECT $1, $2, unnest($3::text[]) ON CONFLICT DO NOTHING",
+        model,
+        version,
+        &added
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(None)
+}
+
+/// Those of `structures` the model version has not gathered yet.
+async fn new_structures(
+    tx: &mut sqlx::PgConnection,
+    model: &str,
+    version: &str,
+    structures: &[String],
+) -> Result<Vec<String>> {
+    let new = sqlx::query_scalar!(
+        "SELECT s FROM unnest($3::text[]) AS s WHERE NOT EXISTS (
+             SELECT 1 FROM version_structures WHERE model = $1 AND model_version = $2 AND structure = s)",
+        model,
+        version,
+        structures
+    )
+    .fetch_all(tx)
+    .await?;
+    Ok(new.into_iter().flatten().collect())
 }

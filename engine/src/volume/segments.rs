@@ -37,8 +37,10 @@ impl Segmentation {
         }
     }
 
-    /// Structures it holds: distinct non-zero labels, or segments.
-    pub fn structure_count(&self) -> usize {
+    /// Keys of the structures it holds, sorted and distinct: `label_N` for each
+    /// non-zero label of a label map, the code of each segment. They bound how
+    /// many structures (hence metric series) a model version gathers.
+    pub fn structure_keys(&self) -> Vec<String> {
         match self {
             Segmentation::LabelMap(v) => {
                 let mut seen = vec![false; 1 << 16];
@@ -47,9 +49,16 @@ impl Segmentation {
                     super::Labels::U8(l) => l.iter().for_each(|&x| mark(x as usize)),
                     super::Labels::U16(l) => l.iter().for_each(|&x| mark(x as usize)),
                 }
-                seen[1..].iter().filter(|&&s| s).count()
+                (1..seen.len())
+                    .filter(|&label| seen[label])
+                    .map(|label| format!("label_{label}"))
+                    .collect()
             }
-            Segmentation::Segments { segments, .. } => segments.len(),
+            Segmentation::Segments { segments, .. } => {
+                let codes: std::collections::BTreeSet<&str> =
+                    segments.iter().map(|s| s.code.as_str()).collect();
+                codes.into_iter().map(str::to_owned).collect()
+            }
         }
     }
 

@@ -200,14 +200,16 @@ impl LimitsConfig {
 
     /// Largest inflated size of a stored upload: whatever ingest accepted, a
     /// worker can read back. A body is at most `max_upload_bytes` on arrival,
-    /// but a gzip NIfTI body inflates to its voxel data (at most
-    /// `max_decompressed_bytes`) plus a header.
+    /// a gzip NIfTI body inflates to its voxel data (at most
+    /// `max_decompressed_bytes`) plus a header, and de-identification may
+    /// lengthen a SEG's UIDs; ingest refuses (413) what would still not fit.
     pub fn stored_bytes(&self) -> u64 {
-        (self.max_upload_bytes as u64).max(self.max_decompressed_bytes + STORED_HEADER_ALLOWANCE)
+        (self.max_upload_bytes as u64).max(self.max_decompressed_bytes) + STORED_HEADER_ALLOWANCE
     }
 }
 
-/// Room for a file's header beside its voxel data in [`LimitsConfig::stored_bytes`].
+/// Room for a file's header, or for UIDs lengthened by hashing, in
+/// [`LimitsConfig::stored_bytes`].
 const STORED_HEADER_ALLOWANCE: u64 = 1 << 20;
 
 impl Default for LimitsConfig {

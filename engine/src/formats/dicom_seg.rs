@@ -282,6 +282,29 @@ fn floats(object: &InMemDicomObject, tag: Tag) -> Option<Vec<f64>> {
     values.iter().all(|v| v.is_finite()).then_some(values)
 }
 
+/// SpacingBetweenSlices when given: a value that is not a positive finite
+/// number is refused rather than ignored.
+fn declared_spacing(measures: &InMemDicomObject) -> Result<Option<f64>, FormatError> {
+    let Some(element) = measures
+        .element_opt(tags::SPACING_BETWEEN_SLICES)
+        .ok()
+        .flatten()
+    else {
+        return Ok(None);
+    };
+    let text = element.to_str().unwrap_or_default();
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    match floats(measures, tags::SPACING_BETWEEN_SLICES).and_then(|v| v.first().copied()) {
+        Some(s) if s > 0.0 => Ok(Some(s)),
+        _ => Err(FormatError::Geometry(format!(
+            "SpacingBetweenSlices (0018,0088) is {:?}: it must be a positive number of mm",
+            text.trim()
+        ))),
+    }
+}
+
 fn items(object: &InMemDicomObject, tag: Tag) -> Option<&[InMemDicomObject]> {
     object.element_opt(tag).ok()??.items()
 }
@@ -473,16 +496,7 @@ impl<'a> Seg<'a> {
             frames,
             segments,
             pixel_spacing: [pixel_spacing[0], pixel_spacing[1]],
-            spacing_between_slices: match floats(measures, tags::SPACING_BETWEEN_SLICES)
-                .and_then(|v| v.first().copied())
-            {
-                Some(s) if !(s.is_finite() && s > 0.0) => {
-                    return Err(FormatError::Geometry(format!(
-                        "SpacingBetweenSlices (0018,0088) is {s}: it must be a positive number of mm"
-                    )));
-                }
-                declared => declared,
-            },
+            spacing_between_slices: declared_spacing(measures)?,
             slice_thickness: floats(measures, tags::SLICE_THICKNESS)
                 .and_then(|v| v.first().copied())
                 .filter(|&s| s > 0.0),
@@ -981,7 +995,7 @@ mod limit_tests {
 
     #[test]
     fn a_spacing_between_slices_that_is_not_positive_is_refused() {
-        // Replace the fixture's SpacingBetweenSlices (DS) with "0" of the same length.
+        // Replace the fixture's SpacingBetweenSlices (DS) by bad values of the same length.
         let file = fixture("ai_binary.dcm");
         let tag = [0x18u8, 0x00, 0x88, 0x00, b'D', b'S'];
         let at = file
@@ -989,12 +1003,14 @@ mod limit_tests {
             .position(|w| w == tag)
             .expect("the fixture has SpacingBetweenSlices");
         let length = u16::from_le_bytes([file[at + 6], file[at + 7]]) as usize;
-        let mut zero = file.clone();
-        let value = &mut zero[at + 8..at + 8 + length];
-        value.fill(b' ');
-        value[0] = b'0';
-        let err = decode(&zero, &Limits::default()).err().unwrap();
-        assert!(matches!(err, FormatError::Geometry(_)), "{err}");
-        assert!(err.to_string().contains("SpacingBetweenSlices"), "{err}");
+        for bad in ["0", "NaN", "-1"] {
+            let mut edited = file.clone();
+            let value = &mut edited[at + 8..at + 8 + length];
+            value.fill(b' ');
+            value[..bad.len()].copy_from_slice(bad.as_bytes());
+            let err = decode(&edited, &Limits::default()).err().unwrap();
+            assert!(matches!(err, FormatError::Geometry(_)), "{bad}: {err}");
+            assert!(err.to_string().contains("SpacingBetweenSlices"), "{err}");
+        }
     }
 }

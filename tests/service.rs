@@ -787,20 +787,17 @@ async fn a_job_abandoned_by_a_crashed_worker_is_scored_once_after_its_lease() {
         .status(),
         202
     );
-    assert_eq!(
-        upload(
-            &client,
-            &crashing.base,
-            &key,
-            "s",
-            "c",
-            "reference",
-            cubes(0, 4)
-        )
-        .await
-        .status(),
-        202
-    );
+    // The upload commits before its job can be claimed; the failpoint may abort
+    // the process before the 202 is written, so a dropped answer is fine here.
+    let reference = client
+        .put(format!("{}/v1/sites/s/cases/c/reference", crashing.base))
+        .bearer_auth(&key)
+        .body(cubes(0, 4))
+        .send()
+        .await;
+    if let Ok(response) = reference {
+        assert_eq!(response.status(), 202);
+    }
     // The worker claims the job and the process aborts.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

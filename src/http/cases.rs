@@ -36,7 +36,13 @@ pub async fn get_case(
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Rank by this structure's Dice and show only it.
+    #[param(pattern = "^[^\\u0000]*$")]
     pub structure: Option<String>,
+    #[param(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$"
+    )]
     pub model_version: Option<String>,
     /// `dice` (worst first; the only order).
     #[param(pattern = "^dice$")]
@@ -46,9 +52,12 @@ pub struct ListQuery {
     pub limit: Option<i64>,
     /// Only cases scored since then (RFC 3339).
     pub since: Option<DateTime<Utc>>,
-    /// Acquisition filters.
+    /// Acquisition filters (text without NUL characters).
+    #[param(pattern = "^[^\\u0000]*$")]
     pub scanner_manufacturer: Option<String>,
+    #[param(pattern = "^[^\\u0000]*$")]
     pub scanner_model: Option<String>,
+    #[param(pattern = "^[^\\u0000]*$")]
     pub protocol: Option<String>,
     /// Slice-thickness band, in mm (inclusive).
     pub slice_thickness_min_mm: Option<f64>,
@@ -66,6 +75,9 @@ pub async fn list_cases(
     Query(query): Query<ListQuery>,
 ) -> Result<Json<Vec<CaseSummary>>, Problem> {
     valid_key("site", &site)?;
+    if let Some(version) = &query.model_version {
+        valid_key("model_version", version)?;
+    }
     auth.read(&site)?;
     if query.order.as_deref().is_some_and(|o| o != "dice") {
         return Err(Problem::bad_request(

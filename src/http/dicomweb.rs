@@ -35,7 +35,13 @@ const CANNOT_UNDERSTAND: u16 = 0xC000;
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct StowQuery {
-    /// The site (admin keys only; site keys store for their own site).
+    /// The site: required with an admin key (400 without), ignored with a
+    /// site's ingest key, which stores for its own site.
+    #[param(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$"
+    )]
     pub site: Option<String>,
 }
 

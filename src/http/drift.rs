@@ -104,7 +104,8 @@ pub async fn put_baseline(
 
 #[utoipa::path(post, path = "/v1/models/{model}/versions/{version}/baseline/freeze", tag = "drift",
     params(("model" = String, Path, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$"), ("version" = String, Path, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$")), request_body = FreezeRequest,
-    responses((status = 201, body = BaselineInfo), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)),
+    responses((status = 201, body = BaselineInfo), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 409, body = Problem, description = "fewer scored cases than a baseline needs")),
     security(("bearer" = [])))]
 pub async fn freeze_baseline(
     State(app): State<AppState>,
@@ -214,13 +215,15 @@ pub async fn list_incidents(
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Acknowledgement {
-    /// What was found or done.
+    /// What was found or done (text without NUL characters).
+    #[schema(pattern = "^[^\\u0000]*$")]
     pub note: Option<String>,
 }
 
 /// Records who looked at an incident and what they found; the incident stays
 /// open until its streams have been back in control for the hold period.
-#[utoipa::path(post, path = "/v1/incidents/{id}/ack", tag = "drift", params(("id" = i64, Path)), request_body = Acknowledgement,
+#[utoipa::path(post, path = "/v1/incidents/{id}/ack", tag = "drift", params(("id" = i64, Path)),
+    request_body(content = Option<Acknowledgement>, description = "optional: an empty body acknowledges without a note"),
     responses((status = 200, body = IncidentView), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn acknowledge(
@@ -230,7 +233,7 @@ pub async fn acknowledge(
     body: Bytes,
 ) -> Result<Json<IncidentView>, Problem> {
     auth.admin()?;
-    let ack: Acknowledgement = if body.is_empty() {
+    let ack: Acknowledgement = if body.is_empty() || body.trim_ascii() == b"null" {
         Acknowledgement::default()
     } else {
         json_object(&body)
@@ -289,12 +292,17 @@ pub async fn strata(
     Ok(Json(strata))
 }
 
+/// Most streams the plan endpoint simulates per change: each costs CPU on the
+/// compute pool, and any read key may ask.
+const MAX_PLAN_STREAMS: usize = 200;
+
 /// Options of the alert plan.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PlanQuery {
-    /// Simulated streams per change for the delays (10 to 1000, default 200).
-    #[param(minimum = 10, maximum = 1000)]
+    /// Simulated streams per change for the delays (10 to 200, default 200;
+    /// `segwatch drift plan` simulates more, offline).
+    #[param(minimum = 10, maximum = 200)]
     pub streams: Option<usize>,
 }
 
@@ -316,11 +324,11 @@ pub async fn drift_plan(
         ));
     }
     let streams = query.streams.unwrap_or(200);
-    if !(10..=1000).contains(&streams) {
+    if !(10..=MAX_PLAN_STREAMS).contains(&streams) {
         return Err(Problem::bad_request(
             "invalid-streams",
             "Invalid stream count",
-            format!("streams={streams}: use 10 to 1000"),
+            format!("streams={streams}: use 10 to {MAX_PLAN_STREAMS}"),
         ));
     }
     let states = app.store.active_stream_states().await?;
@@ -370,17 +378,20 @@ pub async fn drift_plan(
     Ok(Json(plan))
 }
 
-/// The body Alertmanager's webhook receiver posts.
-#[derive(Debug, Deserialize)]
+/// The body Alertmanager's webhook receiver posts (other fields are ignored).
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct Notification {
+    /// The receiver that sent it.
     pub receiver: String,
+    /// The alerts notified: status, labels, annotations, startsAt, endsAt, fingerprint.
+    #[schema(value_type = Vec<Object>)]
     pub alerts: Vec<crate::store::NotifiedAlert>,
 }
 
 /// Alertmanager posts delivered notifications here (an admin key); they join the
 /// audit trail next to incidents and acknowledgements.
 #[utoipa::path(post, path = "/v1/alertmanager/webhook", tag = "drift",
-    request_body(content = Object, description = "Alertmanager's webhook payload (receiver, alerts)"),
+    request_body(content = Notification, description = "Alertmanager's webhook payload"),
     responses((status = 204, description = "recorded"), (status = 400, body = Problem),
         (status = 401, body = Problem), (status = 403, body = Problem)),
     security(("bearer" = [])))]

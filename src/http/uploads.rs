@@ -53,9 +53,12 @@ pub struct UploadQuery {
         pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$"
     )]
     pub model_version: Option<String>,
+    #[param(pattern = "^[^\\u0000]*$")]
     pub scanner_manufacturer: Option<String>,
+    #[param(pattern = "^[^\\u0000]*$")]
     pub scanner_model: Option<String>,
     pub slice_thickness_mm: Option<f64>,
+    #[param(pattern = "^[^\\u0000]*$")]
     pub protocol: Option<String>,
     /// When the case happened (admin keys only, for simulations and back-fills).
     pub observed_at: Option<DateTime<Utc>>,
@@ -82,9 +85,12 @@ struct PredictionQuery {
         pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$"
     )]
     model_version: String,
+    #[param(pattern = "^[^\\u0000]*$")]
     scanner_manufacturer: Option<String>,
+    #[param(pattern = "^[^\\u0000]*$")]
     scanner_model: Option<String>,
     slice_thickness_mm: Option<f64>,
+    #[param(pattern = "^[^\\u0000]*$")]
     protocol: Option<String>,
     /// When the case happened (admin keys only, for simulations and back-fills).
     observed_at: Option<DateTime<Utc>>,
@@ -236,7 +242,18 @@ async fn accept(
             valid_key("model_version", &version)?;
             (Some(model), Some(version))
         }
-        SegRole::Reference => (None, None),
+        SegRole::Reference => {
+            // Not used for a reference, but refused as for a prediction when malformed.
+            for (what, value) in [
+                ("model", &query.model),
+                ("model_version", &query.model_version),
+            ] {
+                if let Some(value) = value {
+                    valid_key(what, value)?;
+                }
+            }
+            (None, None)
+        }
     };
     check_content_type(headers)?;
     let acquisition = acquisition(&query, headers)?;
@@ -569,6 +586,16 @@ fn acquisition(query: &UploadQuery, headers: &HeaderMap) -> Result<Value, Proble
             }
             fields.insert(key, value);
         }
+    }
+    // Checked here, not left to the database: a duplicate upload stores nothing
+    // and must be refused all the same.
+    let has_nul = |v: &Value| v.as_str().is_some_and(|t| t.contains('\0'));
+    if fields.values().any(has_nul) {
+        return Err(Problem::bad_request(
+            "invalid-value",
+            "Invalid value",
+            "text must not contain NUL characters",
+        ));
     }
     Ok(Value::Object(fields))
 }

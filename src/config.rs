@@ -247,7 +247,7 @@ impl Default for ScoringConfig {
     fn default() -> Self {
         ScoringConfig {
             surface: SurfaceMode::Voxel,
-            default_tolerance_mm: 1.0,
+            default_tolerance_mm: crate::schema::DEFAULT_TOLERANCE_MM,
         }
     }
 }

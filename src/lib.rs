@@ -7,6 +7,7 @@ pub mod cli;
 pub mod compute;
 pub mod config;
 pub mod http;
+pub mod ids;
 pub mod service;
 pub mod store;
 pub mod telemetry;

@@ -47,7 +47,7 @@ pub struct EvalArgs {
     #[arg(long, default_value = "voxel", value_parser = surface_mode())]
     surface: SurfaceMode,
     /// Normalised surface Dice tolerance in mm.
-    #[arg(long, default_value_t = 1.0, value_parser = positive_mm)]
+    #[arg(long, default_value_t = crate::schema::DEFAULT_TOLERANCE_MM, value_parser = positive_mm)]
     tolerance_mm: f64,
     /// Structure schema (JSON): label values and segment codes with names and
     /// NSD tolerances; pairs DICOM SEG segments with NIfTI labels.

@@ -9,7 +9,6 @@ use clap::{Args, Subcommand};
 use tracing::info;
 
 use crate::config::Config;
-use crate::http;
 use crate::store::{Role, Store};
 use crate::telemetry;
 
@@ -47,7 +46,7 @@ pub enum KeysCommand {
         /// The site an ingest key may write and read.
         #[arg(long)]
         site: Option<String>,
-        #[arg(long, value_enum)]
+        #[arg(long, value_parser = role())]
         role: Role,
         /// A note on what the key is for.
         #[arg(long)]
@@ -64,6 +63,13 @@ pub enum KeysCommand {
         config: ConfigArgs,
         id: String,
     },
+}
+
+/// `--role`: the store's role names, listed in `--help`.
+fn role() -> impl clap::builder::TypedValueParser<Value = Role> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Role::NAMES)
+        .map(|name| Role::parse(&name).expect("a listed role"))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -103,7 +109,7 @@ pub fn keys(command: KeysCommand) -> anyhow::Result<()> {
                     anyhow::bail!("an ingest key needs --site");
                 }
                 if let Some(site) = &site {
-                    http::valid_key("site", site).map_err(|p| anyhow::anyhow!(p.detail))?;
+                    crate::ids::check("site", site)?;
                 }
                 let token = store
                     .create_key(role, site.as_deref(), label.as_deref())
@@ -116,10 +122,7 @@ pub fn keys(command: KeysCommand) -> anyhow::Result<()> {
                     table += &format!(
                         "{}\t{}\t{}\t{}\t{}{}\n",
                         key.id,
-                        serde_json::to_value(&key.role)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_owned))
-                            .unwrap_or_default(),
+                        key.role.as_str(),
                         key.site.unwrap_or_else(|| "*".into()),
                         key.created_at.to_rfc3339(),
                         key.label.unwrap_or_default(),

@@ -177,26 +177,11 @@ struct FileBody(Vec<u8>);
 /// The media type of every error body (RFC 9457).
 const PROBLEM_JSON: &str = "application/problem+json";
 
-/// Site, case, model and version keys: 1 to 128 of `A-Z a-z 0-9 . _ -`.
+/// Checks a site, case, model or version key ([`crate::ids::check`]): 400
+/// `invalid-key` when it breaks the rule.
 pub fn valid_key(what: &str, value: &str) -> Result<(), Problem> {
-    // `.` and `..` would read as path segments in URLs and file names.
-    let ok = !value.is_empty()
-        && value.len() <= 128
-        && !value.bytes().all(|b| b == b'.')
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Problem::bad_request(
-            "invalid-key",
-            "Invalid identifier",
-            format!(
-                "{what} must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' or '-', not only dots"
-            ),
-        ))
-    }
+    crate::ids::check(what, value)
+        .map_err(|e| Problem::bad_request("invalid-key", "Invalid identifier", e.to_string()))
 }
 
 /// The router with every route and layer.

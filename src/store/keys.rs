@@ -16,7 +16,7 @@ use subtle::ConstantTimeEq;
 use super::{Result, Store, StoreError};
 
 /// What a key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Uploads to and reads its own site.
@@ -28,7 +28,11 @@ pub enum Role {
 }
 
 impl Role {
-    fn as_str(self) -> &'static str {
+    /// Every role's name, as stored, serialised and given on the command line.
+    pub const NAMES: [&'static str; 3] = ["ingest", "read", "admin"];
+
+    /// The role's name.
+    pub fn as_str(self) -> &'static str {
         match self {
             Role::Ingest => "ingest",
             Role::Read => "read",
@@ -36,7 +40,8 @@ impl Role {
         }
     }
 
-    fn parse(s: &str) -> Option<Role> {
+    /// The role named `s`.
+    pub fn parse(s: &str) -> Option<Role> {
         match s {
             "ingest" => Some(Role::Ingest),
             "read" => Some(Role::Read),

@@ -184,7 +184,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             surface: SurfaceMode::Voxel,
-            tolerance_mm: 1.0,
+            tolerance_mm: crate::schema::DEFAULT_TOLERANCE_MM,
         }
     }
 }

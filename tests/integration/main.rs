@@ -1,0 +1,16 @@
+//! segwatch's integration tests, one binary (one link, one run) with a module
+//! per subject. The service tests need PostgreSQL (`SEGWATCH_TEST_ADMIN_URL`,
+//! default postgres://postgres@127.0.0.1:5432/postgres); each test creates its
+//! own database.
+
+mod cli_eval;
+mod common;
+mod dicom_eval;
+mod dicom_seg;
+mod dicomweb;
+mod drift;
+mod drift_api;
+mod nifti_files;
+mod properties;
+mod reference;
+mod service;

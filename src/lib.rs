@@ -8,6 +8,7 @@ pub mod compute;
 pub mod config;
 pub mod http;
 pub mod ids;
+pub mod ingest;
 pub mod service;
 pub mod store;
 pub mod telemetry;

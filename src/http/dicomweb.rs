@@ -17,11 +17,12 @@ use utoipa::IntoParams;
 use super::auth::Auth;
 use super::multipart::PartSplitter;
 use super::problem::Problem;
-use super::uploads::{Upload, ingest, uid_key};
+use super::uploads::case_url;
 use super::{AppState, valid_key};
 use crate::formats::deidentify::hash_uid;
 use crate::formats::dicom_seg::{self, Provenance};
 use crate::formats::{Decoded, FormatError};
+use crate::ingest::{Upload, ingest, uid_key};
 use crate::store::{Role, SegRole};
 
 /// PS3.18 failure reasons.
@@ -429,21 +430,21 @@ async fn store_part(
     let class = class
         .clone()
         .unwrap_or_else(|| "1.2.840.10008.5.1.4.1.1.66.4".into());
-    match ingest(app, upload, bytes, Some(decoded)).await {
-        Ok((_, accepted)) => Ok(Stored::Ok {
+    match ingest(app.services(), upload, bytes, Some(decoded)).await {
+        Ok(_) => Ok(Stored::Ok {
             class,
             instance: sop_uid,
-            case_url: accepted.case_url,
+            case_url: case_url(site, &case),
         }),
         // The database or the queue is the problem, not the instance: retry all.
-        Err(problem) if problem.status == 503 => Err(problem),
-        Err(problem) => {
-            let reason = if problem.status == 413 {
+        Err(e) if e.is_retryable() => Err(e.into()),
+        Err(e) => {
+            let reason = if e.is_too_large() {
                 OUT_OF_RESOURCES
             } else {
                 PROCESSING_FAILURE
             };
-            Ok(failed(reason, problem.detail))
+            Ok(failed(reason, e.to_string()))
         }
     }
 }

@@ -44,6 +44,17 @@ pub struct AppState {
     pub metrics: Metrics,
 }
 
+impl AppState {
+    /// What ingest needs.
+    fn services(&self) -> crate::ingest::Services<'_> {
+        crate::ingest::Services {
+            store: &self.store,
+            compute: &self.compute,
+            config: &self.config,
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "segwatch", description = "Scores AI segmentations against radiologists' corrections and watches quality over time."),

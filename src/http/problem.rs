@@ -7,8 +7,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::formats::FormatError;
+use crate::ingest::IngestError;
 use crate::metrics::pairing::PairingError;
-use crate::store::StoreError;
+use crate::store::{ModelBoundExceeded, StoreError};
 
 /// A problem answer.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -158,6 +159,47 @@ impl Problem {
             "Internal error",
             detail,
         )
+    }
+}
+
+impl From<IngestError> for Problem {
+    fn from(err: IngestError) -> Problem {
+        let detail = err.to_string();
+        match err {
+            IngestError::QueueFull { .. } => Problem::unavailable(detail, 30),
+            IngestError::Store(e) => e.into(),
+            IngestError::Compute(e) => e.into(),
+            IngestError::Format(e) => e.into(),
+            IngestError::Pairing(e) => e.into(),
+            IngestError::TooManyStructures { .. } => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "too-many-structures",
+                "Too many structures",
+                detail,
+            ),
+            IngestError::StoredTooLarge { .. } => Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                "Upload too large",
+                detail,
+            ),
+            IngestError::StoredGrid(_) => {
+                tracing::error!(error = %detail, "ingest");
+                Problem::internal("the request could not be completed")
+            }
+            IngestError::ModelBound { exceeded, .. } => {
+                let (kind, title) = match exceeded {
+                    ModelBoundExceeded::Models { .. } => ("too-many-models", "Too many models"),
+                    ModelBoundExceeded::Versions { .. } => {
+                        ("too-many-model-versions", "Too many model versions")
+                    }
+                    ModelBoundExceeded::Structures { .. } => {
+                        ("too-many-structures", "Too many structures")
+                    }
+                };
+                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, kind, title, detail)
+            }
+        }
     }
 }
 

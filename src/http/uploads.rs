@@ -1,8 +1,6 @@
 //! `PUT …/prediction` and `PUT …/reference`: validate an upload completely, then
 //! store it (and enqueue its pair) in one transaction. A 2xx means it is in Postgres.
 
-use std::io::Write;
-
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -12,18 +10,13 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Auth;
 use super::problem::Problem;
 use super::{AppState, valid_key};
-use crate::config::Config;
-use crate::formats::dicom_seg::Provenance;
-use crate::formats::{self, Decoded, FormatError, Limits, deidentify};
-use crate::metrics::pairing;
-use crate::store::{ModelBoundExceeded, ModelBounds, NewSegmentation, SegRole};
-use crate::volume::Layout;
+use crate::ingest::{Upload, ingest};
+use crate::store::SegRole;
 
 /// Header carrying acquisition metadata as a JSON object.
 pub const ACQUISITION_HEADER: &str = "x-segwatch-acquisition";
@@ -284,8 +277,8 @@ async fn accept(
             "the request body must be the segmentation file",
         ));
     }
-    ingest(
-        app,
+    let ingested = ingest(
+        app.services(),
         Upload {
             site,
             case,
@@ -299,180 +292,8 @@ async fn accept(
         body,
         None,
     )
-    .await
-}
-
-/// An upload, validated as a request.
-pub(super) struct Upload<'a> {
-    pub site: &'a str,
-    pub case: &'a str,
-    pub role: SegRole,
-    pub model: Option<String>,
-    pub model_version: Option<String>,
-    pub acquisition: Value,
-    pub observed_at: Option<chrono::DateTime<Utc>>,
-    /// DICOM uploads are idempotent on their SOPInstanceUID too.
-    pub sop_instance_uid: Option<String>,
-}
-
-/// Checks an upload's content (decoding it on the compute pool unless the caller
-/// did) against the schema and the case's other segmentation, then stores it.
-pub(super) async fn ingest(
-    app: &AppState,
-    upload: Upload<'_>,
-    body: Bytes,
-    decoded: Option<Decoded>,
-) -> Result<(StatusCode, UploadAccepted), Problem> {
-    let Upload {
-        site,
-        case,
-        role,
-        model,
-        model_version,
-        acquisition,
-        observed_at,
-        sop_instance_uid,
-    } = upload;
-    let (queued, _) = app.store.job_counts().await?;
-    if queued >= app.config.limits.max_queue_depth {
-        return Err(Problem::unavailable(
-            format!("{queued} jobs are waiting; retry later"),
-            30,
-        ));
-    }
-    let case_url = format!("/v1/sites/{site}/cases/{case}");
-    // The hash of the upload as received (not of what is stored), so the same
-    // bytes sent again are recognised.
-    // Hashed on the compute pool: hundreds of MB would stall the async runtime.
-    let hashed = body.clone();
-    let sha256 = app
-        .compute
-        .run(0, move || Sha256::digest(&hashed).to_vec())
-        .await?;
-    let duplicate = match &sop_instance_uid {
-        Some(uid) => app.store.find_instance(site, case, role, uid).await?,
-        None => None,
-    };
-    let duplicate = match duplicate {
-        Some(revision) => Some(revision),
-        None => app.store.find_duplicate(site, case, role, &sha256).await?,
-    };
-    if let Some(revision) = duplicate {
-        return Ok((
-            StatusCode::OK,
-            UploadAccepted {
-                case_url,
-                role: role.as_str().into(),
-                revision,
-                duplicate: true,
-                queued: false,
-            },
-        ));
-    }
-
-    // Decode, de-identify and compress for storage on the compute pool.
-    let limits = app.config.limits.decode();
-    let voxels = formats::estimated_voxels(&body, &limits);
-    let bytes = body.clone();
-    let key = uid_key(&app.config);
-    let content_key = key.clone();
-    let max_structures = app.config.limits.max_structures;
-    let max_stored = app.config.limits.stored_bytes();
-    let decoded = app
-        .compute
-        .run(voxels, move || {
-            let decoded = match decoded {
-                Some(decoded) => decoded,
-                None => formats::decode_upload(&bytes, &limits)?,
-            };
-            let structures = decoded.segmentation.structure_keys();
-            if structures.len() > max_structures {
-                return Ok(Err(Refusal::TooManyStructures(structures.len())));
-            }
-            let clean = deidentified(&bytes, decoded.format, &content_key, &limits)?;
-            // What is stored must inflate within the workers' limit: hashed UIDs
-            // can make a de-identified SEG longer than the upload.
-            if clean.len() as u64 > max_stored {
-                return Ok(Err(Refusal::StoredTooLarge(clean.len() as u64)));
-            }
-            Ok::<_, formats::FormatError>(Ok((decoded, gzip(&clean), structures)))
-        })
-        .await?;
-    let (decoded, content, structures) = decoded?.map_err(|refusal| match refusal {
-        Refusal::TooManyStructures(structures) => Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "too-many-structures",
-            "Too many structures",
-            format!(
-                "the upload holds {structures} structures; at most {max_structures} are accepted (limits.max_structures)"
-            ),
-        ),
-        Refusal::StoredTooLarge(bytes) => Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too-large",
-            "Upload too large",
-            format!(
-                "the de-identified file is {bytes} bytes; at most {max_stored} can be stored for scoring (limits.max_upload_bytes, limits.max_decompressed_bytes)"
-            ),
-        ),
-    })?;
-    let layout = decoded.segmentation.layout();
-
-    // The structure schema of the case's model version, and the partner's grid.
-    let partner = app.store.latest(site, case, role.other()).await?;
-    let (schema_model, schema_version) = match role {
-        SegRole::Prediction => (model.clone(), model_version.clone()),
-        SegRole::Reference => (
-            partner.as_ref().and_then(|p| p.model.clone()),
-            partner.as_ref().and_then(|p| p.model_version.clone()),
-        ),
-    };
-    if let (Some(m), Some(v)) = (&schema_model, &schema_version)
-        && let Some(schema) = app.store.schema(m, v).await?
-    {
-        pairing::check_structures(&decoded.segmentation, &schema)?;
-    }
-    if let Some(partner) = &partner {
-        let partner_layout: Layout = serde_json::from_value(partner.grid.clone())
-            .map_err(|e| Problem::internal(format!("stored grid: {e}")))?;
-        match role {
-            SegRole::Prediction => pairing::check_layouts(&layout, &partner_layout)?,
-            SegRole::Reference => pairing::check_layouts(&partner_layout, &layout)?,
-        }
-    }
-
-    let new = NewSegmentation {
-        site: site.into(),
-        case_key: case.into(),
-        role,
-        sha256,
-        format: decoded.format,
-        content,
-        voxels: decoded.segmentation.grid().len() as i64,
-        grid: serde_json::to_value(&layout).unwrap_or(Value::Null),
-        model,
-        model_version,
-        acquisition,
-        provenance: decoded
-            .provenance
-            .map(|p| serde_json::to_value(stored_provenance(p, &key)).unwrap_or(Value::Null)),
-        observed_at,
-        sop_instance_uid,
-        structures,
-    };
-    let limits = &app.config.limits;
-    let bounds = ModelBounds {
-        models: limits.max_models,
-        versions: limits.max_model_versions,
-        active_days: crate::config::ACTIVE_DAYS,
-        structures: u32::try_from(limits.max_structures).unwrap_or(u32::MAX),
-    };
-    let stored = app
-        .store
-        .store_upload(&new, bounds)
-        .await?
-        .map_err(|exceeded| model_bound_problem(exceeded, &new))?;
-    let status = if stored.duplicate {
+    .await?;
+    let status = if ingested.duplicate {
         StatusCode::OK
     } else {
         StatusCode::ACCEPTED
@@ -480,44 +301,18 @@ pub(super) async fn ingest(
     Ok((
         status,
         UploadAccepted {
-            case_url,
+            case_url: case_url(site, case),
             role: role.as_str().into(),
-            revision: stored.revision,
-            duplicate: stored.duplicate,
-            queued: stored.job_id.is_some(),
+            revision: ingested.revision,
+            duplicate: ingested.duplicate,
+            queued: ingested.queued,
         },
     ))
 }
 
-/// Why a prediction of one more model or version is refused: each adds metric
-/// series, so one key must not add them without bound.
-fn model_bound_problem(exceeded: ModelBoundExceeded, new: &NewSegmentation) -> Problem {
-    let model = new.model.as_deref().unwrap_or_default();
-    let days = crate::config::ACTIVE_DAYS;
-    let (kind, title, detail) = match exceeded {
-        ModelBoundExceeded::Models { limit } => (
-            "too-many-models",
-            "Too many models",
-            format!(
-                "{limit} models already have predictions from the last {days} days (limits.max_models); model {model} would be one more"
-            ),
-        ),
-        ModelBoundExceeded::Versions { limit } => (
-            "too-many-model-versions",
-            "Too many model versions",
-            format!(
-                "{limit} versions of model {model} already have predictions from the last {days} days (limits.max_model_versions)"
-            ),
-        ),
-        ModelBoundExceeded::Structures { limit } => (
-            "too-many-structures",
-            "Too many structures",
-            format!(
-                "this pair would bring its model version past {limit} structures (limits.max_structures)"
-            ),
-        ),
-    };
-    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, kind, title, detail)
+/// Where a case is followed.
+pub(super) fn case_url(site: &str, case: &str) -> String {
+    format!("/v1/sites/{site}/cases/{case}")
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), Problem> {
@@ -598,65 +393,4 @@ fn acquisition(query: &UploadQuery, headers: &HeaderMap) -> Result<Value, Proble
         ));
     }
     Ok(Value::Object(fields))
-}
-
-/// The key of the HMAC that replaces DICOM UIDs in what is stored: the
-/// `dicomweb.case_key_secret` when configured (so nobody without it can link a
-/// stored UID to the PACS), else a fixed key (the hash then only hides the UID
-/// from readers who do not hold the original).
-pub(super) fn uid_key(config: &Config) -> Vec<u8> {
-    match &config.dicomweb.case_key_secret {
-        Some(secret) => secret.as_bytes().to_vec(),
-        None => b"segwatch uid hash".to_vec(),
-    }
-}
-
-/// What is stored of an upload: the file de-identified (formats::deidentify:
-/// PS3.15 Annex E basic profile with keyed-hashed UIDs for a SEG, free text and
-/// extensions dropped for a NIfTI), gzip-compressed. Never the original bytes.
-/// Why a decoded upload is refused before it is stored.
-enum Refusal {
-    TooManyStructures(usize),
-    StoredTooLarge(u64),
-}
-
-/// The upload as it is kept: de-identified (see [`deidentify`]), uncompressed.
-fn deidentified(
-    bytes: &[u8],
-    format: &str,
-    key: &[u8],
-    limits: &Limits,
-) -> Result<Vec<u8>, FormatError> {
-    if format == "dicom_seg" {
-        deidentify::deidentify_seg(bytes, key)
-    } else {
-        deidentify::deidentify_nifti(bytes, limits)
-    }
-}
-
-/// The provenance stored with a SEG: UIDs keyed-hashed as in the stored file, and
-/// the free-text SeriesDescription dropped (it only serves role rules at ingest).
-fn stored_provenance(p: Provenance, key: &[u8]) -> Provenance {
-    let hash = |uid: Option<String>| uid.map(|u| deidentify::hash_uid(&u, key));
-    Provenance {
-        sop_instance_uid: hash(p.sop_instance_uid),
-        study_instance_uid: hash(p.study_instance_uid),
-        series_instance_uid: hash(p.series_instance_uid),
-        referenced_series_instance_uid: hash(p.referenced_series_instance_uid),
-        frame_of_reference_uid: hash(p.frame_of_reference_uid),
-        series_description: None,
-        ..p
-    }
-}
-
-/// gzip of what is stored.
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut encoder = flate2::write::GzEncoder::new(
-        Vec::with_capacity(bytes.len() / 4),
-        flate2::Compression::fast(),
-    );
-    encoder
-        .write_all(bytes)
-        .and_then(|_| encoder.finish())
-        .unwrap_or_default()
 }

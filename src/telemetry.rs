@@ -7,7 +7,8 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use crate::store::{JobInputs, JobOutcome};
+use crate::metrics::case::CaseScore;
+use crate::store::JobInputs;
 
 /// Dice histogram buckets, fine near the top where models live.
 const DICE_BUCKETS: [f64; 16] = [
@@ -263,15 +264,16 @@ impl Metrics {
     }
 
     /// Counts a scored case and its Dice per structure.
-    pub fn record_scored(&self, inputs: &JobInputs, outcome: &JobOutcome) {
+    pub fn record_scored(&self, inputs: &JobInputs, outcome: &CaseScore) {
         let (site, model, version) = (&inputs.site, &inputs.model, &inputs.model_version);
         self.cases_scored_total
             .with_label_values(&[site, model, version])
             .inc();
-        for (structure, m, _) in &outcome.structures {
+        for scored in &outcome.structures {
+            let m = &scored.metrics;
             if m.empty != crate::metrics::Empty::Both && m.dice.is_finite() {
                 self.case_dice_ratio
-                    .with_label_values(&[site.as_str(), model, version, structure])
+                    .with_label_values(&[site.as_str(), model, version, scored.name.as_str()])
                     .observe(m.dice);
             }
         }

@@ -25,15 +25,6 @@ fn optional(v: Option<f64>, decimals: usize) -> String {
     v.map_or_else(|| "-".into(), |v| number(v, decimals))
 }
 
-fn empty_name(e: Empty) -> &'static str {
-    match e {
-        Empty::None => "none",
-        Empty::Both => "both",
-        Empty::Pred => "pred",
-        Empty::Ref => "ref",
-    }
-}
-
 /// Lays out rows under a header with columns padded to their widest cell.
 fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
     let widths: Vec<usize> = (0..header.len())
@@ -87,7 +78,7 @@ pub fn case_table(report: &CaseReport) -> String {
         .map(|s| {
             vec![
                 s.display_name(),
-                empty_name(s.empty).into(),
+                s.empty.as_str().into(),
                 number(s.dice, 4),
                 number(s.iou, 4),
                 number(s.hd_mm, 2),

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::{Result, Store, StoreError};
-use crate::metrics::StructureMetrics;
+use crate::metrics::case::CaseScore;
 
 /// A job this worker holds a lease on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,16 +36,6 @@ pub struct JobInputs {
     /// Acquisition metadata of both uploads (the reference's wins).
     pub acquisition: Value,
     pub observed_at: DateTime<Utc>,
-}
-
-/// The scored structures of a job.
-#[derive(Debug, Clone)]
-pub struct JobOutcome {
-    pub surface: String,
-    pub grid: Value,
-    pub mean_dice: Option<f64>,
-    /// Structure name (as metrics and dashboards show it), metrics, NSD tolerance.
-    pub structures: Vec<(String, StructureMetrics, f64)>,
 }
 
 /// A finite value, or NULL.
@@ -134,7 +124,7 @@ impl Store {
         &self,
         job: &ClaimedJob,
         inputs: &JobInputs,
-        outcome: &JobOutcome,
+        outcome: &CaseScore,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await.map_err(StoreError::classify)?;
         let done = sqlx::query!(
@@ -156,19 +146,20 @@ impl Store {
             inputs.site,
             inputs.model,
             inputs.model_version,
-            outcome.surface,
-            outcome.grid,
+            outcome.surface.as_str(),
+            serde_json::json!({
+                "shape": outcome.grid.shape_vec(),
+                "spacing_mm": outcome.grid.spacing_vec(),
+            }),
             outcome.mean_dice,
             inputs.acquisition,
             inputs.observed_at
         )
         .fetch_one(&mut *tx)
         .await?;
-        for (position, (structure, m, tolerance)) in outcome.structures.iter().enumerate() {
-            let empty = serde_json::to_value(m.empty)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
+        for (position, scored) in outcome.structures.iter().enumerate() {
+            let (structure, m, tolerance) = (&scored.name, &scored.metrics, scored.tolerance_mm);
+            let empty = m.empty.as_str();
             sqlx::query!(
                 "INSERT INTO structure_results (result_id, position, structure, label, code, name, empty, pred_voxels, ref_voxels,
                      tp, fp, fn, pred_volume_ml, ref_volume_ml, dice, iou, precision, recall, hd_mm, hd95_mm, assd_mm,

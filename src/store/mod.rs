@@ -18,7 +18,7 @@ pub use drift::{
     ALL, BaselineInfo, BaselineStructure, DetectorRow, IncidentStream, IncidentView, NotifiedAlert,
     OpenIncident, Stratum,
 };
-pub use jobs::{ClaimedJob, JobInputs, JobOutcome};
+pub use jobs::{ClaimedJob, JobInputs};
 pub use keys::{KEY_CACHE_TTL, KeyInfo, Principal, Role, hash_secret};
 pub use results::{CaseFilter, CaseStatus, CaseSummary, CaseView, Revision};
 pub use uploads::{

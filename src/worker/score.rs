@@ -5,10 +5,10 @@ use std::io::Read;
 use flate2::read::MultiGzDecoder;
 
 use crate::formats::{self, FormatError, Limits};
+use crate::metrics::case::CaseScore;
 use crate::metrics::pairing::{self, PairingError, Request};
-use crate::metrics::{self, Settings, StructureMetrics};
+use crate::metrics::{Settings, StructureMetrics};
 use crate::schema::Schema;
-use crate::store::JobOutcome;
 
 /// Why a job cannot be scored. Every variant is permanent: retrying the same
 /// bytes gives the same answer.
@@ -47,7 +47,7 @@ pub fn score(
     settings: Settings,
     limits: &Limits,
     max_stored: u64,
-) -> Result<JobOutcome, ScoreError> {
+) -> Result<CaseScore, ScoreError> {
     let decode = |stored: &[u8], role: &'static str| {
         let bytes = inflate(stored, max_stored).map_err(ScoreError::Stored)?;
         formats::decode(&bytes, limits).map_err(|source| ScoreError::Format { role, source })
@@ -72,64 +72,5 @@ pub fn score(
         def.and_then(|d| d.tolerance_mm)
             .unwrap_or(settings.tolerance_mm)
     };
-    Ok(JobOutcome {
-        surface: settings.surface.as_str().to_owned(),
-        grid: serde_json::json!({
-            "shape": evaluation.grid.shape_vec(),
-            "spacing_mm": evaluation.grid.spacing_vec(),
-        }),
-        mean_dice: metrics::mean_dice(&evaluation.structures),
-        structures: unique_names(&evaluation.structures)
-            .into_iter()
-            .zip(evaluation.structures)
-            .map(|(name, m)| {
-                let tolerance = tolerance(&m);
-                (name, m, tolerance)
-            })
-            .collect(),
-    })
-}
-
-/// Names unique within a case, as results are keyed by name: structures that
-/// share a name (two segments labelled alike) get their code or label added,
-/// then a counter if that is shared too.
-fn unique_names(structures: &[StructureMetrics]) -> Vec<String> {
-    use std::collections::HashMap;
-    let count = |names: &[String]| {
-        let mut counts: HashMap<&str, usize> = HashMap::new();
-        for name in names {
-            *counts.entry(name.as_str()).or_default() += 1;
-        }
-        counts
-            .into_iter()
-            .filter(|(_, n)| *n > 1)
-            .map(|(name, _)| name.to_owned())
-            .collect::<std::collections::HashSet<_>>()
-    };
-    let mut names: Vec<String> = structures
-        .iter()
-        .map(StructureMetrics::display_name)
-        .collect();
-    let shared = count(&names);
-    for (name, m) in names.iter_mut().zip(structures) {
-        if shared.contains(name.as_str()) {
-            let detail = m
-                .code
-                .clone()
-                .or_else(|| m.label.map(|l| format!("label_{l}")));
-            if let Some(detail) = detail {
-                *name = format!("{name} ({detail})");
-            }
-        }
-    }
-    let shared = count(&names);
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for name in names.iter_mut() {
-        if shared.contains(name.as_str()) {
-            let n = seen.entry(name.clone()).or_default();
-            *n += 1;
-            *name = format!("{name} #{n}");
-        }
-    }
-    names
+    Ok(CaseScore::new(evaluation, settings.surface, tolerance))
 }

@@ -1,6 +1,7 @@
 //! The metric engine: overlap counts, surface distances and the conventions for
 //! empty structures, as specified in DESIGN.md.
 
+pub mod case;
 pub mod distance;
 pub mod edt;
 pub mod overlap;
@@ -64,6 +65,18 @@ pub enum Empty {
     Pred,
     /// Only the reference is empty (a spurious structure).
     Ref,
+}
+
+impl Empty {
+    /// The name it is serialised and stored under.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Empty::None => "none",
+            Empty::Both => "both",
+            Empty::Pred => "pred",
+            Empty::Ref => "ref",
+        }
+    }
 }
 
 /// Every metric of one structure. Infinite or undefined values serialize as null.

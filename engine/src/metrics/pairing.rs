@@ -404,6 +404,80 @@ struct Pair<'a> {
     reference: Voxels<'a>,
 }
 
+/// A segment of a SEG as pairing sees it.
+struct SegmentRef {
+    number: u16,
+    code: String,
+    name: Option<String>,
+}
+
+/// What finds one structure on each side: its label on a label-map side, its
+/// code on a SEG side; and the name it is reported under.
+struct StructureKey {
+    label: Option<u16>,
+    code: Option<String>,
+    name: Option<String>,
+}
+
+/// With a schema: its structures, in its order (SEG with SEG: only those with a
+/// code), after checking that every segment and label present is known.
+fn keys_from_schema(
+    schema: &Schema,
+    segments: &[SegmentRef],
+    labels: &[u16],
+    mixed: bool,
+) -> Result<Vec<StructureKey>, PairingError> {
+    let seen = segments.iter().map(|s| (None, Some(s.code.as_str())));
+    check_known(schema, seen.chain(labels.iter().map(|&l| (Some(l), None))))?;
+    Ok(schema
+        .structures
+        .iter()
+        .filter(|def| mixed || def.code.is_some())
+        .map(|def| StructureKey {
+            label: def.label,
+            code: def.code.clone(),
+            name: Some(def.name.clone()),
+        })
+        .collect())
+}
+
+/// A SEG with a label map, without a schema: segment number n pairs with label
+/// n, for every number or label present on either side.
+fn keys_by_number(segments: &[SegmentRef], labels: Vec<u16>) -> Vec<StructureKey> {
+    let mut numbers: Vec<u16> = segments.iter().map(|s| s.number).chain(labels).collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    numbers
+        .into_iter()
+        .map(|n| {
+            let segment = segments.iter().find(|s| s.number == n);
+            StructureKey {
+                label: Some(n),
+                code: segment.map(|s| s.code.clone()),
+                name: segment.and_then(|s| s.name.clone()),
+            }
+        })
+        .collect()
+}
+
+/// Two SEGs without a schema: one structure per code, reference segments first.
+fn keys_by_code(segments: &[SegmentRef]) -> Vec<StructureKey> {
+    let mut keys: Vec<StructureKey> = Vec::new();
+    for segment in segments {
+        if !keys
+            .iter()
+            .any(|k| k.code.as_deref() == Some(segment.code.as_str()))
+        {
+            keys.push(StructureKey {
+                label: None,
+                code: Some(segment.code.clone()),
+                name: segment.name.clone(),
+            });
+        }
+    }
+    keys
+}
+
 /// At least one side is a DICOM SEG: pair by code (SEG with SEG) or through the
 /// schema (SEG with label map; without a schema, segment number = label value).
 fn evaluate_segments(
@@ -417,11 +491,15 @@ fn evaluate_segments(
         Side::Segments(_) => None,
     };
     let (pred_boxes, ref_boxes) = (boxes(pred), boxes(reference));
-    let segments = |side: &Side| -> Vec<(u16, String, Option<String>)> {
+    let segments = |side: &Side| -> Vec<SegmentRef> {
         match side {
             Side::Segments(s) => s
                 .iter()
-                .map(|s| (s.number, s.code.clone(), s.name.clone()))
+                .map(|s| SegmentRef {
+                    number: s.number,
+                    code: s.code.clone(),
+                    name: s.name.clone(),
+                })
                 .collect(),
             Side::LabelMap(_) => Vec::new(),
         }
@@ -432,63 +510,23 @@ fn evaluate_segments(
             .map(|o| o.present_labels())
             .unwrap_or_default()
     };
-
-    // The keys: (label on the label-map side, code on the SEG side).
-    let mut keys: Vec<(Option<u16>, Option<String>, Option<String>)> = Vec::new();
-    let seg_side_segments: Vec<(u16, String, Option<String>)> = segments(reference)
+    let segments: Vec<SegmentRef> = segments(reference)
         .into_iter()
         .chain(segments(pred))
         .collect();
-    let labels_present: Vec<u16> = present_labels(&ref_boxes)
+    let labels: Vec<u16> = present_labels(&ref_boxes)
         .into_iter()
         .chain(present_labels(&pred_boxes))
         .collect();
     let mixed = matches!(pred, Side::LabelMap(_)) || matches!(reference, Side::LabelMap(_));
-    match request.schema {
-        Some(schema) => {
-            let seen = seg_side_segments
-                .iter()
-                .map(|(_, c, _)| (None, Some(c.as_str())));
-            check_known(
-                schema,
-                seen.chain(labels_present.iter().map(|&l| (Some(l), None))),
-            )?;
-            for def in &schema.structures {
-                if !mixed && def.code.is_none() {
-                    continue;
-                }
-                keys.push((def.label, def.code.clone(), Some(def.name.clone())));
-            }
-        }
-        None if mixed => {
-            // Segment number n of the SEG pairs with label n of the label map.
-            let mut numbers: Vec<u16> = seg_side_segments
-                .iter()
-                .map(|s| s.0)
-                .chain(labels_present)
-                .collect();
-            numbers.sort_unstable();
-            numbers.dedup();
-            for n in numbers {
-                let seg = seg_side_segments.iter().find(|s| s.0 == n);
-                keys.push((
-                    Some(n),
-                    seg.map(|s| s.1.clone()),
-                    seg.and_then(|s| s.2.clone()),
-                ));
-            }
-        }
-        None => {
-            for (_, code, name) in &seg_side_segments {
-                if !keys.iter().any(|k| k.1.as_deref() == Some(code.as_str())) {
-                    keys.push((None, Some(code.clone()), name.clone()));
-                }
-            }
-        }
-    }
+    let keys = match (request.schema, mixed) {
+        (Some(schema), _) => keys_from_schema(schema, &segments, &labels, mixed)?,
+        (None, true) => keys_by_number(&segments, labels),
+        (None, false) => keys_by_code(&segments),
+    };
     let pairs: Vec<Pair> = keys
         .into_iter()
-        .map(|(label, code, name)| Pair {
+        .map(|StructureKey { label, code, name }| Pair {
             pred: side_voxels(pred, pred_boxes.as_ref(), label, code.as_deref()),
             reference: side_voxels(reference, ref_boxes.as_ref(), label, code.as_deref()),
             label: if mixed { label } else { None },

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::formats;
 use crate::metrics::SurfaceMode;
 
 /// Everything `segwatch serve` can be told.
@@ -216,8 +217,8 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_upload_bytes: 512 << 20,
-            max_voxels: 512 * 512 * 2048,
-            max_decompressed_bytes: 2 << 30,
+            max_voxels: formats::Limits::default().max_voxels,
+            max_decompressed_bytes: formats::Limits::default().max_bytes,
             max_queue_depth: 10_000,
             request_timeout_secs: 120,
             header_read_timeout_secs: 10,

@@ -58,8 +58,6 @@ use sha2::Sha256;
 use super::dicom_structure::{self, Encoding};
 use super::{FormatError, Limits};
 
-/// Largest SEG accepted, in bytes (as the decoder).
-const MAX_FILE_BYTES: usize = 2 << 30;
 /// Largest NIfTI extension block skipped (as the decoder).
 const MAX_EXTENSION_BYTES: u64 = 64 << 20;
 /// Root of the UIDs the DICOM standard defines (classes, transfer syntaxes,
@@ -339,7 +337,7 @@ pub fn deidentify_seg(bytes: &[u8], key: &[u8]) -> Result<Vec<u8>, FormatError> 
     if syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN {
         let mut inflated = Vec::new();
         flate2::read::DeflateDecoder::new(&data_set[..])
-            .take(MAX_FILE_BYTES as u64)
+            .take(super::MAX_FILE_BYTES as u64)
             .read_to_end(&mut inflated)
             .map_err(|e| FormatError::Dicom(format!("deflated data set: {e}")))?;
         if let Some(explicit) = with_explicit_lengths(&inflated, encoding) {

@@ -11,6 +11,9 @@ use std::path::Path;
 
 use crate::volume::Segmentation;
 
+/// Largest DICOM file read or rewritten, in bytes, whatever the [`Limits`].
+pub(crate) const MAX_FILE_BYTES: usize = 2 << 30;
+
 /// Caps on what a decoder will allocate, checked against headers before allocating.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {

@@ -15,14 +15,12 @@ use dicom_object::{InMemDicomObject, OpenFileOptions};
 use serde::Serialize;
 
 use super::dicom_structure::{self, Encoding, Problem};
-use super::{FormatError, Limits};
+use super::{FormatError, Limits, MAX_FILE_BYTES};
 
 mod frames;
 mod geometry;
 use crate::volume::{BoundingBox, BoxMask, FractionMap, Grid, Segment, Segmentation};
 
-/// Largest SEG file accepted, in bytes, before parsing.
-const MAX_FILE_BYTES: usize = 2 << 30;
 /// Geometry tolerance between frames, in mm.
 const POSITION_TOLERANCE_MM: f64 = 1e-3;
 /// Smallest slice spacing accepted, in mm.

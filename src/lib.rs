@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+pub mod views;
 pub mod worker;
 
 pub use segwatch_engine::{drift, formats, metrics, schema, volume};

@@ -10,7 +10,8 @@ use utoipa::IntoParams;
 use super::auth::Auth;
 use super::problem::Problem;
 use super::{AppState, valid_key};
-use crate::store::{CaseFilter, CaseSummary, CaseView};
+use crate::store::CaseFilter;
+use crate::views::{CaseSummary, CaseView};
 
 #[utoipa::path(get, path = "/v1/sites/{site}/cases/{case}", tag = "cases",
     params(("site" = String, Path, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$"), ("case" = String, Path, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$")),

@@ -15,7 +15,8 @@ use super::auth::Auth;
 use super::problem::{Problem, json_object};
 use super::{AppState, valid_key};
 use crate::drift::Baseline;
-use crate::store::{ALL, BaselineInfo, IncidentView, Role, Stratum};
+use crate::store::{ALL, Role};
+use crate::views::{BaselineInfo, IncidentView, Stratum};
 
 /// A baseline upload: one entry per validation case, structure name → Dice.
 #[derive(Debug, Deserialize, ToSchema)]

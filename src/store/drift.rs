@@ -4,9 +4,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::{Postgres, Transaction};
-use utoipa::ToSchema;
 
 use super::{Result, Store, StoreError};
 use crate::drift::feed::{
@@ -14,80 +12,13 @@ use crate::drift::feed::{
 };
 use crate::drift::incident::{Evidence, Incident, Incidents, StreamId};
 use crate::drift::{Baseline, Detector, StreamState};
+use crate::views::{BaselineInfo, BaselineStructure, IncidentStream, IncidentView, Stratum};
 
 /// The stream key used for pooled sites and for a site's mean Dice.
 pub const ALL: &str = crate::drift::incident::ALL;
 
 /// Lock held by the one process feeding drift streams at a time.
 const FEED_LOCK: i64 = 0x5365_6777_6472_6966;
-
-/// One structure's sample in a baseline.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct BaselineStructure {
-    pub structure: String,
-    pub cases: usize,
-    pub mean: f64,
-    pub p05: f64,
-    pub p25: f64,
-    /// Set when the sample is smaller than recommended: what that costs and
-    /// how many cases it needs.
-    pub note: Option<String>,
-}
-
-/// The active baseline of a model version.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct BaselineInfo {
-    pub model: String,
-    pub model_version: String,
-    pub version: i32,
-    pub source: String,
-    pub description: Option<String>,
-    /// The key that froze it.
-    pub created_by: String,
-    pub created_at: DateTime<Utc>,
-    pub structures: Vec<BaselineStructure>,
-}
-
-/// A stream and detector that alarmed during an incident.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct IncidentStream {
-    /// `all` for the pooled stream.
-    pub site: String,
-    /// `all` for the per-case mean.
-    pub structure: String,
-    pub detector: String,
-    /// Case times of its first and latest alarm.
-    pub first_alarm_at: DateTime<Utc>,
-    pub last_alarm_at: DateTime<Utc>,
-}
-
-/// One incident: a change seen by one or more correlated streams.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct IncidentView {
-    pub id: i64,
-    /// The stream and detector that opened it.
-    pub site: String,
-    pub model: String,
-    pub model_version: String,
-    pub structure: String,
-    pub detector: String,
-    pub opened_at: DateTime<Utc>,
-    /// Case time of the opening alarm.
-    pub observed_at: DateTime<Utc>,
-    /// Case time of the latest alarm of any of its streams.
-    pub last_alarm_at: DateTime<Utc>,
-    /// Statistic and limit of the opening update.
-    pub statistic: f64,
-    pub limit: f64,
-    /// Every stream and detector that alarmed while it was open.
-    pub streams: Vec<IncidentStream>,
-    pub acknowledged_at: Option<DateTime<Utc>>,
-    pub acknowledged_by: Option<String>,
-    pub note: Option<String>,
-    pub resolved_at: Option<DateTime<Utc>>,
-    /// `back_in_control` or `new_baseline`.
-    pub resolution: Option<String>,
-}
 
 /// An open incident, for metrics.
 #[derive(Debug, Clone)]
@@ -111,18 +42,6 @@ pub struct DetectorRow {
     pub statistic: f64,
     pub limit: f64,
     pub alarm: bool,
-}
-
-/// A group of recent cases sharing an acquisition attribute value.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Stratum {
-    /// scanner_manufacturer, scanner_model, protocol or slice_thickness_band.
-    pub attribute: String,
-    pub value: String,
-    pub cases: i64,
-    pub mean_dice: f64,
-    /// Baseline mean minus the stratum's mean: how much worse it is.
-    pub drop: f64,
 }
 
 fn summary(structure: &str, baseline: &Baseline) -> BaselineStructure {

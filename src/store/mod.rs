@@ -14,13 +14,10 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
-pub use drift::{
-    ALL, BaselineInfo, BaselineStructure, DetectorRow, IncidentStream, IncidentView, NotifiedAlert,
-    OpenIncident, Stratum,
-};
+pub use drift::{ALL, DetectorRow, NotifiedAlert, OpenIncident};
 pub use jobs::{ClaimedJob, JobInputs};
 pub use keys::{KEY_CACHE_TTL, KeyInfo, Principal, Role, hash_secret};
-pub use results::{CaseFilter, CaseStatus, CaseSummary, CaseView, Revision};
+pub use results::CaseFilter;
 pub use uploads::{
     ModelBoundExceeded, ModelBounds, NewSegmentation, PartnerGrid, SegRole, StoredUpload,
 };

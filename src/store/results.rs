@@ -1,65 +1,10 @@
 //! Reading cases back: status, revisions, and scored structures for drill-down.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
-use utoipa::ToSchema;
 
 use super::{Result, Store, StoreError};
 use crate::metrics::{Empty, StructureMetrics};
-
-/// Where a case stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum CaseStatus {
-    WaitingForReference,
-    WaitingForPrediction,
-    Queued,
-    Scored,
-    Failed,
-}
-
-/// One stored upload of a case.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Revision {
-    pub role: String,
-    pub revision: i32,
-    pub format: String,
-    pub model: Option<String>,
-    pub model_version: Option<String>,
-    pub received_at: DateTime<Utc>,
-    /// The voxels were dropped after the retention period.
-    pub purged: bool,
-}
-
-/// A case with its latest result.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct CaseView {
-    pub site: String,
-    pub case: String,
-    pub status: CaseStatus,
-    /// Why the latest job failed, or why it is being retried.
-    pub reason: Option<String>,
-    pub model: Option<String>,
-    pub model_version: Option<String>,
-    pub scored_at: Option<DateTime<Utc>>,
-    pub mean_dice: Option<f64>,
-    #[schema(value_type = Vec<Object>)]
-    pub structures: Vec<StructureMetrics>,
-    pub revisions: Vec<Revision>,
-}
-
-/// A scored case in a listing.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct CaseSummary {
-    pub site: String,
-    pub case: String,
-    pub model: String,
-    pub model_version: String,
-    pub scored_at: DateTime<Utc>,
-    pub mean_dice: Option<f64>,
-    #[schema(value_type = Vec<Object>)]
-    pub structures: Vec<StructureMetrics>,
-}
+use crate::views::{CaseStatus, CaseSummary, CaseView, Revision};
 
 /// Which scored cases to list, worst first.
 #[derive(Debug, Clone, Default)]

@@ -1,0 +1,143 @@
+//! The read models the API serves: built by the store from its rows,
+//! serialised and documented (OpenAPI) by `http`. They live here, below both,
+//! so that store types carry no HTTP derives.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::metrics::StructureMetrics;
+
+/// Where a case stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CaseStatus {
+    WaitingForReference,
+    WaitingForPrediction,
+    Queued,
+    Scored,
+    Failed,
+}
+
+/// One stored upload of a case.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Revision {
+    pub role: String,
+    pub revision: i32,
+    pub format: String,
+    pub model: Option<String>,
+    pub model_version: Option<String>,
+    pub received_at: DateTime<Utc>,
+    /// The voxels were dropped after the retention period.
+    pub purged: bool,
+}
+
+/// A case with its latest result.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CaseView {
+    pub site: String,
+    pub case: String,
+    pub status: CaseStatus,
+    /// Why the latest job failed, or why it is being retried.
+    pub reason: Option<String>,
+    pub model: Option<String>,
+    pub model_version: Option<String>,
+    pub scored_at: Option<DateTime<Utc>>,
+    pub mean_dice: Option<f64>,
+    #[schema(value_type = Vec<Object>)]
+    pub structures: Vec<StructureMetrics>,
+    pub revisions: Vec<Revision>,
+}
+
+/// A scored case in a listing.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CaseSummary {
+    pub site: String,
+    pub case: String,
+    pub model: String,
+    pub model_version: String,
+    pub scored_at: DateTime<Utc>,
+    pub mean_dice: Option<f64>,
+    #[schema(value_type = Vec<Object>)]
+    pub structures: Vec<StructureMetrics>,
+}
+
+/// One structure's sample in a baseline.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BaselineStructure {
+    pub structure: String,
+    pub cases: usize,
+    pub mean: f64,
+    pub p05: f64,
+    pub p25: f64,
+    /// Set when the sample is smaller than recommended: what that costs and
+    /// how many cases it needs.
+    pub note: Option<String>,
+}
+
+/// The active baseline of a model version.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BaselineInfo {
+    pub model: String,
+    pub model_version: String,
+    pub version: i32,
+    pub source: String,
+    pub description: Option<String>,
+    /// The key that froze it.
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub structures: Vec<BaselineStructure>,
+}
+
+/// A stream and detector that alarmed during an incident.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct IncidentStream {
+    /// `all` for the pooled stream.
+    pub site: String,
+    /// `all` for the per-case mean.
+    pub structure: String,
+    pub detector: String,
+    /// Case times of its first and latest alarm.
+    pub first_alarm_at: DateTime<Utc>,
+    pub last_alarm_at: DateTime<Utc>,
+}
+
+/// One incident: a change seen by one or more correlated streams.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct IncidentView {
+    pub id: i64,
+    /// The stream and detector that opened it.
+    pub site: String,
+    pub model: String,
+    pub model_version: String,
+    pub structure: String,
+    pub detector: String,
+    pub opened_at: DateTime<Utc>,
+    /// Case time of the opening alarm.
+    pub observed_at: DateTime<Utc>,
+    /// Case time of the latest alarm of any of its streams.
+    pub last_alarm_at: DateTime<Utc>,
+    /// Statistic and limit of the opening update.
+    pub statistic: f64,
+    pub limit: f64,
+    /// Every stream and detector that alarmed while it was open.
+    pub streams: Vec<IncidentStream>,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    pub acknowledged_by: Option<String>,
+    pub note: Option<String>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    /// `back_in_control` or `new_baseline`.
+    pub resolution: Option<String>,
+}
+
+/// A group of recent cases sharing an acquisition attribute value.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Stratum {
+    /// scanner_manufacturer, scanner_model, protocol or slice_thickness_band.
+    pub attribute: String,
+    pub value: String,
+    pub cases: i64,
+    pub mean_dice: f64,
+    /// Baseline mean minus the stratum's mean: how much worse it is.
+    pub drop: f64,
+}

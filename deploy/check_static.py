@@ -31,25 +31,25 @@ ROOT = os.path.dirname(DEPLOY)
 DASHBOARDS = os.path.join(ROOT, "dashboards")
 
 # ---- the metric contract of segwatch's GET /metrics --------------------------------
-CONTRACT_METRICS = {
-    "segwatch_rolling_dice_1d_ratio", "segwatch_rolling_dice_7d_ratio", "segwatch_rolling_dice_30d_ratio",
-    "segwatch_rolling_cases_7d",
-    "segwatch_dice_baseline_ratio", "segwatch_dice_baseline_p05_ratio", "segwatch_dice_baseline_p25_ratio",
-    "segwatch_drift_statistic", "segwatch_drift_limit", "segwatch_drift_alarm",
-    # one series per open drift incident (labels: incident + its primary stream and
-    # opening detector), and the fleet-wide false-alert budget the limits come from
-    "segwatch_drift_incident_open",
-    "segwatch_drift_false_alert_budget_per_month", "segwatch_drift_streams_active",
-    "segwatch_drift_target_run_length_seconds",
-    "segwatch_last_upload_timestamp_seconds",
-    "segwatch_segmentations_received_total", "segwatch_cases_scored_total", "segwatch_jobs_failed_total",
-    "segwatch_jobs_queued", "segwatch_jobs_running", "segwatch_build_info",
-    "segwatch_database_up",
-}
-CONTRACT_HISTOGRAMS = {"segwatch_case_dice_ratio", "segwatch_job_duration_seconds",
-                       "segwatch_http_request_duration_seconds"}
-for h in CONTRACT_HISTOGRAMS:
-    CONTRACT_METRICS |= {h + "_bucket", h + "_sum", h + "_count"}
+def load_contract():
+    """Metric names from deploy/metric-contract.txt (checked against the registry by
+    a unit test), histograms with their _bucket, _sum and _count series; and the
+    histograms."""
+    names, histograms = set(), set()
+    with open(os.path.join(DEPLOY, "metric-contract.txt")) as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, kind = line.split()
+            names.add(name)
+            if kind == "histogram":
+                histograms.add(name)
+                names |= {name + "_bucket", name + "_sum", name + "_count"}
+    return names, histograms
+
+
+CONTRACT_METRICS, CONTRACT_HISTOGRAMS = load_contract()
 PROMETHEUS_METRICS = {"up", "ALERTS"}
 CONTRACT_LABELS = {"site", "model", "model_version", "structure", "detector", "incident", "role",
                    "reason", "route", "version"}

@@ -1,7 +1,11 @@
 //! Logging setup and the Prometheus registry. Labels are only site, model,
-//! model_version, structure, detector, role and reason (plus route on the HTTP
-//! histogram and version on build_info): never case, study or patient identifiers.
+//! model_version, structure, detector, incident, role and reason (plus route on
+//! the HTTP histogram and version on build_info): never case, study or patient
+//! identifiers.
 
+use std::cell::RefCell;
+
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
@@ -19,6 +23,9 @@ const DICE_BUCKETS: [f64; 16] = [
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
+    /// Every family registered, as (name, Prometheus type): the metric contract,
+    /// which `deploy/metric-contract.txt` must list (tested) for the deployment checks.
+    pub families: Vec<(String, &'static str)>,
     pub case_dice_ratio: HistogramVec,
     pub segmentations_received_total: IntCounterVec,
     pub cases_scored_total: IntCounterVec,
@@ -50,36 +57,65 @@ const STREAM: [&str; 4] = ["site", "model", "model_version", "structure"];
 const DETECTOR: [&str; 5] = ["site", "model", "model_version", "structure", "detector"];
 const BASELINE: [&str; 3] = ["model", "model_version", "structure"];
 
+/// Registers collectors and records each family's name and type.
+struct Registrar<'a> {
+    registry: &'a Registry,
+    families: RefCell<Vec<(String, &'static str)>>,
+}
+
+impl Registrar<'_> {
+    fn add<T: Collector + Kind + Clone + 'static>(&self, metric: T) -> T {
+        for desc in metric.desc() {
+            self.families
+                .borrow_mut()
+                .push((desc.fq_name.clone(), T::KIND));
+        }
+        self.registry
+            .register(Box::new(metric.clone()))
+            .expect("metric names are unique");
+        metric
+    }
+}
+
+/// The Prometheus type of a collector.
+trait Kind {
+    const KIND: &'static str;
+}
+
+macro_rules! kind {
+    ($($collector:ty => $kind:literal),* $(,)?) => {
+        $(impl Kind for $collector {
+            const KIND: &'static str = $kind;
+        })*
+    };
+}
+
+kind!(
+    HistogramVec => "histogram",
+    prometheus::Histogram => "histogram",
+    IntCounterVec => "counter",
+    GaugeVec => "gauge",
+    IntGaugeVec => "gauge",
+    Gauge => "gauge",
+    IntGauge => "gauge",
+);
+
 impl Metrics {
     /// Builds and registers every metric, with a rolling Dice gauge per window.
     pub fn new(rolling_windows_days: &[u32]) -> Metrics {
         let registry = Registry::new();
-        fn register<T: prometheus::core::Collector + Clone + 'static>(
-            registry: &Registry,
-            metric: T,
-        ) -> T {
-            registry
-                .register(Box::new(metric.clone()))
-                .expect("metric names are unique");
-            metric
-        }
+        let registrar = Registrar {
+            registry: &registry,
+            families: RefCell::new(Vec::new()),
+        };
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
-            register(
-                &registry,
-                GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
-            )
+            registrar.add(GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
         };
         let int_gauge_vec = |name: &str, help: &str, labels: &[&str]| {
-            register(
-                &registry,
-                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
-            )
+            registrar.add(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
         };
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            register(
-                &registry,
-                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
-            )
+            registrar.add(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
         };
         let build_info = int_gauge_vec(
             "segwatch_build_info",
@@ -89,10 +125,8 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        Metrics {
-            case_dice_ratio: register(
-                &registry,
-                HistogramVec::new(
+        let mut metrics = Metrics {
+            case_dice_ratio: registrar.add(HistogramVec::new(
                     HistogramOpts::new(
                         "segwatch_case_dice_ratio",
                         "Dice of each scored case and structure.",
@@ -117,17 +151,13 @@ impl Metrics {
                 "Job failures by reason.",
                 &["reason"],
             ),
-            job_duration_seconds: register(
-                &registry,
-                prometheus::Histogram::with_opts(
+            job_duration_seconds: registrar.add(prometheus::Histogram::with_opts(
                     HistogramOpts::new("segwatch_job_duration_seconds", "Time to score one job.")
                         .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0]),
                 )
                 .expect("valid metric"),
             ),
-            http_request_duration_seconds: register(
-                &registry,
-                HistogramVec::new(
+            http_request_duration_seconds: registrar.add(HistogramVec::new(
                     HistogramOpts::new(
                         "segwatch_http_request_duration_seconds",
                         "HTTP request latency by route.",
@@ -139,14 +169,10 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
-            jobs_queued: register(
-                &registry,
-                IntGauge::new("segwatch_jobs_queued", "Jobs waiting to be scored.")
+            jobs_queued: registrar.add(IntGauge::new("segwatch_jobs_queued", "Jobs waiting to be scored.")
                     .expect("valid metric"),
             ),
-            jobs_running: register(
-                &registry,
-                IntGauge::new("segwatch_jobs_running", "Jobs being scored.").expect("valid metric"),
+            jobs_running: registrar.add(IntGauge::new("segwatch_jobs_running", "Jobs being scored.").expect("valid metric"),
             ),
             rolling_dice_ratio: rolling_windows_days
                 .iter()
@@ -201,33 +227,25 @@ impl Metrics {
                 "1 for each open drift incident, labelled with the stream and detector that opened it.",
                 &["incident", "site", "model", "model_version", "structure", "detector"],
             ),
-            drift_false_alert_budget_per_month: register(
-                &registry,
-                Gauge::new(
+            drift_false_alert_budget_per_month: registrar.add(Gauge::new(
                     "segwatch_drift_false_alert_budget_per_month",
                     "Configured expected false alerts a month for the whole deployment (0 with a per-case arl0 override).",
                 )
                 .expect("valid metric"),
             ),
-            drift_streams_active: register(
-                &registry,
-                IntGauge::new(
+            drift_streams_active: registrar.add(IntGauge::new(
                     "segwatch_drift_streams_active",
                     "Drift streams with a case in the last 30 days of case time: the budget is shared over them.",
                 )
                 .expect("valid metric"),
             ),
-            drift_target_run_length_seconds: register(
-                &registry,
-                Gauge::new(
+            drift_target_run_length_seconds: registrar.add(Gauge::new(
                     "segwatch_drift_target_run_length_seconds",
                     "In-control run length of each (stream, detector) pair derived from the budget.",
                 )
                 .expect("valid metric"),
             ),
-            database_up: register(
-                &registry,
-                IntGauge::new(
+            database_up: registrar.add(IntGauge::new(
                     "segwatch_database_up",
                     "1 while the last refresh of the gauges from the database succeeded, else 0 (the gauges then keep their last values).",
                 )
@@ -238,8 +256,11 @@ impl Metrics {
                 "Unix time of the last accepted upload.",
                 &["site", "role"],
             ),
-            registry,
-        }
+            families: Vec::new(),
+            registry: registry.clone(),
+        };
+        metrics.families = registrar.families.into_inner();
+        metrics
     }
 
     /// The text exposition of every metric.
@@ -403,6 +424,28 @@ pub async fn refresh(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_contract_file_lists_every_registered_family() {
+        let metrics = Metrics::new(&[1, 7, 30]);
+        let registered: std::collections::BTreeSet<String> = metrics
+            .families
+            .iter()
+            .map(|(name, kind)| format!("{name} {kind}"))
+            .collect();
+        assert_eq!(registered.len(), metrics.families.len(), "names are unique");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/metric-contract.txt");
+        let listed: std::collections::BTreeSet<String> = std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(
+            registered, listed,
+            "deploy/metric-contract.txt must list what Metrics::new registers"
+        );
+    }
     use super::*;
 
     #[test]

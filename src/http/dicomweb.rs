@@ -89,7 +89,10 @@ enum Stored {
     Failed {
         class: Option<String>,
         instance: Option<String>,
+        /// The DICOM FailureReason.
         reason: u16,
+        /// The metric label, as a REST refusal of the same cause gets.
+        outcome: String,
         detail: String,
     },
 }
@@ -162,7 +165,7 @@ async fn stow(
                 .map_err(|p| after_stored(p, &outcomes))?;
             let reason = match &outcome {
                 Stored::Ok { .. } => "stored",
-                Stored::Failed { .. } => "invalid_file",
+                Stored::Failed { outcome, .. } => outcome.as_str(),
             };
             app.metrics
                 .segmentations_received_total
@@ -345,19 +348,31 @@ async fn store_part(
         })
         .await?;
     let (image, (class, instance)) = decoded;
-    let failed = |reason: u16, detail: String| Stored::Failed {
+    let failed = |reason: u16, problem: Problem| Stored::Failed {
         class: class.clone(),
         instance: instance.clone(),
         reason,
-        detail,
+        outcome: problem.reason().replace('-', "_"),
+        detail: problem.detail,
+    };
+    let refused = |kind: &str, detail: &str| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            kind,
+            "Refused instance",
+            detail,
+        )
     };
     let image = match image {
         Ok(image) => image,
-        Err(e @ FormatError::NotSegmentation(_)) => {
-            return Ok(failed(SOP_CLASS_NOT_SUPPORTED, e.to_string()));
+        Err(e) => {
+            let reason = match e {
+                FormatError::NotSegmentation(_) => SOP_CLASS_NOT_SUPPORTED,
+                FormatError::TooLarge(_) => OUT_OF_RESOURCES,
+                _ => CANNOT_UNDERSTAND,
+            };
+            return Ok(failed(reason, e.into()));
         }
-        Err(e @ FormatError::TooLarge(_)) => return Ok(failed(OUT_OF_RESOURCES, e.to_string())),
-        Err(e) => return Ok(failed(CANNOT_UNDERSTAND, e.to_string())),
     };
     let p = image.provenance.clone();
     let (Some(study_uid), Some(series_uid), Some(sop_uid)) = (
@@ -367,14 +382,20 @@ async fn store_part(
     ) else {
         return Ok(failed(
             CANNOT_UNDERSTAND,
-            "the SEG lacks StudyInstanceUID, a referenced series or SOPInstanceUID".into(),
+            refused(
+                "missing-uids",
+                "the SEG lacks StudyInstanceUID, a referenced series or SOPInstanceUID",
+            ),
         ));
     };
     if study.is_some_and(|s| s != study_uid) {
         return Ok(failed(
             DOES_NOT_MATCH_STUDY,
             // Not the UID: this detail is logged.
-            "the instance belongs to another study than the request's".into(),
+            refused(
+                "other-study",
+                "the instance belongs to another study than the request's",
+            ),
         ));
     }
     let role = role_of(app, &p);
@@ -391,7 +412,10 @@ async fn store_part(
                 _ => {
                     return Ok(failed(
                         PROCESSING_FAILURE,
-                        "an AI SEG needs an algorithm name and version".into(),
+                        refused(
+                            "missing-model",
+                            "an AI SEG needs an algorithm name and version",
+                        ),
                     ));
                 }
             }
@@ -444,7 +468,7 @@ async fn store_part(
             } else {
                 PROCESSING_FAILURE
             };
-            Ok(failed(reason, e.to_string()))
+            Ok(failed(reason, e.into()))
         }
     }
 }
@@ -475,6 +499,7 @@ fn answer(outcomes: Vec<Stored>) -> Response {
                 instance,
                 reason,
                 detail,
+                ..
             } => {
                 tracing::warn!(reason, %detail, "STOW-RS instance refused");
                 // ErrorComment (LO, 64 characters) says why, as DICOM services do.

@@ -217,6 +217,16 @@ async fn refusals_follow_ps3_18() {
     let reader = app.key(Role::Read, None).await;
     let (status, _) = stow(&app, &reader, "/dicom-web/studies", &["ai_binary.dcm"]).await;
     assert_eq!(status, 403);
+    // Refused instances are counted under the same reasons as REST refusals.
+    let metrics = app.metrics().await;
+    for reason in ["unreadable_segmentation", "frame_count", "other_study"] {
+        assert!(
+            metrics.contains(&format!(
+                "segwatch_segmentations_received_total{{reason=\"{reason}\",role=\"dicomweb\",site=\"site1\"}} 1"
+            )),
+            "{reason}: {metrics}"
+        );
+    }
     app.finish().await;
 }
 

@@ -170,7 +170,7 @@ def print_table(results):
 
 
 def to_json(results, pred_path, ref_path, tol, spacing, shape):
-    """The DESIGN.md `segwatch eval --format json` shape; inf/NaN -> null."""
+    """The `segwatch eval --format json` shape (docs/metrics.md); inf/NaN -> null."""
     def clean(v):
         return None if isinstance(v, float) and not math.isfinite(v) else v
     structures = [{k: clean(v) for k, v in m.items()} for m in results]

@@ -1,3 +1,5 @@
+//! The `segwatch` command: eval, serve, migrate, keys, simulate and drift plan (see `cli`).
+
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

@@ -1,5 +1,5 @@
 //! The metric engine: overlap counts, surface distances and the conventions for
-//! empty structures, as specified in DESIGN.md.
+//! empty structures, as `docs/metrics.md` specifies.
 
 pub mod case;
 pub mod distance;

@@ -1517,3 +1517,26 @@ async fn a_model_version_gathers_at_most_max_structures() {
     assert_eq!(app.wait_scored("site1", "again").await["status"], "scored");
     app.finish().await;
 }
+
+#[test]
+fn logs_written_to_a_file_carry_no_colour_codes() {
+    use std::process::Stdio;
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_segwatch"))
+        .arg("serve")
+        .env("SEGWATCH_LISTEN", "127.0.0.1:0")
+        .env(
+            "SEGWATCH_DATABASE_URL",
+            "postgres://nobody@127.0.0.1:1/none",
+        )
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    serve.kill().unwrap();
+    let output = serve.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("segwatch serving"), "{log}");
+    assert!(!log.contains('\u{1b}'), "{log:?}");
+}

@@ -61,6 +61,56 @@ pub struct LimitsConfig {
     pub max_model_versions: u32,
 }
 
+/// The environment variables [`Config::load`] reads, with the setting each
+/// overrides (listed by `segwatch serve --help`; a test keeps it complete).
+pub const ENV_VARS: [(&str, &str); 27] = [
+    ("SEGWATCH_CONFIG", "the configuration file"),
+    ("SEGWATCH_DATABASE_URL", "database_url"),
+    ("SEGWATCH_LISTEN", "listen"),
+    ("SEGWATCH_MIGRATE", "migrate"),
+    ("SEGWATCH_LOG_FORMAT", "log_format"),
+    ("SEGWATCH_RETENTION_DAYS", "retention_days"),
+    ("SEGWATCH_MAX_UPLOAD_BYTES", "limits.max_upload_bytes"),
+    ("SEGWATCH_MAX_VOXELS", "limits.max_voxels"),
+    (
+        "SEGWATCH_HEADER_READ_TIMEOUT_SECS",
+        "limits.header_read_timeout_secs",
+    ),
+    ("SEGWATCH_MAX_STRUCTURES", "limits.max_structures"),
+    (
+        "SEGWATCH_MAX_BODY_MEMORY_BYTES",
+        "limits.max_body_memory_bytes",
+    ),
+    ("SEGWATCH_MAX_MODELS", "limits.max_models"),
+    ("SEGWATCH_MAX_MODEL_VERSIONS", "limits.max_model_versions"),
+    ("SEGWATCH_MAX_QUEUE_DEPTH", "limits.max_queue_depth"),
+    ("SEGWATCH_WORKER_THREADS", "workers.threads"),
+    ("SEGWATCH_WORKER_CONCURRENCY", "workers.concurrency"),
+    (
+        "SEGWATCH_MEMORY_BUDGET_VOXELS",
+        "workers.memory_budget_voxels",
+    ),
+    ("SEGWATCH_LEASE_SECS", "workers.lease_secs"),
+    ("SEGWATCH_POLL_INTERVAL_MS", "workers.poll_interval_ms"),
+    ("SEGWATCH_WORKERS_DISABLED", "workers.disabled"),
+    (
+        "SEGWATCH_DRIFT_FALSE_ALERTS_PER_MONTH",
+        "drift.false_alerts_per_month",
+    ),
+    ("SEGWATCH_DRIFT_ARL0", "drift.arl0"),
+    ("SEGWATCH_DRIFT_LATENESS_SECS", "drift.lateness_secs"),
+    (
+        "SEGWATCH_DRIFT_INCIDENT_HOLD_DAYS",
+        "drift.incident_hold_days",
+    ),
+    ("SEGWATCH_REFRESH_SECS", "drift.refresh_secs"),
+    (
+        "SEGWATCH_ROLLING_WINDOWS_DAYS",
+        "drift.rolling_windows_days (comma-separated)",
+    ),
+    ("SEGWATCH_CASE_KEY_SECRET", "dicomweb.case_key_secret"),
+];
+
 /// Days after its last prediction a model version stops counting as active.
 pub const ACTIVE_DAYS: u32 = 30;
 
@@ -467,6 +517,22 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn every_environment_variable_read_is_listed() {
+        let source = include_str!("config.rs");
+        let read: std::collections::BTreeSet<&str> = source
+            .split("var(\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .filter(|name| name.starts_with("SEGWATCH_"))
+            .collect();
+        let listed: std::collections::BTreeSet<&str> =
+            ENV_VARS.iter().map(|(name, _)| *name).collect();
+        assert!(read.len() >= 26, "{read:?}");
+        assert!(read.is_subset(&listed), "{:?}", read.difference(&listed));
+        assert_eq!(listed.len(), ENV_VARS.len());
+    }
     use super::*;
 
     #[test]

@@ -29,6 +29,7 @@ impl ConfigArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = environment_help())]
 pub struct ServeArgs {
     #[command(flatten)]
     config: ConfigArgs,
@@ -63,6 +64,17 @@ pub enum KeysCommand {
         config: ConfigArgs,
         id: String,
     },
+}
+
+/// The environment variables `serve` reads, for `--help`.
+fn environment_help() -> String {
+    let mut help = String::from(
+        "Environment variables (they override the configuration file; docs/operations.md):\n",
+    );
+    for (name, setting) in crate::config::ENV_VARS {
+        help.push_str(&format!("  {name:<40} {setting}\n"));
+    }
+    help
 }
 
 /// `--role`: the store's role names, listed in `--help`.

@@ -420,6 +420,10 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         handle.await??;
     }
     eprintln!("segwatch: uploaded {total} cases");
+    eprintln!(
+        "segwatch: scoring runs on; then see the worst cases at {base}/v1/sites/site1/cases?order=dice, \
+         drift incidents at {base}/v1/incidents?state=all, and the series at {base}/metrics"
+    );
     Ok(())
 }
 

@@ -351,3 +351,13 @@ fn a_reader_that_closes_early_ends_the_output_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(stderr.is_empty(), "{stderr}");
 }
+
+#[test]
+fn serve_help_lists_the_environment_variables() {
+    let help = segwatch(&["serve", "--help"]);
+    assert!(help.status.success());
+    let text = String::from_utf8(help.stdout).unwrap();
+    for name in segwatch::config::ENV_VARS.iter().map(|(name, _)| name) {
+        assert!(text.contains(name), "{name} missing in {text}");
+    }
+}

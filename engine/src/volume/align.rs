@@ -2,6 +2,7 @@
 //! order or direction, or a different extent along them. Voxels are moved, never
 //! interpolated.
 
+use super::dot;
 use super::{
     BoundingBox, GRID_TOLERANCE_MM, GRID_TOLERANCE_RAD, Grid, GridMismatch, LabelVolume, Labels,
 };
@@ -62,10 +63,6 @@ impl GridMap {
     pub fn keeps_axes(&self) -> bool {
         self.axes == [0, 1, 2] && self.flip == [false; 3]
     }
-}
-
-fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
-    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 }
 
 impl Grid {

@@ -155,6 +155,20 @@ pub const SPACING_RANGE_MM: std::ops::RangeInclusive<f64> = 1e-3..=1e3;
 /// taken as parallel.
 const DEGENERATE_RATIO: f64 = 1e-6;
 
+/// The dot product of two 3-vectors.
+pub(crate) fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
+    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+}
+
+/// The cross product of two 3-vectors.
+pub(crate) fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
+    [
+        a[1] * b[2] - a[2] * b[1],
+        a[2] * b[0] - a[0] * b[2],
+        a[0] * b[1] - a[1] * b[0],
+    ]
+}
+
 /// The unit vector along `v`, or zero if `v` is zero.
 fn unit(v: [f64; 3]) -> [f64; 3] {
     let norm = (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();

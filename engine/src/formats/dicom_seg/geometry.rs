@@ -2,6 +2,7 @@
 //! spacing checked against each other, every frame placed on one slice.
 
 use super::*;
+use crate::volume::{cross, dot};
 
 impl Seg<'_> {
     /// Places frames on a regular slice lattice and builds the grid.
@@ -29,7 +30,7 @@ impl Seg<'_> {
             )));
         }
         let normal = cross(row_cosine, column_cosine);
-        let along = |p: [f64; 3], axis: [f64; 3]| p[0] * axis[0] + p[1] * axis[1] + p[2] * axis[2];
+        let along = dot;
         for (i, f) in self.frames.iter().enumerate() {
             let drift = [row_cosine, column_cosine]
                 .map(|axis| along(f.position, axis) - along(first.position, axis));
@@ -126,7 +127,6 @@ impl Seg<'_> {
 /// Why a row and a column direction cannot orient an image plane: they must be
 /// unit vectors (within 1 %) and orthogonal (within 1 %).
 fn orientation_problem(row: [f64; 3], column: [f64; 3]) -> Option<&'static str> {
-    let dot = |a: [f64; 3], b: [f64; 3]| a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
     let unit = |v: [f64; 3]| (dot(v, v).sqrt() - 1.0).abs() <= 0.01;
     if row.iter().chain(&column).any(|v| !v.is_finite()) {
         Some("not finite")
@@ -137,14 +137,6 @@ fn orientation_problem(row: [f64; 3], column: [f64; 3]) -> Option<&'static str> 
     } else {
         None
     }
-}
-
-fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
-    [
-        a[1] * b[2] - a[2] * b[1],
-        a[2] * b[0] - a[0] * b[2],
-        a[0] * b[1] - a[1] * b[0],
-    ]
 }
 
 #[cfg(test)]

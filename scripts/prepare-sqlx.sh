@@ -8,7 +8,7 @@ admin=${SEGWATCH_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 db=segwatch_sqlx_prepare
 url=${admin%/*}/$db
 psql "$admin" -q -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
-for migration in migrations/*.sql; do
+for migration in migrations/postgres/*.sql; do
     psql "$url" -q -v ON_ERROR_STOP=1 -f "$migration"
 done
 rm -rf .sqlx

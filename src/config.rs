@@ -12,8 +12,13 @@ use crate::metrics::SurfaceMode;
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Postgres connection string (`SEGWATCH_DATABASE_URL`).
+    /// PostgreSQL connection string (`SEGWATCH_DATABASE_URL`); empty (the
+    /// default) keeps everything in the embedded store under `data_dir`.
     pub database_url: String,
+    /// Directory of the embedded store, used when `database_url` is empty
+    /// (`SEGWATCH_DATA_DIR`, `--data-dir`); relative paths are relative to the
+    /// working directory.
+    pub data_dir: std::path::PathBuf,
     /// Address to listen on (`SEGWATCH_LISTEN`).
     pub listen: String,
     /// Apply migrations at start (`SEGWATCH_MIGRATE`).
@@ -63,9 +68,10 @@ pub struct LimitsConfig {
 
 /// The environment variables [`Config::load`] reads, with the setting each
 /// overrides (listed by `segwatch serve --help`; a test keeps it complete).
-pub const ENV_VARS: [(&str, &str); 27] = [
+pub const ENV_VARS: [(&str, &str); 28] = [
     ("SEGWATCH_CONFIG", "the configuration file"),
     ("SEGWATCH_DATABASE_URL", "database_url"),
+    ("SEGWATCH_DATA_DIR", "data_dir"),
     ("SEGWATCH_LISTEN", "listen"),
     ("SEGWATCH_MIGRATE", "migrate"),
     ("SEGWATCH_LOG_FORMAT", "log_format"),
@@ -223,10 +229,25 @@ pub struct ScoringConfig {
     pub default_tolerance_mm: f64,
 }
 
+/// Where the embedded store lives unless told otherwise.
+pub const DEFAULT_DATA_DIR: &str = "segwatch-data";
+
+impl Config {
+    /// The store this configuration names: PostgreSQL when `database_url` is
+    /// set, else the embedded store in `data_dir`.
+    pub fn store(
+        &self,
+        max_connections: u32,
+    ) -> Result<crate::store::Store, crate::store::StoreError> {
+        crate::store::Store::open(&self.database_url, &self.data_dir, max_connections)
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
-            database_url: "postgres://postgres@127.0.0.1:5432/segwatch".into(),
+            database_url: String::new(),
+            data_dir: DEFAULT_DATA_DIR.into(),
             listen: "127.0.0.1:8080".into(),
             migrate: true,
             log_format: "text".into(),
@@ -339,6 +360,9 @@ impl Config {
         let var = |name: &str| env(name).filter(|v| !v.is_empty());
         if let Some(v) = var("SEGWATCH_DATABASE_URL") {
             config.database_url = v;
+        }
+        if let Some(v) = var("SEGWATCH_DATA_DIR") {
+            config.data_dir = v.into();
         }
         if let Some(v) = var("SEGWATCH_LISTEN") {
             config.listen = v;

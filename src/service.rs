@@ -25,10 +25,7 @@ use crate::worker::Workers;
 /// and periodic tasks start once the database is ready. A migration that fails
 /// for another reason on the first attempt stops the start.
 pub async fn launch(config: Arc<Config>) -> anyhow::Result<Router> {
-    let store = Store::connect(
-        &config.database_url,
-        (config.concurrency() as u32 * 2 + 8).max(10),
-    )?;
+    let store = config.store((config.concurrency() as u32 * 2 + 8).max(10))?;
     let compute = Compute::new(config.threads(), config.workers.memory_budget_voxels)?;
     let metrics = Metrics::new(&config.drift.rolling_windows_days);
     if let crate::drift::RunLengthTarget::Budget {
@@ -85,7 +82,7 @@ async fn prepare_database(app: AppState, first: oneshot::Sender<FirstAttempt>) {
         match attempt.await {
             Ok(()) => {
                 if !last_error.is_empty() {
-                    info!(database = %app.store.target(), "database ready");
+                    info!(database = %app.store.location(), "database ready");
                 }
                 start_background(app);
                 if let Some(first) = first.take() {

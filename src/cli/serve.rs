@@ -18,14 +18,28 @@ pub struct ConfigArgs {
     /// TOML configuration file; `SEGWATCH_*` environment variables override it.
     #[arg(long, env = "SEGWATCH_CONFIG")]
     config: Option<PathBuf>,
+    /// Directory of the embedded store, used when no database_url is set
+    /// [default: segwatch-data in the working directory]; overrides
+    /// SEGWATCH_DATA_DIR and the configuration file.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 impl ConfigArgs {
     fn load(&self) -> anyhow::Result<Config> {
-        Ok(Config::load(self.config.as_deref(), |name| {
-            std::env::var(name).ok()
-        })?)
+        let mut config = Config::load(self.config.as_deref(), |name| std::env::var(name).ok())?;
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
+        Ok(config)
     }
+}
+
+/// Opens the configured store for a command and says where it is.
+async fn command_store(config: &Config) -> anyhow::Result<Store> {
+    let store = config.store(2)?;
+    store.check().await?;
+    Ok(store)
 }
 
 #[derive(Debug, Args)]
@@ -95,10 +109,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn migrate(args: ConfigArgs) -> anyhow::Result<()> {
     let config = args.load()?;
     runtime()?.block_on(async {
-        let store = Store::connect(&config.database_url, 2)?;
-        store.check().await?;
+        let store = command_store(&config).await?;
         store.migrate().await?;
-        eprintln!("segwatch: migrations applied");
+        eprintln!("segwatch: migrations applied to the {}", store.location());
         Ok(())
     })
 }
@@ -111,8 +124,12 @@ pub fn keys(command: KeysCommand) -> anyhow::Result<()> {
         | KeysCommand::Revoke { config, .. } => config.load()?,
     };
     runtime()?.block_on(async {
-        let store = Store::connect(&config.database_url, 2)?;
-        store.check().await?;
+        let store = command_store(&config).await?;
+        // Keys can be created before the first `serve`: the schema comes first
+        // (unless migrations are left to the operator, as for `serve`).
+        if config.migrate {
+            store.migrate().await?;
+        }
         match command {
             KeysCommand::Create {
                 site, role, label, ..

@@ -95,6 +95,17 @@ pub async fn list_cases(
             "limit must be between 1 and 500",
         ));
     }
+    Problem::refuse_nul(
+        [
+            &query.scanner_manufacturer,
+            &query.scanner_model,
+            &query.protocol,
+            &query.structure,
+        ]
+        .into_iter()
+        .flatten()
+        .map(String::as_str),
+    )?;
     let filter = CaseFilter {
         site,
         structure: query.structure,

@@ -88,6 +88,11 @@ pub async fn put_baseline(
     valid_key("model_version", &version)?;
     let upload: BaselineUpload = json_object(&body)
         .map_err(|e| Problem::bad_request("invalid-baseline", "Invalid baseline", e))?;
+    Problem::refuse_nul(
+        [upload.source.as_str()]
+            .into_iter()
+            .chain(upload.description.as_deref()),
+    )?;
     let samples = samples(&upload.cases)?;
     let info = app
         .store
@@ -240,6 +245,7 @@ pub async fn acknowledge(
         json_object(&body)
             .map_err(|e| Problem::bad_request("invalid-ack", "Invalid acknowledgement", e))?
     };
+    Problem::refuse_nul(ack.note.as_deref())?;
     app.store
         .acknowledge(id, &auth.0.key_id, ack.note.as_deref())
         .await?
@@ -409,6 +415,15 @@ pub async fn alertmanager_webhook(
             e,
         )
     })?;
+    let mut texts = vec![notification.receiver.as_str()];
+    for alert in &notification.alerts {
+        texts.push(&alert.status);
+        for map in [&alert.labels, &alert.annotations] {
+            texts.extend(map.keys().map(String::as_str));
+            texts.extend(map.values().filter_map(serde_json::Value::as_str));
+        }
+    }
+    Problem::refuse_nul(texts)?;
     let recorded = app
         .store
         .record_notification(&notification.receiver, &notification.alerts)

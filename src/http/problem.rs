@@ -40,6 +40,19 @@ impl Problem {
         Problem::new(StatusCode::BAD_REQUEST, slug, title, detail)
     }
 
+    /// Refuses text holding a NUL character. PostgreSQL cannot store one and
+    /// SQLite can: checked here so that both stores answer alike.
+    pub fn refuse_nul<'a>(texts: impl IntoIterator<Item = &'a str>) -> Result<(), Problem> {
+        match texts.into_iter().any(|t| t.contains('\0')) {
+            true => Err(Problem::bad_request(
+                "invalid-value",
+                "Invalid value",
+                "text must not contain NUL characters",
+            )),
+            false => Ok(()),
+        }
+    }
+
     pub fn unauthorized(detail: impl Into<String>) -> Problem {
         Problem::new(
             StatusCode::UNAUTHORIZED,

@@ -384,13 +384,6 @@ fn acquisition(query: &UploadQuery, headers: &HeaderMap) -> Result<Value, Proble
     }
     // Checked here, not left to the database: a duplicate upload stores nothing
     // and must be refused all the same.
-    let has_nul = |v: &Value| v.as_str().is_some_and(|t| t.contains('\0'));
-    if fields.values().any(has_nul) {
-        return Err(Problem::bad_request(
-            "invalid-value",
-            "Invalid value",
-            "text must not contain NUL characters",
-        ));
-    }
+    Problem::refuse_nul(fields.values().filter_map(Value::as_str))?;
     Ok(Value::Object(fields))
 }

@@ -44,7 +44,8 @@ pub struct DetectorRow {
     pub alarm: bool,
 }
 
-fn summary(structure: &str, baseline: &Baseline) -> BaselineStructure {
+/// What the API shows of one structure's baseline sample.
+pub(super) fn summary(structure: &str, baseline: &Baseline) -> BaselineStructure {
     BaselineStructure {
         structure: structure.to_owned(),
         cases: baseline.len(),
@@ -67,7 +68,8 @@ impl Store {
         created_by: &str,
         samples: &BTreeMap<String, Baseline>,
     ) -> Result<BaselineInfo> {
-        let mut tx = self.pool.begin().await.map_err(StoreError::classify)?;
+        let pool = postgres_or!(self, lite => lite.create_baseline(model, version, source, description, created_by, samples));
+        let mut tx = pool.begin().await.map_err(StoreError::classify)?;
         sqlx::query!(
             "SELECT pg_advisory_xact_lock(hashtext($1 || '/' || $2))",
             model,
@@ -142,19 +144,20 @@ impl Store {
         model: &str,
         version: &str,
     ) -> Result<Option<BaselineInfo>> {
+        let pool = postgres_or!(self, lite => lite.active_baseline(model, version));
         let Some(row) = sqlx::query!(
             "SELECT id, version, source, description, created_by, created_at FROM baselines
              WHERE model = $1 AND model_version = $2 AND active",
             model,
             version
         )
-        .fetch_optional(&self.pool)
+        .fetch_optional(pool)
         .await
         .map_err(StoreError::classify)?
         else {
             return Ok(None);
         };
-        let samples = load_samples(&self.pool, row.id).await?;
+        let samples = load_samples(pool, row.id).await?;
         Ok(Some(BaselineInfo {
             model: model.into(),
             model_version: version.into(),
@@ -175,6 +178,7 @@ impl Store {
         version: &str,
         cases: i64,
     ) -> Result<Vec<BTreeMap<String, f64>>> {
+        let pool = postgres_or!(self, lite => lite.first_scored(model, version, cases));
         let rows = sqlx::query!(
             r#"WITH first AS (
                    SELECT DISTINCT ON (case_id) id, case_id, observed_at FROM results
@@ -188,7 +192,7 @@ impl Store {
             version,
             cases
         )
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await
         .map_err(StoreError::classify)?;
         let mut by_case: Vec<(i64, BTreeMap<String, f64>)> = Vec::new();
@@ -207,6 +211,13 @@ impl Store {
     /// one site (its own streams, and pooled ones it is evidence of) when
     /// `site` is given.
     pub async fn incidents(&self, site: Option<&str>, all: bool) -> Result<Vec<IncidentView>> {
+        let pool = match &self.db {
+            super::Db::Postgres(pg) => &pg.pool,
+            super::Db::Sqlite(lite) => {
+                let ids = lite.incident_ids(site, all).await?;
+                return self.incident_views(&ids).await;
+            }
+        };
         let ids = sqlx::query_scalar!(
             "SELECT i.id FROM incidents i
              WHERE ($2 OR i.resolved_at IS NULL)
@@ -216,7 +227,7 @@ impl Store {
             site,
             all
         )
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await
         .map_err(StoreError::classify)?;
         self.incident_views(&ids).await
@@ -228,58 +239,27 @@ impl Store {
     }
 
     async fn incident_views(&self, ids: &[i64]) -> Result<Vec<IncidentView>> {
-        let rows = sqlx::query!(
+        let pool = postgres_or!(self, lite => lite.incident_views(ids));
+        let rows = sqlx::query_as!(
+            IncidentRow,
             r#"SELECT id, site, model, model_version, structure, detector, opened_at, observed_at, last_alarm_at,
                       statistic, limit_value, acknowledged_at, acknowledged_by, note, resolved_at, resolution
                FROM incidents WHERE id = ANY($1) ORDER BY id DESC"#,
             ids
         )
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await
         .map_err(StoreError::classify)?;
-        let streams = sqlx::query!(
+        let streams = sqlx::query_as!(
+            IncidentStreamRow,
             "SELECT incident_id, site, structure, detector, first_alarm_at, last_alarm_at
              FROM incident_streams WHERE incident_id = ANY($1) ORDER BY incident_id, first_alarm_at, site, structure, detector",
             ids
         )
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await
         .map_err(StoreError::classify)?;
-        let mut by_incident: BTreeMap<i64, Vec<IncidentStream>> = BTreeMap::new();
-        for s in streams {
-            by_incident
-                .entry(s.incident_id)
-                .or_default()
-                .push(IncidentStream {
-                    site: s.site,
-                    structure: s.structure,
-                    detector: s.detector,
-                    first_alarm_at: s.first_alarm_at,
-                    last_alarm_at: s.last_alarm_at,
-                });
-        }
-        Ok(rows
-            .into_iter()
-            .map(|r| IncidentView {
-                streams: by_incident.remove(&r.id).unwrap_or_default(),
-                id: r.id,
-                site: r.site,
-                model: r.model,
-                model_version: r.model_version,
-                structure: r.structure,
-                detector: r.detector,
-                opened_at: r.opened_at,
-                observed_at: r.observed_at,
-                last_alarm_at: r.last_alarm_at,
-                statistic: r.statistic,
-                limit: r.limit_value,
-                acknowledged_at: r.acknowledged_at,
-                acknowledged_by: r.acknowledged_by,
-                note: r.note,
-                resolved_at: r.resolved_at,
-                resolution: r.resolution,
-            })
-            .collect())
+        Ok(assemble_incidents(rows, streams))
     }
 
     /// Acknowledges an incident (the first acknowledgement is kept; a note
@@ -291,6 +271,15 @@ impl Store {
         by: &str,
         note: Option<&str>,
     ) -> Result<Option<IncidentView>> {
+        let pool = match &self.db {
+            super::Db::Postgres(pg) => &pg.pool,
+            super::Db::Sqlite(lite) => {
+                return match lite.acknowledge(id, by, note).await? {
+                    true => self.incident(id).await,
+                    false => Ok(None),
+                };
+            }
+        };
         let updated = sqlx::query!(
             "UPDATE incidents SET acknowledged_at = coalesce(acknowledged_at, now()),
                     acknowledged_by = coalesce(acknowledged_by, $2), note = coalesce($3, note)
@@ -299,7 +288,7 @@ impl Store {
             by,
             note
         )
-        .execute(&self.pool)
+        .execute(pool)
         .await
         .map_err(StoreError::classify)?;
         if updated.rows_affected() == 0 {
@@ -310,22 +299,24 @@ impl Store {
 
     /// Open incidents, for metrics.
     pub async fn open_incidents(&self) -> Result<Vec<OpenIncident>> {
+        let pool = postgres_or!(self, lite => lite.open_incidents());
         sqlx::query_as!(
             OpenIncident,
             "SELECT id, site, model, model_version, structure, detector FROM incidents WHERE resolved_at IS NULL"
         )
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await
         .map_err(StoreError::classify)
     }
 
     /// States of the streams of the last 30 days of case time: (site, structure, state).
     pub async fn active_stream_states(&self) -> Result<Vec<(String, String, StreamState)>> {
+        let pool = postgres_or!(self, lite => lite.active_stream_states());
         let rows = sqlx::query!(
             "SELECT site, structure, state FROM drift_streams
              WHERE latest_at > (SELECT max(latest_at) FROM drift_streams) - interval '30 days'"
         )
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await
         .map_err(StoreError::classify)?;
         rows.into_iter()
@@ -339,21 +330,23 @@ impl Store {
 
     /// Size of the smallest active baseline sample.
     pub async fn smallest_active_baseline(&self) -> Result<Option<i64>> {
+        let pool = postgres_or!(self, lite => lite.smallest_active_baseline());
         sqlx::query_scalar!(
             "SELECT min(cardinality(s.dice))::bigint FROM baselines b JOIN baseline_samples s ON s.baseline_id = b.id WHERE b.active"
         )
-        .fetch_one(&self.pool)
+        .fetch_one(pool)
         .await
         .map_err(StoreError::classify)
     }
 
     /// Streams of the last 30 days of case time, and their (stream, detector) pairs.
     pub async fn active_streams(&self) -> Result<(i64, i64)> {
+        let pool = postgres_or!(self, lite => lite.active_streams());
         let r = sqlx::query!(
             r#"SELECT count(*) AS "streams!", coalesce(sum(pairs), 0)::bigint AS "pairs!" FROM drift_streams
                WHERE latest_at > (SELECT max(latest_at) FROM drift_streams) - interval '30 days'"#
         )
-        .fetch_one(&self.pool)
+        .fetch_one(pool)
         .await
         .map_err(StoreError::classify)?;
         Ok((r.streams, r.pairs))
@@ -361,23 +354,25 @@ impl Store {
 
     /// Every detector's current state.
     pub async fn detector_states(&self) -> Result<Vec<DetectorRow>> {
+        let pool = postgres_or!(self, lite => lite.detector_states());
         sqlx::query_as!(
             DetectorRow,
             r#"SELECT site, model, model_version, structure, detector, statistic, limit_value AS "limit", alarm
                FROM detector_state"#
         )
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await
         .map_err(StoreError::classify)
     }
 
     /// Active baselines: (model, version, structure, mean, p05, p25).
     pub async fn baseline_gauges(&self) -> Result<Vec<(String, String, BaselineStructure)>> {
+        let pool = postgres_or!(self, lite => lite.baseline_gauges());
         let rows = sqlx::query!(
             "SELECT b.model, b.model_version, s.structure, s.dice FROM baselines b
              JOIN baseline_samples s ON s.baseline_id = b.id WHERE b.active"
         )
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await
         .map_err(StoreError::classify)?;
         Ok(rows
@@ -395,6 +390,7 @@ impl Store {
         &self,
         days: i32,
     ) -> Result<Vec<(String, String, String, String, f64, i64)>> {
+        let pool = postgres_or!(self, lite => lite.rolling_dice(days));
         let rows = sqlx::query!(
             r#"WITH recent AS (
                    SELECT r.site, r.model, r.model_version, s.structure, s.dice
@@ -408,7 +404,7 @@ impl Store {
                FROM recent GROUP BY GROUPING SETS ((site, model, model_version, structure), (model, model_version, structure))"#,
             days
         )
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await
         .map_err(StoreError::classify)?;
         Ok(rows
@@ -428,11 +424,12 @@ impl Store {
 
     /// Unix time of the latest accepted upload per site and role.
     pub async fn last_uploads(&self) -> Result<Vec<(String, String, f64)>> {
+        let pool = postgres_or!(self, lite => lite.last_uploads());
         let rows = sqlx::query!(
             r#"SELECT c.site, s.role, extract(epoch FROM max(s.received_at))::float8 AS "at!"
                FROM segmentations s JOIN cases c ON c.id = s.case_id GROUP BY c.site, s.role"#
         )
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await
         .map_err(StoreError::classify)?;
         Ok(rows.into_iter().map(|r| (r.site, r.role, r.at)).collect())
@@ -449,6 +446,30 @@ impl Store {
         since: DateTime<Utc>,
         baseline_mean: f64,
     ) -> Result<Vec<Stratum>> {
+        let mut strata = match &self.db {
+            super::Db::Postgres(pg) => {
+                postgres_strata(&pg.pool, site, model, version, structure, since).await?
+            }
+            super::Db::Sqlite(lite) => lite.strata(site, model, version, structure, since).await?,
+        };
+        for stratum in &mut strata {
+            stratum.drop = baseline_mean - stratum.mean_dice;
+        }
+        strata.sort_by(|a, b| b.drop.total_cmp(&a.drop).then(b.cases.cmp(&a.cases)));
+        Ok(strata)
+    }
+}
+
+/// Strata of recent cases of a stream, with `drop` left at 0.
+async fn postgres_strata(
+    pool: &sqlx::PgPool,
+    site: &str,
+    model: &str,
+    version: &str,
+    structure: &str,
+    since: DateTime<Utc>,
+) -> Result<Vec<Stratum>> {
+    {
         let rows = sqlx::query!(
             r#"WITH cases AS (
                    SELECT r.acquisition, CASE WHEN $4 = 'all' THEN r.mean_dice ELSE s.dice END AS dice
@@ -474,22 +495,93 @@ impl Store {
             structure,
             since
         )
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await
         .map_err(StoreError::classify)?;
-        let mut strata: Vec<Stratum> = rows
+        Ok(rows
             .into_iter()
             .map(|r| Stratum {
                 attribute: r.attribute,
                 value: r.value,
                 cases: r.cases,
                 mean_dice: r.mean,
-                drop: baseline_mean - r.mean,
+                drop: 0.0,
             })
-            .collect();
-        strata.sort_by(|a, b| b.drop.total_cmp(&a.drop).then(b.cases.cmp(&a.cases)));
-        Ok(strata)
+            .collect())
     }
+}
+
+/// An `incidents` row, as both backends read it.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct IncidentRow {
+    pub id: i64,
+    pub site: String,
+    pub model: String,
+    pub model_version: String,
+    pub structure: String,
+    pub detector: String,
+    pub opened_at: DateTime<Utc>,
+    pub observed_at: DateTime<Utc>,
+    pub last_alarm_at: DateTime<Utc>,
+    pub statistic: f64,
+    pub limit_value: f64,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    pub acknowledged_by: Option<String>,
+    pub note: Option<String>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub resolution: Option<String>,
+}
+
+/// An `incident_streams` row.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct IncidentStreamRow {
+    pub incident_id: i64,
+    pub site: String,
+    pub structure: String,
+    pub detector: String,
+    pub first_alarm_at: DateTime<Utc>,
+    pub last_alarm_at: DateTime<Utc>,
+}
+
+/// Incidents with their streams, in the order of `rows`.
+pub(super) fn assemble_incidents(
+    rows: Vec<IncidentRow>,
+    streams: Vec<IncidentStreamRow>,
+) -> Vec<IncidentView> {
+    let mut by_incident: BTreeMap<i64, Vec<IncidentStream>> = BTreeMap::new();
+    for s in streams {
+        by_incident
+            .entry(s.incident_id)
+            .or_default()
+            .push(IncidentStream {
+                site: s.site,
+                structure: s.structure,
+                detector: s.detector,
+                first_alarm_at: s.first_alarm_at,
+                last_alarm_at: s.last_alarm_at,
+            });
+    }
+    rows.into_iter()
+        .map(|r| IncidentView {
+            streams: by_incident.remove(&r.id).unwrap_or_default(),
+            id: r.id,
+            site: r.site,
+            model: r.model,
+            model_version: r.model_version,
+            structure: r.structure,
+            detector: r.detector,
+            opened_at: r.opened_at,
+            observed_at: r.observed_at,
+            last_alarm_at: r.last_alarm_at,
+            statistic: r.statistic,
+            limit: r.limit_value,
+            acknowledged_at: r.acknowledged_at,
+            acknowledged_by: r.acknowledged_by,
+            note: r.note,
+            resolved_at: r.resolved_at,
+            resolution: r.resolution,
+        })
+        .collect()
 }
 
 async fn load_samples<'e>(
@@ -522,7 +614,8 @@ impl Store {
         lateness: std::time::Duration,
         batch: i64,
     ) -> Result<usize> {
-        let mut tx = self.pool.begin().await.map_err(StoreError::classify)?;
+        let pool = postgres_or!(self, lite => lite.feed_drift(feeder, settings, lateness, batch));
+        let mut tx = pool.begin().await.map_err(StoreError::classify)?;
         let locked = sqlx::query_scalar!("SELECT pg_try_advisory_xact_lock($1)", FEED_LOCK)
             .fetch_one(&mut *tx)
             .await?;
@@ -894,7 +987,8 @@ impl Store {
         receiver: &str,
         alerts: &[NotifiedAlert],
     ) -> Result<usize> {
-        let mut tx = self.pool.begin().await.map_err(StoreError::classify)?;
+        let pool = postgres_or!(self, lite => lite.record_notification(receiver, alerts));
+        let mut tx = pool.begin().await.map_err(StoreError::classify)?;
         for alert in alerts {
             let name = alert.labels.get("alertname").and_then(|v| v.as_str());
             sqlx::query!(

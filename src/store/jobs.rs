@@ -39,7 +39,7 @@ pub struct JobInputs {
 }
 
 /// A finite value, or NULL.
-fn finite(v: f64) -> Option<f64> {
+pub(super) fn finite(v: f64) -> Option<f64> {
     v.is_finite().then_some(v)
 }
 
@@ -47,6 +47,7 @@ impl Store {
     /// Claims the oldest runnable job (queued and due, or running with an
     /// expired lease) and commits the lease at once.
     pub async fn claim_job(&self, lease: Duration) -> Result<Option<ClaimedJob>> {
+        let pool = postgres_or!(self, lite => lite.claim_job(lease));
         let token: i64 = rand::random();
         let row = sqlx::query!(
             "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_token = $1,
@@ -59,7 +60,7 @@ impl Store {
             token,
             lease.as_secs_f64()
         )
-        .fetch_optional(&self.pool)
+        .fetch_optional(pool)
         .await
         .map_err(StoreError::classify)?;
         Ok(row.map(|r| ClaimedJob {
@@ -71,6 +72,7 @@ impl Store {
 
     /// Extends a lease; false once the lease is lost.
     pub async fn heartbeat(&self, job: &ClaimedJob, lease: Duration) -> Result<bool> {
+        let pool = postgres_or!(self, lite => lite.heartbeat(job, lease));
         let done = sqlx::query!(
             "UPDATE jobs SET lease_until = now() + make_interval(secs => $3)
              WHERE id = $1 AND lease_token = $2 AND status = 'running'",
@@ -78,7 +80,7 @@ impl Store {
             job.lease_token,
             lease.as_secs_f64()
         )
-        .execute(&self.pool)
+        .execute(pool)
         .await
         .map_err(StoreError::classify)?;
         Ok(done.rows_affected() == 1)
@@ -86,6 +88,7 @@ impl Store {
 
     /// Loads what a job needs.
     pub async fn job_inputs(&self, job: &ClaimedJob) -> Result<JobInputs> {
+        let pool = postgres_or!(self, lite => lite.job_inputs(job));
         let r = sqlx::query!(
             r#"SELECT j.case_id, c.site, c.case_key, p.model AS "model!", p.model_version AS "model_version!",
                       p.content AS prediction, r.content AS reference, p.voxels + r.voxels AS "voxels!",
@@ -99,7 +102,7 @@ impl Store {
                WHERE j.id = $1"#,
             job.id
         )
-        .fetch_one(&self.pool)
+        .fetch_one(pool)
         .await
         .map_err(StoreError::classify)?;
         Ok(JobInputs {
@@ -126,7 +129,8 @@ impl Store {
         inputs: &JobInputs,
         outcome: &CaseScore,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await.map_err(StoreError::classify)?;
+        let pool = postgres_or!(self, lite => lite.complete_job(job, inputs, outcome));
+        let mut tx = pool.begin().await.map_err(StoreError::classify)?;
         let done = sqlx::query!(
             "UPDATE jobs SET status = 'done', finished_at = now(), lease_token = NULL, lease_until = NULL, last_error = NULL
              WHERE id = $1 AND lease_token = $2 AND status = 'running'",
@@ -206,6 +210,7 @@ impl Store {
         reason: &str,
         retry_after: Option<Duration>,
     ) -> Result<()> {
+        let pool = postgres_or!(self, lite => lite.fail_job(job, reason, retry_after));
         match retry_after {
             Some(delay) => sqlx::query!(
                 "UPDATE jobs SET status = 'queued', run_after = now() + make_interval(secs => $3), last_error = $4,
@@ -216,7 +221,7 @@ impl Store {
                 delay.as_secs_f64(),
                 reason
             )
-            .execute(&self.pool)
+            .execute(pool)
             .await
             .map_err(StoreError::classify)?,
             None => sqlx::query!(
@@ -226,7 +231,7 @@ impl Store {
                 job.lease_token,
                 reason
             )
-            .execute(&self.pool)
+            .execute(pool)
             .await
             .map_err(StoreError::classify)?,
         };
@@ -235,12 +240,13 @@ impl Store {
 
     /// Jobs waiting, and jobs running.
     pub async fn job_counts(&self) -> Result<(i64, i64)> {
+        let pool = postgres_or!(self, lite => lite.job_counts());
         let r = sqlx::query!(
             r#"SELECT count(*) FILTER (WHERE status = 'queued') AS "queued!",
                       count(*) FILTER (WHERE status = 'running') AS "running!"
                FROM jobs WHERE status IN ('queued', 'running')"#
         )
-        .fetch_one(&self.pool)
+        .fetch_one(pool)
         .await
         .map_err(StoreError::classify)?;
         Ok((r.queued, r.running))
@@ -249,6 +255,7 @@ impl Store {
     /// Drops the voxels of segmentations scored more than `days` ago (results
     /// stay); returns how many were purged.
     pub async fn purge_scored(&self, days: u32) -> Result<u64> {
+        let pool = postgres_or!(self, lite => lite.purge_scored(days));
         let done = sqlx::query!(
             "UPDATE segmentations s SET content = NULL, purged_at = now()
              WHERE s.content IS NOT NULL AND s.received_at < now() - make_interval(days => $1)
@@ -256,7 +263,7 @@ impl Store {
                            AND (j.prediction_id = s.id OR j.reference_id = s.id))",
             days as i32
         )
-        .execute(&self.pool)
+        .execute(pool)
         .await
         .map_err(StoreError::classify)?;
         Ok(done.rows_affected())

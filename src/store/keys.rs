@@ -106,6 +106,10 @@ impl Store {
         let mut rng = rand::rng();
         let id = hex::encode(rng.random::<[u8; 6]>());
         let secret = hex::encode(rng.random::<[u8; 32]>());
+        let pool = postgres_or!(self, lite => async {
+            lite.create_key(&id, &hash_secret(&secret), role.as_str(), site, label).await?;
+            Ok(format!("sw_{id}_{secret}"))
+        });
         sqlx::query!(
             "INSERT INTO api_keys (id, secret_sha256, role, site, label) VALUES ($1, $2, $3, $4, $5)",
             id,
@@ -114,7 +118,7 @@ impl Store {
             site,
             label
         )
-        .execute(&self.pool)
+        .execute(pool)
         .await
         .map_err(StoreError::classify)?;
         Ok(format!("sw_{id}_{secret}"))
@@ -122,27 +126,34 @@ impl Store {
 
     /// Every key, newest first.
     pub async fn list_keys(&self) -> Result<Vec<KeyInfo>> {
+        let pool = postgres_or!(self, lite => lite.list_keys());
         sqlx::query_as!(
             KeyInfo,
             "SELECT id, role, site, label, created_at, revoked_at FROM api_keys ORDER BY created_at DESC"
         )
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await
         .map_err(StoreError::classify)
     }
 
     /// Revokes a key; false if there is no such active key.
     pub async fn revoke_key(&self, id: &str) -> Result<bool> {
-        let done = sqlx::query!(
-            "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
-            id
-        )
-        .execute(&self.pool)
-        .await
-        .map_err(StoreError::classify)?;
+        let revoked =
+            match &self.db {
+                super::Db::Postgres(pg) => sqlx::query!(
+                    "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+                    id
+                )
+                .execute(&pg.pool)
+                .await
+                .map_err(StoreError::classify)?
+                .rows_affected()
+                    == 1,
+                super::Db::Sqlite(lite) => lite.revoke_key(id).await?,
+            };
         // This process stops accepting it now; others within KEY_CACHE_TTL.
         self.keys.invalidate();
-        Ok(done.rows_affected() == 1)
+        Ok(revoked)
     }
 
     /// The principal of a bearer token, or None for an unknown, malformed or
@@ -198,12 +209,21 @@ impl Store {
         if let Some(keys) = self.keys.fresh().and_then(usable) {
             return Ok(keys);
         }
-        let loaded = sqlx::query!(
-            "SELECT id, secret_sha256, role, site FROM api_keys WHERE revoked_at IS NULL"
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(StoreError::classify);
+        type KeyRow = (String, Vec<u8>, String, Option<String>);
+        let loaded: Result<Vec<KeyRow>> = match &self.db {
+            super::Db::Postgres(pg) => sqlx::query!(
+                "SELECT id, secret_sha256, role, site FROM api_keys WHERE revoked_at IS NULL"
+            )
+            .fetch_all(&pg.pool)
+            .await
+            .map(|rows| {
+                rows.into_iter()
+                    .map(|r| (r.id, r.secret_sha256, r.role, r.site))
+                    .collect()
+            })
+            .map_err(StoreError::classify),
+            super::Db::Sqlite(lite) => lite.active_keys().await,
+        };
         let rows = match loaded {
             Ok(rows) => rows,
             Err(e) => {
@@ -219,15 +239,15 @@ impl Store {
             }
         };
         let mut keys = HashMap::with_capacity(rows.len());
-        for r in rows {
-            let role = Role::parse(&r.role)
-                .ok_or_else(|| StoreError::Corrupt(format!("key {} has role {}", r.id, r.role)))?;
+        for (id, secret_sha256, role, site) in rows {
+            let role = Role::parse(&role)
+                .ok_or_else(|| StoreError::Corrupt(format!("key {id} has role {role}")))?;
             keys.insert(
-                r.id,
+                id,
                 CachedKey {
-                    secret_sha256: r.secret_sha256,
+                    secret_sha256,
                     role,
-                    site: r.site,
+                    site,
                 },
             );
         }

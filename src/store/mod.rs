@@ -1,13 +1,30 @@
-//! All SQL: migrations, keys, schemas, uploads, the job queue and results.
+//! All SQL: migrations, keys, schemas, uploads, the job queue and results,
+//! in PostgreSQL (`database_url` set: several replicas can share it) or in the
+//! embedded SQLite store under the data directory (the default, one host).
+//! Each `Store` method runs the PostgreSQL queries in its module here, or the
+//! embedded store's in `sqlite/`.
+
+/// The connection pool of a PostgreSQL store; for the embedded store, returns
+/// from the calling method with `$call`, the same operation on `$lite`.
+macro_rules! postgres_or {
+    ($store:expr, $lite:ident => $call:expr) => {
+        match &$store.db {
+            crate::store::Db::Postgres(pg) => &pg.pool,
+            crate::store::Db::Sqlite($lite) => return $call.await,
+        }
+    };
+}
 
 mod drift;
 mod jobs;
 mod keys;
 mod results;
 mod schemas;
+mod sqlite;
 mod uploads;
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -50,6 +67,14 @@ pub enum StoreError {
     /// Rows that contradict each other or cannot be decoded.
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    /// The embedded store's data directory cannot be created or written.
+    #[error("cannot use the data directory {}: {reason}; check --data-dir (SEGWATCH_DATA_DIR) and its permissions", .dir.display())]
+    DataDir {
+        /// The directory.
+        dir: PathBuf,
+        /// What the file system said.
+        reason: String,
+    },
 }
 
 // Written by hand rather than with `#[from]`: a source would be printed after the
@@ -282,12 +307,67 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The service's database.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: PgPool,
-    target: DbTarget,
+    db: Db,
     keys: keys::KeyCache,
 }
 
+/// Which database a store uses.
+#[derive(Debug, Clone)]
+enum Db {
+    Postgres(Postgres),
+    Sqlite(sqlite::Lite),
+}
+
+/// A PostgreSQL database and where it is.
+#[derive(Debug, Clone)]
+struct Postgres {
+    pool: PgPool,
+    target: DbTarget,
+}
+
+/// Where a store keeps its data, for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A PostgreSQL database.
+    Postgres(DbTarget),
+    /// The embedded database file.
+    Embedded(PathBuf),
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Postgres(target) => target.fmt(f),
+            Location::Embedded(dir) => {
+                write!(
+                    f,
+                    "embedded database {}",
+                    dir.join(sqlite::DATABASE_FILE).display()
+                )
+            }
+        }
+    }
+}
+
 impl Store {
+    /// PostgreSQL at `database_url` when it is set, else the embedded store in
+    /// `data_dir`.
+    pub fn open(database_url: &str, data_dir: &Path, max_connections: u32) -> Result<Store> {
+        if database_url.trim().is_empty() {
+            Ok(Store::embedded(data_dir, max_connections))
+        } else {
+            Store::connect(database_url, max_connections)
+        }
+    }
+
+    /// The embedded store in `data_dir` (created when first used).
+    pub fn embedded(data_dir: &Path, readers: u32) -> Store {
+        Store {
+            db: Db::Sqlite(sqlite::Lite::open(data_dir, readers)),
+            keys: keys::KeyCache::default(),
+        }
+    }
+
     /// Connects lazily: requests fail fast with `Unavailable` while the database is down.
     pub fn connect(url: &str, max_connections: u32) -> Result<Store> {
         // The parser's messages quote no part of the URL, so no password.
@@ -299,25 +379,67 @@ impl Store {
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_lazy_with(options);
         Ok(Store {
-            pool,
-            target,
+            db: Db::Postgres(Postgres { pool, target }),
             keys: keys::KeyCache::default(),
         })
     }
 
-    /// The connection pool (for LISTEN).
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    /// The PostgreSQL pool, for LISTEN; None for the embedded store.
+    pub fn postgres_pool(&self) -> Option<&PgPool> {
+        match &self.db {
+            Db::Postgres(pg) => Some(&pg.pool),
+            Db::Sqlite(_) => None,
+        }
     }
 
-    /// Where the database is.
-    pub fn target(&self) -> &DbTarget {
-        &self.target
+    /// Woken when this process enqueues a job, for the embedded store (which
+    /// has no NOTIFY); None for PostgreSQL.
+    pub fn local_job_notifications(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        match &self.db {
+            Db::Postgres(_) => None,
+            Db::Sqlite(lite) => Some(lite.job_notifications()),
+        }
     }
 
+    /// Where the data is.
+    pub fn location(&self) -> Location {
+        match &self.db {
+            Db::Postgres(pg) => Location::Postgres(pg.target.clone()),
+            Db::Sqlite(lite) => Location::Embedded(lite.dir().to_owned()),
+        }
+    }
+
+    /// Reaches the database: for PostgreSQL, one connection outside the pool,
+    /// so that a failure says why; for the embedded store, creates the data
+    /// directory and opens the file.
+    pub async fn check(&self) -> Result<()> {
+        match &self.db {
+            Db::Postgres(pg) => pg.check().await,
+            Db::Sqlite(lite) => lite.check().await,
+        }
+    }
+
+    /// Applies the migrations of the store's database.
+    pub async fn migrate(&self) -> Result<()> {
+        match &self.db {
+            Db::Postgres(pg) => pg.migrate().await,
+            Db::Sqlite(lite) => lite.migrate().await,
+        }
+    }
+
+    /// Database reachable and every migration applied.
+    pub async fn ready(&self) -> Result<bool> {
+        match &self.db {
+            Db::Postgres(pg) => pg.ready().await,
+            Db::Sqlite(lite) => lite.ready().await,
+        }
+    }
+}
+
+impl Postgres {
     /// Opens one connection outside the pool, so that a failure says why (the
     /// pool retries refused connections until it times out and keeps no reason).
-    pub async fn check(&self) -> Result<()> {
+    async fn check(&self) -> Result<()> {
         let options = self.pool.connect_options();
         let attempt = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options));
         match attempt.await {
@@ -355,9 +477,11 @@ impl Store {
         }
     }
 
-    /// Applies the migrations in `migrations/`.
-    pub async fn migrate(&self) -> Result<()> {
-        match sqlx::migrate!("./migrations").run(&self.pool).await {
+    async fn migrate(&self) -> Result<()> {
+        match sqlx::migrate!("./migrations/postgres")
+            .run(&self.pool)
+            .await
+        {
             Ok(()) => Ok(()),
             // Getting a connection failed, rather than a migration.
             Err(sqlx::migrate::MigrateError::Execute(e))
@@ -370,8 +494,7 @@ impl Store {
         }
     }
 
-    /// Database reachable and every migration applied.
-    pub async fn ready(&self) -> Result<bool> {
+    async fn ready(&self) -> Result<bool> {
         // With no connection open (never reached, or all dropped since), one direct
         // attempt says at once why, where the pool would retry until its timeout.
         if self.pool.size() == 0 {
@@ -389,7 +512,7 @@ impl Store {
                 }
                 Err(e) => return Err(self.diagnose_pool(e).await),
             };
-        Ok(applied as usize >= sqlx::migrate!("./migrations").iter().count())
+        Ok(applied as usize >= sqlx::migrate!("./migrations/postgres").iter().count())
     }
 }
 
@@ -414,7 +537,9 @@ mod tests {
     #[tokio::test]
     async fn the_target_never_holds_the_password() {
         let store = Store::connect("postgres://me:s3cret@db.example:6543/segwatch", 1).unwrap();
-        let target = store.target().clone();
+        let Location::Postgres(target) = store.location() else {
+            panic!("a postgres:// URL opens PostgreSQL");
+        };
         assert_eq!(
             target.to_string(),
             "database \"segwatch\" on db.example:6543"

@@ -22,50 +22,80 @@ pub struct CaseFilter {
     pub slice_thickness_mm: (Option<f64>, Option<f64>),
 }
 
-/// A structure_results row back into the metrics it was stored from.
-macro_rules! structure_from_row {
-    ($r:expr) => {{
-        let r = $r;
+/// A `structure_results` row, as both backends read it.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct StructureRow {
+    pub structure: String,
+    pub label: Option<i32>,
+    pub code: Option<String>,
+    pub name: Option<String>,
+    pub empty: String,
+    pub pred_voxels: i64,
+    pub ref_voxels: i64,
+    pub tp: i64,
+    pub fp: i64,
+    pub fn_: i64,
+    pub pred_volume_ml: f64,
+    pub ref_volume_ml: f64,
+    pub dice: Option<f64>,
+    pub iou: Option<f64>,
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+    pub hd_mm: Option<f64>,
+    pub hd95_mm: Option<f64>,
+    pub assd_mm: Option<f64>,
+    pub masd_mm: Option<f64>,
+    pub nsd: Option<f64>,
+}
+
+impl StructureRow {
+    /// The metrics the row was stored from (NULL back to NaN).
+    pub(super) fn into_metrics(self) -> StructureMetrics {
         let nan = |v: Option<f64>| v.unwrap_or(f64::NAN);
-        let empty = match r.empty.as_str() {
+        let empty = match self.empty.as_str() {
             "both" => Empty::Both,
             "pred" => Empty::Pred,
             "ref" => Empty::Ref,
             _ => Empty::None,
         };
         StructureMetrics {
-            label: r.label.and_then(|l| u16::try_from(l).ok()),
-            code: r.code,
-            name: r.name.or(Some(r.structure)),
+            label: self.label.and_then(|l| u16::try_from(l).ok()),
+            code: self.code,
+            name: self.name.or(Some(self.structure)),
             empty,
-            pred_voxels: r.pred_voxels as u64,
-            ref_voxels: r.ref_voxels as u64,
-            tp: r.tp as u64,
-            fp: r.fp as u64,
-            fn_: r.fn_ as u64,
-            pred_volume_ml: r.pred_volume_ml,
-            ref_volume_ml: r.ref_volume_ml,
-            dice: nan(r.dice),
-            iou: nan(r.iou),
-            precision: nan(r.precision),
-            recall: nan(r.recall),
-            hd_mm: nan(r.hd_mm),
-            hd95_mm: nan(r.hd95_mm),
-            assd_mm: nan(r.assd_mm),
-            masd_mm: nan(r.masd_mm),
-            nsd: nan(r.nsd),
+            pred_voxels: self.pred_voxels as u64,
+            ref_voxels: self.ref_voxels as u64,
+            tp: self.tp as u64,
+            fp: self.fp as u64,
+            fn_: self.fn_ as u64,
+            pred_volume_ml: self.pred_volume_ml,
+            ref_volume_ml: self.ref_volume_ml,
+            dice: nan(self.dice),
+            iou: nan(self.iou),
+            precision: nan(self.precision),
+            recall: nan(self.recall),
+            hd_mm: nan(self.hd_mm),
+            hd95_mm: nan(self.hd95_mm),
+            assd_mm: nan(self.assd_mm),
+            masd_mm: nan(self.masd_mm),
+            nsd: nan(self.nsd),
         }
-    }};
+    }
 }
+
+/// The columns of [`StructureRow`], for the embedded store's queries.
+pub(super) const STRUCTURE_COLUMNS: &str = "structure, label, code, name, empty, pred_voxels, ref_voxels, tp, fp, \
+    fn AS fn_, pred_volume_ml, ref_volume_ml, dice, iou, precision, recall, hd_mm, hd95_mm, assd_mm, masd_mm, nsd";
 
 impl Store {
     /// The structures of a stored result, in stored order.
     async fn structures(
-        &self,
+        pool: &sqlx::PgPool,
         result_id: i64,
         only: Option<&str>,
     ) -> Result<Vec<StructureMetrics>> {
-        let rows = sqlx::query!(
+        let rows = sqlx::query_as!(
+            StructureRow,
             r#"SELECT structure, label, code, name, empty, pred_voxels, ref_voxels, tp, fp, fn AS fn_,
                       pred_volume_ml, ref_volume_ml, dice, iou, precision, recall, hd_mm, hd95_mm, assd_mm, masd_mm, nsd
                FROM structure_results WHERE result_id = $1 AND ($2::text IS NULL OR structure = $2)
@@ -73,20 +103,21 @@ impl Store {
             result_id,
             only
         )
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await
         .map_err(StoreError::classify)?;
-        Ok(rows.into_iter().map(|r| structure_from_row!(r)).collect())
+        Ok(rows.into_iter().map(StructureRow::into_metrics).collect())
     }
 
     /// A case: its status, revisions and latest result; None if unknown.
     pub async fn case_view(&self, site: &str, case_key: &str) -> Result<Option<CaseView>> {
+        let pool = postgres_or!(self, lite => lite.case_view(site, case_key));
         let Some(case_id) = sqlx::query_scalar!(
             "SELECT id FROM cases WHERE site = $1 AND case_key = $2",
             site,
             case_key
         )
-        .fetch_optional(&self.pool)
+        .fetch_optional(pool)
         .await
         .map_err(StoreError::classify)?
         else {
@@ -98,52 +129,40 @@ impl Store {
                FROM segmentations WHERE case_id = $1 ORDER BY received_at, role, revision"#,
             case_id
         )
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await
         .map_err(StoreError::classify)?;
         let job = sqlx::query!(
             "SELECT status, last_error FROM jobs WHERE case_id = $1 ORDER BY id DESC LIMIT 1",
             case_id
         )
-        .fetch_optional(&self.pool)
+        .fetch_optional(pool)
         .await
         .map_err(StoreError::classify)?;
         let result = sqlx::query!(
             "SELECT id, model, model_version, scored_at, mean_dice FROM results WHERE case_id = $1 ORDER BY id DESC LIMIT 1",
             case_id
         )
-        .fetch_optional(&self.pool)
+        .fetch_optional(pool)
         .await
         .map_err(StoreError::classify)?;
-        let has = |role: &str| revisions.iter().any(|r| r.role == role);
-        let (status, reason) = match &job {
-            Some(j) if j.status == "done" => (CaseStatus::Scored, None),
-            Some(j) if j.status == "failed" => (CaseStatus::Failed, j.last_error.clone()),
-            Some(j) => (CaseStatus::Queued, j.last_error.clone()),
-            None if has("prediction") => (CaseStatus::WaitingForReference, None),
-            None => (CaseStatus::WaitingForPrediction, None),
-        };
-        let prediction = revisions.iter().rev().find(|r| r.role == "prediction");
         let structures = match &result {
-            Some(r) => self.structures(r.id, None).await?,
+            Some(r) => Store::structures(pool, r.id, None).await?,
             None => Vec::new(),
         };
-        Ok(Some(CaseView {
-            site: site.to_owned(),
-            case: case_key.to_owned(),
-            status,
-            reason,
-            model: prediction.and_then(|p| p.model.clone()),
-            model_version: prediction.and_then(|p| p.model_version.clone()),
-            scored_at: result.as_ref().map(|r| r.scored_at),
-            mean_dice: result.as_ref().and_then(|r| r.mean_dice),
-            structures,
+        Ok(Some(assemble_case(
+            site,
+            case_key,
             revisions,
-        }))
+            job.map(|j| (j.status, j.last_error)),
+            result.map(|r| (r.scored_at, r.mean_dice)),
+            structures,
+        )))
     }
 
     /// The latest result of each scored case matching `filter`, worst first.
     pub async fn worst_cases(&self, filter: &CaseFilter) -> Result<Vec<CaseSummary>> {
+        let pool = postgres_or!(self, lite => lite.worst_cases(filter));
         let rows = sqlx::query!(
             r#"WITH latest AS (
                    SELECT DISTINCT ON (r.case_id) r.id, r.case_id, r.model, r.model_version, r.scored_at, r.mean_dice
@@ -177,7 +196,7 @@ impl Store {
             filter.slice_thickness_mm.0,
             filter.slice_thickness_mm.1
         )
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await
         .map_err(StoreError::classify)?;
         let mut cases = Vec::with_capacity(rows.len());
@@ -189,9 +208,43 @@ impl Store {
                 model_version: r.model_version,
                 scored_at: r.scored_at,
                 mean_dice: r.mean_dice,
-                structures: self.structures(r.id, filter.structure.as_deref()).await?,
+                structures: Store::structures(pool, r.id, filter.structure.as_deref()).await?,
             });
         }
         Ok(cases)
+    }
+}
+
+/// A case from its rows: revisions in received order, the latest job's
+/// (status, last error), the latest result's (scored at, mean Dice) and its
+/// structures.
+pub(super) fn assemble_case(
+    site: &str,
+    case_key: &str,
+    revisions: Vec<Revision>,
+    job: Option<(String, Option<String>)>,
+    result: Option<(DateTime<Utc>, Option<f64>)>,
+    structures: Vec<StructureMetrics>,
+) -> CaseView {
+    let has = |role: &str| revisions.iter().any(|r| r.role == role);
+    let (status, reason) = match job {
+        Some((status, _)) if status == "done" => (CaseStatus::Scored, None),
+        Some((status, error)) if status == "failed" => (CaseStatus::Failed, error),
+        Some((_, error)) => (CaseStatus::Queued, error),
+        None if has("prediction") => (CaseStatus::WaitingForReference, None),
+        None => (CaseStatus::WaitingForPrediction, None),
+    };
+    let prediction = revisions.iter().rev().find(|r| r.role == "prediction");
+    CaseView {
+        site: site.to_owned(),
+        case: case_key.to_owned(),
+        status,
+        reason,
+        model: prediction.and_then(|p| p.model.clone()),
+        model_version: prediction.and_then(|p| p.model_version.clone()),
+        scored_at: result.map(|r| r.0),
+        mean_dice: result.and_then(|r| r.1),
+        structures,
+        revisions,
     }
 }

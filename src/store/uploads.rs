@@ -107,6 +107,7 @@ impl Store {
         role: SegRole,
         sha256: &[u8],
     ) -> Result<Option<i32>> {
+        let pool = postgres_or!(self, lite => lite.find_revision(site, case_key, role, Some(sha256), None));
         sqlx::query_scalar!(
             "SELECT s.revision FROM segmentations s JOIN cases c ON c.id = s.case_id
              WHERE c.site = $1 AND c.case_key = $2 AND s.role = $3 AND s.sha256 = $4",
@@ -115,7 +116,7 @@ impl Store {
             role.as_str(),
             sha256
         )
-        .fetch_optional(&self.pool)
+        .fetch_optional(pool)
         .await
         .map_err(StoreError::classify)
     }
@@ -128,6 +129,7 @@ impl Store {
         role: SegRole,
         sop_instance_uid: &str,
     ) -> Result<Option<i32>> {
+        let pool = postgres_or!(self, lite => lite.find_revision(site, case_key, role, None, Some(sop_instance_uid)));
         sqlx::query_scalar!(
             "SELECT s.revision FROM segmentations s JOIN cases c ON c.id = s.case_id
              WHERE c.site = $1 AND c.case_key = $2 AND s.role = $3 AND s.sop_instance_uid = $4",
@@ -136,7 +138,7 @@ impl Store {
             role.as_str(),
             sop_instance_uid
         )
-        .fetch_optional(&self.pool)
+        .fetch_optional(pool)
         .await
         .map_err(StoreError::classify)
     }
@@ -148,6 +150,7 @@ impl Store {
         case_key: &str,
         role: SegRole,
     ) -> Result<Option<PartnerGrid>> {
+        let pool = postgres_or!(self, lite => lite.latest(site, case_key, role));
         let row = sqlx::query!(
             "SELECT s.grid, s.model, s.model_version FROM segmentations s JOIN cases c ON c.id = s.case_id
              WHERE c.site = $1 AND c.case_key = $2 AND s.role = $3
@@ -156,7 +159,7 @@ impl Store {
             case_key,
             role.as_str()
         )
-        .fetch_optional(&self.pool)
+        .fetch_optional(pool)
         .await
         .map_err(StoreError::classify)?;
         Ok(row.map(|r| PartnerGrid {
@@ -168,9 +171,10 @@ impl Store {
 
     /// Jobs waiting or running.
     pub async fn queue_depth(&self) -> Result<i64> {
+        let pool = postgres_or!(self, lite => lite.queue_depth());
         let depth =
             sqlx::query_scalar!("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')")
-                .fetch_one(&self.pool)
+                .fetch_one(pool)
                 .await
                 .map_err(StoreError::classify)?;
         Ok(depth.unwrap_or(0))
@@ -186,7 +190,8 @@ impl Store {
         new: &NewSegmentation,
         bounds: ModelBounds,
     ) -> Result<std::result::Result<StoredUpload, ModelBoundExceeded>> {
-        let mut tx = self.pool.begin().await.map_err(StoreError::classify)?;
+        let pool = postgres_or!(self, lite => lite.store_upload(new, bounds));
+        let mut tx = pool.begin().await.map_err(StoreError::classify)?;
         if let (Some(model), Some(version)) = (&new.model, &new.model_version)
             && let Some(exceeded) = check_model_bounds(&mut tx, model, version, bounds).await?
         {

@@ -131,11 +131,21 @@ impl Workers {
         tasks
     }
 
-    /// Wakes the claim loops on every job notification; reconnects with backoff.
+    /// Wakes the claim loops on every job notification: NOTIFY from PostgreSQL
+    /// (reconnecting with backoff), or the embedded store's in-process signal.
     async fn listen(self) {
+        let Some(pool) = self.store.postgres_pool().cloned() else {
+            if let Some(local) = self.store.local_job_notifications() {
+                loop {
+                    local.notified().await;
+                    self.wake.notify_waiters();
+                }
+            }
+            return;
+        };
         let mut delay = Duration::from_millis(500);
         loop {
-            match PgListener::connect_with(self.store.pool()).await {
+            match PgListener::connect_with(&pool).await {
                 Ok(mut listener) => {
                     if listener.listen(JOBS_CHANNEL).await.is_ok() {
                         delay = Duration::from_millis(500);

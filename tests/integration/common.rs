@@ -1,5 +1,7 @@
-//! Test harness for the service: every test gets its own Postgres database.
+//! Test harness for the service: every test gets its own database, embedded
+//! (a temporary data directory) or PostgreSQL, as `SEGWATCH_TEST_BACKEND` says.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,20 +13,80 @@ use segwatch::store::{Role, Store};
 use serde_json::Value;
 use sqlx::{Connection, Executor, PgConnection};
 
-/// Where test databases are created (`SEGWATCH_TEST_ADMIN_URL`).
+/// Where PostgreSQL test databases are created (`SEGWATCH_TEST_ADMIN_URL`).
 pub fn admin_url() -> String {
     std::env::var("SEGWATCH_TEST_ADMIN_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
+/// The service tests run on PostgreSQL with `SEGWATCH_TEST_BACKEND=postgres`,
+/// else on the embedded store.
+pub fn on_postgres() -> bool {
+    match std::env::var("SEGWATCH_TEST_BACKEND").as_deref() {
+        Ok("postgres") => true,
+        Ok("sqlite") | Ok("") | Err(_) => false,
+        Ok(other) => panic!("SEGWATCH_TEST_BACKEND must be sqlite or postgres, not {other}"),
+    }
+}
+
+/// Says, past the test harness's output capture, that a PostgreSQL test did not run.
+pub fn not_on_postgres(test: &str) {
+    let _ = writeln!(
+        std::io::stderr(),
+        "note: {test} needs PostgreSQL and did not run; run the PostgreSQL suite with \
+         SEGWATCH_TEST_BACKEND=postgres cargo test --test integration (CI does)"
+    );
+}
+
 /// A fresh database, dropped when the test ends well.
-pub struct TestDb {
-    pub name: String,
-    pub url: String,
+pub enum TestDb {
+    /// A PostgreSQL database of its own.
+    Postgres { name: String, url: String },
+    /// An embedded store in a temporary data directory.
+    Embedded { dir: tempfile::TempDir },
+}
+
+/// A value or row both backends can decode.
+pub trait BothBackends:
+    for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+    + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+    + Send
+    + Unpin
+{
+}
+
+impl<T> BothBackends for T where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+        + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+        + Send
+        + Unpin
+{
 }
 
 impl TestDb {
+    /// A database on the backend under test.
     pub async fn new() -> TestDb {
+        if on_postgres() {
+            TestDb::new_postgres().await
+        } else {
+            TestDb::Embedded {
+                dir: tempfile::tempdir().unwrap(),
+            }
+        }
+    }
+
+    /// A PostgreSQL database when the PostgreSQL suite runs; None (and a
+    /// note) otherwise.
+    pub async fn postgres_only(test: &str) -> Option<TestDb> {
+        if on_postgres() {
+            Some(TestDb::new_postgres().await)
+        } else {
+            not_on_postgres(test);
+            None
+        }
+    }
+
+    async fn new_postgres() -> TestDb {
         let admin = admin_url();
         let name = format!("segwatch_test_{:016x}", rand::random::<u64>());
         let mut conn = PgConnection::connect(&admin)
@@ -36,15 +98,96 @@ impl TestDb {
             .rsplit_once('/')
             .map_or(admin.as_str(), |(b, _)| b)
             .to_owned();
-        TestDb {
+        TestDb::Postgres {
             url: format!("{base}/{name}"),
             name,
         }
     }
 
+    /// Points a configuration at this database.
+    pub fn configure(&self, config: &mut Config) {
+        match self {
+            TestDb::Postgres { url, .. } => config.database_url = url.clone(),
+            TestDb::Embedded { dir } => {
+                config.database_url = String::new();
+                config.data_dir = dir.path().to_owned();
+            }
+        }
+    }
+
+    /// The environment that points a `segwatch` process at this database.
+    pub fn env(&self) -> (&'static str, String) {
+        match self {
+            TestDb::Postgres { url, .. } => ("SEGWATCH_DATABASE_URL", url.clone()),
+            TestDb::Embedded { dir } => ("SEGWATCH_DATA_DIR", dir.path().display().to_string()),
+        }
+    }
+
+    /// A store on this database.
+    pub fn store(&self) -> Store {
+        let mut config = Config::default();
+        self.configure(&mut config);
+        config.store(4).unwrap()
+    }
+
+    /// Rows of a query written in SQL both backends accept.
+    pub async fn rows<T: BothBackends>(&self, sql: &str) -> Vec<T> {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        match self {
+            TestDb::Postgres { url, .. } => {
+                let pool = sqlx::PgPool::connect(url).await.unwrap();
+                let rows = sqlx::query_as(sql).fetch_all(&pool).await.unwrap();
+                pool.close().await;
+                rows
+            }
+            TestDb::Embedded { dir } => {
+                let pool = self.sqlite_pool(dir.path()).await;
+                let rows = sqlx::query_as(sql).fetch_all(&pool).await.unwrap();
+                pool.close().await;
+                rows
+            }
+        }
+    }
+
+    /// The single value of a query.
+    pub async fn scalar<T>(&self, sql: &str) -> T
+    where
+        (T,): BothBackends,
+    {
+        let mut rows = self.rows::<(T,)>(sql).await;
+        assert_eq!(rows.len(), 1, "{sql}");
+        rows.pop().unwrap().0
+    }
+
+    /// Runs a statement written in SQL both backends accept.
+    pub async fn execute(&self, sql: &str) {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        match self {
+            TestDb::Postgres { url, .. } => {
+                let pool = sqlx::PgPool::connect(url).await.unwrap();
+                sqlx::query(sql).execute(&pool).await.unwrap();
+                pool.close().await;
+            }
+            TestDb::Embedded { dir } => {
+                let pool = self.sqlite_pool(dir.path()).await;
+                sqlx::query(sql).execute(&pool).await.unwrap();
+                pool.close().await;
+            }
+        }
+    }
+
+    async fn sqlite_pool(&self, dir: &Path) -> sqlx::SqlitePool {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.join("segwatch.db"))
+            .busy_timeout(Duration::from_secs(10));
+        sqlx::SqlitePool::connect_with(options).await.unwrap()
+    }
+
     pub async fn drop_db(self) {
-        if let Ok(mut conn) = PgConnection::connect(&admin_url()).await {
-            let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        if let TestDb::Postgres { name, .. } = self
+            && let Ok(mut conn) = PgConnection::connect(&admin_url()).await
+        {
+            let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
             let _ = conn.execute(sqlx::AssertSqlSafe(drop)).await;
         }
     }
@@ -62,7 +205,7 @@ pub struct TestApp {
 /// Test configuration: a small fast service on `db`.
 pub fn test_config(db: &TestDb) -> Config {
     let mut config = Config::load(None, |_| None).unwrap();
-    config.database_url = db.url.clone();
+    db.configure(&mut config);
     config.workers.threads = 2;
     config.workers.poll_interval_ms = 200;
     config.workers.lease_secs = 30;
@@ -84,7 +227,7 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, router).await });
-        let store = Store::connect(&db.url, 4).unwrap();
+        let store = db.store();
         let admin_key = store
             .create_key(Role::Admin, None, Some("test admin"))
             .await
@@ -229,9 +372,10 @@ impl ServeProcess {
             listener.local_addr().unwrap().port()
         };
         let mut command = Command::new(env!("CARGO_BIN_EXE_segwatch"));
+        let (name, value) = db.env();
         command
             .arg("serve")
-            .env("SEGWATCH_DATABASE_URL", &db.url)
+            .env(name, value)
             .env("SEGWATCH_LISTEN", format!("127.0.0.1:{port}"))
             .env("SEGWATCH_WORKER_THREADS", "2")
             .env("SEGWATCH_POLL_INTERVAL_MS", "200")

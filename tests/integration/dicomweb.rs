@@ -467,14 +467,14 @@ async fn stored_segs_carry_no_patient_identity_and_score_the_same() {
     for value in expected["phi"]["forbidden_strings"].as_array().unwrap() {
         forbidden.push(value.as_str().unwrap().to_owned());
     }
-    let pool = sqlx::PgPool::connect(&app.db.url).await.unwrap();
-    let rows: Vec<(Vec<u8>, String)> = sqlx::query_as(
-        "SELECT content, coalesce(provenance::text, '') || acquisition::text || coalesce(sop_instance_uid, '')
-         FROM segmentations",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    let rows: Vec<(Vec<u8>, String)> = app
+        .db
+        .rows(
+            "SELECT content, coalesce(CAST(provenance AS TEXT), '') || CAST(acquisition AS TEXT)
+                    || coalesce(sop_instance_uid, '')
+             FROM segmentations",
+        )
+        .await;
     assert_eq!(rows.len(), 4);
     for (content, metadata) in &rows {
         let mut stored = Vec::new();
@@ -491,6 +491,5 @@ async fn stored_segs_carry_no_patient_identity_and_score_the_same() {
         }
         assert!(contains(&stored, "YES"), "PatientIdentityRemoved");
     }
-    pool.close().await;
     app.finish().await;
 }

@@ -4,10 +4,9 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::TestApp;
+use crate::common::{TestApp, TestDb};
 use segwatch::store::Role;
 use serde_json::{Value, json};
-use sqlx::PgPool;
 
 fn simulate(app: &TestApp, extra: &[&str]) {
     let output = Command::new(env!("CARGO_BIN_EXE_segwatch"))
@@ -36,13 +35,10 @@ fn simulate(app: &TestApp, extra: &[&str]) {
     );
 }
 
-async fn wait_results(pool: &PgPool, n: i64) {
+async fn wait_results(db: &TestDb, n: i64) {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM results")
-            .fetch_one(pool)
-            .await
-            .unwrap();
+        let done: i64 = db.scalar("SELECT count(*) FROM results").await;
         if done >= n {
             return;
         }
@@ -51,13 +47,12 @@ async fn wait_results(pool: &PgPool, n: i64) {
     }
 }
 
-async fn wait_fed(pool: &PgPool, n: i64) {
+async fn wait_fed(db: &TestDb, n: i64) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let fed: i64 = sqlx::query_scalar("SELECT count(*) FROM results WHERE NOT drift_pending")
-            .fetch_one(pool)
-            .await
-            .unwrap();
+        let fed: i64 = db
+            .scalar("SELECT count(*) FROM results WHERE NOT drift_pending")
+            .await;
         if fed >= n {
             return;
         }
@@ -79,10 +74,9 @@ async fn a_drift_opens_one_incident_that_strata_explain_and_ack_keeps_open() {
         c.workers.concurrency = 2;
     })
     .await;
-    let pool = PgPool::connect(&app.db.url).await.unwrap();
     simulate(&app, &["--drift-at", "day1:site2:liver:0.15"]);
-    wait_results(&pool, 120).await;
-    wait_fed(&pool, 120).await;
+    wait_results(&app.db, 120).await;
+    wait_fed(&app.db, 120).await;
 
     // The baseline simulate set, with the per-case mean as structure "all".
     let (status, baseline) = app
@@ -100,27 +94,26 @@ async fn a_drift_opens_one_incident_that_strata_explain_and_ack_keeps_open() {
 
     // Every update is stored for audit, in case-time order, with the limits
     // and target it used.
-    let updates: Vec<(chrono::DateTime<chrono::Utc>, Value)> = sqlx::query_as(
-        "SELECT observed_at, parameters FROM detector_updates WHERE site = 'site2' AND structure = 'liver' ORDER BY id",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    let updates: Vec<(chrono::DateTime<chrono::Utc>, String)> = app
+        .db
+        .rows(
+            "SELECT observed_at, CAST(parameters AS TEXT) FROM detector_updates
+             WHERE site = 'site2' AND structure = 'liver' ORDER BY id",
+        )
+        .await;
     assert_eq!(updates.len(), 3 * 60);
     assert!(updates.windows(2).all(|w| w[0].0 <= w[1].0));
-    let parameters = &updates[updates.len() - 1].1;
+    let parameters: Value = serde_json::from_str(&updates[updates.len() - 1].1).unwrap();
     assert!(
         parameters["target_cases"].as_f64().unwrap() > 1000.0,
         "{parameters}"
     );
     assert!(parameters["design"]["detector"].is_string(), "{parameters}");
     // The mean stream runs PIT-EWMA only.
-    let mean_updates: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM detector_updates WHERE site = 'site2' AND structure = 'all'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let mean_updates: i64 = app
+        .db
+        .scalar("SELECT count(*) FROM detector_updates WHERE site = 'site2' AND structure = 'all'")
+        .await;
     assert_eq!(mean_updates, 60);
 
     // One incident for the change, with its correlated streams as evidence,
@@ -192,12 +185,12 @@ async fn a_drift_opens_one_incident_that_strata_explain_and_ack_keeps_open() {
     assert_eq!(response.status(), 200);
     let acked: Value = response.json().await.unwrap();
     assert!(acked["acknowledged_at"].is_string() && acked["resolved_at"].is_null());
-    let t: i32 = sqlx::query_scalar(
-        "SELECT t FROM detector_state WHERE site = 'site2' AND structure = 'liver' AND detector = 'pit_ewma'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let t: i32 = app
+        .db
+        .scalar(
+            "SELECT t FROM detector_state WHERE site = 'site2' AND structure = 'liver' AND detector = 'pit_ewma'",
+        )
+        .await;
     assert_eq!(t, 60);
     assert_eq!(
         app.get(&site1, &format!("/v1/incidents/{id}/ack")).await.0,
@@ -272,15 +265,11 @@ async fn a_drift_opens_one_incident_that_strata_explain_and_ack_keeps_open() {
     let frozen: Value = response.json().await.unwrap();
     assert_eq!(frozen["version"], 2);
     assert_eq!(frozen["source"], "first 100 scored cases");
-    let versions: i64 = sqlx::query_scalar("SELECT count(*) FROM baselines")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let versions: i64 = app.db.scalar("SELECT count(*) FROM baselines").await;
     assert_eq!(versions, 2);
     // A new baseline accepts the current quality: the incident closes.
     let (_, closed) = app.get(&app.admin_key, "/v1/incidents?state=all").await;
     assert_eq!(closed[0]["resolution"], "new_baseline");
-    pool.close().await;
     app.finish().await;
 }
 
@@ -446,16 +435,15 @@ async fn alertmanager_notifications_join_the_audit_trail() {
     let reader = app.key(Role::Read, None).await;
     assert_eq!(send(reader).await.unwrap().status(), 403);
     assert_eq!(send(app.admin_key.clone()).await.unwrap().status(), 204);
-    let pool = PgPool::connect(&app.db.url).await.unwrap();
-    let (receiver, name): (String, String) =
-        sqlx::query_as("SELECT receiver, alertname FROM notifications")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let mut rows: Vec<(String, String)> = app
+        .db
+        .rows("SELECT receiver, alertname FROM notifications")
+        .await;
+    assert_eq!(rows.len(), 1);
+    let (receiver, name) = rows.pop().unwrap();
     assert_eq!(
         (receiver.as_str(), name.as_str()),
         ("segwatch-governance", "SegwatchQualityIncidentSite")
     );
-    pool.close().await;
     app.finish().await;
 }

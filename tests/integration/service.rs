@@ -9,7 +9,6 @@ use segwatch::metrics::pairing::{Request, evaluate};
 use segwatch::store::Role;
 use segwatch::volume::{Grid, LabelVolume, Labels};
 use serde_json::{Value, json};
-use sqlx::PgPool;
 
 /// A 16×16×8 volume with a cube of label 1 (and 2) shifted by `shift`.
 fn cubes(shift: usize, side: usize) -> Vec<u8> {
@@ -45,8 +44,8 @@ async fn serve_without_migrating(db: &TestDb) -> String {
     base
 }
 
-async fn count(pool: &PgPool, sql: &'static str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+async fn count(db: &TestDb, sql: &'static str) -> i64 {
+    db.scalar::<i64>(sql).await
 }
 
 /// What `segwatch eval` computes for the same files.
@@ -169,9 +168,11 @@ async fn same_bytes_are_idempotent_and_a_new_reference_is_a_new_revision() {
         (again["duplicate"].clone(), again["revision"].clone()),
         (json!(true), json!(1))
     );
-    let pool = PgPool::connect(&app.db.url).await.unwrap();
-    assert_eq!(count(&pool, "SELECT count(*) FROM segmentations").await, 2);
-    assert_eq!(count(&pool, "SELECT count(*) FROM jobs").await, 1);
+    assert_eq!(
+        count(&app.db, "SELECT count(*) FROM segmentations").await,
+        2
+    );
+    assert_eq!(count(&app.db, "SELECT count(*) FROM jobs").await, 1);
 
     // A corrected reference: revision 2, scored again, the older result kept.
     let revised = app.upload(&key, "s", "c", "reference", cubes(1, 4)).await;
@@ -179,7 +180,7 @@ async fn same_bytes_are_idempotent_and_a_new_reference_is_a_new_revision() {
     let revised: Value = revised.json().await.unwrap();
     assert_eq!(revised["revision"], 2);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while count(&pool, "SELECT count(*) FROM results").await < 2 {
+    while count(&app.db, "SELECT count(*) FROM results").await < 2 {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -187,7 +188,6 @@ async fn same_bytes_are_idempotent_and_a_new_reference_is_a_new_revision() {
     assert!(first["structures"][0]["dice"].as_f64().unwrap() < 1.0);
     assert_eq!(second["structures"][0]["dice"], 1.0);
     assert_eq!(second["revisions"].as_array().unwrap().len(), 3);
-    pool.close().await;
     app.finish().await;
 }
 
@@ -200,7 +200,6 @@ async fn bad_uploads_get_the_right_4xx_and_store_nothing() {
     let key = app.key(Role::Ingest, Some("s1")).await;
     let other_site = app.key(Role::Ingest, Some("s2")).await;
     let reader = app.key(Role::Read, None).await;
-    let pool = PgPool::connect(&app.db.url).await.unwrap();
     // A valid prediction to pair a mismatching reference with.
     assert_eq!(
         app.upload(&key, "s1", "paired", "prediction", cubes(0, 4))
@@ -415,13 +414,15 @@ async fn bad_uploads_get_the_right_4xx_and_store_nothing() {
         }
     }
     // Nothing stored but the one valid prediction.
-    assert_eq!(count(&pool, "SELECT count(*) FROM segmentations").await, 1);
-    assert_eq!(count(&pool, "SELECT count(*) FROM cases").await, 1);
-    assert_eq!(count(&pool, "SELECT count(*) FROM jobs").await, 0);
+    assert_eq!(
+        count(&app.db, "SELECT count(*) FROM segmentations").await,
+        1
+    );
+    assert_eq!(count(&app.db, "SELECT count(*) FROM cases").await, 1);
+    assert_eq!(count(&app.db, "SELECT count(*) FROM jobs").await, 0);
     // An ingest key cannot read another site either.
     let (status, _) = app.get(&other_site, "/v1/sites/s1/cases/paired").await;
     assert_eq!(status, 403);
-    pool.close().await;
     app.finish().await;
 }
 
@@ -435,7 +436,7 @@ async fn full_queue_and_unreachable_database_answer_503() {
     app.finish().await;
 
     // A database that does not answer: 503 fast, health still up.
-    let down = TestDb {
+    let down = TestDb::Postgres {
         name: "unused".into(),
         url: "postgres://postgres@127.0.0.1:1/none".into(),
     };
@@ -594,7 +595,7 @@ async fn keys_command_creates_lists_and_revokes() {
     let cli = |args: &[&str]| {
         let output = Command::new(env!("CARGO_BIN_EXE_segwatch"))
             .args(args)
-            .env("SEGWATCH_DATABASE_URL", &app.db.url)
+            .env(app.db.env().0, app.db.env().1)
             .output()
             .unwrap();
         assert!(
@@ -664,17 +665,17 @@ async fn keys_command_creates_lists_and_revokes() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // The secret is stored hashed.
-    let pool = PgPool::connect(&app.db.url).await.unwrap();
-    let stored: Vec<u8> = sqlx::query_scalar("SELECT secret_sha256 FROM api_keys WHERE id = $1")
-        .bind(&id)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    let stored: Vec<u8> = app
+        .db
+        .scalar(&format!(
+            "SELECT secret_sha256 FROM api_keys WHERE id = '{id}'"
+        ))
+        .await;
     assert_eq!(
         stored,
         segwatch::store::hash_secret(token.split('_').nth(2).unwrap())
     );
-    pool.close().await;
     app.finish().await;
 }
 
@@ -683,7 +684,7 @@ async fn two_processes_score_every_pair_exactly_once() {
     let db = TestDb::new().await;
     let a = ServeProcess::start(&db, &[]).await;
     let b = ServeProcess::start(&db, &[]).await;
-    let store = segwatch::store::Store::connect(&db.url, 2).unwrap();
+    let store = db.store();
     let key = store.create_key(Role::Admin, None, None).await.unwrap();
     let client = reqwest::Client::new();
     let pairs = 200;
@@ -722,20 +723,18 @@ async fn two_processes_score_every_pair_exactly_once() {
         let case = wait_scored(&client, &a.base, &key, "site", &format!("case{i}")).await;
         assert_eq!(case["status"], "scored");
     }
-    let pool = PgPool::connect(&db.url).await.unwrap();
     assert_eq!(
-        count(&pool, "SELECT count(*) FROM results").await,
+        count(&db, "SELECT count(*) FROM results").await,
         pairs as i64
     );
     assert_eq!(
-        count(&pool, "SELECT count(DISTINCT case_id) FROM results").await,
+        count(&db, "SELECT count(DISTINCT case_id) FROM results").await,
         pairs as i64
     );
     assert_eq!(
-        count(&pool, "SELECT count(*) FROM jobs WHERE status = 'done'").await,
+        count(&db, "SELECT count(*) FROM jobs WHERE status = 'done'").await,
         pairs as i64
     );
-    pool.close().await;
     drop((a, b));
     db.drop_db().await;
 }
@@ -768,7 +767,7 @@ async fn a_job_abandoned_by_a_crashed_worker_is_scored_once_after_its_lease() {
         ],
     )
     .await;
-    let store = segwatch::store::Store::connect(&db.url, 2).unwrap();
+    let store = db.store();
     let key = store.create_key(Role::Admin, None, None).await.unwrap();
     let client = reqwest::Client::new();
     assert_eq!(
@@ -806,18 +805,19 @@ async fn a_job_abandoned_by_a_crashed_worker_is_scored_once_after_its_lease() {
         assert!(Instant::now() < deadline, "the failpoint did not fire");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let pool = PgPool::connect(&db.url).await.unwrap();
     assert_eq!(
-        count(&pool, "SELECT count(*) FROM jobs WHERE status = 'running'").await,
+        count(&db, "SELECT count(*) FROM jobs WHERE status = 'running'").await,
         1
     );
 
     let healthy = ServeProcess::start(&db, &[("SEGWATCH_LEASE_SECS", "2")]).await;
     let case = wait_scored(&client, &healthy.base, &key, "s", "c").await;
     assert_eq!(case["status"], "scored");
-    assert_eq!(count(&pool, "SELECT count(*) FROM results").await, 1);
-    assert_eq!(count(&pool, "SELECT attempts::bigint FROM jobs").await, 2);
-    pool.close().await;
+    assert_eq!(count(&db, "SELECT count(*) FROM results").await, 1);
+    assert_eq!(
+        count(&db, "SELECT CAST(attempts AS BIGINT) FROM jobs").await,
+        2
+    );
     drop(healthy);
     db.drop_db().await;
 }
@@ -838,7 +838,6 @@ fn one_cube() -> Vec<u8> {
 async fn permanent_failures_keep_their_reason_and_purged_uploads_fail_clearly() {
     let app = TestApp::start().await;
     let key = app.key(Role::Ingest, Some("s")).await;
-    let pool = PgPool::connect(&app.db.url).await.unwrap();
     let schema = json!({"structures": [{"label": 1, "name": "liver"}]});
     let put = app
         .client
@@ -872,7 +871,7 @@ async fn permanent_failures_keep_their_reason_and_purged_uploads_fail_clearly() 
         "{case}"
     );
     assert_eq!(
-        count(&pool, "SELECT attempts::bigint FROM jobs").await,
+        count(&app.db, "SELECT CAST(attempts AS BIGINT) FROM jobs").await,
         1,
         "a permanent failure is not retried"
     );
@@ -920,7 +919,6 @@ async fn permanent_failures_keep_their_reason_and_purged_uploads_fail_clearly() 
         assert!(Instant::now() < deadline, "{case}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    pool.close().await;
     app.finish().await;
 }
 
@@ -1053,6 +1051,12 @@ async fn up_but_not_ready(client: &reqwest::Client, base: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_opens_its_port_without_the_database_and_migrates_when_it_appears() {
+    if !crate::common::on_postgres() {
+        crate::common::not_on_postgres(
+            "serve_opens_its_port_without_the_database_and_migrates_when_it_appears",
+        );
+        return;
+    }
     let client = reqwest::Client::new();
     let mut admin = reqwest::Url::parse(&crate::common::admin_url()).unwrap();
     let host = admin.host_str().unwrap().to_owned();
@@ -1092,7 +1096,7 @@ async fn serve_opens_its_port_without_the_database_and_migrates_when_it_appears(
     )
     .await
     .unwrap();
-    let db = TestDb {
+    let db = TestDb::Postgres {
         url: missing.clone(),
         name,
     };
@@ -1103,9 +1107,7 @@ async fn serve_opens_its_port_without_the_database_and_migrates_when_it_appears(
         Duration::from_secs(20),
     )
     .await;
-    let pool = PgPool::connect(&db.url).await.unwrap();
-    assert!(count(&pool, "SELECT count(*) FROM api_keys").await >= 0);
-    pool.close().await;
+    assert!(count(&db, "SELECT count(*) FROM api_keys").await >= 0);
     drop(serve);
     db.drop_db().await;
 }
@@ -1204,9 +1206,12 @@ async fn a_well_compressed_upload_accepted_at_ingest_is_scored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_keep_answering_while_the_database_is_gone() {
-    let db = TestDb::new().await;
+    let Some(db) = TestDb::postgres_only("metrics_keep_answering_while_the_database_is_gone").await
+    else {
+        return;
+    };
     let serve = ServeProcess::start(&db, &[("SEGWATCH_REFRESH_SECS", "1")]).await;
-    let store = segwatch::store::Store::connect(&db.url, 2).unwrap();
+    let store = db.store();
     let reader = store.create_key(Role::Read, None, None).await.unwrap();
     let client = reqwest::Client::new();
     let scrape = || async {
@@ -1363,12 +1368,11 @@ async fn models_and_versions_past_their_bounds_are_refused() {
         assert_eq!(status, 404, "nothing stored for {case}");
     }
     // A version stops counting once its predictions are older than the window.
-    sqlx::query(
-        "UPDATE segmentations SET received_at = now() - interval '31 days' WHERE model = 'liver' AND model_version = '1'",
-    )
-    .execute(app.store.pool())
-    .await
-    .unwrap();
+    app.db
+        .execute(
+            "UPDATE segmentations SET received_at = '2000-01-01T00:00:00.000000Z' WHERE model = 'liver' AND model_version = '1'",
+        )
+        .await;
     assert_eq!(predict("a5", "liver", "3").await.unwrap().status(), 202);
     app.finish().await;
 }

@@ -1,0 +1,252 @@
+//! The job queue: a claim is one UPDATE on the single write connection, so two
+//! workers (or processes) never hold the same lease; completion is guarded by
+//! the lease token as in PostgreSQL.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::{Lite, at, classify, days_ago, json, now, parse};
+use crate::metrics::case::CaseScore;
+use crate::store::Result;
+use crate::store::jobs::{ClaimedJob, JobInputs, finite};
+
+/// `after` from now, as stored.
+fn from_now(after: Duration) -> String {
+    at(Utc::now() + chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX))
+}
+
+impl Lite {
+    /// See [`crate::store::Store::claim_job`].
+    pub async fn claim_job(&self, lease: Duration) -> Result<Option<ClaimedJob>> {
+        let token: i64 = rand::random();
+        let row: Option<(i64, i32)> = sqlx::query_as(
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_token = $1, lease_until = $2
+             WHERE id = (
+                 SELECT id FROM jobs
+                 WHERE (status = 'queued' AND run_after <= $3) OR (status = 'running' AND lease_until < $3)
+                 ORDER BY id LIMIT 1)
+             RETURNING id, attempts",
+        )
+        .bind(token)
+        .bind(from_now(lease))
+        .bind(now())
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(classify)?;
+        Ok(row.map(|(id, attempts)| ClaimedJob {
+            id,
+            lease_token: token,
+            attempts,
+        }))
+    }
+
+    /// Extends a lease; false once the lease is lost.
+    pub async fn heartbeat(&self, job: &ClaimedJob, lease: Duration) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE jobs SET lease_until = $3 WHERE id = $1 AND lease_token = $2 AND status = 'running'",
+        )
+        .bind(job.id)
+        .bind(job.lease_token)
+        .bind(from_now(lease))
+        .execute(&self.writer)
+        .await
+        .map_err(classify)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Loads what a job needs.
+    pub async fn job_inputs(&self, job: &ClaimedJob) -> Result<JobInputs> {
+        type Row = (
+            i64,
+            String,
+            String,
+            String,
+            String,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+            i64,
+            Option<String>,
+            String,
+            String,
+            DateTime<Utc>,
+        );
+        let r: Row = sqlx::query_as(
+            "SELECT j.case_id, c.site, c.case_key, p.model, p.model_version, p.content, r.content,
+                    p.voxels + r.voxels, s.schema, p.acquisition, r.acquisition, p.observed_at
+             FROM jobs j
+             JOIN cases c ON c.id = j.case_id
+             JOIN segmentations p ON p.id = j.prediction_id
+             JOIN segmentations r ON r.id = j.reference_id
+             LEFT JOIN model_schemas s ON s.model = p.model AND s.model_version = p.model_version
+             WHERE j.id = $1",
+        )
+        .bind(job.id)
+        .fetch_one(&self.reader)
+        .await
+        .map_err(classify)?;
+        // The reference's acquisition fields win, as with jsonb `||`.
+        let mut acquisition: serde_json::Value = parse("acquisition", &r.9)?;
+        let reference: serde_json::Map<String, serde_json::Value> = parse("acquisition", &r.10)?;
+        if let Some(merged) = acquisition.as_object_mut() {
+            merged.extend(reference);
+        }
+        Ok(JobInputs {
+            case_id: r.0,
+            site: r.1,
+            case_key: r.2,
+            model: r.3,
+            model_version: r.4,
+            prediction: r.5,
+            reference: r.6,
+            voxels: r.7,
+            schema: r.8.map(|s| parse("schema", &s)).transpose()?,
+            acquisition,
+            observed_at: r.11,
+        })
+    }
+
+    /// See [`crate::store::Store::complete_job`].
+    pub async fn complete_job(
+        &self,
+        job: &ClaimedJob,
+        inputs: &JobInputs,
+        outcome: &CaseScore,
+    ) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let finished = now();
+        let done = sqlx::query(
+            "UPDATE jobs SET status = 'done', finished_at = $3, lease_token = NULL, lease_until = NULL, last_error = NULL
+             WHERE id = $1 AND lease_token = $2 AND status = 'running'",
+        )
+        .bind(job.id)
+        .bind(job.lease_token)
+        .bind(&finished)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        let grid = serde_json::json!({
+            "shape": outcome.grid.shape_vec(),
+            "spacing_mm": outcome.grid.spacing_vec(),
+        });
+        let result_id: i64 = sqlx::query_scalar(
+            "INSERT INTO results (job_id, case_id, site, model, model_version, surface, grid, mean_dice, acquisition,
+                                  observed_at, scored_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+        )
+        .bind(job.id)
+        .bind(inputs.case_id)
+        .bind(&inputs.site)
+        .bind(&inputs.model)
+        .bind(&inputs.model_version)
+        .bind(outcome.surface.as_str())
+        .bind(json(&grid)?)
+        .bind(outcome.mean_dice)
+        .bind(json(&inputs.acquisition)?)
+        .bind(at(inputs.observed_at))
+        .bind(&finished)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(classify)?;
+        for (position, scored) in outcome.structures.iter().enumerate() {
+            let m = &scored.metrics;
+            sqlx::query(
+                "INSERT INTO structure_results (result_id, position, structure, label, code, name, empty, pred_voxels,
+                     ref_voxels, tp, fp, fn, pred_volume_ml, ref_volume_ml, dice, iou, precision, recall, hd_mm,
+                     hd95_mm, assd_mm, masd_mm, nsd, tolerance_mm)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+                         $21, $22, $23, $24)",
+            )
+            .bind(result_id)
+            .bind(position as i32)
+            .bind(&scored.name)
+            .bind(m.label.map(i32::from))
+            .bind(&m.code)
+            .bind(&m.name)
+            .bind(m.empty.as_str())
+            .bind(m.pred_voxels as i64)
+            .bind(m.ref_voxels as i64)
+            .bind(m.tp as i64)
+            .bind(m.fp as i64)
+            .bind(m.fn_ as i64)
+            .bind(m.pred_volume_ml)
+            .bind(m.ref_volume_ml)
+            .bind(finite(m.dice))
+            .bind(finite(m.iou))
+            .bind(finite(m.precision))
+            .bind(finite(m.recall))
+            .bind(finite(m.hd_mm))
+            .bind(finite(m.hd95_mm))
+            .bind(finite(m.assd_mm))
+            .bind(finite(m.masd_mm))
+            .bind(finite(m.nsd))
+            .bind(scored.tolerance_mm)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        }
+        tx.commit().await.map_err(classify)?;
+        Ok(true)
+    }
+
+    /// See [`crate::store::Store::fail_job`].
+    pub async fn fail_job(
+        &self,
+        job: &ClaimedJob,
+        reason: &str,
+        retry_after: Option<Duration>,
+    ) -> Result<()> {
+        let query = match retry_after {
+            Some(delay) => sqlx::query(
+                "UPDATE jobs SET status = 'queued', run_after = $3, last_error = $4, lease_token = NULL, lease_until = NULL
+                 WHERE id = $1 AND lease_token = $2 AND status = 'running'",
+            )
+            .bind(job.id)
+            .bind(job.lease_token)
+            .bind(from_now(delay)),
+            None => sqlx::query(
+                "UPDATE jobs SET status = 'failed', finished_at = $3, last_error = $4, lease_token = NULL, lease_until = NULL
+                 WHERE id = $1 AND lease_token = $2 AND status = 'running'",
+            )
+            .bind(job.id)
+            .bind(job.lease_token)
+            .bind(now()),
+        };
+        query
+            .bind(reason)
+            .execute(&self.writer)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    /// Jobs waiting, and jobs running.
+    pub async fn job_counts(&self) -> Result<(i64, i64)> {
+        sqlx::query_as(
+            "SELECT coalesce(sum(status = 'queued'), 0), coalesce(sum(status = 'running'), 0)
+             FROM jobs WHERE status IN ('queued', 'running')",
+        )
+        .fetch_one(&self.reader)
+        .await
+        .map_err(classify)
+    }
+
+    /// See [`crate::store::Store::purge_scored`].
+    pub async fn purge_scored(&self, days: u32) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE segmentations SET content = NULL, purged_at = $1
+             WHERE content IS NOT NULL AND received_at < $2
+               AND (EXISTS (SELECT 1 FROM jobs j WHERE j.status = 'done' AND j.prediction_id = segmentations.id)
+                    OR EXISTS (SELECT 1 FROM jobs j WHERE j.status = 'done' AND j.reference_id = segmentations.id))",
+        )
+        .bind(now())
+        .bind(days_ago(days))
+        .execute(&self.writer)
+        .await
+        .map_err(classify)?;
+        Ok(done.rows_affected())
+    }
+}

@@ -1,0 +1,160 @@
+//! Reading cases back: status, revisions, and scored structures.
+
+use chrono::{DateTime, Utc};
+
+use super::{Lite, at, classify};
+use crate::metrics::StructureMetrics;
+use crate::store::Result;
+use crate::store::results::{CaseFilter, STRUCTURE_COLUMNS, StructureRow, assemble_case};
+use crate::views::{CaseSummary, CaseView, Revision};
+
+impl Lite {
+    /// The structures of a stored result, in stored order.
+    async fn structures(
+        &self,
+        result_id: i64,
+        only: Option<&str>,
+    ) -> Result<Vec<StructureMetrics>> {
+        let sql = format!(
+            "SELECT {STRUCTURE_COLUMNS} FROM structure_results
+             WHERE result_id = $1 AND ($2 IS NULL OR structure = $2) ORDER BY position"
+        );
+        let rows: Vec<StructureRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(result_id)
+            .bind(only)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(classify)?;
+        Ok(rows.into_iter().map(StructureRow::into_metrics).collect())
+    }
+
+    /// A case: its status, revisions and latest result; None if unknown.
+    pub async fn case_view(&self, site: &str, case_key: &str) -> Result<Option<CaseView>> {
+        let Some(case_id): Option<i64> =
+            sqlx::query_scalar("SELECT id FROM cases WHERE site = $1 AND case_key = $2")
+                .bind(site)
+                .bind(case_key)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(classify)?
+        else {
+            return Ok(None);
+        };
+        type RevisionRow = (
+            String,
+            i32,
+            String,
+            Option<String>,
+            Option<String>,
+            DateTime<Utc>,
+            bool,
+        );
+        let revisions: Vec<RevisionRow> = sqlx::query_as(
+            "SELECT role, revision, format, model, model_version, received_at, purged_at IS NOT NULL
+             FROM segmentations WHERE case_id = $1 ORDER BY received_at, role, revision",
+        )
+        .bind(case_id)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(classify)?;
+        let revisions = revisions
+            .into_iter()
+            .map(
+                |(role, revision, format, model, model_version, received_at, purged)| Revision {
+                    role,
+                    revision,
+                    format,
+                    model,
+                    model_version,
+                    received_at,
+                    purged,
+                },
+            )
+            .collect();
+        let job: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT status, last_error FROM jobs WHERE case_id = $1 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(case_id)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(classify)?;
+        let result: Option<(i64, DateTime<Utc>, Option<f64>)> = sqlx::query_as(
+            "SELECT id, scored_at, mean_dice FROM results WHERE case_id = $1 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(case_id)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(classify)?;
+        let structures = match &result {
+            Some((id, _, _)) => self.structures(*id, None).await?,
+            None => Vec::new(),
+        };
+        Ok(Some(assemble_case(
+            site,
+            case_key,
+            revisions,
+            job,
+            result.map(|(_, scored_at, mean)| (scored_at, mean)),
+            structures,
+        )))
+    }
+
+    /// The latest result of each scored case matching `filter`, worst first.
+    pub async fn worst_cases(&self, filter: &CaseFilter) -> Result<Vec<CaseSummary>> {
+        type Row = (
+            i64,
+            String,
+            String,
+            String,
+            DateTime<Utc>,
+            Option<f64>,
+            Option<f64>,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "WITH latest AS (
+                 SELECT max(id) AS id FROM results
+                 WHERE site = $1 AND ($2 IS NULL OR model_version = $2) AND ($3 IS NULL OR scored_at >= $3)
+                 GROUP BY case_id),
+             filtered AS (
+                 SELECT r.* FROM latest l JOIN results r ON r.id = l.id
+                 WHERE ($6 IS NULL OR json_extract(r.acquisition, '$.scanner_manufacturer') = $6)
+                   AND ($7 IS NULL OR json_extract(r.acquisition, '$.scanner_model') = $7)
+                   AND ($8 IS NULL OR json_extract(r.acquisition, '$.protocol') = $8)
+                   AND ($9 IS NULL OR CAST(json_extract(r.acquisition, '$.slice_thickness_mm') AS REAL) >= $9)
+                   AND ($10 IS NULL OR CAST(json_extract(r.acquisition, '$.slice_thickness_mm') AS REAL) <= $10))
+             SELECT l.id, c.case_key, l.model, l.model_version, l.scored_at, l.mean_dice, s.dice
+             FROM filtered l
+             JOIN cases c ON c.id = l.case_id
+             LEFT JOIN structure_results s ON s.result_id = l.id AND s.structure = $4
+             WHERE $4 IS NULL OR s.result_id IS NOT NULL
+             ORDER BY CASE WHEN $4 IS NULL THEN l.mean_dice ELSE s.dice END ASC NULLS LAST, l.scored_at DESC
+             LIMIT $5",
+        )
+        .bind(&filter.site)
+        .bind(&filter.model_version)
+        .bind(filter.since.map(at))
+        .bind(&filter.structure)
+        .bind(filter.limit)
+        .bind(&filter.scanner_manufacturer)
+        .bind(&filter.scanner_model)
+        .bind(&filter.protocol)
+        .bind(filter.slice_thickness_mm.0)
+        .bind(filter.slice_thickness_mm.1)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(classify)?;
+        let mut cases = Vec::with_capacity(rows.len());
+        for (id, case, model, model_version, scored_at, mean_dice, _) in rows {
+            cases.push(CaseSummary {
+                site: filter.site.clone(),
+                case,
+                model,
+                model_version,
+                scored_at,
+                mean_dice,
+                structures: self.structures(id, filter.structure.as_deref()).await?,
+            });
+        }
+        Ok(cases)
+    }
+}

@@ -302,10 +302,11 @@ impl Metrics {
 }
 
 /// Sets up logging: `text` or `json` lines on stderr, filtered by `RUST_LOG`
-/// (default info). Logs carry case keys at most, never patient data.
-pub fn init_logging(format: &str) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+/// (else `default_filter`, such as `info`). Logs carry case keys at most,
+/// never patient data.
+pub fn init_logging(format: &str, default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| default_filter.into());
     // Colour codes only for a terminal: a log file or journald gets plain text.
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()

@@ -1,5 +1,6 @@
 //! Command-line entry points.
 
+mod demo;
 mod eval;
 mod output;
 mod plan;
@@ -20,6 +21,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Try segwatch: serve on a fresh embedded store, simulate a fleet with one
+    /// injected drift, and show what segwatch found.
+    Demo(demo::DemoArgs),
     /// Score prediction files against reference files, offline.
     Eval(eval::EvalArgs),
     /// Run the service: REST API, job workers and metrics.
@@ -74,6 +78,7 @@ fn broken_pipe(err: &anyhow::Error) -> bool {
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(args) => demo::run(args).map(|_| ExitCode::SUCCESS),
         Command::Eval(args) => eval::run(args),
         Command::Serve(args) => serve::serve(args).map(|_| ExitCode::SUCCESS),
         Command::Migrate(args) => serve::migrate(args).map(|_| ExitCode::SUCCESS),

@@ -181,7 +181,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.no_migrate {
         config.migrate = false;
     }
-    telemetry::init_logging(&config.log_format);
+    telemetry::init_logging(&config.log_format, "info");
     let config = Arc::new(config);
     runtime()?.block_on(async move {
         // Bound first: a port in use is reported before any database work.
@@ -201,7 +201,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// connection is closed. Written on hyper's connection builder because
 /// `axum::serve` cannot set a header-read timeout (slow clients held their
 /// connections forever).
-async fn serve_http1(
+pub(super) async fn serve_http1(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     header_timeout: Duration,
@@ -256,7 +256,7 @@ async fn serve_http1(
     closing.closed().await;
 }
 
-async fn shutdown() {
+pub(super) async fn shutdown() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

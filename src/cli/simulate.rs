@@ -67,30 +67,37 @@ impl FromStr for DriftSpec {
 
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
-    /// segwatch base URL.
+    /// segwatch base URL, such as http://127.0.0.1:8080.
     #[arg(long)]
-    url: String,
+    pub(super) url: String,
     /// Admin key (simulated case times need one).
     #[arg(long, env = "SEGWATCH_KEY", hide_env_values = true)]
-    key: String,
+    pub(super) key: String,
+    /// Sites, named site1, site2, ...
     #[arg(long, default_value_t = 3)]
-    sites: u32,
+    pub(super) sites: u32,
+    /// Days of case time, ending now.
     #[arg(long, default_value_t = 14)]
-    days: u32,
+    pub(super) days: u32,
+    /// Cases a day at each site.
     #[arg(long, default_value_t = 8)]
-    cases_per_day: u32,
-    /// Injected drift, repeatable: dayX:siteK:STRUCTURE:DELTA.
+    pub(super) cases_per_day: u32,
+    /// Injected drift, repeatable: dayX:siteK:STRUCTURE:DELTA (from day X on,
+    /// site K's STRUCTURE loses DELTA Dice).
     #[arg(long = "drift-at")]
-    drift_at: Vec<DriftSpec>,
+    pub(super) drift_at: Vec<DriftSpec>,
+    /// Random seed: the same seed uploads the same cases.
     #[arg(long, default_value_t = 1)]
-    seed: u64,
+    pub(super) seed: u64,
+    /// Model name the predictions are uploaded under.
     #[arg(long, default_value = "simnet")]
-    model: String,
+    pub(super) model: String,
+    /// Model version the predictions are uploaded under.
     #[arg(long, default_value = "1.0")]
-    model_version: String,
+    pub(super) model_version: String,
     /// Uploads in flight.
     #[arg(long, default_value_t = 4)]
-    concurrency: usize,
+    pub(super) concurrency: usize,
 }
 
 /// A simulated structure: label, name, ellipsoid radii (voxels) and centre, and
@@ -279,7 +286,13 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(simulate(args))
+    let base = args.url.trim_end_matches('/').to_owned();
+    runtime.block_on(simulate(args))?;
+    eprintln!(
+        "segwatch: scoring runs on; then see the worst cases at {base}/v1/sites/site1/cases?order=dice, \
+         drift incidents at {base}/v1/incidents?state=all, and the series at {base}/metrics"
+    );
+    Ok(())
 }
 
 async fn send(request: reqwest::RequestBuilder, what: &str) -> anyhow::Result<Value> {
@@ -295,7 +308,8 @@ async fn send(request: reqwest::RequestBuilder, what: &str) -> anyhow::Result<Va
     Ok(body)
 }
 
-async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+/// Uploads the simulated fleet; returns how many cases.
+pub(super) async fn simulate(args: SimulateArgs) -> anyhow::Result<usize> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()?;
@@ -420,11 +434,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         handle.await??;
     }
     eprintln!("segwatch: uploaded {total} cases");
-    eprintln!(
-        "segwatch: scoring runs on; then see the worst cases at {base}/v1/sites/site1/cases?order=dice, \
-         drift incidents at {base}/v1/incidents?state=all, and the series at {base}/metrics"
-    );
-    Ok(())
+    Ok(total)
 }
 
 #[cfg(test)]

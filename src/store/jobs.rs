@@ -252,6 +252,18 @@ impl Store {
         Ok((r.queued, r.running))
     }
 
+    /// Scored results not yet fed to the drift detectors.
+    pub async fn drift_backlog(&self) -> Result<i64> {
+        let pool = postgres_or!(self, lite => lite.drift_backlog());
+        let backlog = sqlx::query_scalar!(
+            r#"SELECT count(*) AS "backlog!" FROM results WHERE drift_pending"#
+        )
+        .fetch_one(pool)
+        .await
+        .map_err(StoreError::classify)?;
+        Ok(backlog)
+    }
+
     /// Drops the voxels of segmentations scored more than `days` ago (results
     /// stay); returns how many were purged.
     pub async fn purge_scored(&self, days: u32) -> Result<u64> {

@@ -471,8 +471,11 @@ impl Lite {
             .collect())
     }
 
-    /// See [`crate::store::Store::feed_drift`]. The write lock, held from the
-    /// transaction's start, makes this the only feeder meanwhile.
+    /// See [`crate::store::Store::feed_drift`]. Reads from one snapshot and
+    /// computes without the write lock (a new design's limits take seconds,
+    /// which would hold up every upload), then writes in one transaction that
+    /// first claims the batch: if another process fed it meanwhile, nothing is
+    /// written and the next call starts from the state it left.
     pub async fn feed_drift(
         &self,
         feeder: &mut Feeder,
@@ -480,7 +483,7 @@ impl Lite {
         lateness: std::time::Duration,
         batch: i64,
     ) -> Result<usize> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.reader.begin().await.map_err(classify)?;
         let scored_before =
             at(Utc::now() - chrono::Duration::from_std(lateness).unwrap_or(chrono::Duration::MAX));
         type ResultRow = (i64, String, String, String, Option<f64>, DateTime<Utc>);
@@ -570,6 +573,7 @@ impl Lite {
             .map_err(classify)?,
             None => 0,
         };
+        tx.commit().await.map_err(classify)?;
         // CPU work: off the async worker threads, as in the PostgreSQL store.
         let updates = tokio::task::block_in_place(|| {
             feeder.feed(
@@ -580,6 +584,17 @@ impl Lite {
                 active_pairs as usize,
             )
         });
+        let mut tx = self.begin().await?;
+        let claimed = sqlx::query(
+            "UPDATE results SET drift_pending = 0 WHERE id IN (SELECT value FROM json_each($1)) AND drift_pending",
+        )
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        if claimed.rows_affected() != cases.len() as u64 {
+            return Ok(0);
+        }
         let written = now();
         for (key, record) in streams.iter().filter(|(_, r)| r.changed) {
             save_stream(&mut tx, key, record, &written).await?;

@@ -234,6 +234,14 @@ impl Lite {
         .map_err(classify)
     }
 
+    /// Scored results not yet fed to the drift detectors.
+    pub async fn drift_backlog(&self) -> Result<i64> {
+        sqlx::query_scalar("SELECT count(*) FROM results WHERE drift_pending")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(classify)
+    }
+
     /// See [`crate::store::Store::purge_scored`].
     pub async fn purge_scored(&self, days: u32) -> Result<u64> {
         let done = sqlx::query(

@@ -72,8 +72,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let dir = data_dir(args.data_dir)?;
     crate::telemetry::init_logging("text", "warn");
-    let mut config = Config::default();
-    config.data_dir = dir.clone();
+    let mut config = Config {
+        data_dir: dir.clone(),
+        ..Config::default()
+    };
     // The demo's simulated cases arrive within seconds: feed them to the
     // detectors and refresh the gauges without the production delays.
     config.drift.lateness_secs = 2;

@@ -2,10 +2,10 @@
 //! the one-thread overlap pass, the distance transform, and a whole evaluation.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use segwatch::metrics::edt::{Point, nearest_site_distances};
-use segwatch::metrics::overlap::overlap_serial;
-use segwatch::metrics::pairing::{Request, evaluate};
-use segwatch::volume::{Grid, LabelVolume, Labels, Segmentation};
+use segwatch_engine::metrics::edt::{Point, nearest_site_distances};
+use segwatch_engine::metrics::overlap::overlap_serial;
+use segwatch_engine::metrics::pairing::{Request, evaluate};
+use segwatch_engine::volume::{Grid, LabelVolume, Labels, Segmentation};
 
 /// Ten ellipsoids ("organs") in a 512×512×300 volume; `shift` moves them all.
 fn organs(shift: usize) -> LabelVolume {

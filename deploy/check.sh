@@ -132,13 +132,17 @@ run() {
 
 cd "$DEPLOY" || die "cannot cd to $DEPLOY"
 
-# promtool insists the scrape key file exists; a real deployment mounts one.
+# promtool insists the scrape key file exists; the stack's segwatch-init writes
+# the real one, and keeps any key already there, so the placeholder goes again.
+placeholder=
 if [ ! -f prometheus/secrets/segwatch-metrics.token ]; then
-    mkdir -p prometheus/secrets && printf 'placeholder\n' > prometheus/secrets/segwatch-metrics.token
+    printf 'placeholder\n' > prometheus/secrets/segwatch-metrics.token
+    placeholder=prometheus/secrets/segwatch-metrics.token
 fi
 
 run "promtool check config prometheus/prometheus.yml" \
     promtool check config prometheus/prometheus.yml
+if [ -n "$placeholder" ]; then rm -f "$placeholder"; fi
 run "promtool check rules prometheus/rules/*.yml" \
     promtool check rules prometheus/rules/recording.yml prometheus/rules/alerts.yml
 run "promtool test rules prometheus/tests/*.yml" \

@@ -90,9 +90,23 @@ def check_compose(r):
     path = os.path.join(DEPLOY, "docker-compose.yml")
     doc = load_yaml(path)
     services = doc.get("services", {})
-    for s in ("segwatch", "postgres", "prometheus", "alertmanager", "grafana"):
+    for s in ("segwatch-init", "segwatch", "postgres", "prometheus", "alertmanager", "grafana"):
         if s not in services:
             r.err(f"service {s} missing")
+    # The keys Prometheus and Alertmanager read are written by segwatch-init, which
+    # every service that needs them waits for.
+    init = services.get("segwatch-init", {})
+    if init.get("entrypoint") != ["/bin/sh", "/bootstrap.sh"]:
+        r.err("segwatch-init: entrypoint is not /bin/sh /bootstrap.sh")
+    mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in init.get("volumes", [])}
+    for inside, outside in (("/bootstrap.sh", "./bootstrap.sh"), ("/secrets/prometheus", "./prometheus/secrets"),
+                            ("/secrets/alertmanager", "./alertmanager/secrets")):
+        if mounts.get(inside) != outside:
+            r.err(f"segwatch-init: {outside} is not mounted at {inside}")
+    for name in ("segwatch", "prometheus", "alertmanager"):
+        deps = services.get(name, {}).get("depends_on") or {}
+        if not isinstance(deps, dict) or deps.get("segwatch-init", {}).get("condition") != "service_completed_successfully":
+            r.err(f"{name}: does not wait for segwatch-init to complete")
     seg = services.get("segwatch", {})
     env = seg.get("environment", {})
     if env.get("SEGWATCH_DATABASE_URL") != "postgres://segwatch:segwatch@postgres:5432/segwatch":

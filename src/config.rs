@@ -164,7 +164,7 @@ pub struct RoleRule {
     pub role: String,
 }
 
-/// Drift detection and the metrics refreshed from Postgres.
+/// Drift detection and the metrics refreshed from the database.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DriftConfig {

@@ -1,4 +1,4 @@
-//! The `segwatch` command: eval, serve, migrate, keys, simulate and drift plan (see `cli`).
+//! The `segwatch` command: demo, eval, serve, migrate, keys, simulate and drift plan (see `cli`).
 
 use std::process::ExitCode;
 

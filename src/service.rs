@@ -132,7 +132,7 @@ fn start_background(app: AppState) {
     tokio::spawn(periodic(app.store, app.config, app.metrics));
 }
 
-/// Refreshes the gauges from Postgres and purges expired uploads.
+/// Refreshes the gauges from the database and purges expired uploads.
 async fn periodic(store: Store, config: Arc<Config>, metrics: Metrics) {
     let mut tick = tokio::time::interval(Duration::from_secs(config.drift.refresh_secs));
     let mut purged_at = tokio::time::Instant::now() - Duration::from_secs(3600);

@@ -34,7 +34,7 @@ pub struct Metrics {
     pub http_request_duration_seconds: HistogramVec,
     pub jobs_queued: IntGauge,
     pub jobs_running: IntGauge,
-    /// Quality gauges, refreshed from Postgres: (rolling window in days, gauge).
+    /// Quality gauges, refreshed from the database: (rolling window in days, gauge).
     pub rolling_dice_ratio: Vec<(u32, GaugeVec)>,
     pub rolling_cases_7d: IntGaugeVec,
     pub dice_baseline_ratio: GaugeVec,
@@ -320,7 +320,7 @@ pub fn init_logging(format: &str, default_filter: &str) {
     };
 }
 
-/// Recomputes every quality gauge from Postgres, so that every replica reports
+/// Recomputes every quality gauge from the database, so that every replica reports
 /// the same values and a restart loses nothing. Series that disappeared are dropped.
 pub async fn refresh(
     store: &crate::store::Store,

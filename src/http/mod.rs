@@ -346,12 +346,23 @@ async fn readyz(State(app): State<AppState>) -> Result<&'static str, Problem> {
         (status = 401, body = Problem)),
     security(("bearer" = [])))]
 async fn metrics(State(app): State<AppState>, auth: auth::Auth) -> Response {
+    // The queue gauges are read at each scrape (one indexed count), so they are
+    // current; the quality gauges come from the periodic refresh. A database
+    // that does not answer within a second leaves the last values.
+    let counts = tokio::time::timeout(QUEUE_READ_TIMEOUT, app.store.job_counts()).await;
+    if let Ok(Ok((queued, running))) = counts {
+        app.metrics.jobs_queued.set(queued);
+        app.metrics.jobs_running.set(running);
+    }
     let text = match (&auth.0.role, &auth.0.site) {
         (crate::store::Role::Ingest, Some(site)) => app.metrics.render_for_site(site),
         _ => app.metrics.render(),
     };
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
+
+/// How long a scrape waits for the job counts before answering with the last ones.
+const QUEUE_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The `/docs` page: Scalar's default page loads its script from a CDN, which an
 /// offline network cannot reach; this one loads only [`DOCS_SCRIPT`] from here.

@@ -1,5 +1,6 @@
 //! `PUT …/prediction` and `PUT …/reference`: validate an upload completely, then
-//! store it (and enqueue its pair) in one transaction. A 2xx means it is in Postgres.
+//! store it (and enqueue its pair) in one transaction. A 2xx means it is
+//! committed to the database.
 
 use axum::Json;
 use axum::body::Bytes;

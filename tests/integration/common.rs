@@ -34,7 +34,7 @@ pub fn not_on_postgres(test: &str) {
     let _ = writeln!(
         std::io::stderr(),
         "note: {test} needs PostgreSQL and did not run; run the PostgreSQL suite with \
-         SEGWATCH_TEST_BACKEND=postgres cargo test --test integration (CI does)"
+         SEGWATCH_TEST_BACKEND=postgres cargo test --release --test integration (CI does)"
     );
 }
 

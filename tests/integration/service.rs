@@ -1544,3 +1544,25 @@ fn logs_written_to_a_file_carry_no_colour_codes() {
     assert!(log.contains("segwatch serving"), "{log}");
     assert!(!log.contains('\u{1b}'), "{log:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_gauges_are_current_when_scraped() {
+    // No workers, and gauges refreshed only every 15 s: a scrape right after the
+    // upload must already count the queued job.
+    let app = TestApp::start_with(|c| {
+        c.workers.disabled = true;
+        c.drift.refresh_secs = 15;
+    })
+    .await;
+    assert!(app.metrics().await.contains("\nsegwatch_jobs_queued 0\n"));
+    for role in ["prediction", "reference"] {
+        let response = app
+            .upload(&app.admin_key, "s", "c", role, cubes(0, 4))
+            .await;
+        assert_eq!(response.status(), 202);
+    }
+    let text = app.metrics().await;
+    assert!(text.contains("\nsegwatch_jobs_queued 1\n"), "{text}");
+    assert!(text.contains("\nsegwatch_jobs_running 0\n"), "{text}");
+    app.finish().await;
+}

@@ -1566,3 +1566,30 @@ async fn the_queue_gauges_are_current_when_scraped() {
     assert!(text.contains("\nsegwatch_jobs_running 0\n"), "{text}");
     app.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_data_directory_is_named_and_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file where the data directory should be.
+    let file = dir.path().join("not-a-directory");
+    std::fs::write(&file, b"x").unwrap();
+    let data_dir = file.join("data");
+    for args in [&["keys", "list"][..], &["migrate"][..], &["serve"][..]] {
+        let output = Command::new(env!("CARGO_BIN_EXE_segwatch"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .env_remove("SEGWATCH_DATABASE_URL")
+            .env("SEGWATCH_LISTEN", "127.0.0.1:0")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("cannot use the data directory")
+                && stderr.contains(&data_dir.display().to_string())
+                && stderr.contains("--data-dir"),
+            "{args:?}: {stderr}"
+        );
+    }
+}

@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 REPEAT=${REPEAT:-3}
 PAIRS=${PAIRS:-40}
 CONCURRENCY=${CONCURRENCY:-4}
+STORES=${STORES:-embedded postgres}
 ADMIN=${SEGWATCH_TEST_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 DATA=bench/data/service
 
@@ -26,7 +27,7 @@ export RUST_LOG=warn SEGWATCH_WORKER_THREADS=2
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"; rm -rf "$dir"' EXIT
 declare -A port key
-for store in embedded postgres; do
+for store in $STORES; do
     port[$store]=$(free_port)
     if [ "$store" = postgres ]; then
         settings=(SEGWATCH_DATABASE_URL="${ADMIN%/*}/$db")
@@ -48,7 +49,7 @@ for round in $(seq 1 "$REPEAT"); do
     eval_rate=$(python3 -c "print(f'{$PAIRS/($end-$start):.3f}')")
     eval_rates+=("$eval_rate")
     line="round $round: eval folder mode $eval_rate pairs/s"
-    for store in embedded postgres; do
+    for store in $STORES; do
         out=$(target/release/examples/load_test --url "http://127.0.0.1:${port[$store]}" --key "${key[$store]}" \
             --dir "$DATA" --concurrency "$CONCURRENCY" --prefix "r$round")
         rate=$(echo "$out" | awk '/^PAIRS_PER_SECOND/ {print $2}')
@@ -64,7 +65,7 @@ e=$(median "${eval_rates[@]}")
 echo
 echo "## service throughput ($PAIRS pairs of 256x256x128, 5 structures, $REPEAT rounds, 2 compute threads, $CONCURRENCY uploads in flight)"
 echo "- segwatch eval folder mode on the same files: $e pairs/s (median)"
-for store in embedded postgres; do
+for store in $STORES; do
     # shellcheck disable=SC2086
     h=$(median ${rates[$store]})
     echo "- HTTP API on the $store store, uploaded and scored: $h pairs/s (median; rounds: ${rates[$store]% }), ratio to eval $(python3 -c "print(f'{$h/$e:.2f}')")"

@@ -129,28 +129,73 @@ fn start_background(app: AppState) {
         )
         .spawn();
     }
-    tokio::spawn(periodic(app.store, app.config, app.metrics));
+    tokio::spawn(refresh_gauges(
+        app.store.clone(),
+        app.config.clone(),
+        app.metrics.clone(),
+    ));
+    tokio::spawn(purge_expired(app.store, app.config, app.metrics));
 }
 
-/// Refreshes the gauges from the database and purges expired uploads.
-async fn periodic(store: Store, config: Arc<Config>, metrics: Metrics) {
-    let mut tick = tokio::time::interval(Duration::from_secs(config.drift.refresh_secs));
-    let mut purged_at = tokio::time::Instant::now() - Duration::from_secs(3600);
+/// A timer for a periodic task: a tick missed while the task ran late is
+/// skipped, not run back to back to catch up.
+fn every(period: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tick
+}
+
+/// Refreshes the gauges from the database every `drift.refresh_secs`, in a
+/// task of its own so that nothing else (the purge) delays it.
+async fn refresh_gauges(store: Store, config: Arc<Config>, metrics: Metrics) {
+    let mut tick = every(Duration::from_secs(config.drift.refresh_secs));
     loop {
         tick.tick().await;
+        let started = std::time::Instant::now();
         let refreshed = crate::telemetry::refresh(&store, &metrics, config.drift.target()).await;
+        metrics
+            .refresh_duration_seconds
+            .observe(started.elapsed().as_secs_f64());
         // The last gauges read stay exported while the database is away.
         metrics.database_up.set(i64::from(refreshed.is_ok()));
         if let Err(e) = refreshed {
             warn!(error = %e, "cannot refresh metrics from the database");
         }
-        if purged_at.elapsed() >= Duration::from_secs(3600) {
-            purged_at = tokio::time::Instant::now();
-            match store.purge_scored(config.retention_days).await {
-                Ok(0) => {}
-                Ok(n) => info!(purged = n, "dropped voxels of segmentations past retention"),
-                Err(e) => warn!(error = %e, "retention purge failed"),
+    }
+}
+
+/// How often the voxels of segmentations past retention are dropped.
+const PURGE_PERIOD: Duration = Duration::from_secs(3600);
+/// Segmentations purged per statement: short transactions, however large the backlog.
+const PURGE_BATCH: i64 = 1000;
+
+/// Drops the voxels of segmentations past retention every hour, in batches,
+/// in a task of its own.
+async fn purge_expired(store: Store, config: Arc<Config>, metrics: Metrics) {
+    let mut tick = every(PURGE_PERIOD);
+    loop {
+        tick.tick().await;
+        let started = std::time::Instant::now();
+        let mut purged = 0;
+        let outcome = loop {
+            match store.purge_scored(config.retention_days, PURGE_BATCH).await {
+                Ok(n) => {
+                    purged += n;
+                    if n < PURGE_BATCH as u64 {
+                        break Ok(());
+                    }
+                }
+                Err(e) => break Err(e),
             }
+        };
+        metrics
+            .purge_duration_seconds
+            .set(started.elapsed().as_secs_f64());
+        if purged > 0 {
+            info!(purged, "dropped voxels of segmentations past retention");
+        }
+        if let Err(e) = outcome {
+            warn!(error = %e, "retention purge failed");
         }
     }
 }

@@ -51,6 +51,10 @@ pub struct Metrics {
     pub last_upload_timestamp_seconds: GaugeVec,
     /// 1 while the last refresh from the database succeeded.
     pub database_up: IntGauge,
+    /// Time one refresh of the gauges from the database takes.
+    pub refresh_duration_seconds: prometheus::Histogram,
+    /// Time the last retention purge took.
+    pub purge_duration_seconds: Gauge,
 }
 
 const STREAM: [&str; 4] = ["site", "model", "model_version", "structure"];
@@ -255,6 +259,23 @@ impl Metrics {
                 "segwatch_last_upload_timestamp_seconds",
                 "Unix time of the last accepted upload.",
                 &["site", "role"],
+            ),
+            refresh_duration_seconds: registrar.add(
+                prometheus::Histogram::with_opts(
+                    HistogramOpts::new(
+                        "segwatch_refresh_duration_seconds",
+                        "Time one refresh of the gauges from the database takes.",
+                    )
+                    .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                )
+                .expect("valid metric"),
+            ),
+            purge_duration_seconds: registrar.add(
+                Gauge::new(
+                    "segwatch_purge_duration_seconds",
+                    "Time the last retention purge took (every batch of it).",
+                )
+                .expect("valid metric"),
             ),
             families: Vec::new(),
             registry: registry.clone(),

@@ -264,16 +264,22 @@ impl Store {
         Ok(backlog)
     }
 
-    /// Drops the voxels of segmentations scored more than `days` ago (results
-    /// stay); returns how many were purged.
-    pub async fn purge_scored(&self, days: u32) -> Result<u64> {
-        let pool = postgres_or!(self, lite => lite.purge_scored(days));
+    /// Drops the voxels of at most `batch` segmentations received more than
+    /// `days` ago whose pair was scored (results stay); returns how many.
+    pub async fn purge_scored(&self, days: u32, batch: i64) -> Result<u64> {
+        let pool = postgres_or!(self, lite => lite.purge_scored(days, batch));
+        // One EXISTS per side, each answered by an index on that side
+        // (`OR` in one EXISTS rescanned the jobs for every segmentation).
         let done = sqlx::query!(
-            "UPDATE segmentations s SET content = NULL, purged_at = now()
-             WHERE s.content IS NOT NULL AND s.received_at < now() - make_interval(days => $1)
-               AND EXISTS (SELECT 1 FROM jobs j WHERE j.status = 'done'
-                           AND (j.prediction_id = s.id OR j.reference_id = s.id))",
-            days as i32
+            "UPDATE segmentations SET content = NULL, purged_at = now()
+             WHERE id IN (
+                 SELECT s.id FROM segmentations s
+                 WHERE s.content IS NOT NULL AND s.received_at < now() - make_interval(days => $1)
+                   AND (EXISTS (SELECT 1 FROM jobs j WHERE j.status = 'done' AND j.prediction_id = s.id)
+                        OR EXISTS (SELECT 1 FROM jobs j WHERE j.status = 'done' AND j.reference_id = s.id))
+                 LIMIT $2)",
+            days as i32,
+            batch
         )
         .execute(pool)
         .await

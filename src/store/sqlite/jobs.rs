@@ -243,15 +243,19 @@ impl Lite {
     }
 
     /// See [`crate::store::Store::purge_scored`].
-    pub async fn purge_scored(&self, days: u32) -> Result<u64> {
+    pub async fn purge_scored(&self, days: u32, batch: i64) -> Result<u64> {
         let done = sqlx::query(
             "UPDATE segmentations SET content = NULL, purged_at = $1
-             WHERE content IS NOT NULL AND received_at < $2
-               AND (EXISTS (SELECT 1 FROM jobs j WHERE j.status = 'done' AND j.prediction_id = segmentations.id)
-                    OR EXISTS (SELECT 1 FROM jobs j WHERE j.status = 'done' AND j.reference_id = segmentations.id))",
+             WHERE id IN (
+                 SELECT s.id FROM segmentations s
+                 WHERE s.content IS NOT NULL AND s.received_at < $2
+                   AND (EXISTS (SELECT 1 FROM jobs j WHERE j.status = 'done' AND j.prediction_id = s.id)
+                        OR EXISTS (SELECT 1 FROM jobs j WHERE j.status = 'done' AND j.reference_id = s.id))
+                 LIMIT $3)",
         )
         .bind(now())
         .bind(days_ago(days))
+        .bind(batch)
         .execute(&self.writer)
         .await
         .map_err(classify)?;

@@ -148,9 +148,9 @@ impl Lite {
             .map_err(StoreError::from)
     }
 
-    /// Every migration applied.
+    /// Every migration applied. Reads only, so a long write does not hold
+    /// up `/readyz`.
     pub async fn ready(&self) -> Result<bool> {
-        self.check().await?;
         let table: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
         )

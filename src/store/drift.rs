@@ -584,6 +584,77 @@ pub(super) fn assemble_incidents(
         .collect()
 }
 
+/// Failure thresholds by structure from a model version's schema (none without one).
+pub(super) fn failure_thresholds(schema: Option<crate::schema::Schema>) -> BTreeMap<String, f64> {
+    schema
+        .map(|s| {
+            s.structures
+                .iter()
+                .map(|d| (d.name.clone(), d.failure()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An open incident's row, as the drift feed reads it.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct OpenIncidentRow {
+    pub id: i64,
+    pub site: String,
+    pub structure: String,
+    pub detector: String,
+    pub observed_at: DateTime<Utc>,
+    pub last_alarm_at: DateTime<Utc>,
+    pub statistic: f64,
+    pub limit_value: f64,
+}
+
+/// One stream's evidence of an incident, as the drift feed reads it.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct EvidenceRow {
+    pub site: String,
+    pub structure: String,
+    pub detector: String,
+    pub first_alarm_at: DateTime<Utc>,
+    pub last_alarm_at: DateTime<Utc>,
+}
+
+impl OpenIncidentRow {
+    /// The incident the feed updates, with its evidence (rows of an unknown
+    /// detector left out).
+    pub(super) fn into_incident(self, streams: Vec<EvidenceRow>) -> Result<Incident> {
+        let detector = Detector::parse(&self.detector).ok_or_else(|| {
+            StoreError::Corrupt(format!("incident {}: detector {}", self.id, self.detector))
+        })?;
+        let streams = streams
+            .into_iter()
+            .filter_map(|s| {
+                Some(Evidence {
+                    detector: Detector::parse(&s.detector)?,
+                    site: s.site,
+                    structure: s.structure,
+                    first_alarm_at: s.first_alarm_at,
+                    last_alarm_at: s.last_alarm_at,
+                })
+            })
+            .collect();
+        Ok(Incident {
+            id: Some(self.id),
+            stream: StreamId {
+                site: self.site,
+                structure: self.structure,
+            },
+            detector,
+            observed_at: self.observed_at,
+            last_alarm_at: self.last_alarm_at,
+            statistic: self.statistic,
+            limit: self.limit_value,
+            streams,
+            changed: false,
+        })
+    }
+}
+
 async fn load_samples<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     baseline_id: i64,
@@ -821,17 +892,12 @@ async fn version_context(
     )
     .fetch_optional(&mut **tx)
     .await?;
-    let failure_thresholds = schema
-        .and_then(|s| serde_json::from_value::<crate::schema::Schema>(s).ok())
-        .map(|s| {
-            s.structures
-                .iter()
-                .map(|d| (d.name.clone(), d.failure()))
-                .collect()
-        })
-        .unwrap_or_default();
+    let failure_thresholds = failure_thresholds(
+        schema.and_then(|s| serde_json::from_value::<crate::schema::Schema>(s).ok()),
+    );
     let mut open = Vec::new();
-    for r in sqlx::query!(
+    for r in sqlx::query_as!(
+        OpenIncidentRow,
         "SELECT id, site, structure, detector, observed_at, last_alarm_at, statistic, limit_value FROM incidents
          WHERE model = $1 AND model_version = $2 AND resolved_at IS NULL ORDER BY id FOR UPDATE",
         model,
@@ -840,39 +906,14 @@ async fn version_context(
     .fetch_all(&mut **tx)
     .await?
     {
-        let streams = sqlx::query!(
+        let streams = sqlx::query_as!(
+            EvidenceRow,
             "SELECT site, structure, detector, first_alarm_at, last_alarm_at FROM incident_streams WHERE incident_id = $1",
             r.id
         )
         .fetch_all(&mut **tx)
-        .await?
-        .into_iter()
-        .filter_map(|s| {
-            Some(Evidence {
-                detector: Detector::parse(&s.detector)?,
-                site: s.site,
-                structure: s.structure,
-                first_alarm_at: s.first_alarm_at,
-                last_alarm_at: s.last_alarm_at,
-            })
-        })
-        .collect();
-        let detector = Detector::parse(&r.detector)
-            .ok_or_else(|| StoreError::Corrupt(format!("incident {}: detector {}", r.id, r.detector)))?;
-        open.push(Incident {
-            id: Some(r.id),
-            stream: StreamId {
-                site: r.site,
-                structure: r.structure,
-            },
-            detector,
-            observed_at: r.observed_at,
-            last_alarm_at: r.last_alarm_at,
-            statistic: r.statistic,
-            limit: r.limit_value,
-            streams,
-            changed: false,
-        });
+        .await?;
+        open.push(r.into_incident(streams)?);
     }
     Ok(Some(VersionContext {
         baseline_id,

@@ -10,11 +10,11 @@ use super::{Lite, at, classify, json, now, parse};
 use crate::drift::feed::{
     FeedSettings, Feeder, ScoredCase, StreamKey, StreamRecord, VersionContext,
 };
-use crate::drift::incident::{Evidence, Incident, Incidents, StreamId};
-use crate::drift::{Baseline, Detector, StreamState};
+use crate::drift::incident::{Incident, Incidents, StreamId};
+use crate::drift::{Baseline, StreamState};
 use crate::store::drift::{
-    DetectorRow, IncidentRow, IncidentStreamRow, NotifiedAlert, OpenIncident, assemble_incidents,
-    summary,
+    DetectorRow, EvidenceRow, IncidentRow, IncidentStreamRow, NotifiedAlert, OpenIncident,
+    OpenIncidentRow, assemble_incidents, failure_thresholds, summary,
 };
 use crate::store::{Result, StoreError};
 use crate::views::{BaselineInfo, BaselineStructure, IncidentView, Stratum};
@@ -738,26 +738,8 @@ async fn version_context(
     .fetch_optional(&mut *conn)
     .await
     .map_err(classify)?;
-    let failure_thresholds = schema
-        .and_then(|s| serde_json::from_str::<crate::schema::Schema>(&s).ok())
-        .map(|s| {
-            s.structures
-                .iter()
-                .map(|d| (d.name.clone(), d.failure()))
-                .collect()
-        })
-        .unwrap_or_default();
-    type Row = (
-        i64,
-        String,
-        String,
-        String,
-        DateTime<Utc>,
-        DateTime<Utc>,
-        f64,
-        f64,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
+    let failure_thresholds = failure_thresholds(schema.and_then(|s| serde_json::from_str(&s).ok()));
+    let rows: Vec<OpenIncidentRow> = sqlx::query_as(
         "SELECT id, site, structure, detector, observed_at, last_alarm_at, statistic, limit_value FROM incidents
          WHERE model = $1 AND model_version = $2 AND resolved_at IS NULL ORDER BY id",
     )
@@ -767,42 +749,15 @@ async fn version_context(
     .await
     .map_err(classify)?;
     let mut open = Vec::with_capacity(rows.len());
-    for (id, site, structure, detector, observed_at, last_alarm_at, statistic, limit) in rows {
-        type StreamRow = (String, String, String, DateTime<Utc>, DateTime<Utc>);
-        let streams: Vec<StreamRow> = sqlx::query_as(
+    for row in rows {
+        let streams: Vec<EvidenceRow> = sqlx::query_as(
             "SELECT site, structure, detector, first_alarm_at, last_alarm_at FROM incident_streams WHERE incident_id = $1",
         )
-        .bind(id)
+        .bind(row.id)
         .fetch_all(&mut *conn)
         .await
         .map_err(classify)?;
-        let streams = streams
-            .into_iter()
-            .filter_map(
-                |(site, structure, detector, first_alarm_at, last_alarm_at)| {
-                    Some(Evidence {
-                        detector: Detector::parse(&detector)?,
-                        site,
-                        structure,
-                        first_alarm_at,
-                        last_alarm_at,
-                    })
-                },
-            )
-            .collect();
-        let detector = Detector::parse(&detector)
-            .ok_or_else(|| StoreError::Corrupt(format!("incident {id}: detector {detector}")))?;
-        open.push(Incident {
-            id: Some(id),
-            stream: StreamId { site, structure },
-            detector,
-            observed_at,
-            last_alarm_at,
-            statistic,
-            limit,
-            streams,
-            changed: false,
-        });
+        open.push(row.into_incident(streams)?);
     }
     Ok(Some(VersionContext {
         baseline_id,

@@ -164,13 +164,13 @@ async fn refresh_gauges(store: Store, config: Arc<Config>, metrics: Metrics) {
     }
 }
 
-/// How often the voxels of segmentations past retention are dropped.
+/// How often the stored files of segmentations past retention are dropped.
 const PURGE_PERIOD: Duration = Duration::from_secs(3600);
 /// Segmentations purged per statement: short transactions, however large the backlog.
-const PURGE_BATCH: i64 = 1000;
+const PURGE_BATCH: i64 = 5000;
 
-/// Drops the voxels of segmentations past retention every hour, in batches,
-/// in a task of its own.
+/// Drops the stored files of segmentations past retention every hour, in batches,
+/// and hourly Dice buckets the 1-day window no longer reads, in a task of its own.
 async fn purge_expired(store: Store, config: Arc<Config>, metrics: Metrics) {
     let mut tick = every(PURGE_PERIOD);
     loop {
@@ -188,11 +188,18 @@ async fn purge_expired(store: Store, config: Arc<Config>, metrics: Metrics) {
                 Err(e) => break Err(e),
             }
         };
+        let outcome = match outcome {
+            Ok(()) => store.purge_hourly_rollups().await.map(drop),
+            Err(e) => Err(e),
+        };
         metrics
             .purge_duration_seconds
             .set(started.elapsed().as_secs_f64());
         if purged > 0 {
-            info!(purged, "dropped voxels of segmentations past retention");
+            info!(
+                purged,
+                "dropped stored files of segmentations past retention"
+            );
         }
         if let Err(e) = outcome {
             warn!(error = %e, "retention purge failed");

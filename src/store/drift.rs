@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 
+use super::rollups::{self, WindowStart, WindowSum};
 use super::{Result, Store, StoreError};
 use crate::drift::feed::{
     FeedSettings, Feeder, ScoredCase, StreamKey, StreamRecord, VersionContext,
@@ -385,49 +386,25 @@ impl Store {
     }
 
     /// Rolling mean Dice and case counts per stream over the last `days`
-    /// (sites and pooled, structures and mean): (site, model, version, structure, mean, cases).
+    /// (sites and pooled, structures and mean), from the rollups (see
+    /// [`WindowStart`]): (site, model, version, structure, mean, cases).
     pub async fn rolling_dice(
         &self,
         days: i32,
     ) -> Result<Vec<(String, String, String, String, f64, i64)>> {
-        let pool = postgres_or!(self, lite => lite.rolling_dice(days));
-        let rows = sqlx::query!(
-            r#"WITH recent AS (
-                   SELECT r.site, r.model, r.model_version, s.structure, s.dice
-                   FROM results r JOIN structure_results s ON s.result_id = r.id
-                   WHERE r.observed_at > now() - make_interval(days => $1) AND s.empty <> 'both' AND s.dice IS NOT NULL
-                   UNION ALL
-                   SELECT r.site, r.model, r.model_version, 'all', r.mean_dice
-                   FROM results r WHERE r.observed_at > now() - make_interval(days => $1) AND r.mean_dice IS NOT NULL)
-               SELECT coalesce(site, 'all') AS "site!", model AS "model!", model_version AS "model_version!",
-                      structure AS "structure!", avg(dice) AS "mean!", count(*) AS "cases!"
-               FROM recent GROUP BY GROUPING SETS ((site, model, model_version, structure), (model, model_version, structure))"#,
-            days
-        )
-        .fetch_all(pool)
-        .await
-        .map_err(StoreError::classify)?;
-        Ok(rows
-            .into_iter()
-            .map(|r| {
-                (
-                    r.site,
-                    r.model,
-                    r.model_version,
-                    r.structure,
-                    r.mean,
-                    r.cases,
-                )
-            })
-            .collect())
+        let start = WindowStart::of(days, Utc::now());
+        let sums = match &self.db {
+            super::Db::Postgres(pg) => postgres_rolling_sums(&pg.pool, start).await?,
+            super::Db::Sqlite(lite) => lite.rolling_sums(start).await?,
+        };
+        Ok(rollups::with_pooled(sums))
     }
 
     /// Unix time of the latest accepted upload per site and role.
     pub async fn last_uploads(&self) -> Result<Vec<(String, String, f64)>> {
         let pool = postgres_or!(self, lite => lite.last_uploads());
         let rows = sqlx::query!(
-            r#"SELECT c.site, s.role, extract(epoch FROM max(s.received_at))::float8 AS "at!"
-               FROM segmentations s JOIN cases c ON c.id = s.case_id GROUP BY c.site, s.role"#
+            r#"SELECT site, role, extract(epoch FROM last_received_at)::float8 AS "at!" FROM site_uploads"#
         )
         .fetch_all(pool)
         .await
@@ -458,6 +435,41 @@ impl Store {
         strata.sort_by(|a, b| b.drop.total_cmp(&a.drop).then(b.cases.cmp(&a.cases)));
         Ok(strata)
     }
+}
+
+/// Dice sums and case counts per site stream over a rolling window.
+async fn postgres_rolling_sums(pool: &sqlx::PgPool, start: WindowStart) -> Result<Vec<WindowSum>> {
+    let (hour, day) = match start {
+        WindowStart::Hour(hour) => (Some(hour), None),
+        WindowStart::Day(day) => (None, Some(day)),
+    };
+    // Grouped by hashing, not sorting: the 1-day window reads 24 buckets of
+    // every stream. Pooled sites are summed in Rust.
+    let rows = sqlx::query!(
+        r#"WITH recent AS (
+               SELECT site, model, model_version, structure, cases, dice_sum FROM dice_hourly WHERE hour >= $1
+               UNION ALL
+               SELECT site, model, model_version, structure, cases, dice_sum FROM dice_daily WHERE day >= $2)
+           SELECT site AS "site!", model AS "model!", model_version AS "model_version!", structure AS "structure!",
+                  sum(dice_sum) AS "dice_sum!", sum(cases)::bigint AS "cases!"
+           FROM recent GROUP BY site, model, model_version, structure"#,
+        hour,
+        day
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::classify)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| WindowSum {
+            site: r.site,
+            model: r.model,
+            model_version: r.model_version,
+            structure: r.structure,
+            dice_sum: r.dice_sum,
+            cases: r.cases,
+        })
+        .collect())
 }
 
 /// Strata of recent cases of a stream, with `drop` left at 0.

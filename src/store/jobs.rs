@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::{Result, Store, StoreError};
+use super::{Result, Store, StoreError, rollups};
 use crate::metrics::case::CaseScore;
 
 /// A job this worker holds a lease on.
@@ -91,13 +91,15 @@ impl Store {
         let pool = postgres_or!(self, lite => lite.job_inputs(job));
         let r = sqlx::query!(
             r#"SELECT j.case_id, c.site, c.case_key, p.model AS "model!", p.model_version AS "model_version!",
-                      p.content AS prediction, r.content AS reference, p.voxels + r.voxels AS "voxels!",
+                      pc.content AS "prediction?", rc.content AS "reference?", p.voxels + r.voxels AS "voxels!",
                       s.schema AS "schema?", p.acquisition || r.acquisition AS "acquisition!",
                       p.observed_at
                FROM jobs j
                JOIN cases c ON c.id = j.case_id
                JOIN segmentations p ON p.id = j.prediction_id
                JOIN segmentations r ON r.id = j.reference_id
+               LEFT JOIN segmentation_contents pc ON pc.segmentation_id = p.id
+               LEFT JOIN segmentation_contents rc ON rc.segmentation_id = r.id
                LEFT JOIN model_schemas s ON s.model = p.model AND s.model_version = p.model_version
                WHERE j.id = $1"#,
             job.id
@@ -142,6 +144,14 @@ impl Store {
         if done.rows_affected() != 1 {
             return Ok(false);
         }
+        // Results of one case are stored one at a time, so the newest is the
+        // only one flagged latest.
+        sqlx::query!(
+            "SELECT id FROM cases WHERE id = $1 FOR UPDATE",
+            inputs.case_id
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         let result_id = sqlx::query_scalar!(
             "INSERT INTO results (job_id, case_id, site, model, model_version, surface, grid, mean_dice, acquisition, observed_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
@@ -198,6 +208,38 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        sqlx::query!(
+            "UPDATE results SET latest = false WHERE case_id = $1 AND latest AND id <> $2",
+            inputs.case_id,
+            result_id
+        )
+        .execute(&mut *tx)
+        .await?;
+        let (structures, dice): (Vec<String>, Vec<f64>) =
+            rollups::entries(outcome).into_iter().unzip();
+        let hour = rollups::hour(inputs.observed_at);
+        sqlx::query!(
+            "WITH entries AS (SELECT * FROM unnest($5::text[], $6::float8[]) AS u (structure, dice)),
+             daily AS (
+                 INSERT INTO dice_daily (day, model, model_version, site, structure, cases, dice_sum)
+                 SELECT $1, $2, $3, $4, structure, 1, dice FROM entries
+                 ON CONFLICT (day, model, model_version, site, structure) DO UPDATE
+                 SET cases = dice_daily.cases + 1, dice_sum = dice_daily.dice_sum + excluded.dice_sum)
+             INSERT INTO dice_hourly (hour, model, model_version, site, structure, cases, dice_sum)
+             SELECT $7, $2, $3, $4, structure, 1, dice FROM entries WHERE $8
+             ON CONFLICT (hour, model, model_version, site, structure) DO UPDATE
+             SET cases = dice_hourly.cases + 1, dice_sum = dice_hourly.dice_sum + excluded.dice_sum",
+            rollups::day(inputs.observed_at),
+            inputs.model,
+            inputs.model_version,
+            inputs.site,
+            &structures,
+            &dice,
+            hour,
+            hour > Utc::now() - rollups::HOURLY_KEPT
+        )
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -264,22 +306,41 @@ impl Store {
         Ok(backlog)
     }
 
-    /// Drops the voxels of at most `batch` segmentations received more than
+    /// Deletes the stored files of at most `batch` segmentations received more than
     /// `days` ago whose pair was scored (results stay); returns how many.
     pub async fn purge_scored(&self, days: u32, batch: i64) -> Result<u64> {
         let pool = postgres_or!(self, lite => lite.purge_scored(days, batch));
-        // One EXISTS per side, each answered by an index on that side
-        // (`OR` in one EXISTS rescanned the jobs for every segmentation).
+        // Candidates in received order; one lookup per candidate and side, each
+        // answered by an index on that side. (`OR` in one EXISTS rescanned the
+        // jobs for every file; two EXISTS joined by OR let the planner hash
+        // every done job per batch.) Deleting a row rewrites no index; the ids
+        // as an array keep the delete on the primary key, however many.
         let done = sqlx::query!(
-            "UPDATE segmentations SET content = NULL, purged_at = now()
-             WHERE id IN (
-                 SELECT s.id FROM segmentations s
-                 WHERE s.content IS NOT NULL AND s.received_at < now() - make_interval(days => $1)
-                   AND (EXISTS (SELECT 1 FROM jobs j WHERE j.status = 'done' AND j.prediction_id = s.id)
-                        OR EXISTS (SELECT 1 FROM jobs j WHERE j.status = 'done' AND j.reference_id = s.id))
-                 LIMIT $2)",
+            "DELETE FROM segmentation_contents
+             WHERE segmentation_id = ANY (ARRAY(
+                 SELECT c.segmentation_id FROM segmentation_contents c
+                 CROSS JOIN LATERAL (
+                     SELECT 1 FROM jobs j WHERE j.prediction_id = c.segmentation_id AND j.status = 'done'
+                     UNION ALL
+                     SELECT 1 FROM jobs j WHERE j.reference_id = c.segmentation_id AND j.status = 'done'
+                     LIMIT 1) scored
+                 WHERE c.received_at < now() - make_interval(days => $1)
+                 LIMIT $2))",
             days as i32,
             batch
+        )
+        .execute(pool)
+        .await
+        .map_err(StoreError::classify)?;
+        Ok(done.rows_affected())
+    }
+
+    /// Drops hourly Dice buckets older than the 1-day window needs; returns how many.
+    pub async fn purge_hourly_rollups(&self) -> Result<u64> {
+        let pool = postgres_or!(self, lite => lite.purge_hourly_rollups());
+        let done = sqlx::query!(
+            "DELETE FROM dice_hourly WHERE hour < $1",
+            Utc::now() - rollups::HOURLY_KEPT
         )
         .execute(pool)
         .await

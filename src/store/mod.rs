@@ -19,6 +19,7 @@ mod drift;
 mod jobs;
 mod keys;
 mod results;
+mod rollups;
 mod schemas;
 mod sqlite;
 mod uploads;

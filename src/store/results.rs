@@ -1,5 +1,7 @@
 //! Reading cases back: status, revisions, and scored structures for drill-down.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 
 use super::{Result, Store, StoreError};
@@ -25,6 +27,7 @@ pub struct CaseFilter {
 /// A `structure_results` row, as both backends read it.
 #[derive(Debug, sqlx::FromRow)]
 pub(super) struct StructureRow {
+    pub result_id: i64,
     pub structure: String,
     pub label: Option<i32>,
     pub code: Option<String>,
@@ -83,30 +86,53 @@ impl StructureRow {
     }
 }
 
+/// Structure rows (ordered by result, then position) grouped by result.
+pub(super) fn by_result(rows: Vec<StructureRow>) -> HashMap<i64, Vec<StructureMetrics>> {
+    let mut grouped: HashMap<i64, Vec<StructureMetrics>> = HashMap::new();
+    for row in rows {
+        grouped
+            .entry(row.result_id)
+            .or_default()
+            .push(row.into_metrics());
+    }
+    grouped
+}
+
+/// A listed result, before its structures are added.
+struct ListedResult {
+    id: i64,
+    case_key: String,
+    model: String,
+    model_version: String,
+    scored_at: DateTime<Utc>,
+    mean_dice: Option<f64>,
+}
+
 /// The columns of [`StructureRow`], for the embedded store's queries.
-pub(super) const STRUCTURE_COLUMNS: &str = "structure, label, code, name, empty, pred_voxels, ref_voxels, tp, fp, \
+pub(super) const STRUCTURE_COLUMNS: &str = "result_id, structure, label, code, name, empty, pred_voxels, ref_voxels, tp, fp, \
     fn AS fn_, pred_volume_ml, ref_volume_ml, dice, iou, precision, recall, hd_mm, hd95_mm, assd_mm, masd_mm, nsd";
 
 impl Store {
-    /// The structures of a stored result, in stored order.
+    /// The structures of stored results (only `only` if given), in stored
+    /// order, by result: one query for a whole listing.
     async fn structures(
         pool: &sqlx::PgPool,
-        result_id: i64,
+        result_ids: &[i64],
         only: Option<&str>,
-    ) -> Result<Vec<StructureMetrics>> {
+    ) -> Result<HashMap<i64, Vec<StructureMetrics>>> {
         let rows = sqlx::query_as!(
             StructureRow,
-            r#"SELECT structure, label, code, name, empty, pred_voxels, ref_voxels, tp, fp, fn AS fn_,
+            r#"SELECT result_id, structure, label, code, name, empty, pred_voxels, ref_voxels, tp, fp, fn AS fn_,
                       pred_volume_ml, ref_volume_ml, dice, iou, precision, recall, hd_mm, hd95_mm, assd_mm, masd_mm, nsd
-               FROM structure_results WHERE result_id = $1 AND ($2::text IS NULL OR structure = $2)
-               ORDER BY position"#,
-            result_id,
+               FROM structure_results WHERE result_id = ANY($1) AND ($2::text IS NULL OR structure = $2)
+               ORDER BY result_id, position"#,
+            result_ids,
             only
         )
         .fetch_all(pool)
         .await
         .map_err(StoreError::classify)?;
-        Ok(rows.into_iter().map(StructureRow::into_metrics).collect())
+        Ok(by_result(rows))
     }
 
     /// A case: its status, revisions and latest result; None if unknown.
@@ -125,8 +151,9 @@ impl Store {
         };
         let revisions = sqlx::query_as!(
             Revision,
-            r#"SELECT role, revision, format, model, model_version, received_at, purged_at IS NOT NULL AS "purged!"
-               FROM segmentations WHERE case_id = $1 ORDER BY received_at, role, revision"#,
+            r#"SELECT role, revision, format, model, model_version, received_at,
+                      NOT EXISTS (SELECT 1 FROM segmentation_contents c WHERE c.segmentation_id = s.id) AS "purged!"
+               FROM segmentations s WHERE case_id = $1 ORDER BY received_at, role, revision"#,
             case_id
         )
         .fetch_all(pool)
@@ -147,7 +174,10 @@ impl Store {
         .await
         .map_err(StoreError::classify)?;
         let structures = match &result {
-            Some(r) => Store::structures(pool, r.id, None).await?,
+            Some(r) => Store::structures(pool, &[r.id], None)
+                .await?
+                .remove(&r.id)
+                .unwrap_or_default(),
             None => Vec::new(),
         };
         Ok(Some(assemble_case(
@@ -160,58 +190,86 @@ impl Store {
         )))
     }
 
-    /// The latest result of each scored case matching `filter`, worst first.
+    /// The latest result of each scored case (if it matches `filter`), worst first.
     pub async fn worst_cases(&self, filter: &CaseFilter) -> Result<Vec<CaseSummary>> {
         let pool = postgres_or!(self, lite => lite.worst_cases(filter));
-        let rows = sqlx::query!(
-            r#"WITH latest AS (
-                   SELECT DISTINCT ON (r.case_id) r.id, r.case_id, r.model, r.model_version, r.scored_at, r.mean_dice
-                   FROM results r
-                   WHERE r.site = $1 AND ($2::text IS NULL OR r.model_version = $2)
-                     AND ($3::timestamptz IS NULL OR r.scored_at >= $3)
-                   ORDER BY r.case_id, r.id DESC),
-               filtered AS (
-                   SELECT l.* FROM latest l JOIN results r ON r.id = l.id
-                   WHERE ($6::text IS NULL OR r.acquisition->>'scanner_manufacturer' = $6)
-                     AND ($7::text IS NULL OR r.acquisition->>'scanner_model' = $7)
-                     AND ($8::text IS NULL OR r.acquisition->>'protocol' = $8)
-                     AND ($9::float8 IS NULL OR (r.acquisition->>'slice_thickness_mm')::float8 >= $9)
-                     AND ($10::float8 IS NULL OR (r.acquisition->>'slice_thickness_mm')::float8 <= $10))
-               SELECT l.id, c.case_key, l.model, l.model_version, l.scored_at, l.mean_dice,
-                      s.dice AS "structure_dice?"
-               FROM filtered l
-               JOIN cases c ON c.id = l.case_id
-               LEFT JOIN structure_results s ON s.result_id = l.id AND s.structure = $4
-               WHERE $4::text IS NULL OR s.result_id IS NOT NULL
-               ORDER BY CASE WHEN $4::text IS NULL THEN l.mean_dice ELSE s.dice END ASC NULLS LAST, l.scored_at DESC
-               LIMIT $5"#,
-            filter.site,
-            filter.model_version,
-            filter.since,
-            filter.structure,
-            filter.limit,
-            filter.scanner_manufacturer,
-            filter.scanner_model,
-            filter.protocol,
-            filter.slice_thickness_mm.0,
-            filter.slice_thickness_mm.1
-        )
-        .fetch_all(pool)
-        .await
+        // One query per order, each with an ORDER BY an index can answer: by
+        // mean Dice, `results_latest_site` gives the worst first without
+        // reading the site's history; by a structure, `structure_results_dice`.
+        // Case keys are joined to the page only.
+        let rows = match &filter.structure {
+            None => sqlx::query_as!(
+                ListedResult,
+                r#"SELECT r.id AS "id!", c.case_key, r.model AS "model!", r.model_version AS "model_version!",
+                          r.scored_at AS "scored_at!", r.mean_dice
+                   FROM (SELECT * FROM results r
+                         WHERE r.latest AND r.site = $1 AND ($2::text IS NULL OR r.model_version = $2)
+                           AND ($3::timestamptz IS NULL OR r.scored_at >= $3)
+                           AND ($5::text IS NULL OR r.acquisition->>'scanner_manufacturer' = $5)
+                           AND ($6::text IS NULL OR r.acquisition->>'scanner_model' = $6)
+                           AND ($7::text IS NULL OR r.acquisition->>'protocol' = $7)
+                           AND ($8::float8 IS NULL OR (r.acquisition->>'slice_thickness_mm')::float8 >= $8)
+                           AND ($9::float8 IS NULL OR (r.acquisition->>'slice_thickness_mm')::float8 <= $9)
+                         ORDER BY r.mean_dice ASC NULLS LAST, r.scored_at DESC LIMIT $4) r
+                   JOIN cases c ON c.id = r.case_id
+                   ORDER BY r.mean_dice ASC NULLS LAST, r.scored_at DESC"#,
+                filter.site,
+                filter.model_version,
+                filter.since,
+                filter.limit,
+                filter.scanner_manufacturer,
+                filter.scanner_model,
+                filter.protocol,
+                filter.slice_thickness_mm.0,
+                filter.slice_thickness_mm.1
+            )
+            .fetch_all(pool)
+            .await,
+            Some(structure) => sqlx::query_as!(
+                ListedResult,
+                r#"SELECT r.id AS "id!", c.case_key, r.model AS "model!", r.model_version AS "model_version!",
+                          r.scored_at AS "scored_at!", r.mean_dice
+                   FROM (SELECT r.*, s.dice FROM structure_results s JOIN results r ON r.id = s.result_id
+                         WHERE s.structure = $10 AND r.latest AND r.site = $1
+                           AND ($2::text IS NULL OR r.model_version = $2)
+                           AND ($3::timestamptz IS NULL OR r.scored_at >= $3)
+                           AND ($5::text IS NULL OR r.acquisition->>'scanner_manufacturer' = $5)
+                           AND ($6::text IS NULL OR r.acquisition->>'scanner_model' = $6)
+                           AND ($7::text IS NULL OR r.acquisition->>'protocol' = $7)
+                           AND ($8::float8 IS NULL OR (r.acquisition->>'slice_thickness_mm')::float8 >= $8)
+                           AND ($9::float8 IS NULL OR (r.acquisition->>'slice_thickness_mm')::float8 <= $9)
+                         ORDER BY s.dice ASC NULLS LAST, r.scored_at DESC LIMIT $4) r
+                   JOIN cases c ON c.id = r.case_id
+                   ORDER BY r.dice ASC NULLS LAST, r.scored_at DESC"#,
+                filter.site,
+                filter.model_version,
+                filter.since,
+                filter.limit,
+                filter.scanner_manufacturer,
+                filter.scanner_model,
+                filter.protocol,
+                filter.slice_thickness_mm.0,
+                filter.slice_thickness_mm.1,
+                structure
+            )
+            .fetch_all(pool)
+            .await,
+        }
         .map_err(StoreError::classify)?;
-        let mut cases = Vec::with_capacity(rows.len());
-        for r in rows {
-            cases.push(CaseSummary {
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let mut structures = Store::structures(pool, &ids, filter.structure.as_deref()).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| CaseSummary {
                 site: filter.site.clone(),
                 case: r.case_key,
                 model: r.model,
                 model_version: r.model_version,
                 scored_at: r.scored_at,
                 mean_dice: r.mean_dice,
-                structures: Store::structures(pool, r.id, filter.structure.as_deref()).await?,
-            });
-        }
-        Ok(cases)
+                structures: structures.remove(&r.id).unwrap_or_default(),
+            })
+            .collect())
     }
 }
 

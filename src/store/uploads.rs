@@ -236,17 +236,16 @@ impl Store {
         .await?
         .unwrap_or(1);
         let id = sqlx::query_scalar!(
-            "INSERT INTO segmentations (case_id, role, revision, sha256, format, content, content_bytes, voxels, grid,
+            "INSERT INTO segmentations (case_id, role, revision, sha256, format, content_bytes, voxels, grid,
                                         model, model_version, acquisition, provenance, observed_at, sop_instance_uid,
                                         structures)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, coalesce($14, now()), $15, $16)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, coalesce($13, now()), $14, $15)
              RETURNING id",
             case_id,
             new.role.as_str(),
             revision,
             new.sha256,
             new.format,
-            new.content,
             new.content.len() as i64,
             new.voxels,
             new.grid,
@@ -259,6 +258,13 @@ impl Store {
             &new.structures
         )
         .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query!(
+            "INSERT INTO segmentation_contents (segmentation_id, received_at, content) VALUES ($1, now(), $2)",
+            id,
+            new.content
+        )
+        .execute(&mut *tx)
         .await?;
         let partner = sqlx::query!(
             "SELECT id, model, model_version, structures FROM segmentations
@@ -306,6 +312,15 @@ impl Store {
             }
             None => None,
         };
+        sqlx::query!(
+            "INSERT INTO site_uploads (site, role, last_received_at) VALUES ($1, $2, now())
+             ON CONFLICT (site, role) DO UPDATE
+             SET last_received_at = greatest(site_uploads.last_received_at, excluded.last_received_at)",
+            new.site,
+            new.role.as_str()
+        )
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(Ok(StoredUpload {
             revision,

@@ -176,9 +176,50 @@ impl TestDb {
         }
     }
 
+    /// Applies the migrations up to `last` only (the schema of an earlier
+    /// release), from a copy of the repository's migration files.
+    pub async fn migrate_to(&self, last: i64) {
+        let backend = if self.is_postgres() {
+            "postgres"
+        } else {
+            "sqlite"
+        };
+        let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations")
+            .join(backend);
+        let earlier = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(&source).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+            let version: i64 = name.split('_').next().unwrap().parse().unwrap();
+            if version <= last {
+                std::fs::copy(&path, earlier.path().join(name)).unwrap();
+            }
+        }
+        let migrator = sqlx::migrate::Migrator::new(earlier.path()).await.unwrap();
+        match self {
+            TestDb::Postgres { url, .. } => {
+                let pool = sqlx::PgPool::connect(url).await.unwrap();
+                migrator.run(&pool).await.unwrap();
+                pool.close().await;
+            }
+            TestDb::Embedded { dir } => {
+                let pool = self.sqlite_pool(dir.path()).await;
+                migrator.run(&pool).await.unwrap();
+                pool.close().await;
+            }
+        }
+    }
+
+    /// Whether this is a PostgreSQL database.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, TestDb::Postgres { .. })
+    }
+
     async fn sqlite_pool(&self, dir: &Path) -> sqlx::SqlitePool {
         let options = sqlx::sqlite::SqliteConnectOptions::new()
             .filename(dir.join("segwatch.db"))
+            .create_if_missing(true)
             .busy_timeout(Duration::from_secs(10));
         sqlx::SqlitePool::connect_with(options).await.unwrap()
     }

@@ -470,9 +470,9 @@ async fn stored_segs_carry_no_patient_identity_and_score_the_same() {
     let rows: Vec<(Vec<u8>, String)> = app
         .db
         .rows(
-            "SELECT content, coalesce(CAST(provenance AS TEXT), '') || CAST(acquisition AS TEXT)
-                    || coalesce(sop_instance_uid, '')
-             FROM segmentations",
+            "SELECT f.content, coalesce(CAST(s.provenance AS TEXT), '') || CAST(s.acquisition AS TEXT)
+                    || coalesce(s.sop_instance_uid, '')
+             FROM segmentations s JOIN segmentation_contents f ON f.segmentation_id = s.id",
         )
         .await;
     assert_eq!(rows.len(), 4);

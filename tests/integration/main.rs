@@ -14,3 +14,4 @@ mod nifti_files;
 mod properties;
 mod reference;
 mod service;
+mod upgrade;

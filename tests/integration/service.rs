@@ -188,6 +188,33 @@ async fn same_bytes_are_idempotent_and_a_new_reference_is_a_new_revision() {
     assert!(first["structures"][0]["dice"].as_f64().unwrap() < 1.0);
     assert_eq!(second["structures"][0]["dice"], 1.0);
     assert_eq!(second["revisions"].as_array().unwrap().len(), 3);
+    // Only the newer result is the case's latest: listings show it alone.
+    assert_eq!(
+        count(&app.db, "SELECT count(*) FROM results WHERE latest").await,
+        1
+    );
+    let (_, listed) = app.get(&key, "/v1/sites/s/cases?limit=10").await;
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed[0]["mean_dice"], second["mean_dice"]);
+    // The rollups hold both results, as the rolling windows always counted them.
+    let rolled: Vec<(String, i64, f64)> = app
+        .db
+        .rows("SELECT structure, cases, dice_sum FROM dice_daily ORDER BY structure")
+        .await;
+    let dice = |case: &Value, structure: &str| {
+        if structure == "all" {
+            return case["mean_dice"].as_f64().unwrap();
+        }
+        let structures = case["structures"].as_array().unwrap();
+        let scored = structures.iter().find(|s| s["name"] == structure);
+        scored.unwrap()["dice"].as_f64().unwrap()
+    };
+    assert_eq!(rolled.len(), 3, "{rolled:?}");
+    for (structure, cases, sum) in &rolled {
+        assert_eq!(*cases, 2, "{structure}");
+        let expected = dice(&first, structure) + dice(&second, structure);
+        assert!((sum - expected).abs() < 1e-9, "{rolled:?}");
+    }
     app.finish().await;
 }
 

@@ -643,7 +643,8 @@ def run_phi(svc, failures, answers, echoes):
     # The stored SEGs are de-identified with keyed-hashed UIDs, under the
     # documented STOW-RS case key.
     for case, seg in [("phi-seg-rest", rest_pred), (stow_case, stow_pred)]:
-        content = sql(svc, "SELECT encode(s.content, 'hex') FROM segmentations s JOIN cases c ON c.id = s.case_id "
+        content = sql(svc, "SELECT encode(f.content, 'hex') FROM segmentations s JOIN cases c ON c.id = s.case_id "
+                           "JOIN segmentation_contents f ON f.segmentation_id = s.id "
                            f"WHERE c.case_key = '{case}' AND s.role = 'prediction'")
         if not content:
             failures.add("stored SEG", f"no prediction stored under case {case}")

@@ -16,6 +16,7 @@ use crate::store::drift::{
     DetectorRow, EvidenceRow, IncidentRow, IncidentStreamRow, NotifiedAlert, OpenIncident,
     OpenIncidentRow, assemble_incidents, failure_thresholds, summary,
 };
+use crate::store::rollups::{WindowStart, WindowSum};
 use crate::store::{Result, StoreError};
 use crate::views::{BaselineInfo, BaselineStructure, IncidentView, Stratum};
 
@@ -382,40 +383,43 @@ impl Lite {
         Ok(gauges)
     }
 
-    /// See [`crate::store::Store::rolling_dice`].
-    pub async fn rolling_dice(
-        &self,
-        days: i32,
-    ) -> Result<Vec<(String, String, String, String, f64, i64)>> {
-        sqlx::query_as(
-            "WITH recent AS (
-                 SELECT r.site, r.model, r.model_version, s.structure, s.dice
-                 FROM results r JOIN structure_results s ON s.result_id = r.id
-                 WHERE r.observed_at > $1 AND s.empty <> 'both' AND s.dice IS NOT NULL
-                 UNION ALL
-                 SELECT r.site, r.model, r.model_version, 'all', r.mean_dice
-                 FROM results r WHERE r.observed_at > $1 AND r.mean_dice IS NOT NULL)
-             SELECT site, model, model_version, structure, avg(dice), count(*)
-             FROM recent GROUP BY site, model, model_version, structure
-             UNION ALL
-             SELECT 'all', model, model_version, structure, avg(dice), count(*)
-             FROM recent GROUP BY model, model_version, structure",
-        )
-        .bind(at(Utc::now() - chrono::Duration::days(i64::from(days))))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(classify)
+    /// Dice sums and case counts per site stream over a rolling window.
+    pub async fn rolling_sums(&self, start: WindowStart) -> Result<Vec<WindowSum>> {
+        let (table, bucket, from) = match start {
+            WindowStart::Hour(hour) => ("dice_hourly", "hour", at(hour)),
+            WindowStart::Day(day) => ("dice_daily", "day", day.format("%Y-%m-%d").to_string()),
+        };
+        let rows: Vec<(String, String, String, String, f64, i64)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT site, model, model_version, structure, sum(dice_sum), sum(cases)
+                 FROM {table} WHERE {bucket} >= $1 GROUP BY site, model, model_version, structure"
+            )))
+            .bind(from)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(classify)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(site, model, model_version, structure, dice_sum, cases)| WindowSum {
+                    site,
+                    model,
+                    model_version,
+                    structure,
+                    dice_sum,
+                    cases,
+                },
+            )
+            .collect())
     }
 
     /// Unix time of the latest accepted upload per site and role.
     pub async fn last_uploads(&self) -> Result<Vec<(String, String, f64)>> {
-        let rows: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT c.site, s.role, max(s.received_at)
-             FROM segmentations s JOIN cases c ON c.id = s.case_id GROUP BY c.site, s.role",
-        )
-        .fetch_all(&self.reader)
-        .await
-        .map_err(classify)?;
+        let rows: Vec<(String, String, DateTime<Utc>)> =
+            sqlx::query_as("SELECT site, role, last_received_at FROM site_uploads")
+                .fetch_all(&self.reader)
+                .await
+                .map_err(classify)?;
         Ok(rows
             .into_iter()
             .map(|(site, role, t)| (site, role, t.timestamp_micros() as f64 / 1e6))

@@ -10,6 +10,7 @@ use super::{Lite, at, classify, days_ago, json, now, parse};
 use crate::metrics::case::CaseScore;
 use crate::store::Result;
 use crate::store::jobs::{ClaimedJob, JobInputs, finite};
+use crate::store::rollups;
 
 /// `after` from now, as stored.
 fn from_now(after: Duration) -> String {
@@ -72,12 +73,14 @@ impl Lite {
             DateTime<Utc>,
         );
         let r: Row = sqlx::query_as(
-            "SELECT j.case_id, c.site, c.case_key, p.model, p.model_version, p.content, r.content,
+            "SELECT j.case_id, c.site, c.case_key, p.model, p.model_version, pc.content, rc.content,
                     p.voxels + r.voxels, s.schema, p.acquisition, r.acquisition, p.observed_at
              FROM jobs j
              JOIN cases c ON c.id = j.case_id
              JOIN segmentations p ON p.id = j.prediction_id
              JOIN segmentations r ON r.id = j.reference_id
+             LEFT JOIN segmentation_contents pc ON pc.segmentation_id = p.id
+             LEFT JOIN segmentation_contents rc ON rc.segmentation_id = r.id
              LEFT JOIN model_schemas s ON s.model = p.model AND s.model_version = p.model_version
              WHERE j.id = $1",
         )
@@ -188,6 +191,41 @@ impl Lite {
             .await
             .map_err(classify)?;
         }
+        // One writer at a time: the newest result is the only one flagged latest.
+        sqlx::query("UPDATE results SET latest = 0 WHERE case_id = $1 AND latest AND id <> $2")
+            .bind(inputs.case_id)
+            .bind(result_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        let day = rollups::day(inputs.observed_at)
+            .format("%Y-%m-%d")
+            .to_string();
+        let hour = rollups::hour(inputs.observed_at);
+        let hourly = hour > Utc::now() - rollups::HOURLY_KEPT;
+        for (structure, dice) in rollups::entries(outcome) {
+            let mut buckets = vec![("dice_daily", "day", day.clone())];
+            if hourly {
+                buckets.push(("dice_hourly", "hour", at(hour)));
+            }
+            for (table, bucket, value) in buckets {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO {table} ({bucket}, model, model_version, site, structure, cases, dice_sum)
+                     VALUES ($1, $2, $3, $4, $5, 1, $6)
+                     ON CONFLICT ({bucket}, model, model_version, site, structure) DO UPDATE
+                     SET cases = cases + 1, dice_sum = dice_sum + excluded.dice_sum"
+                )))
+                .bind(value)
+                .bind(&inputs.model)
+                .bind(&inputs.model_version)
+                .bind(&inputs.site)
+                .bind(&structure)
+                .bind(dice)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+            }
+        }
         tx.commit().await.map_err(classify)?;
         Ok(true)
     }
@@ -245,20 +283,29 @@ impl Lite {
     /// See [`crate::store::Store::purge_scored`].
     pub async fn purge_scored(&self, days: u32, batch: i64) -> Result<u64> {
         let done = sqlx::query(
-            "UPDATE segmentations SET content = NULL, purged_at = $1
-             WHERE id IN (
-                 SELECT s.id FROM segmentations s
-                 WHERE s.content IS NOT NULL AND s.received_at < $2
-                   AND (EXISTS (SELECT 1 FROM jobs j WHERE j.status = 'done' AND j.prediction_id = s.id)
-                        OR EXISTS (SELECT 1 FROM jobs j WHERE j.status = 'done' AND j.reference_id = s.id))
-                 LIMIT $3)",
+            "DELETE FROM segmentation_contents
+             WHERE segmentation_id IN (
+                 SELECT c.segmentation_id FROM segmentation_contents c
+                 WHERE c.received_at < $1
+                   AND (EXISTS (SELECT 1 FROM jobs j WHERE j.status = 'done' AND j.prediction_id = c.segmentation_id)
+                        OR EXISTS (SELECT 1 FROM jobs j WHERE j.status = 'done' AND j.reference_id = c.segmentation_id))
+                 LIMIT $2)",
         )
-        .bind(now())
         .bind(days_ago(days))
         .bind(batch)
         .execute(&self.writer)
         .await
         .map_err(classify)?;
+        Ok(done.rows_affected())
+    }
+
+    /// See [`crate::store::Store::purge_hourly_rollups`].
+    pub async fn purge_hourly_rollups(&self) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM dice_hourly WHERE hour < $1")
+            .bind(at(Utc::now() - rollups::HOURLY_KEPT))
+            .execute(&self.writer)
+            .await
+            .map_err(classify)?;
         Ok(done.rows_affected())
     }
 }

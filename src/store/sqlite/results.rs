@@ -1,31 +1,36 @@
 //! Reading cases back: status, revisions, and scored structures.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 
-use super::{Lite, at, classify};
+use super::{Lite, at, classify, json};
 use crate::metrics::StructureMetrics;
 use crate::store::Result;
-use crate::store::results::{CaseFilter, STRUCTURE_COLUMNS, StructureRow, assemble_case};
+use crate::store::results::{
+    CaseFilter, STRUCTURE_COLUMNS, StructureRow, assemble_case, by_result,
+};
 use crate::views::{CaseSummary, CaseView, Revision};
 
 impl Lite {
-    /// The structures of a stored result, in stored order.
+    /// See `Store::structures`: ids passed as one JSON array.
     async fn structures(
         &self,
-        result_id: i64,
+        result_ids: &[i64],
         only: Option<&str>,
-    ) -> Result<Vec<StructureMetrics>> {
+    ) -> Result<HashMap<i64, Vec<StructureMetrics>>> {
         let sql = format!(
             "SELECT {STRUCTURE_COLUMNS} FROM structure_results
-             WHERE result_id = $1 AND ($2 IS NULL OR structure = $2) ORDER BY position"
+             WHERE result_id IN (SELECT value FROM json_each($1)) AND ($2 IS NULL OR structure = $2)
+             ORDER BY result_id, position"
         );
         let rows: Vec<StructureRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(result_id)
+            .bind(json(&result_ids)?)
             .bind(only)
             .fetch_all(&self.reader)
             .await
             .map_err(classify)?;
-        Ok(rows.into_iter().map(StructureRow::into_metrics).collect())
+        Ok(by_result(rows))
     }
 
     /// A case: its status, revisions and latest result; None if unknown.
@@ -50,8 +55,9 @@ impl Lite {
             bool,
         );
         let revisions: Vec<RevisionRow> = sqlx::query_as(
-            "SELECT role, revision, format, model, model_version, received_at, purged_at IS NOT NULL
-             FROM segmentations WHERE case_id = $1 ORDER BY received_at, role, revision",
+            "SELECT role, revision, format, model, model_version, received_at,
+                    NOT EXISTS (SELECT 1 FROM segmentation_contents c WHERE c.segmentation_id = s.id)
+             FROM segmentations s WHERE case_id = $1 ORDER BY received_at, role, revision",
         )
         .bind(case_id)
         .fetch_all(&self.reader)
@@ -86,7 +92,11 @@ impl Lite {
         .await
         .map_err(classify)?;
         let structures = match &result {
-            Some((id, _, _)) => self.structures(*id, None).await?,
+            Some((id, _, _)) => self
+                .structures(&[*id], None)
+                .await?
+                .remove(id)
+                .unwrap_or_default(),
             None => Vec::new(),
         };
         Ok(Some(assemble_case(
@@ -111,23 +121,19 @@ impl Lite {
             Option<f64>,
         );
         let rows: Vec<Row> = sqlx::query_as(
-            "WITH latest AS (
-                 SELECT max(id) AS id FROM results
-                 WHERE site = $1 AND ($2 IS NULL OR model_version = $2) AND ($3 IS NULL OR scored_at >= $3)
-                 GROUP BY case_id),
-             filtered AS (
-                 SELECT r.* FROM latest l JOIN results r ON r.id = l.id
-                 WHERE ($6 IS NULL OR json_extract(r.acquisition, '$.scanner_manufacturer') = $6)
-                   AND ($7 IS NULL OR json_extract(r.acquisition, '$.scanner_model') = $7)
-                   AND ($8 IS NULL OR json_extract(r.acquisition, '$.protocol') = $8)
-                   AND ($9 IS NULL OR CAST(json_extract(r.acquisition, '$.slice_thickness_mm') AS REAL) >= $9)
-                   AND ($10 IS NULL OR CAST(json_extract(r.acquisition, '$.slice_thickness_mm') AS REAL) <= $10))
-             SELECT l.id, c.case_key, l.model, l.model_version, l.scored_at, l.mean_dice, s.dice
-             FROM filtered l
-             JOIN cases c ON c.id = l.case_id
-             LEFT JOIN structure_results s ON s.result_id = l.id AND s.structure = $4
-             WHERE $4 IS NULL OR s.result_id IS NOT NULL
-             ORDER BY CASE WHEN $4 IS NULL THEN l.mean_dice ELSE s.dice END ASC NULLS LAST, l.scored_at DESC
+            "SELECT r.id, c.case_key, r.model, r.model_version, r.scored_at, r.mean_dice, s.dice
+             FROM results r
+             JOIN cases c ON c.id = r.case_id
+             LEFT JOIN structure_results s ON s.result_id = r.id AND s.structure = $4
+             WHERE r.latest AND r.site = $1 AND ($2 IS NULL OR r.model_version = $2)
+               AND ($3 IS NULL OR r.scored_at >= $3)
+               AND ($6 IS NULL OR json_extract(r.acquisition, '$.scanner_manufacturer') = $6)
+               AND ($7 IS NULL OR json_extract(r.acquisition, '$.scanner_model') = $7)
+               AND ($8 IS NULL OR json_extract(r.acquisition, '$.protocol') = $8)
+               AND ($9 IS NULL OR CAST(json_extract(r.acquisition, '$.slice_thickness_mm') AS REAL) >= $9)
+               AND ($10 IS NULL OR CAST(json_extract(r.acquisition, '$.slice_thickness_mm') AS REAL) <= $10)
+               AND ($4 IS NULL OR s.result_id IS NOT NULL)
+             ORDER BY CASE WHEN $4 IS NULL THEN r.mean_dice ELSE s.dice END ASC NULLS LAST, r.scored_at DESC
              LIMIT $5",
         )
         .bind(&filter.site)
@@ -143,18 +149,21 @@ impl Lite {
         .fetch_all(&self.reader)
         .await
         .map_err(classify)?;
-        let mut cases = Vec::with_capacity(rows.len());
-        for (id, case, model, model_version, scored_at, mean_dice, _) in rows {
-            cases.push(CaseSummary {
-                site: filter.site.clone(),
-                case,
-                model,
-                model_version,
-                scored_at,
-                mean_dice,
-                structures: self.structures(id, filter.structure.as_deref()).await?,
-            });
-        }
-        Ok(cases)
+        let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let mut structures = self.structures(&ids, filter.structure.as_deref()).await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, case, model, model_version, scored_at, mean_dice, _)| CaseSummary {
+                    site: filter.site.clone(),
+                    case,
+                    model,
+                    model_version,
+                    scored_at,
+                    mean_dice,
+                    structures: structures.remove(&id).unwrap_or_default(),
+                },
+            )
+            .collect())
     }
 }

@@ -119,10 +119,10 @@ impl Lite {
         .await
         .map_err(classify)?;
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO segmentations (case_id, role, revision, sha256, format, content, content_bytes, voxels, grid,
+            "INSERT INTO segmentations (case_id, role, revision, sha256, format, content_bytes, voxels, grid,
                                         model, model_version, acquisition, provenance, observed_at, received_at,
                                         sop_instance_uid, structures)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
              RETURNING id",
         )
         .bind(case_id)
@@ -130,7 +130,6 @@ impl Lite {
         .bind(revision)
         .bind(&new.sha256)
         .bind(new.format)
-        .bind(&new.content)
         .bind(new.content.len() as i64)
         .bind(new.voxels)
         .bind(json(&new.grid)?)
@@ -143,6 +142,15 @@ impl Lite {
         .bind(&new.sop_instance_uid)
         .bind(json(&new.structures)?)
         .fetch_one(&mut *tx)
+        .await
+        .map_err(classify)?;
+        sqlx::query(
+            "INSERT INTO segmentation_contents (segmentation_id, received_at, content) VALUES ($1, $2, $3)",
+        )
+        .bind(id)
+        .bind(&received)
+        .bind(&new.content)
+        .execute(&mut *tx)
         .await
         .map_err(classify)?;
         type Partner = (i64, Option<String>, Option<String>, String);
@@ -190,6 +198,17 @@ impl Lite {
             }
             None => None,
         };
+        sqlx::query(
+            "INSERT INTO site_uploads (site, role, last_received_at) VALUES ($1, $2, $3)
+             ON CONFLICT (site, role) DO UPDATE
+             SET last_received_at = max(last_received_at, excluded.last_received_at)",
+        )
+        .bind(&new.site)
+        .bind(new.role.as_str())
+        .bind(&received)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
         tx.commit().await.map_err(classify)?;
         if job_id.is_some() {
             self.jobs.notify_waiters();

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Scale benchmark: fills a PostgreSQL database with synthetic scored history
+# (bench/scale/populate.sql: 200 sites x 3 models x 15 structures, spread over
+# the span), runs segwatch serve on it and reports what grows with history:
+# the gauge refresh cycle, the retention purge of one day, the case listing,
+# the Grafana worst-cases panel, database bytes per case and /metrics.
+#
+#   bench/scale/run.sh STRUCTURE_RESULTS [SPAN_DAYS]
+#
+# The span defaults to the target network's rate, 60,000 cases (900,000
+# structure results) a day. Needs psql and a release build; the database
+# segwatch_scale_<N> is left in place for inspection (dropped on the next run).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+structure_results=${1:?usage: bench/scale/run.sh STRUCTURE_RESULTS [SPAN_DAYS]}
+structures=15 sites=200 models=3
+cases=$((structure_results / structures))
+span=${2:-$(((structure_results + 899999) / 900000 + 1))}
+admin=${SEGWATCH_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+db=segwatch_scale_$structure_results
+url=${admin%/*}/$db
+bin=target/release/segwatch
+port=${PORT:-18093}
+[ -x "$bin" ] || cargo build --release --locked
+export SEGWATCH_DATABASE_URL=$url
+
+psql "$admin" -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
+"$bin" migrate >/dev/null
+echo "populating $cases cases ($structure_results structure results) over $span days" >&2
+start=$(date +%s)
+psql "$url" -q -v cases="$cases" -v span_days="$span" -v sites=$sites -v models=$models \
+    -v structures=$structures -f bench/scale/populate.sql
+echo "populated in $(($(date +%s) - start)) s" >&2
+key=$("$bin" keys create --role read --label scale-bench)
+
+# Retention one day shorter than the span: the first purge has one day to do.
+log=$(mktemp)
+SEGWATCH_LISTEN=127.0.0.1:$port SEGWATCH_RETENTION_DAYS=$((span - 1)) SEGWATCH_REFRESH_SECS=5 \
+    SEGWATCH_WORKER_THREADS=1 "$bin" serve >"$log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null || true' EXIT
+base=http://127.0.0.1:$port
+for _ in $(seq 120); do curl -fs "$base/readyz" >/dev/null && break; sleep 0.5; done
+scrape() { curl -fs -H "Authorization: Bearer $key" "$base/metrics"; }
+# Wait for the first purge (logged when done), then for 20 refresh cycles;
+# scraping is not free at this size, so only once.
+for _ in $(seq 600); do
+    grep -q "stored files of segmentations past retention" "$log" && break
+    sleep 1
+done
+sleep 100
+text=$(scrape)
+purge=$(awk '$1 == "segwatch_purge_duration_seconds" { print $2 }' <<<"$text")
+refresh=$(awk '
+    $1 ~ /^segwatch_refresh_duration_seconds_bucket/ { match($1, /le="[^"]+"/); le[n] = substr($1, RSTART + 4, RLENGTH - 5); c[n++] = $2 }
+    $1 == "segwatch_refresh_duration_seconds_sum" { sum = $2 }
+    $1 == "segwatch_refresh_duration_seconds_count" { count = $2 }
+    END { for (i = 0; i < n; i++) if (c[i] >= count / 2) { p50 = le[i]; break }
+          printf "mean %.3f s, p50 <= %s s over %d cycles", sum / count, p50, count }' <<<"$text")
+series=$(grep -vc '^#' <<<"$text")
+bytes=$(wc -c <<<"$text")
+purged=$(psql "$url" -Atc "SELECT count(*) FROM segmentations s
+    WHERE NOT EXISTS (SELECT 1 FROM segmentation_contents f WHERE f.segmentation_id = s.id)")
+
+# Median of 21 requests.
+median() { sort -n | awk '{ v[NR] = $1 } END { printf "%.1f", v[int((NR + 1) / 2)] * 1000 }'; }
+listing() {
+    for _ in $(seq 21); do
+        curl -fs -o /dev/null -w '%{time_total}\n' -H "Authorization: Bearer $key" "$base$1"
+    done | median
+}
+by_mean=$(listing "/v1/sites/site007/cases?limit=50")
+by_structure=$(listing "/v1/sites/site007/cases?limit=50&structure=structure03")
+
+# The site drill-down dashboard's "Worst cases" panel SQL, for one site and
+# for all, over the dashboard's default 30 days.
+in_list=$(seq -f "'structure%02g'" 1 $structures | paste -sd,)
+panel() {
+    local sql="SELECT case_key, site, structure, model_version, dice, hd95_mm, nsd, status, scored_at
+        FROM case_structure_results
+        WHERE (site = '$1' OR '$1' = 'all') AND model = 'model0' AND model_version = 'v1'
+          AND structure IN ($in_list) AND dice IS NOT NULL
+          AND scored_at BETWEEN now() - interval '30 days' AND now()
+        ORDER BY dice ASC, scored_at DESC LIMIT 50"
+    for _ in $(seq 7); do
+        psql "$url" -Atc "EXPLAIN (ANALYZE, FORMAT JSON) $sql" |
+            python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Execution Time"] / 1000)'
+    done | median
+}
+panel_site=$(panel site007)
+panel_all=$(panel all)
+
+per_case=$(psql "$url" -Atc "
+    SELECT round(sum(pg_total_relation_size(c.oid)) FILTER (WHERE c.relname <> 'segmentations') / $cases),
+           round(sum(pg_total_relation_size(c.oid)) / $cases)
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = 'public' AND c.relkind IN ('r', 'm')")
+largest=$(psql "$url" -Atc "
+    SELECT string_agg(relname || ' ' || round(size / $cases) || ' B', ', ' ORDER BY size DESC)
+    FROM (SELECT c.relname, pg_total_relation_size(c.oid) AS size FROM pg_class c
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = 'public' AND c.relkind = 'r' ORDER BY 2 DESC LIMIT 5) t")
+
+cat <<REPORT
+structure results:        $structure_results ($cases cases over $span days)
+refresh cycle:            $refresh
+purge of one day:         $(printf '%.3f' "$purge") s ($purged segmentations)
+listing by mean Dice:     $by_mean ms (median of 21, HTTP)
+listing by structure:     $by_structure ms
+worst-cases panel, site:  $panel_site ms (median of 7, execution)
+worst-cases panel, all:   $panel_all ms
+bytes per case:           ${per_case%|*} B without segmentations, ${per_case#*|} B with (largest: $largest)
+/metrics:                 $series series, $bytes bytes
+REPORT

@@ -72,16 +72,26 @@ listing() {
 by_mean=$(listing "/v1/sites/site007/cases?limit=50")
 by_structure=$(listing "/v1/sites/site007/cases?limit=50&structure=structure03")
 
-# The site drill-down dashboard's "Worst cases" panel SQL, for one site and
-# for all, over the dashboard's default 30 days.
-in_list=$(seq -f "'structure%02g'" 1 $structures | paste -sd,)
+# The site drill-down dashboard's "Worst cases" panel, its SQL taken from the
+# dashboard with Grafana's variables filled in, for one site and for all, over
+# the dashboard's default 30 days.
+panel_sql() {
+    python3 - "$1" "$structures" <<'PY'
+import json, sys
+site, structures = sys.argv[1], int(sys.argv[2])
+dashboard = json.load(open("dashboards/site-drilldown.json"))
+sql = next(t["rawSql"] for p in dashboard["panels"] for t in p.get("targets", []) if "rawSql" in t)
+names = ",".join(f"'structure{k:02d}'" for k in range(1, structures + 1))
+for variable, value in [("${site:sqlstring}", f"'{site}'"), ("${model:sqlstring}", "'model0'"),
+                        ("${model_version:sqlstring}", "'v1'"), ("${structure:sqlstring}", names),
+                        ("$__timeFilter(scored_at)", "scored_at BETWEEN now() - interval '30 days' AND now()")]:
+    sql = sql.replace(variable, value)
+print(sql)
+PY
+}
 panel() {
-    local sql="SELECT case_key, site, structure, model_version, dice, hd95_mm, nsd, status, scored_at
-        FROM case_structure_results
-        WHERE (site = '$1' OR '$1' = 'all') AND model = 'model0' AND model_version = 'v1'
-          AND structure IN ($in_list) AND dice IS NOT NULL
-          AND scored_at BETWEEN now() - interval '30 days' AND now()
-        ORDER BY dice ASC, scored_at DESC LIMIT 50"
+    local sql
+    sql=$(panel_sql "$1")
     for _ in $(seq 7); do
         psql "$url" -Atc "EXPLAIN (ANALYZE, FORMAT JSON) $sql" |
             python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Execution Time"] / 1000)'

@@ -68,7 +68,7 @@ pub struct LimitsConfig {
 
 /// The environment variables [`Config::load`] reads, with the setting each
 /// overrides (listed by `segwatch serve --help`; a test keeps it complete).
-pub const ENV_VARS: [(&str, &str); 28] = [
+pub const ENV_VARS: [(&str, &str); 29] = [
     ("SEGWATCH_CONFIG", "the configuration file"),
     ("SEGWATCH_DATABASE_URL", "database_url"),
     ("SEGWATCH_DATA_DIR", "data_dir"),
@@ -110,6 +110,10 @@ pub const ENV_VARS: [(&str, &str); 28] = [
         "drift.incident_hold_days",
     ),
     ("SEGWATCH_REFRESH_SECS", "drift.refresh_secs"),
+    (
+        "SEGWATCH_DRIFT_RETIRE_AFTER_DAYS",
+        "drift.retire_after_days",
+    ),
     (
         "SEGWATCH_ROLLING_WINDOWS_DAYS",
         "drift.rolling_windows_days (comma-separated)",
@@ -188,6 +192,10 @@ pub struct DriftConfig {
     /// `segwatch_rolling_dice_<N>d_ratio`; 7 is required (guard rail, rules and
     /// dashboards) (`SEGWATCH_ROLLING_WINDOWS_DAYS`, comma-separated).
     pub rolling_windows_days: Vec<u32>,
+    /// Detector gauges of streams not fed for this many days leave `/metrics`:
+    /// a retired model version stops costing series
+    /// (`SEGWATCH_DRIFT_RETIRE_AFTER_DAYS`).
+    pub retire_after_days: u32,
 }
 
 /// Largest `drift.arl0`: the PIT-EWMA calibration covers run lengths up to
@@ -216,6 +224,7 @@ impl Default for DriftConfig {
             incident_hold_days: 3.0,
             refresh_secs: 15,
             rolling_windows_days: vec![1, 7, 30],
+            retire_after_days: 30,
         }
     }
 }
@@ -431,6 +440,9 @@ impl Config {
         if let Some(v) = var("SEGWATCH_REFRESH_SECS") {
             config.drift.refresh_secs = parse("SEGWATCH_REFRESH_SECS", v)?;
         }
+        if let Some(v) = var("SEGWATCH_DRIFT_RETIRE_AFTER_DAYS") {
+            config.drift.retire_after_days = parse("SEGWATCH_DRIFT_RETIRE_AFTER_DAYS", v)?;
+        }
         if let Some(v) = var("SEGWATCH_ROLLING_WINDOWS_DAYS") {
             config.drift.rolling_windows_days = v
                 .split(',')
@@ -503,6 +515,9 @@ impl Config {
             return bad(
                 "drift.refresh_secs must be at least 1 and drift.incident_hold_days from 0 to 365",
             );
+        }
+        if !(1..=3650).contains(&drift.retire_after_days) {
+            return bad("drift.retire_after_days must be from 1 to 3650");
         }
         let windows = &self.drift.rolling_windows_days;
         let distinct: std::collections::BTreeSet<_> = windows.iter().collect();

@@ -152,7 +152,7 @@ async fn refresh_gauges(store: Store, config: Arc<Config>, metrics: Metrics) {
     loop {
         tick.tick().await;
         let started = std::time::Instant::now();
-        let refreshed = crate::telemetry::refresh(&store, &metrics, config.drift.target()).await;
+        let refreshed = crate::telemetry::refresh(&store, &metrics, &config.drift).await;
         metrics
             .refresh_duration_seconds
             .observe(started.elapsed().as_secs_f64());

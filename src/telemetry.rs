@@ -346,8 +346,9 @@ pub fn init_logging(format: &str, default_filter: &str) {
 pub async fn refresh(
     store: &crate::store::Store,
     metrics: &Metrics,
-    target: crate::drift::RunLengthTarget,
+    drift: &crate::config::DriftConfig,
 ) -> Result<(), crate::store::StoreError> {
+    let target = drift.target();
     let (queued, running) = store.job_counts().await?;
     metrics.jobs_queued.set(queued);
     metrics.jobs_running.set(running);
@@ -396,7 +397,7 @@ pub async fn refresh(
             .with_label_values(&labels)
             .set(b.p25);
     }
-    let detectors = store.detector_states().await?;
+    let detectors = store.detector_states(drift.retire_after_days).await?;
     metrics.drift_statistic.reset();
     metrics.drift_limit.reset();
     metrics.drift_alarm.reset();

@@ -353,13 +353,14 @@ impl Store {
         Ok((r.streams, r.pairs))
     }
 
-    /// Every detector's current state.
-    pub async fn detector_states(&self) -> Result<Vec<DetectorRow>> {
-        let pool = postgres_or!(self, lite => lite.detector_states());
+    /// The current state of every detector fed in the last `days`.
+    pub async fn detector_states(&self, days: u32) -> Result<Vec<DetectorRow>> {
+        let pool = postgres_or!(self, lite => lite.detector_states(days));
         sqlx::query_as!(
             DetectorRow,
             r#"SELECT site, model, model_version, structure, detector, statistic, limit_value AS "limit", alarm
-               FROM detector_state"#
+               FROM detector_state WHERE updated_at > now() - make_interval(days => $1)"#,
+            days as i32
         )
         .fetch_all(pool)
         .await

@@ -447,3 +447,42 @@ async fn alertmanager_notifications_join_the_audit_trail() {
     );
     app.finish().await;
 }
+
+#[tokio::test]
+async fn detector_gauges_leave_out_streams_not_fed_within_the_retire_period() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    store.migrate().await.unwrap();
+    let days_ago = |days: i64| {
+        (chrono::Utc::now() - chrono::Duration::days(days))
+            .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+            .to_string()
+    };
+    db.execute(&format!(
+        "INSERT INTO baselines (id, model, model_version, version, source, created_by, created_at)
+         VALUES (1, 'm', 'retired', 1, 'first_cases', 'test', '{0}'), (2, 'm', 'live', 1, 'first_cases', 'test', '{0}')",
+        days_ago(90)
+    ))
+    .await;
+    // The retired version's detectors were last fed 40 days ago, the live one's yesterday.
+    db.execute(&format!(
+        "INSERT INTO detector_state (site, model, model_version, structure, detector, baseline_id, t, statistic,
+                                     limit_value, alarm, updated_at)
+         VALUES ('a', 'm', 'retired', 'liver', 'cusum', 1, 10, 0.5, 3.0, false, '{}'),
+                ('a', 'm', 'live', 'liver', 'cusum', 2, 10, 0.5, 3.0, false, '{}')",
+        days_ago(40),
+        days_ago(1)
+    ))
+    .await;
+    let versions = |rows: Vec<segwatch::store::DetectorRow>| {
+        let mut versions: Vec<String> = rows.into_iter().map(|r| r.model_version).collect();
+        versions.sort();
+        versions
+    };
+    assert_eq!(versions(store.detector_states(30).await.unwrap()), ["live"]);
+    assert_eq!(
+        versions(store.detector_states(60).await.unwrap()),
+        ["live", "retired"]
+    );
+    db.drop_db().await;
+}

@@ -337,12 +337,14 @@ impl Lite {
         .map_err(classify)
     }
 
-    /// Every detector's current state.
-    pub async fn detector_states(&self) -> Result<Vec<DetectorRow>> {
+    /// See [`crate::store::Store::detector_states`].
+    pub async fn detector_states(&self, days: u32) -> Result<Vec<DetectorRow>> {
         type Row = (String, String, String, String, String, f64, f64, bool);
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT site, model, model_version, structure, detector, statistic, limit_value, alarm FROM detector_state",
+            "SELECT site, model, model_version, structure, detector, statistic, limit_value, alarm FROM detector_state
+             WHERE updated_at > $1",
         )
+        .bind(at(Utc::now() - chrono::Duration::days(i64::from(days))))
         .fetch_all(&self.reader)
         .await
         .map_err(classify)?;

@@ -65,6 +65,8 @@ pub struct ListQuery {
     pub slice_thickness_max_mm: Option<f64>,
 }
 
+/// Scored cases of a site, worst Dice first: each case's latest result, when
+/// it matches the filters (an earlier result of the case is never listed).
 #[utoipa::path(get, path = "/v1/sites/{site}/cases", tag = "cases",
     params(("site" = String, Path, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$"), ListQuery),
     responses((status = 200, body = Vec<CaseSummary>), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)),

@@ -446,7 +446,8 @@ async fn postgres_rolling_sums(pool: &sqlx::PgPool, start: WindowStart) -> Resul
     };
     // Grouped by hashing, not sorting: the 1-day window reads 24 buckets of
     // every stream. Pooled sites are summed in Rust.
-    let rows = sqlx::query!(
+    sqlx::query_as!(
+        WindowSum,
         r#"WITH recent AS (
                SELECT site, model, model_version, structure, cases, dice_sum FROM dice_hourly WHERE hour >= $1
                UNION ALL
@@ -459,18 +460,7 @@ async fn postgres_rolling_sums(pool: &sqlx::PgPool, start: WindowStart) -> Resul
     )
     .fetch_all(pool)
     .await
-    .map_err(StoreError::classify)?;
-    Ok(rows
-        .into_iter()
-        .map(|r| WindowSum {
-            site: r.site,
-            model: r.model,
-            model_version: r.model_version,
-            structure: r.structure,
-            dice_sum: r.dice_sum,
-            cases: r.cases,
-        })
-        .collect())
+    .map_err(StoreError::classify)
 }
 
 /// Strata of recent cases of a stream, with `drop` left at 0.

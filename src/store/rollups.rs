@@ -61,7 +61,7 @@ impl WindowStart {
 }
 
 /// A stream's Dice sum and case count over a rolling window.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct WindowSum {
     pub site: String,
     pub model: String,

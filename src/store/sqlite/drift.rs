@@ -391,28 +391,14 @@ impl Lite {
             WindowStart::Hour(hour) => ("dice_hourly", "hour", at(hour)),
             WindowStart::Day(day) => ("dice_daily", "day", day.format("%Y-%m-%d").to_string()),
         };
-        let rows: Vec<(String, String, String, String, f64, i64)> =
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT site, model, model_version, structure, sum(dice_sum), sum(cases)
-                 FROM {table} WHERE {bucket} >= $1 GROUP BY site, model, model_version, structure"
-            )))
-            .bind(from)
-            .fetch_all(&self.reader)
-            .await
-            .map_err(classify)?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(site, model, model_version, structure, dice_sum, cases)| WindowSum {
-                    site,
-                    model,
-                    model_version,
-                    structure,
-                    dice_sum,
-                    cases,
-                },
-            )
-            .collect())
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT site, model, model_version, structure, sum(dice_sum) AS dice_sum, sum(cases) AS cases
+             FROM {table} WHERE {bucket} >= $1 GROUP BY site, model, model_version, structure"
+        )))
+        .bind(from)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(classify)
     }
 
     /// Unix time of the latest accepted upload per site and role.

@@ -68,7 +68,7 @@ pub struct LimitsConfig {
 
 /// The environment variables [`Config::load`] reads, with the setting each
 /// overrides (listed by `segwatch serve --help`; a test keeps it complete).
-pub const ENV_VARS: [(&str, &str); 29] = [
+pub const ENV_VARS: [(&str, &str); 30] = [
     ("SEGWATCH_CONFIG", "the configuration file"),
     ("SEGWATCH_DATABASE_URL", "database_url"),
     ("SEGWATCH_DATA_DIR", "data_dir"),
@@ -113,6 +113,10 @@ pub const ENV_VARS: [(&str, &str); 29] = [
     (
         "SEGWATCH_DRIFT_RETIRE_AFTER_DAYS",
         "drift.retire_after_days",
+    ),
+    (
+        "SEGWATCH_DRIFT_MAX_DETAILED_STREAMS",
+        "drift.max_detailed_streams",
     ),
     (
         "SEGWATCH_ROLLING_WINDOWS_DAYS",
@@ -196,6 +200,10 @@ pub struct DriftConfig {
     /// a retired model version stops costing series
     /// (`SEGWATCH_DRIFT_RETIRE_AFTER_DAYS`).
     pub retire_after_days: u32,
+    /// Above this many site × structure streams, `/metrics` keeps only their
+    /// 7-day mean and alarms in progress, so a large network stays within a
+    /// Prometheus series budget (`SEGWATCH_DRIFT_MAX_DETAILED_STREAMS`).
+    pub max_detailed_streams: u32,
 }
 
 /// Largest `drift.arl0`: the PIT-EWMA calibration covers run lengths up to
@@ -225,6 +233,7 @@ impl Default for DriftConfig {
             refresh_secs: 15,
             rolling_windows_days: vec![1, 7, 30],
             retire_after_days: 30,
+            max_detailed_streams: 500,
         }
     }
 }
@@ -442,6 +451,9 @@ impl Config {
         }
         if let Some(v) = var("SEGWATCH_DRIFT_RETIRE_AFTER_DAYS") {
             config.drift.retire_after_days = parse("SEGWATCH_DRIFT_RETIRE_AFTER_DAYS", v)?;
+        }
+        if let Some(v) = var("SEGWATCH_DRIFT_MAX_DETAILED_STREAMS") {
+            config.drift.max_detailed_streams = parse("SEGWATCH_DRIFT_MAX_DETAILED_STREAMS", v)?;
         }
         if let Some(v) = var("SEGWATCH_ROLLING_WINDOWS_DAYS") {
             config.drift.rolling_windows_days = v

@@ -4,6 +4,8 @@
 //! identifiers.
 
 use std::cell::RefCell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -12,7 +14,7 @@ use prometheus::{
 };
 
 use crate::metrics::case::CaseScore;
-use crate::store::JobInputs;
+use crate::store::{ALL, JobInputs};
 
 /// Dice histogram buckets, fine near the top where models live.
 const DICE_BUCKETS: [f64; 16] = [
@@ -55,6 +57,16 @@ pub struct Metrics {
     pub refresh_duration_seconds: prometheus::Histogram,
     /// Time the last retention purge took.
     pub purge_duration_seconds: Gauge,
+    /// 1 while site × structure streams carry only their 7-day mean and alarms.
+    pub streams_detail_reduced: IntGauge,
+    /// Whether the last refresh reduced the detail (read when scoring).
+    reduced: Arc<AtomicBool>,
+}
+
+/// A stream of one site and one structure: the streams whose detail a large
+/// network leaves out of `/metrics` (pooled and per-case mean streams stay whole).
+fn site_structure(site: &str, structure: &str) -> bool {
+    site != ALL && structure != ALL
 }
 
 const STREAM: [&str; 4] = ["site", "model", "model_version", "structure"];
@@ -277,6 +289,14 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            streams_detail_reduced: registrar.add(
+                IntGauge::new(
+                    "segwatch_streams_detail_reduced",
+                    "1 while more site x structure streams than drift.max_detailed_streams exist: those streams then export only their 7-day mean Dice and alarms in progress, and case Dice is observed pooled over sites.",
+                )
+                .expect("valid metric"),
+            ),
+            reduced: Arc::new(AtomicBool::new(false)),
             families: Vec::new(),
             registry: registry.clone(),
         };
@@ -311,11 +331,16 @@ impl Metrics {
         self.cases_scored_total
             .with_label_values(&[site, model, version])
             .inc();
+        let histogram_site = if self.reduced.load(Ordering::Relaxed) {
+            ALL
+        } else {
+            site.as_str()
+        };
         for scored in &outcome.structures {
             let m = &scored.metrics;
             if m.empty != crate::metrics::Empty::Both && m.dice.is_finite() {
                 self.case_dice_ratio
-                    .with_label_values(&[site.as_str(), model, version, scored.name.as_str()])
+                    .with_label_values(&[histogram_site, model, version, scored.name.as_str()])
                     .observe(m.dice);
             }
         }
@@ -352,12 +377,30 @@ pub async fn refresh(
     let (queued, running) = store.job_counts().await?;
     metrics.jobs_queued.set(queued);
     metrics.jobs_running.set(running);
+    let mut windows = Vec::with_capacity(metrics.rolling_dice_ratio.len());
     for (days, gauge) in &metrics.rolling_dice_ratio {
-        let rows = store.rolling_dice(*days as i32).await?;
+        windows.push((*days, gauge, store.rolling_dice(*days as i32).await?));
+    }
+    let site_structures: std::collections::HashSet<_> = windows
+        .iter()
+        .flat_map(|(_, _, rows)| rows)
+        .filter(|(site, _, _, structure, _, _)| site_structure(site, structure))
+        .map(|(site, model, version, structure, _, _)| (site, model, version, structure))
+        .collect();
+    let reduced = site_structures.len() > drift.max_detailed_streams as usize;
+    if reduced && !metrics.reduced.swap(true, Ordering::Relaxed) {
+        // The per-site histograms kept so far would keep their series: drop them.
+        metrics.case_dice_ratio.reset();
+    } else if !reduced {
+        metrics.reduced.store(false, Ordering::Relaxed);
+    }
+    metrics.streams_detail_reduced.set(reduced as i64);
+    // Whether a series of this stream is exported: everything, or for a site ×
+    // structure stream of a reduced network only what is always kept.
+    let detailed = |site: &str, structure: &str| !reduced || !site_structure(site, structure);
+    metrics.rolling_cases_7d.reset();
+    for (days, gauge, rows) in &windows {
         gauge.reset();
-        if *days == 7 {
-            metrics.rolling_cases_7d.reset();
-        }
         for (site, model, version, structure, mean, cases) in rows {
             let labels = [
                 site.as_str(),
@@ -365,12 +408,16 @@ pub async fn refresh(
                 version.as_str(),
                 structure.as_str(),
             ];
-            gauge.with_label_values(&labels).set(mean);
             if *days == 7 {
-                metrics
-                    .rolling_cases_7d
-                    .with_label_values(&labels)
-                    .set(cases);
+                gauge.with_label_values(&labels).set(*mean);
+                if detailed(site, structure) {
+                    metrics
+                        .rolling_cases_7d
+                        .with_label_values(&labels)
+                        .set(*cases);
+                }
+            } else if detailed(site, structure) {
+                gauge.with_label_values(&labels).set(*mean);
             }
         }
     }
@@ -409,15 +456,20 @@ pub async fn refresh(
             d.structure.as_str(),
             d.detector.as_str(),
         ];
-        metrics
-            .drift_statistic
-            .with_label_values(&labels)
-            .set(d.statistic);
-        metrics.drift_limit.with_label_values(&labels).set(d.limit);
-        metrics
-            .drift_alarm
-            .with_label_values(&labels)
-            .set(d.alarm as i64);
+        if detailed(&d.site, &d.structure) {
+            metrics
+                .drift_statistic
+                .with_label_values(&labels)
+                .set(d.statistic);
+            metrics.drift_limit.with_label_values(&labels).set(d.limit);
+            metrics
+                .drift_alarm
+                .with_label_values(&labels)
+                .set(d.alarm as i64);
+        } else if d.alarm {
+            // Only an alarm in progress, which a dashboard can still point at.
+            metrics.drift_alarm.with_label_values(&labels).set(1);
+        }
     }
     metrics.drift_incident_open.reset();
     for i in store.open_incidents().await? {

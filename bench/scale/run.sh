@@ -3,7 +3,8 @@
 # (bench/scale/populate.sql: 200 sites x 3 models x 15 structures, spread over
 # the span), runs segwatch serve on it and reports what grows with history:
 # the gauge refresh cycle, the retention purge of one day, the case listing,
-# the Grafana worst-cases panel, database bytes per case and /metrics.
+# the Grafana worst-cases panel, database bytes per case, /metrics, and then
+# one model version's scoring throughput on that history.
 #
 #   bench/scale/run.sh STRUCTURE_RESULTS [SPAN_DAYS]
 #
@@ -32,6 +33,7 @@ psql "$url" -q -v cases="$cases" -v span_days="$span" -v sites=$sites -v models=
     -v structures=$structures -f bench/scale/populate.sql
 echo "populated in $(($(date +%s) - start)) s" >&2
 key=$("$bin" keys create --role read --label scale-bench)
+admin_key=$("$bin" keys create --role admin --label scale-bench)
 
 # Retention one day shorter than the span: the first purge has one day to do.
 log=$(mktemp)
@@ -111,6 +113,22 @@ largest=$(psql "$url" -Atc "
           JOIN pg_namespace n ON n.oid = c.relnamespace
           WHERE n.nspname = 'public' AND c.relkind = 'r' ORDER BY 2 DESC LIMIT 5) t")
 
+# Scoring throughput of one model version on this history: a simulated fleet
+# of 20 sites uploads 1,000 cases of a new model (baseline, scoring, drift
+# feed and rollups as in production); timed until every case is scored and
+# fed to the detectors.
+fleet_cases=1000
+fed() { psql "$url" -Atc "SELECT count(*) FROM results WHERE model = 'simnet' AND NOT drift_pending"; }
+scored() { psql "$url" -Atc "SELECT count(*) FROM results WHERE model = 'simnet'"; }
+start=$(date +%s.%N)
+"$bin" simulate --url "$base" --key "$admin_key" --sites 20 --days 1 --cases-per-day 50 >/dev/null
+until [ "$(scored)" -ge $fleet_cases ]; do sleep 0.2; done
+all_scored=$(date +%s.%N)
+until [ "$(fed)" -ge $fleet_cases ]; do sleep 0.2; done
+all_fed=$(date +%s.%N)
+throughput=$(awk -v s="$start" -v a="$all_scored" -v f="$all_fed" -v n=$fleet_cases \
+    'BEGIN { printf "%d cases in %.1f s, %.0f cases a day; all fed %.1f s after the last was scored", n, f - s, n / (f - s) * 86400, f - a }')
+
 cat <<REPORT
 structure results:        $structure_results ($cases cases over $span days)
 refresh cycle:            $refresh
@@ -121,4 +139,5 @@ worst-cases panel, site:  $panel_site ms (median of 7, execution)
 worst-cases panel, all:   $panel_all ms
 bytes per case:           ${per_case%|*} B without segmentations, ${per_case#*|} B with (largest: $largest)
 /metrics:                 $series series, $bytes bytes
+one model's throughput:   $throughput
 REPORT

@@ -11,7 +11,7 @@ use segwatch::volume::{Grid, LabelVolume, Labels};
 use serde_json::{Value, json};
 
 /// A 16×16×8 volume with a cube of label 1 (and 2) shifted by `shift`.
-fn cubes(shift: usize, side: usize) -> Vec<u8> {
+pub(crate) fn cubes(shift: usize, side: usize) -> Vec<u8> {
     let grid = Grid::axis_aligned([16, 16, 8], [1.0, 1.0, 2.0], 3);
     let labels = (0..grid.len())
         .map(|i| {

@@ -40,6 +40,20 @@ impl SurfaceMetrics {
     };
 }
 
+/// Relative slack of the NSD tolerance: NIfTI and DICOM store spacing in
+/// float32, so a distance of exactly the tolerance in the user's units (10
+/// voxels of 1.2 mm against 12 mm) comes out up to 2⁻²⁴ relatively above it.
+/// One float32 epsilon (2⁻²³) covers that with room for rounding in the
+/// distance itself; distinct lattice distances this close to the tolerance
+/// would need spacing finer than a float32 header can state.
+pub const TOLERANCE_RELATIVE_SLACK: f64 = f32::EPSILON as f64;
+
+/// Whether a distance counts as within the NSD tolerance (see
+/// [`TOLERANCE_RELATIVE_SLACK`]).
+fn within_tolerance(distance_mm: f64, tolerance_mm: f64) -> bool {
+    distance_mm <= tolerance_mm * (1.0 + TOLERANCE_RELATIVE_SLACK)
+}
+
 /// Metrics between two non-empty surfaces on the same lattice. Weighted surfaces
 /// (surfel mode) follow surface-distance; unweighted ones (voxel mode) MONAI.
 pub fn surface_metrics(
@@ -74,7 +88,11 @@ pub fn surface_metrics(
 fn unweighted_summary(mut a: Vec<f64>, mut b: Vec<f64>, tolerance_mm: f64) -> SurfaceMetrics {
     let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     let sum = |v: &[f64]| v.iter().sum::<f64>();
-    let within = |v: &[f64]| v.iter().filter(|&&d| d <= tolerance_mm).count();
+    let within = |v: &[f64]| {
+        v.iter()
+            .filter(|&&d| within_tolerance(d, tolerance_mm))
+            .count()
+    };
     let n = (a.len() + b.len()) as f64;
     SurfaceMetrics {
         hd_mm: max(&a).max(max(&b)),
@@ -133,7 +151,7 @@ impl Directed {
     fn weight_within(&self, tolerance_mm: f64) -> f64 {
         self.pairs
             .iter()
-            .filter(|p| p.0 <= tolerance_mm)
+            .filter(|p| within_tolerance(p.0, tolerance_mm))
             .map(|p| p.1)
             .sum()
     }
@@ -148,5 +166,52 @@ fn weighted_summary(a: Directed, b: Directed, tolerance_mm: f64) -> SurfaceMetri
         assd_mm: (a.weighted_sum() + b.weighted_sum()) / total,
         masd_mm: (a.weighted_sum() / a.total + b.weighted_sum() / b.total) / 2.0,
         nsd: (a.weight_within(tolerance_mm) + b.weight_within(tolerance_mm)) / total,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::metrics::{SurfaceMode, overlap::overlap, score_labels};
+    use crate::volume::{Grid, LabelVolume, Labels};
+
+    /// A 20-voxel cube of label 1 starting at x = `x0` in a 40 × 24 × 24 grid
+    /// of `spacing` mm.
+    fn cube(x0: usize, spacing: f64) -> LabelVolume {
+        let shape = [40, 24, 24];
+        let grid = Grid::axis_aligned(shape, [spacing; 3], 3);
+        let inside = |x: usize, y: usize, z: usize| {
+            (x0..x0 + 20).contains(&x) && (2..22).contains(&y) && (2..22).contains(&z)
+        };
+        let labels = (0..grid.len())
+            .map(|i| u8::from(inside(i % 40, (i / 40) % 24, i / (40 * 24))))
+            .collect();
+        LabelVolume::new(grid, Labels::U8(labels)).unwrap()
+    }
+
+    #[test]
+    fn a_distance_of_exactly_the_tolerance_counts_within_it_in_both_modes() {
+        // The spacing as a float32 header stores 1.2 mm; shifting the cube by
+        // 10 voxels puts the farthest surface points exactly 12 mm away.
+        let spacing = f64::from(1.2f32);
+        assert!(10.0 * spacing > 12.0, "the float32 spacing overshoots");
+        let (pred, reference) = (cube(5, spacing), cube(15, spacing));
+        let counts = overlap(&pred.labels, &reference.labels, [40, 24, 24]);
+        for mode in [SurfaceMode::Voxel, SurfaceMode::Surfel] {
+            let nsd = |tolerance_mm: f64| {
+                score_labels(&pred, &reference, &counts, &[(1, tolerance_mm)], mode)[0].nsd
+            };
+            assert_eq!(nsd(12.0), 1.0, "{mode:?}");
+            // Those 12 mm distances exist: a hair less tolerance leaves them out.
+            assert!(nsd(11.999) < 1.0, "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn the_slack_is_relative_and_smaller_than_any_real_margin() {
+        // 2 voxels of 0.8 mm (float32) against 1.6 mm is within; 1.6 mm plus
+        // a micrometre is not stretched to cover 1.601 mm.
+        assert!(super::within_tolerance(2.0 * f64::from(0.8f32), 1.6));
+        assert!(!super::within_tolerance(1.601, 1.6));
+        assert!(!super::within_tolerance(12.0 * (1.0 + 1e-6), 12.0));
     }
 }

@@ -44,6 +44,9 @@ pub struct CaseView {
     pub model_version: Option<String>,
     pub scored_at: Option<DateTime<Utc>>,
     pub mean_dice: Option<f64>,
+    /// Generalized Dice score over the latest result's structures (weights
+    /// 1 / reference voxels², as MONAI's `GeneralizedDiceScore`).
+    pub generalized_dice: Option<f64>,
     #[schema(value_type = Vec<Object>)]
     pub structures: Vec<StructureMetrics>,
     pub revisions: Vec<Revision>,

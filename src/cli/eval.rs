@@ -92,6 +92,8 @@ pub struct CaseReport {
     pub grid: GridReport,
     pub structures: Vec<StructureMetrics>,
     pub mean_dice: Option<f64>,
+    /// Generalized Dice score over the structures (`metrics::generalized_dice`).
+    pub generalized_dice: Option<f64>,
 }
 
 /// Shape and spacing in array axis order.
@@ -164,6 +166,7 @@ pub fn evaluate_files(
         tolerance_mm: request.settings.tolerance_mm,
         grid: (&evaluation.grid).into(),
         mean_dice: metrics::mean_dice(&evaluation.structures),
+        generalized_dice: metrics::generalized_dice(&evaluation.structures),
         structures: evaluation.structures,
     })
 }

@@ -106,6 +106,11 @@ pub fn case_table(report: &CaseReport) -> String {
         &rows,
     );
     let _ = writeln!(out, "\nmean Dice {}", optional(report.mean_dice, 4));
+    let _ = writeln!(
+        out,
+        "generalized Dice {}",
+        optional(report.generalized_dice, 4)
+    );
     out
 }
 

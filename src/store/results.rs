@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 
 use super::{Result, Store, StoreError};
-use crate::metrics::{Empty, StructureMetrics};
+use crate::metrics::{Empty, StructureMetrics, generalized_dice};
 use crate::views::{CaseStatus, CaseSummary, CaseView, Revision};
 
 /// Which scored cases to list, worst first.
@@ -303,6 +303,7 @@ pub(super) fn assemble_case(
         model_version: prediction.and_then(|p| p.model_version.clone()),
         scored_at: result.map(|r| r.0),
         mean_dice: result.and_then(|r| r.1),
+        generalized_dice: result.and(generalized_dice(&structures)),
         structures,
         revisions,
     }

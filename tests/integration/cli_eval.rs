@@ -73,7 +73,8 @@ fn json_output_has_the_documented_shape() {
             "tolerance_mm",
             "grid",
             "structures",
-            "mean_dice"
+            "mean_dice",
+            "generalized_dice"
         ]
     );
     assert_eq!(json["surface"], "voxel");

@@ -1,11 +1,12 @@
-//! Every case in tests/fixtures/reference matches MONAI (voxel) and surface-distance
-//! (surfel): counts exactly, other values within 1e-5 relative (1e-6 absolute).
+//! Every case in tests/fixtures/reference matches MONAI (voxel, and the
+//! generalized Dice score) and surface-distance (surfel): counts exactly, other
+//! values within 1e-5 relative (1e-6 absolute).
 
 use std::path::{Path, PathBuf};
 
 use segwatch::formats::{Limits, read_path};
 use segwatch::metrics::pairing::{Request, evaluate};
-use segwatch::metrics::{Empty, Settings, StructureMetrics, SurfaceMode};
+use segwatch::metrics::{Empty, Settings, StructureMetrics, SurfaceMode, generalized_dice};
 use serde_json::Value;
 
 fn reference_dir() -> PathBuf {
@@ -102,6 +103,13 @@ fn check(case: &Value, mode: SurfaceMode, key: &str) {
         close(got.masd_mm, &surface["masd"], &what("masd"));
         close(got.nsd, &surface["nsd"], &what("nsd"));
     }
+    // MONAI 1.6.1's GeneralizedDiceScore (scripts/peers/check_generalized_dice.py),
+    // computed in float32.
+    close(
+        generalized_dice(&results).unwrap(),
+        &case["generalized_dice"],
+        &format!("{id} generalized_dice"),
+    );
 }
 
 fn cases() -> Vec<Value> {

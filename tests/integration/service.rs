@@ -161,6 +161,10 @@ async fn same_bytes_are_idempotent_and_a_new_reference_is_a_new_revision() {
         202
     );
     let first = app.wait_scored("s", "c").await;
+    // Both cubes have 4 × 4 × 5 = 80 voxels; label 1 moved one voxel in x and
+    // y keeps 3 × 3 × 5 = 45, so equal weights give 2·(45 + 80) / (160 + 160).
+    let generalized = first["generalized_dice"].as_f64().unwrap();
+    assert!((generalized - 250.0 / 320.0).abs() < 1e-12, "{first}");
     let again = app.upload(&key, "s", "c", "reference", cubes(0, 4)).await;
     assert_eq!(again.status(), 200);
     let again: Value = again.json().await.unwrap();

@@ -281,6 +281,36 @@ pub fn mean_dice(structures: &[StructureMetrics]) -> Option<f64> {
     (!scored.is_empty()).then(|| scored.iter().sum::<f64>() / scored.len() as f64)
 }
 
+/// Generalized Dice score of a case over its structures (Sudre et al. 2017,
+/// as MONAI 1.6's `GeneralizedDiceScore` with square weights): each structure
+/// weighs 1 / (reference voxels)², a structure absent from the reference the
+/// largest weight among the others (1 if none has one), and the score is
+/// 2 Σ w·tp / Σ w·(pred + ref); 1 when every structure is empty on both
+/// sides. None for a case without structures.
+pub fn generalized_dice(structures: &[StructureMetrics]) -> Option<f64> {
+    if structures.is_empty() {
+        return None;
+    }
+    let weight = |s: &StructureMetrics| (s.ref_voxels > 0).then(|| (s.ref_voxels as f64).powi(-2));
+    let absent = structures
+        .iter()
+        .filter_map(weight)
+        .reduce(f64::max)
+        .unwrap_or(1.0);
+    let (numerator, denominator) = structures.iter().fold((0.0, 0.0), |(n, d), s| {
+        let w = weight(s).unwrap_or(absent);
+        (
+            n + 2.0 * w * s.tp as f64,
+            d + w * (s.pred_voxels + s.ref_voxels) as f64,
+        )
+    });
+    Some(if denominator > 0.0 {
+        numerator / denominator
+    } else {
+        1.0
+    })
+}
+
 /// Scores labels of two label maps on the same grid from their overlap; each
 /// label comes with its NSD tolerance. Structures are computed in parallel.
 pub fn score_labels(
@@ -322,7 +352,47 @@ pub fn score_labels(
 
 #[cfg(test)]
 mod tests {
-    use super::structure_name;
+    use super::{
+        Counts, Settings, StructureMetrics, generalized_dice, score_structure, structure_name,
+    };
+    use crate::metrics::surface::Surface;
+    use crate::volume::Grid;
+
+    /// A structure's metrics from its voxel counts (no surfaces needed here).
+    fn counted(pred_voxels: u64, ref_voxels: u64, tp: u64) -> StructureMetrics {
+        let none = Surface::default();
+        let grid = Grid::axis_aligned([8, 8, 8], [1.0; 3], 3);
+        let counts = Counts {
+            pred_voxels,
+            ref_voxels,
+            tp,
+        };
+        score_structure(counts, &none, &none, &grid, &Settings::default())
+    }
+
+    #[test]
+    fn generalized_dice_weighs_structures_by_inverse_squared_reference_volume() {
+        // By hand: weights 1/100² and 1/10²; the third structure is absent from
+        // the reference and takes the largest weight, 1/10².
+        // 2·(70/100² + 8/10² + 0) / (180/100² + 22/10² + 5/10²) = 0.174 / 0.288.
+        let case = [counted(80, 100, 70), counted(12, 10, 8), counted(5, 0, 0)];
+        let score = generalized_dice(&case).unwrap();
+        assert!((score - 0.174 / 0.288).abs() < 1e-12, "{score}");
+        // A structure empty on both sides adds nothing.
+        let with_both_empty = [case.as_slice(), &[counted(0, 0, 0)]].concat();
+        assert_eq!(generalized_dice(&with_both_empty), Some(score));
+    }
+
+    #[test]
+    fn generalized_dice_of_a_case_without_reference_voxels() {
+        // No reference voxels: 1 when the prediction is empty too, else 0.
+        assert_eq!(generalized_dice(&[counted(0, 0, 0)]), Some(1.0));
+        assert_eq!(
+            generalized_dice(&[counted(0, 0, 0), counted(3, 0, 0)]),
+            Some(0.0)
+        );
+        assert_eq!(generalized_dice(&[]), None);
+    }
 
     #[test]
     fn structures_are_named_by_name_then_code_then_label() {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 
 use super::{Result, Store, StoreError};
-use crate::metrics::{Empty, StructureMetrics, generalized_dice};
+use crate::metrics::{Empty, StructureMetrics, generalized_dice, volume_errors};
 use crate::views::{CaseStatus, CaseSummary, CaseView, Revision};
 
 /// Which scored cases to list, worst first.
@@ -61,6 +61,8 @@ impl StructureRow {
             "ref" => Empty::Ref,
             _ => Empty::None,
         };
+        let (volume_error_ml, relative_volume_error) =
+            volume_errors(self.pred_volume_ml, self.ref_volume_ml);
         StructureMetrics {
             label: self.label.and_then(|l| u16::try_from(l).ok()),
             code: self.code,
@@ -73,6 +75,8 @@ impl StructureRow {
             fn_: self.fn_ as u64,
             pred_volume_ml: self.pred_volume_ml,
             ref_volume_ml: self.ref_volume_ml,
+            volume_error_ml,
+            relative_volume_error,
             dice: nan(self.dice),
             iou: nan(self.iou),
             precision: nan(self.precision),

@@ -104,6 +104,8 @@ fn json_output_has_the_documented_shape() {
             "fn",
             "pred_volume_ml",
             "ref_volume_ml",
+            "volume_error_ml",
+            "relative_volume_error",
             "dice",
             "iou",
             "precision",
@@ -121,6 +123,25 @@ fn json_output_has_the_documented_shape() {
     assert_eq!(missed["dice"], 0.0);
     assert!(missed["hd95_mm"].is_null() && missed["precision"].is_null());
     assert_eq!(missed["recall"], 0.0);
+    // A missed structure lost its whole volume; against an empty reference the
+    // relative error is undefined (null), the absolute one the predicted volume.
+    assert_eq!(missed["relative_volume_error"], -1.0);
+    let invented = &structures[3];
+    assert_eq!(invented["empty"], "ref");
+    assert!(invented["relative_volume_error"].is_null());
+    assert_eq!(invented["volume_error_ml"], invented["pred_volume_ml"]);
+    // Label 2: 0.85 mL predicted against 0.97 mL, as the volumes say.
+    let under = &structures[1];
+    let (pred_ml, ref_ml) = (
+        under["pred_volume_ml"].as_f64().unwrap(),
+        under["ref_volume_ml"].as_f64().unwrap(),
+    );
+    assert!(pred_ml < ref_ml);
+    assert_eq!(under["volume_error_ml"].as_f64().unwrap(), pred_ml - ref_ml);
+    assert_eq!(
+        under["relative_volume_error"].as_f64().unwrap(),
+        (pred_ml - ref_ml) / ref_ml
+    );
     // Label 5 is declared but absent from both.
     assert_eq!(structures[4]["empty"], "both");
     assert_eq!(structures[4]["dice"], 1.0);

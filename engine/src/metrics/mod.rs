@@ -105,6 +105,11 @@ pub struct StructureMetrics {
     pub pred_volume_ml: f64,
     /// Reference volume in mL: `ref_voxels` × [`Grid::voxel_volume_ml`].
     pub ref_volume_ml: f64,
+    /// Volume error, prediction minus reference, in mL ([`volume_errors`]).
+    pub volume_error_ml: f64,
+    /// Volume error relative to the reference volume; NaN (null) when the reference is empty.
+    #[serde(serialize_with = "finite_or_null")]
+    pub relative_volume_error: f64,
     /// Dice, 2·tp / (2·tp + fp + fn), in [0, 1]; 1 when both sides are empty, 0 when one is.
     #[serde(serialize_with = "finite_or_null")]
     pub dice: f64,
@@ -152,6 +157,18 @@ impl StructureMetrics {
     pub fn display_name(&self) -> String {
         structure_name(self.name.as_deref(), self.code.as_deref(), self.label)
     }
+}
+
+/// Volume error (prediction − reference, mL) and that error relative to the
+/// reference volume (NaN when the reference is empty).
+pub fn volume_errors(pred_volume_ml: f64, ref_volume_ml: f64) -> (f64, f64) {
+    let error = pred_volume_ml - ref_volume_ml;
+    let relative = if ref_volume_ml > 0.0 {
+        error / ref_volume_ml
+    } else {
+        f64::NAN
+    };
+    (error, relative)
 }
 
 /// JSON has no infinity or NaN: those become null.
@@ -247,6 +264,9 @@ pub fn score_structure(
         ),
     };
     let voxel_ml = grid.voxel_volume_ml();
+    let (pred_volume_ml, ref_volume_ml) =
+        (pred_voxels as f64 * voxel_ml, ref_voxels as f64 * voxel_ml);
+    let (volume_error_ml, relative_volume_error) = volume_errors(pred_volume_ml, ref_volume_ml);
     StructureMetrics {
         label: None,
         code: None,
@@ -257,8 +277,10 @@ pub fn score_structure(
         tp,
         fp,
         fn_,
-        pred_volume_ml: pred_voxels as f64 * voxel_ml,
-        ref_volume_ml: ref_voxels as f64 * voxel_ml,
+        pred_volume_ml,
+        ref_volume_ml,
+        volume_error_ml,
+        relative_volume_error,
         dice,
         iou,
         precision,

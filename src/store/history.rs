@@ -12,8 +12,9 @@ use sqlx::{Postgres, Transaction};
 
 use super::{Result, Store, StoreError};
 use crate::drift::feed::{Parameters, StreamKey, StreamUpdate};
-use crate::drift::replay::{ReplayCase, ReplayStep, replay};
+use crate::drift::replay::{ReplayCase, ReplayStep, first_alarm, replay};
 use crate::drift::{Baseline, Detector, Update};
+use crate::views::{HistoryAudit, HistoryStep, HistoryValue};
 
 /// Values per stream in `detector_history.vals`: (input, statistic, limit) of
 /// each detector of [`Detector::ALL`], in that order.
@@ -119,6 +120,63 @@ impl StreamHistory {
             })
             .collect();
         replay(&self.baseline, self.structure_is_mean, threshold, &cases)
+    }
+
+    /// Replays the history and compares it with what was stored, keeping the
+    /// stored steps of the `context` cases up to the first alarm.
+    pub fn audit(&self, context: usize) -> HistoryAudit {
+        let replayed = self.replay();
+        let mismatches = self
+            .steps
+            .iter()
+            .zip(&replayed)
+            .filter(|(stored, step)| {
+                let recomputed: Vec<StoredUpdate> =
+                    step.updates.iter().map(StoredUpdate::from).collect();
+                (stored.t, stored.late, &stored.updates) != (step.t, step.late, &recomputed)
+            })
+            .map(|(stored, _)| stored.t)
+            .collect();
+        let first = first_alarm(&replayed);
+        let end = first.as_ref().map_or(self.steps.len(), |(i, _)| i + 1);
+        HistoryAudit {
+            baseline_id: self.baseline_id,
+            cases: self.steps.len(),
+            mismatches,
+            first_alarm: first.as_ref().map(|(i, _)| replayed[*i].t),
+            first_alarm_detectors: first
+                .iter()
+                .flat_map(|(_, d)| d.iter().map(|d| d.as_str().to_owned()))
+                .collect(),
+            steps: self.steps[end.saturating_sub(context)..end]
+                .iter()
+                .map(StoredStep::view)
+                .collect(),
+        }
+    }
+}
+
+impl StoredStep {
+    fn view(&self) -> HistoryStep {
+        HistoryStep {
+            result_id: self.result_id,
+            observed_at: self.observed_at,
+            t: self.t,
+            late: self.late,
+            dice: self.dice,
+            target_cases: self.parameters.target_cases,
+            detectors: self
+                .updates
+                .iter()
+                .map(|u| HistoryValue {
+                    detector: u.detector.as_str().to_owned(),
+                    input: u.input,
+                    statistic: u.statistic,
+                    limit: u.limit,
+                    alarm: u.alarm,
+                })
+                .collect(),
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Replaying an alert from the stored detector history: a real drift through
-//! the service, then the alerting stream recomputed from what was stored.
+//! the service, then the alerting stream recomputed from what was stored, by
+//! the store and engine and through the API.
 
 use chrono::{DateTime, Utc};
 use segwatch::drift::replay::first_alarm;
@@ -48,6 +49,31 @@ async fn an_incident_replays_from_the_stored_history() {
     assert!(
         detectors.iter().any(|d| d.as_str() == detector),
         "{detectors:?} {detector}"
+    );
+
+    // The API replays it too, for an auditor: intact, the same first alarm,
+    // and the cases leading to it.
+    let id = incident["id"].as_i64().unwrap();
+    let (status, audit) = app
+        .get(&app.admin_key, &format!("/v1/incidents/{id}/history"))
+        .await;
+    assert_eq!(status, 200, "{audit}");
+    assert_eq!(audit["cases"].as_u64(), Some(expected_cases as u64));
+    assert_eq!(
+        audit["mismatches"].as_array().map(Vec::len),
+        Some(0),
+        "{audit}"
+    );
+    assert_eq!(
+        audit["first_alarm"].as_u64(),
+        Some(u64::from(replayed[at].t))
+    );
+    let steps = audit["steps"].as_array().unwrap();
+    let last = &steps[steps.len() - 1];
+    assert_eq!(last["t"], audit["first_alarm"]);
+    assert_eq!(
+        last["result_id"].as_i64(),
+        Some(history.steps[at].result_id)
     );
     app.finish().await;
 }

@@ -144,3 +144,48 @@ pub struct Stratum {
     /// Baseline mean minus the stratum's mean: how much worse it is.
     pub drop: f64,
 }
+
+/// The stored history of the stream that opened an incident, checked by
+/// replaying it from its baseline's start.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct HistoryAudit {
+    /// Stored id of the baseline the stream ran on.
+    pub baseline_id: i64,
+    /// Cases fed to the stream since the baseline started.
+    pub cases: usize,
+    /// `t` of each case whose stored steps differ from the replay's: empty
+    /// when the record is intact.
+    pub mismatches: Vec<u32>,
+    /// `t` of the first case at which the replay alarms.
+    pub first_alarm: Option<u32>,
+    /// The detectors that alarmed there.
+    pub first_alarm_detectors: Vec<String>,
+    /// The stored steps of the 20 cases up to the first alarm (or the last 20).
+    pub steps: Vec<HistoryStep>,
+}
+
+/// One case of a stream's stored history.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct HistoryStep {
+    pub result_id: i64,
+    /// Case time.
+    pub observed_at: DateTime<Utc>,
+    /// Cases fed to the stream since its baseline started, this one included.
+    pub t: u32,
+    pub late: bool,
+    /// The Dice the stream was fed.
+    pub dice: f64,
+    /// The target in-control run length it was fed under, in cases.
+    pub target_cases: f64,
+    pub detectors: Vec<HistoryValue>,
+}
+
+/// One detector's stored step (4-byte floats; null where not finite).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct HistoryValue {
+    pub detector: String,
+    pub input: Option<f32>,
+    pub statistic: Option<f32>,
+    pub limit: Option<f32>,
+    pub alarm: bool,
+}

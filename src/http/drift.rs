@@ -1,5 +1,5 @@
-//! Baselines (frozen, versioned, audited), incidents, the alert plan, and the
-//! strata that explain a stream in alarm.
+//! Baselines (frozen, versioned, audited), incidents, the alert plan, the
+//! strata that explain a stream in alarm, and its replayed detector history.
 
 use std::collections::BTreeMap;
 
@@ -16,7 +16,7 @@ use super::problem::{Problem, json_object};
 use super::{AppState, valid_key};
 use crate::drift::Baseline;
 use crate::store::{ALL, Role};
-use crate::views::{BaselineInfo, IncidentView, Stratum};
+use crate::views::{BaselineInfo, HistoryAudit, IncidentView, Stratum};
 
 /// A baseline upload: one entry per validation case, structure name → Dice.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -253,15 +253,8 @@ pub async fn acknowledge(
         .ok_or_else(|| Problem::not_found(format!("no incident {id}")))
 }
 
-#[utoipa::path(get, path = "/v1/incidents/{id}/strata", tag = "drift", params(("id" = i64, Path)),
-    responses((status = 200, body = Vec<Stratum>, description = "acquisition strata of the stream's recent cases, largest Dice drop first"),
-        (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
-    security(("bearer" = [])))]
-pub async fn strata(
-    State(app): State<AppState>,
-    auth: Auth,
-    Path(id): Path<i64>,
-) -> Result<Json<Vec<Stratum>>, Problem> {
+/// An incident the key may see: its own site's, or any with a read or admin key.
+async fn visible_incident(app: &AppState, auth: &Auth, id: i64) -> Result<IncidentView, Problem> {
     let incident = app
         .store
         .incident(id)
@@ -274,6 +267,47 @@ pub async fn strata(
             "pooled streams need a read or admin key",
         ));
     }
+    Ok(incident)
+}
+
+/// Cases of the opening stream's history shown up to the first alarm.
+const HISTORY_CONTEXT: usize = 20;
+
+#[utoipa::path(get, path = "/v1/incidents/{id}/history", tag = "drift", params(("id" = i64, Path)),
+    responses((status = 200, body = HistoryAudit, description = "the opening stream's stored detector history, replayed from its baseline's start and compared"),
+        (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn history(
+    State(app): State<AppState>,
+    auth: Auth,
+    Path(id): Path<i64>,
+) -> Result<Json<HistoryAudit>, Problem> {
+    let incident = visible_incident(&app, &auth, id).await?;
+    let history = app
+        .store
+        .stream_history(
+            &incident.model,
+            &incident.model_version,
+            &incident.site,
+            &incident.structure,
+        )
+        .await?
+        .ok_or_else(|| Problem::not_found("the stream has no stored history"))?;
+    // Replaying a long stream is CPU work.
+    let audit = tokio::task::block_in_place(|| history.audit(HISTORY_CONTEXT));
+    Ok(Json(audit))
+}
+
+#[utoipa::path(get, path = "/v1/incidents/{id}/strata", tag = "drift", params(("id" = i64, Path)),
+    responses((status = 200, body = Vec<Stratum>, description = "acquisition strata of the stream's recent cases, largest Dice drop first"),
+        (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn strata(
+    State(app): State<AppState>,
+    auth: Auth,
+    Path(id): Path<i64>,
+) -> Result<Json<Vec<Stratum>>, Problem> {
+    let incident = visible_incident(&app, &auth, id).await?;
     let baseline = app
         .store
         .active_baseline(&incident.model, &incident.model_version)

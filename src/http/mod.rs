@@ -61,6 +61,7 @@ impl AppState {
     paths(uploads::put_prediction, uploads::put_reference, cases::get_case, cases::list_cases,
           models::put_structures, models::get_structures, drift::put_baseline, drift::freeze_baseline,
           drift::get_baseline, drift::list_incidents, drift::acknowledge, drift::drift_plan, drift::strata,
+          drift::history,
           drift::alertmanager_webhook, dicomweb::store_instances, dicomweb::store_study_instances,
           healthz, readyz, metrics),
     components(schemas(Problem, uploads::UploadAccepted, FileBody)),
@@ -224,6 +225,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/incidents", get(drift::list_incidents))
         .route("/v1/incidents/{id}/ack", post(drift::acknowledge))
         .route("/v1/incidents/{id}/strata", get(drift::strata))
+        .route("/v1/incidents/{id}/history", get(drift::history))
         .route("/v1/drift/plan", get(drift::drift_plan))
         .route(
             "/v1/alertmanager/webhook",

@@ -1,4 +1,4 @@
-//! Baselines, stream states, detector updates and incidents: persisted for
+//! Baselines, stream states, detector history and incidents: persisted for
 //! the pure drift feed (`drift::feed`), which decides everything.
 
 use std::collections::BTreeMap;
@@ -794,55 +794,7 @@ impl Store {
         for (key, record) in streams.iter().filter(|(_, r)| r.changed) {
             save_stream(&mut tx, key, record).await?;
         }
-        for u in &updates {
-            let parameters =
-                serde_json::to_value(&u.context).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let statistic = if u.update.statistic.is_finite() {
-                u.update.statistic
-            } else {
-                0.0
-            };
-            sqlx::query!(
-                "INSERT INTO detector_updates (site, model, model_version, structure, detector, result_id, baseline_id, t, input,
-                                               statistic, limit_value, alarm, parameters, late, observed_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-                u.key.stream.site,
-                u.key.model,
-                u.key.model_version,
-                u.key.stream.structure,
-                u.update.detector.as_str(),
-                u.result_id,
-                u.baseline_id,
-                u.update.t as i32,
-                if u.update.input.is_finite() { u.update.input } else { 0.0 },
-                statistic,
-                u.update.limit,
-                u.update.alarm,
-                parameters,
-                u.context.late,
-                u.observed_at
-            )
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query!(
-                "INSERT INTO detector_state (site, model, model_version, structure, detector, baseline_id, t, statistic, limit_value, alarm)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                 ON CONFLICT (site, model, model_version, structure, detector) DO UPDATE
-                 SET baseline_id = $6, t = $7, statistic = $8, limit_value = $9, alarm = $10, updated_at = now()",
-                u.key.stream.site,
-                u.key.model,
-                u.key.model_version,
-                u.key.stream.structure,
-                u.update.detector.as_str(),
-                u.baseline_id,
-                u.update.t as i32,
-                statistic,
-                u.update.limit,
-                u.update.alarm
-            )
-            .execute(&mut *tx)
-            .await?;
-        }
+        super::history::save(&mut tx, &updates).await?;
         for ((model, version), context) in &mut contexts {
             for incident in context.incidents.open.iter_mut().filter(|i| i.changed) {
                 save_incident(&mut tx, model, version, incident).await?;

@@ -64,8 +64,9 @@ async fn wait_fed(db: &TestDb, n: i64) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_drift_opens_one_incident_that_strata_explain_and_ack_keeps_open() {
+/// A service fed `segwatch simulate`'s 2 sites × 6 days × 10 cases, site2's
+/// liver losing 0.15 Dice from day 1, every case scored and fed.
+pub(crate) async fn drifted_app() -> TestApp {
     // Two workers score in any order; the drift task feeds case-time order.
     let app = TestApp::start_with(|c| {
         c.drift.refresh_secs = 1;
@@ -77,6 +78,12 @@ async fn a_drift_opens_one_incident_that_strata_explain_and_ack_keeps_open() {
     simulate(&app, &["--drift-at", "day1:site2:liver:0.15"]);
     wait_results(&app.db, 120).await;
     wait_fed(&app.db, 120).await;
+    app
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drift_opens_one_incident_that_strata_explain_and_ack_keeps_open() {
+    let app = drifted_app().await;
 
     // The baseline simulate set, with the per-case mean as structure "all".
     let (status, baseline) = app
@@ -92,29 +99,38 @@ async fn a_drift_opens_one_incident_that_strata_explain_and_ack_keeps_open() {
         .collect();
     assert!(structures.contains(&"liver") && structures.contains(&"all"));
 
-    // Every update is stored for audit, in case-time order, with the limits
-    // and target it used.
-    let updates: Vec<(chrono::DateTime<chrono::Utc>, String)> = app
+    // Every fed case is one history row; each stream's parameter set is
+    // stored once while it stays the same, with the target it used.
+    let rows: i64 = app.db.scalar("SELECT count(*) FROM detector_history").await;
+    assert_eq!(rows, 120);
+    let sets: Vec<(i64, String)> = app
         .db
         .rows(
-            "SELECT observed_at, CAST(parameters AS TEXT) FROM detector_updates
+            "SELECT CAST(id AS BIGINT), CAST(parameters AS TEXT) FROM detector_parameters
              WHERE site = 'site2' AND structure = 'liver' ORDER BY id",
         )
         .await;
-    assert_eq!(updates.len(), 3 * 60);
-    assert!(updates.windows(2).all(|w| w[0].0 <= w[1].0));
-    let parameters: Value = serde_json::from_str(&updates[updates.len() - 1].1).unwrap();
+    assert!(!sets.is_empty() && sets.len() < 60, "{}", sets.len());
+    let parameters: Value = serde_json::from_str(&sets[sets.len() - 1].1).unwrap();
     assert!(
         parameters["target_cases"].as_f64().unwrap() > 1000.0,
         "{parameters}"
     );
-    assert!(parameters["design"]["detector"].is_string(), "{parameters}");
-    // The mean stream runs PIT-EWMA only.
-    let mean_updates: i64 = app
+    assert_eq!(
+        parameters["designs"].as_array().unwrap().len(),
+        3,
+        "{parameters}"
+    );
+    // The mean stream runs PIT-EWMA only, over site2's 60 cases.
+    let mean = app
         .db
-        .scalar("SELECT count(*) FROM detector_updates WHERE site = 'site2' AND structure = 'all'")
-        .await;
-    assert_eq!(mean_updates, 60);
+        .store()
+        .stream_history("simnet", "1.0", "site2", "all")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(mean.steps.len(), 60);
+    assert!(mean.steps.iter().all(|s| s.updates.len() == 1));
 
     // One incident for the change, with its correlated streams as evidence,
     // and nothing on streams unrelated to site2/liver.

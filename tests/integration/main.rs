@@ -10,6 +10,7 @@ mod dicom_seg;
 mod dicomweb;
 mod drift;
 mod drift_api;
+mod history;
 mod metrics_detail;
 mod nifti_files;
 mod properties;

@@ -569,6 +569,7 @@ async fn api_document_docs_and_health() {
         "/v1/incidents",
         "/v1/incidents/{id}/ack",
         "/v1/incidents/{id}/strata",
+        "/v1/incidents/{id}/history",
         "/v1/drift/plan",
         "/v1/alertmanager/webhook",
         "/dicom-web/studies",

@@ -1,10 +1,13 @@
 //! Upgrading a database that holds data: the schema of the previous release,
 //! filled with scored cases, then every migration; nothing is lost and the
 //! rollups, the latest-result flag and the last-upload table are filled from
-//! the history, and the stored files move to a table of their own.
+//! the history, the stored files move to a table of their own, and the detector
+//! history moves to its compact layout.
 
 use chrono::{Duration, Utc};
-use segwatch::store::CaseFilter;
+use segwatch::drift::feed::parameters;
+use segwatch::drift::{Baseline, Detector, StreamProfile};
+use segwatch::store::{CaseFilter, Store, StoredUpdate};
 
 use crate::common::TestDb;
 
@@ -93,8 +96,11 @@ async fn an_upgrade_keeps_scored_cases_and_fills_the_rollups_from_them() {
         }
     }
 
+    old_detector_updates(&db, &received).await;
+
     let store = db.store();
     store.migrate().await.unwrap();
+    detector_history_moved(&db, &store).await;
 
     // Nothing lost.
     let means: Vec<(i64, f64)> = db
@@ -169,4 +175,125 @@ async fn an_upgrade_keeps_scored_cases_and_fills_the_rollups_from_them() {
     assert_eq!(listed[1].structures.len(), 2);
     assert_eq!(store.last_uploads().await.unwrap().len(), 2);
     db.drop_db().await;
+}
+
+/// The baseline of the old detector updates: 100 Dice values from 0.8 to 0.899.
+fn baseline() -> Baseline {
+    Baseline::new((0..100).map(|i| 0.8 + f64::from(i) / 1000.0).collect()).unwrap()
+}
+
+/// A stream's profile in the old updates (the CUSUM's threshold is 0.5).
+fn profile(structure_is_mean: bool) -> StreamProfile {
+    StreamProfile {
+        structure_is_mean,
+        failure_threshold: 0.5,
+        cases_per_day: 3.0,
+    }
+}
+
+/// (site, structure, late, t, [(detector, input, statistic, limit, alarm)])
+type OldStream = (
+    &'static str,
+    &'static str,
+    bool,
+    i32,
+    Vec<(Detector, f64, f64, f64, bool)>,
+);
+
+fn old_streams() -> Vec<OldStream> {
+    let structure = |t| {
+        vec![
+            (Detector::Cusum, 0.0, 1.0, 9.0, false),
+            (Detector::GuardRail, 23.0, 0.851, 0.7, false),
+            (Detector::PitEwma, 0.31, 0.45, 0.4, t > 5),
+        ]
+    };
+    vec![
+        ("a", "liver", true, 5, structure(5)),
+        ("all", "liver", false, 9, structure(9)),
+        (
+            "a",
+            "all",
+            false,
+            5,
+            vec![(Detector::PitEwma, 0.6, 0.52, 0.4, false)],
+        ),
+    ]
+}
+
+/// A baseline and result 1's detector updates in the previous release's layout.
+async fn old_detector_updates(db: &TestDb, received: &str) {
+    db.execute(&format!(
+        "INSERT INTO baselines (id, model, model_version, version, source, created_by, created_at)
+         VALUES (1, 'm', 'v1', 1, 'frozen', 'test', '{received}')"
+    ))
+    .await;
+    let values: Vec<String> = baseline().values().iter().map(f64::to_string).collect();
+    let sample = if db.is_postgres() {
+        format!("{{{}}}", values.join(","))
+    } else {
+        format!("[{}]", values.join(","))
+    };
+    for structure in ["liver", "all"] {
+        db.execute(&format!(
+            "INSERT INTO baseline_samples (baseline_id, structure, dice) VALUES (1, '{structure}', '{sample}')"
+        ))
+        .await;
+    }
+    for (site, structure, late, t, steps) in old_streams() {
+        let designs = parameters(&baseline(), &profile(structure == "all"), 2000.0).designs;
+        for (detector, input, statistic, limit, alarm) in steps {
+            let design = designs.iter().find(|d| d.detector() == detector).unwrap();
+            let context = serde_json::json!({
+                "target_cases": 2000.0, "pairs": 7, "cases_per_day": 3.0, "late": late, "design": design
+            });
+            db.execute(&format!(
+                "INSERT INTO detector_updates (site, model, model_version, structure, detector, result_id, baseline_id,
+                                               t, input, statistic, limit_value, alarm, parameters, late, observed_at, at)
+                 VALUES ('{site}', 'm', 'v1', '{structure}', '{detector}', 1, 1, {t}, {input}, {statistic}, {limit},
+                         {alarm}, '{context}', {late}, '{received}', '{received}')",
+                detector = detector.as_str(),
+            ))
+            .await;
+        }
+    }
+}
+
+/// Result 1's updates are one history row of three streams, each readable as
+/// a stream history with its parameters and values.
+async fn detector_history_moved(db: &TestDb, store: &Store) {
+    let rows: i64 = db.scalar("SELECT count(*) FROM detector_history").await;
+    let sets: i64 = db.scalar("SELECT count(*) FROM detector_parameters").await;
+    assert_eq!((rows, sets), (1, 3));
+    for (site, structure, late, t, steps) in old_streams() {
+        let history = store
+            .stream_history("m", "v1", site, structure)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(history.steps.len(), 1, "{site}/{structure}");
+        let step = &history.steps[0];
+        assert_eq!(
+            (step.result_id, step.t, step.late, step.pairs),
+            (1, t as u32, late, 7)
+        );
+        let expected = parameters(&baseline(), &profile(structure == "all"), 2000.0);
+        assert_eq!(
+            serde_json::to_value(&*step.parameters).unwrap(),
+            serde_json::to_value(&expected).unwrap()
+        );
+        let updates: Vec<StoredUpdate> = steps
+            .iter()
+            .map(|&(detector, input, statistic, limit, alarm)| StoredUpdate {
+                detector,
+                input: Some(input as f32),
+                statistic: Some(statistic as f32),
+                limit: Some(limit as f32),
+                alarm,
+            })
+            .collect();
+        assert_eq!(step.updates, updates, "{site}/{structure}");
+        let dice = if structure == "all" { 0.8 } else { 0.7 };
+        assert_eq!(step.dice, dice);
+    }
 }

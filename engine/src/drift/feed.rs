@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::incident::{ALL, Incident, Incidents, StreamId};
 use super::{
@@ -83,24 +83,22 @@ pub struct FeedSettings {
     pub default_failure_threshold: f64,
 }
 
-/// What an update was computed with, stored with it for audit and replay.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct UpdateContext {
+/// What a stream's detectors were computed with: stored once per stream and
+/// baseline for as long as it stays the same, for audit and replay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Parameters {
     /// The stream's target in-control run length, in cases.
     pub target_cases: f64,
-    /// (stream, detector) pairs sharing the false-alert budget.
-    pub pairs: usize,
-    /// The stream's case rate over its window, in cases a day.
-    pub cases_per_day: f64,
-    /// The case came earlier in case time than one already fed.
-    pub late: bool,
-    /// The detector's parameters and limit.
-    pub design: Design,
+    /// Dice below this is a failure (CUSUM and guard rail).
+    pub failure_threshold: f64,
+    /// Each running detector's parameters and limit (the guard rail's table of
+    /// window limits is left out: replay recomputes it).
+    pub designs: Vec<Design>,
 }
 
-/// One detector update of one case.
+/// One case fed to one stream: every detector's step and what it used.
 #[derive(Debug, Clone, PartialEq)]
-pub struct UpdateRecord {
+pub struct StreamUpdate {
     /// Stored id of the evaluation result of the case.
     pub result_id: i64,
     /// The stream updated.
@@ -109,10 +107,16 @@ pub struct UpdateRecord {
     pub baseline_id: i64,
     /// Case time.
     pub observed_at: DateTime<Utc>,
-    /// The detector's step.
-    pub update: Update,
-    /// What the step was computed with.
-    pub context: UpdateContext,
+    /// (stream, detector) pairs sharing the false-alert budget.
+    pub pairs: usize,
+    /// The stream's case rate over its window, in cases a day.
+    pub cases_per_day: f64,
+    /// The case came earlier in case time than one already fed.
+    pub late: bool,
+    /// What the steps were computed with.
+    pub parameters: Arc<Parameters>,
+    /// One step per running detector, in the order of `parameters.designs`.
+    pub updates: Vec<Update>,
 }
 
 /// Designs for one stream kind, baseline and target (and guard-rail window
@@ -126,10 +130,33 @@ struct DesignKey {
     threshold_bits: u64,
 }
 
+/// The designs of a stream's detectors for its baseline, profile and target.
+/// The guard rail's table of window limits is sized by the case rate rounded up
+/// to a power of two, so it is recomputed when the rate doubles, not on every
+/// small change.
+pub fn parameters(baseline: &Baseline, profile: &StreamProfile, target: f64) -> Parameters {
+    let profile = StreamProfile {
+        cases_per_day: 2f64.powi(window_scale(profile.cases_per_day)),
+        ..*profile
+    };
+    Parameters {
+        target_cases: target,
+        failure_threshold: profile.failure_threshold,
+        designs: Detector::ALL
+            .into_iter()
+            .filter_map(|d| Design::new(d, baseline, &profile, target))
+            .collect(),
+    }
+}
+
+fn window_scale(cases_per_day: f64) -> i32 {
+    cases_per_day.max(1.0).log2().ceil() as i32
+}
+
 /// Feeds cases to streams, keeping designs between calls.
 #[derive(Debug, Default)]
 pub struct Feeder {
-    designs: HashMap<DesignKey, Arc<Vec<Design>>>,
+    designs: HashMap<DesignKey, Arc<Parameters>>,
 }
 
 /// Designs kept at most (the cache is cleared past it).
@@ -141,7 +168,8 @@ impl Feeder {
     /// `contexts` each model version's baseline and open incidents (versions
     /// without an active baseline are skipped); `active_pairs` counts the
     /// (stream, detector) pairs of the deployment active in the last 30 days,
-    /// streams in `streams` included. Returns every update.
+    /// streams in `streams` included. Returns every stream's update, in the
+    /// order fed.
     pub fn feed(
         &mut self,
         settings: &FeedSettings,
@@ -149,7 +177,7 @@ impl Feeder {
         streams: &mut BTreeMap<StreamKey, StreamRecord>,
         contexts: &mut BTreeMap<(String, String), VersionContext>,
         mut active_pairs: usize,
-    ) -> Vec<UpdateRecord> {
+    ) -> Vec<StreamUpdate> {
         let mut records = Vec::new();
         for case in cases {
             let version = (case.model.clone(), case.model_version.clone());
@@ -223,34 +251,31 @@ impl Feeder {
                     cases_per_day: record.state.cases_per_day(),
                 };
                 let target = settings.target.cases(active_pairs, profile.cases_per_day);
-                let designs =
-                    self.designs(context.baseline_id, &stream, baseline, &profile, target);
+                let parameters =
+                    self.parameters(context.baseline_id, &stream, baseline, &profile, target);
                 let late = record.state.is_late(case.observed_at);
                 let observation = Observation {
                     dice,
                     at: case.observed_at,
                 };
-                let updates = record.state.feed(&designs, baseline, observation);
+                let updates = record
+                    .state
+                    .feed(&parameters.designs, baseline, observation);
                 record.changed = true;
-                for (update, design) in updates.into_iter().zip(designs.iter()) {
-                    if update.alarm {
-                        context.incidents.alarm(&stream, &update, case.observed_at);
-                    }
-                    records.push(UpdateRecord {
-                        result_id: case.result_id,
-                        key: key.clone(),
-                        baseline_id: context.baseline_id,
-                        observed_at: case.observed_at,
-                        update,
-                        context: UpdateContext {
-                            target_cases: target,
-                            pairs: active_pairs,
-                            cases_per_day: profile.cases_per_day,
-                            late,
-                            design: design.clone(),
-                        },
-                    });
+                for update in updates.iter().filter(|u| u.alarm) {
+                    context.incidents.alarm(&stream, update, case.observed_at);
                 }
+                records.push(StreamUpdate {
+                    result_id: case.result_id,
+                    key,
+                    baseline_id: context.baseline_id,
+                    observed_at: case.observed_at,
+                    pairs: active_pairs,
+                    cases_per_day: profile.cases_per_day,
+                    late,
+                    parameters,
+                    updates,
+                });
             }
             let closed = context
                 .incidents
@@ -262,22 +287,19 @@ impl Feeder {
         records
     }
 
-    fn designs(
+    fn parameters(
         &mut self,
         baseline_id: i64,
         stream: &StreamId,
         baseline: &Baseline,
         profile: &StreamProfile,
         target: f64,
-    ) -> Arc<Vec<Design>> {
-        // The guard rail's table of window limits is sized by the case rate:
-        // recompute it when the rate doubles, not on every small change.
-        let window_scale = profile.cases_per_day.max(1.0).log2().ceil() as i32;
+    ) -> Arc<Parameters> {
         let key = DesignKey {
             baseline_id,
             structure: stream.structure.clone(),
             target_bits: target.to_bits(),
-            window_scale,
+            window_scale: window_scale(profile.cases_per_day),
             threshold_bits: profile.failure_threshold.to_bits(),
         };
         if self.designs.len() >= DESIGN_CACHE {
@@ -285,18 +307,7 @@ impl Feeder {
         }
         self.designs
             .entry(key)
-            .or_insert_with(|| {
-                let profile = StreamProfile {
-                    cases_per_day: 2f64.powi(window_scale),
-                    ..*profile
-                };
-                Arc::new(
-                    Detector::ALL
-                        .into_iter()
-                        .filter_map(|d| Design::new(d, baseline, &profile, target))
-                        .collect(),
-                )
-            })
+            .or_insert_with(|| Arc::new(parameters(baseline, profile, target)))
             .clone()
     }
 }

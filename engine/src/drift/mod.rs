@@ -12,6 +12,7 @@ pub mod feed;
 pub mod incident;
 pub mod limits;
 pub mod plan;
+pub mod replay;
 
 pub use detectors::{
     Design, Detector, DetectorState, Observation, StreamProfile, StreamState, Update,

@@ -1,4 +1,4 @@
-//! Baselines, stream states, detector updates and incidents, for the pure
+//! Baselines, stream states, detector history and incidents, for the pure
 //! drift feed (`drift::feed`), as in the PostgreSQL store.
 
 use std::collections::BTreeMap;
@@ -591,58 +591,7 @@ impl Lite {
         for (key, record) in streams.iter().filter(|(_, r)| r.changed) {
             save_stream(&mut tx, key, record, &written).await?;
         }
-        for u in &updates {
-            let statistic = if u.update.statistic.is_finite() {
-                u.update.statistic
-            } else {
-                0.0
-            };
-            sqlx::query(
-                "INSERT INTO detector_updates (site, model, model_version, structure, detector, result_id, baseline_id, t,
-                                               input, statistic, limit_value, alarm, parameters, late, observed_at, at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-            )
-            .bind(&u.key.stream.site)
-            .bind(&u.key.model)
-            .bind(&u.key.model_version)
-            .bind(&u.key.stream.structure)
-            .bind(u.update.detector.as_str())
-            .bind(u.result_id)
-            .bind(u.baseline_id)
-            .bind(u.update.t as i32)
-            .bind(if u.update.input.is_finite() { u.update.input } else { 0.0 })
-            .bind(statistic)
-            .bind(u.update.limit)
-            .bind(u.update.alarm)
-            .bind(json(&u.context)?)
-            .bind(u.context.late)
-            .bind(at(u.observed_at))
-            .bind(&written)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-            sqlx::query(
-                "INSERT INTO detector_state (site, model, model_version, structure, detector, baseline_id, t, statistic,
-                                             limit_value, alarm, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                 ON CONFLICT (site, model, model_version, structure, detector) DO UPDATE
-                 SET baseline_id = $6, t = $7, statistic = $8, limit_value = $9, alarm = $10, updated_at = $11",
-            )
-            .bind(&u.key.stream.site)
-            .bind(&u.key.model)
-            .bind(&u.key.model_version)
-            .bind(&u.key.stream.structure)
-            .bind(u.update.detector.as_str())
-            .bind(u.baseline_id)
-            .bind(u.update.t as i32)
-            .bind(statistic)
-            .bind(u.update.limit)
-            .bind(u.update.alarm)
-            .bind(&written)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        }
+        super::history::save(&mut tx, &updates, &written).await?;
         for ((model, version), context) in &mut contexts {
             for incident in context.incidents.open.iter_mut().filter(|i| i.changed) {
                 save_incident(&mut tx, model, version, incident, &written).await?;

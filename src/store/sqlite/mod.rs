@@ -10,6 +10,7 @@
 //! fixed-width UTC text ([`at`]) so that text order is time order.
 
 mod drift;
+mod history;
 mod jobs;
 mod results;
 mod uploads;

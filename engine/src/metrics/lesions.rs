@@ -248,3 +248,241 @@ fn match_by_iou(
     }
     matched
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::{Grid, Labels};
+    use proptest::prelude::*;
+
+    /// A 2D label map from rows of `#` (label 1) and `.`, y growing downwards.
+    fn image(rows: &[&str]) -> LabelVolume {
+        let shape = [rows[0].len(), rows.len(), 1];
+        let labels = rows
+            .iter()
+            .flat_map(|r| r.bytes().map(|b| (b == b'#') as u8))
+            .collect();
+        LabelVolume::new(
+            Grid::axis_aligned(shape, [0.5, 0.5, 1.0], 2),
+            Labels::U8(labels),
+        )
+        .unwrap()
+    }
+
+    /// Metrics of label 1 with the given connectivity and matching.
+    fn score(
+        pred: &LabelVolume,
+        reference: &LabelVolume,
+        connectivity: Connectivity,
+        matching: Matching,
+    ) -> LesionMetrics {
+        lesion_metrics(
+            pred,
+            reference,
+            1,
+            &LesionSettings {
+                connectivity,
+                matching,
+            },
+        )
+        .unwrap()
+    }
+
+    fn assert_close(actual: f64, expected: f64) {
+        assert!((actual - expected).abs() < 1e-12, "{actual} != {expected}");
+    }
+
+    /// (sensitivity, precision, f1, lesion_dice, sq, rq, pq).
+    fn ratios(m: &LesionMetrics) -> [f64; 7] {
+        [
+            m.sensitivity,
+            m.precision,
+            m.f1,
+            m.lesion_dice,
+            m.sq,
+            m.rq,
+            m.pq,
+        ]
+    }
+
+    fn assert_ratios(m: &LesionMetrics, expected: [f64; 7]) {
+        for (actual, expected) in ratios(m).into_iter().zip(expected) {
+            if expected.is_nan() {
+                assert!(actual.is_nan(), "{:?} != {expected:?}", ratios(m));
+            } else {
+                assert_close(actual, expected);
+            }
+        }
+    }
+
+    #[test]
+    fn a_found_and_a_missed_lesion_in_2d() {
+        // Reference: A (4 voxels) and B (2). The prediction covers A plus one voxel:
+        // IoU 4/5, Dice 8/9; B is missed. Sensitivity 1/2, precision 1, F1 2/3,
+        // lesion-wise Dice (8/9 + 0) / 2, SQ 4/5, RQ 1 / (1 + 1/2), PQ 8/15.
+        let reference = image(&["##....", "##....", "......", "....##"]);
+        let pred = image(&["###...", "##....", "......", "......"]);
+        let m = score(&pred, &reference, Connectivity::Corner, Matching::default());
+        assert_eq!(
+            (m.ref_instances, m.pred_instances, m.tp, m.fp, m.fn_),
+            (2, 1, 1, 0, 1)
+        );
+        assert_ratios(
+            &m,
+            [0.5, 1.0, 2.0 / 3.0, 4.0 / 9.0, 0.8, 2.0 / 3.0, 8.0 / 15.0],
+        );
+        assert_eq!(m.lesions[0].matched, [0]);
+        assert_close(m.lesions[0].dice, 8.0 / 9.0);
+        // 4 voxels of 0.5 × 0.5 × 1 mm³.
+        assert_close(m.lesions[0].volume_ml, 0.001);
+        assert_eq!(
+            (
+                m.lesions[1].voxels,
+                m.lesions[1].matched.len(),
+                m.lesions[1].dice
+            ),
+            (2, 0, 0.0)
+        );
+    }
+
+    /// Two 2×2×2 cubes touching by a corner, and a prediction of the first alone.
+    fn corner_pair() -> (LabelVolume, LabelVolume) {
+        let grid = Grid::axis_aligned([4, 4, 4], [1.0; 3], 3);
+        let cube = |at: usize, labels: &mut [u8]| {
+            for i in 0..8 {
+                labels[at + (i & 1) + 4 * ((i >> 1) & 1) + 16 * (i >> 2)] = 1;
+            }
+        };
+        let (mut pred, mut reference) = (vec![0u8; 64], vec![0u8; 64]);
+        cube(0, &mut pred);
+        cube(0, &mut reference);
+        cube(2 + 4 * 2 + 16 * 2, &mut reference);
+        let volume = |labels| LabelVolume::new(grid.clone(), Labels::U8(labels)).unwrap();
+        (volume(pred), volume(reference))
+    }
+
+    #[test]
+    fn corner_touching_lesions_are_one_under_26_connectivity_and_two_under_6() {
+        let (pred, reference) = corner_pair();
+        // 6: two reference lesions, one found exactly. Lesion-wise Dice (1 + 0) / 2,
+        // F1 2/3, SQ 1, RQ 1 / (1 + 1/2).
+        let m = score(&pred, &reference, Connectivity::Face, Matching::default());
+        assert_eq!((m.ref_instances, m.tp, m.fp, m.fn_), (2, 1, 0, 1));
+        assert_ratios(&m, [0.5, 1.0, 2.0 / 3.0, 0.5, 1.0, 2.0 / 3.0, 2.0 / 3.0]);
+        // 26: one 16-voxel lesion; the 8-voxel prediction has IoU exactly 0.5, which
+        // matches (≥, as panoptica): Dice 16/24, SQ 1/2, RQ 1, PQ 1/2.
+        let m = score(&pred, &reference, Connectivity::Corner, Matching::default());
+        assert_eq!((m.ref_instances, m.tp, m.fp, m.fn_), (1, 1, 0, 0));
+        assert_ratios(&m, [1.0, 1.0, 1.0, 2.0 / 3.0, 0.5, 1.0, 0.5]);
+        // Above the threshold nothing matches: one FN, one FP, every ratio 0.
+        let m = score(
+            &pred,
+            &reference,
+            Connectivity::Corner,
+            Matching::Iou { threshold: 0.6 },
+        );
+        assert_eq!((m.tp, m.fp, m.fn_), (0, 1, 1));
+        assert_ratios(&m, [0.0; 7]);
+    }
+
+    #[test]
+    fn a_lesion_split_in_two_predictions() {
+        // Reference: one run of 6. Prediction: 3 + 2 voxels with a gap.
+        let reference = image(&["######"]);
+        let pred = image(&["###.##"]);
+        // IoU: the 3-voxel part has IoU 3/6 (matched, Dice 2/3), the other is an
+        // FP. Lesion-wise Dice (2/3) / 2, F1 2/3, SQ 1/2, RQ 1 / (1 + 1/2).
+        let m = score(&pred, &reference, Connectivity::Corner, Matching::default());
+        assert_eq!((m.tp, m.fp, m.fn_), (1, 1, 0));
+        assert_ratios(
+            &m,
+            [1.0, 0.5, 2.0 / 3.0, 1.0 / 3.0, 0.5, 2.0 / 3.0, 1.0 / 3.0],
+        );
+        // BraTS: both parts detect it; their union (5 voxels, all shared) has Dice
+        // 10/11 and IoU 5/6; no FP.
+        let m = score(
+            &pred,
+            &reference,
+            Connectivity::Corner,
+            Matching::AnyOverlap,
+        );
+        assert_eq!((m.tp, m.fp, m.fn_), (1, 0, 0));
+        assert_eq!(m.lesions[0].matched, [0, 1]);
+        assert_ratios(&m, [1.0, 1.0, 1.0, 10.0 / 11.0, 5.0 / 6.0, 1.0, 5.0 / 6.0]);
+    }
+
+    #[test]
+    fn below_one_half_matches_go_by_descending_iou_then_lowest_index() {
+        // The prediction (4 voxels) meets R0 (IoU 1/5) and R1 (IoU 2/6): R1 wins.
+        let reference = image(&["##.####"]);
+        let pred = image(&[".####.."]);
+        let m = score(
+            &pred,
+            &reference,
+            Connectivity::Corner,
+            Matching::Iou { threshold: 0.1 },
+        );
+        assert_eq!(
+            (m.lesions[0].matched.len(), m.lesions[1].matched.as_slice()),
+            (0, [0].as_slice())
+        );
+        assert_close(m.lesions[1].dice, 0.5);
+        // Equal IoU 1/4 with both: the lower reference lesion wins.
+        let reference = image(&["##.##"]);
+        let pred = image(&[".###."]);
+        let m = score(
+            &pred,
+            &reference,
+            Connectivity::Corner,
+            Matching::Iou { threshold: 0.2 },
+        );
+        assert_eq!(
+            (m.lesions[0].matched.as_slice(), m.lesions[1].matched.len()),
+            ([0].as_slice(), 0)
+        );
+    }
+
+    #[test]
+    fn empty_sides_follow_the_documented_conventions() {
+        let none = image(&["....."]);
+        let two = image(&["#.#.."]);
+        // Both empty: perfect agreement (BraTS 2023; panoptica gives NaN).
+        let m = score(&none, &none, Connectivity::Corner, Matching::default());
+        assert_eq!((m.empty, m.tp, m.fp, m.fn_), (Empty::Both, 0, 0, 0));
+        assert_ratios(&m, [1.0; 7]);
+        // Reference empty: both predictions are FPs; no sensitivity.
+        let m = score(&two, &none, Connectivity::Corner, Matching::default());
+        assert_eq!((m.empty, m.fp), (Empty::Ref, 2));
+        assert_ratios(&m, [f64::NAN, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        let json = serde_json::to_value(&m).unwrap();
+        assert!(json["sensitivity"].is_null() && json["fn"] == 0);
+        // Prediction empty: both reference lesions missed; no precision.
+        let m = score(&none, &two, Connectivity::Corner, Matching::AnyOverlap);
+        assert_eq!((m.empty, m.fn_), (Empty::Pred, 2));
+        assert_ratios(&m, [0.0, f64::NAN, 0.0, 0.0, 0.0, 0.0, 0.0]);
+    }
+
+    proptest! {
+        #[test]
+        fn counts_are_consistent(
+            pred in proptest::collection::vec(proptest::bool::weighted(0.3), 6 * 5 * 4),
+            reference in proptest::collection::vec(proptest::bool::weighted(0.3), 6 * 5 * 4),
+            threshold in 0.0f64..1.0,
+            brats in any::<bool>(),
+        ) {
+            let grid = Grid::axis_aligned([6, 5, 4], [1.0; 3], 3);
+            let volume = |on: Vec<bool>| LabelVolume::new(grid.clone(), Labels::U8(on.into_iter().map(u8::from).collect())).unwrap();
+            let matching = if brats { Matching::AnyOverlap } else { Matching::Iou { threshold } };
+            let m = score(&volume(pred), &volume(reference), Connectivity::Face, matching);
+            prop_assert_eq!(m.tp + m.fn_, m.ref_instances);
+            if brats {
+                prop_assert!(m.fp <= m.pred_instances);
+            } else {
+                prop_assert_eq!(m.tp + m.fp, m.pred_instances);
+            }
+            for r in ratios(&m) {
+                prop_assert!(r.is_nan() || (0.0..=1.0).contains(&r), "{:?}", ratios(&m));
+            }
+        }
+    }
+}

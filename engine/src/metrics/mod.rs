@@ -4,6 +4,7 @@
 pub mod case;
 pub mod distance;
 pub mod edt;
+pub mod lesions;
 pub mod overlap;
 pub mod pairing;
 pub mod surface;

@@ -273,6 +273,10 @@ async fn visible_incident(app: &AppState, auth: &Auth, id: i64) -> Result<Incide
 /// Cases of the opening stream's history shown up to the first alarm.
 const HISTORY_CONTEXT: usize = 20;
 
+/// The longest history a request replays (a pooled stream of a large network
+/// gathers millions of cases a year; this bounds the memory one request takes).
+const MAX_REPLAYED_CASES: usize = 200_000;
+
 #[utoipa::path(get, path = "/v1/incidents/{id}/history", tag = "drift", params(("id" = i64, Path)),
     responses((status = 200, body = HistoryAudit, description = "the opening stream's stored detector history, replayed from its baseline's start and compared"),
         (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
@@ -290,6 +294,7 @@ pub async fn history(
             &incident.model_version,
             &incident.site,
             &incident.structure,
+            MAX_REPLAYED_CASES,
         )
         .await?
         .ok_or_else(|| Problem::not_found("the stream has no stored history"))?;

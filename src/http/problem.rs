@@ -224,6 +224,14 @@ impl From<crate::compute::ComputePanic> for Problem {
 
 impl From<StoreError> for Problem {
     fn from(err: StoreError) -> Problem {
+        if let StoreError::HistoryTooLong { .. } = err {
+            return Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "history-too-long",
+                "History too long to replay",
+                err.to_string(),
+            );
+        }
         if let Some(detail) = err.invalid_input() {
             return Problem::bad_request("invalid-value", "Invalid value", detail);
         }

@@ -321,7 +321,11 @@ pub(super) fn assemble(
     structure_is_mean: bool,
     sets: &BTreeMap<i32, Arc<Parameters>>,
     rows: Vec<HistoryRow>,
+    max_cases: usize,
 ) -> Result<StreamHistory> {
+    if rows.len() > max_cases {
+        return Err(StoreError::HistoryTooLong { limit: max_cases });
+    }
     let corrupt = |what: &str| StoreError::Corrupt(format!("detector history: {what}"));
     let mut steps = Vec::with_capacity(rows.len());
     for row in rows {
@@ -502,14 +506,16 @@ pub(super) fn parse_sets(
 impl Store {
     /// The stored history of one stream (site or `all`, structure or `all`)
     /// under the latest baseline it ran on; None if it never ran.
+    /// [`StoreError::HistoryTooLong`] beyond `max_cases` cases, read no further.
     pub async fn stream_history(
         &self,
         model: &str,
         version: &str,
         site: &str,
         structure: &str,
+        max_cases: usize,
     ) -> Result<Option<StreamHistory>> {
-        let pool = postgres_or!(self, lite => lite.stream_history(model, version, site, structure));
+        let pool = postgres_or!(self, lite => lite.stream_history(model, version, site, structure, max_cases));
         let Some(baseline_id) = sqlx::query_scalar!(
             "SELECT max(baseline_id) FROM detector_parameters
              WHERE model = $1 AND model_version = $2 AND site = $3 AND structure = $4",
@@ -554,12 +560,14 @@ impl Store {
                JOIN results r ON r.id = h.result_id
                LEFT JOIN structure_results s ON s.result_id = h.result_id AND s.structure = $4
                WHERE r.model = $1 AND r.model_version = $2 AND ($3 = 'all' OR r.site = $3)
-                 AND h.parameters && $5::int4[]"#,
+                 AND h.parameters && $5::int4[]
+               LIMIT $6"#,
             model,
             version,
             site,
             structure,
-            &ids
+            &ids,
+            max_cases as i64 + 1
         )
         .fetch_all(pool)
         .await
@@ -581,6 +589,14 @@ impl Store {
                     .collect(),
             })
             .collect();
-        assemble(baseline_id, baseline, structure == super::ALL, &sets, rows).map(Some)
+        assemble(
+            baseline_id,
+            baseline,
+            structure == super::ALL,
+            &sets,
+            rows,
+            max_cases,
+        )
+        .map(Some)
     }
 }

@@ -70,6 +70,14 @@ pub enum StoreError {
     /// Rows that contradict each other or cannot be decoded.
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    /// A stream's history is longer than one request may replay.
+    #[error(
+        "the stream has more than {limit} cases under its baseline: too many to replay in one request"
+    )]
+    HistoryTooLong {
+        /// The most cases a request replays.
+        limit: usize,
+    },
     /// The embedded store's data directory cannot be created or written.
     #[error("cannot use the data directory {}: {reason}; check --data-dir (SEGWATCH_DATA_DIR) and its permissions", .dir.display())]
     DataDir {

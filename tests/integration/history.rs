@@ -20,12 +20,22 @@ async fn an_incident_replays_from_the_stored_history() {
     let history = app
         .db
         .store()
-        .stream_history("simnet", "1.0", site, structure)
+        .stream_history("simnet", "1.0", site, structure, 1_000)
         .await
         .unwrap()
         .expect("the alerting stream has a history");
     let expected_cases = if site == "all" { 120 } else { 60 };
     assert_eq!(history.steps.len(), expected_cases);
+    // A history longer than a request may replay is refused, not read whole.
+    let refused = app
+        .db
+        .store()
+        .stream_history("simnet", "1.0", site, structure, expected_cases - 1)
+        .await;
+    assert!(
+        matches!(refused, Err(segwatch::store::StoreError::HistoryTooLong { limit }) if limit == expected_cases - 1),
+        "{refused:?}"
+    );
 
     // Every stored step is what the engine's detectors compute again from the
     // stored cases and targets: inputs, statistics, limits, alarms, designs.

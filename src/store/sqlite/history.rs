@@ -105,6 +105,7 @@ impl Lite {
         version: &str,
         site: &str,
         structure: &str,
+        max_cases: usize,
     ) -> Result<Option<StreamHistory>> {
         let Some(baseline_id): Option<i64> = sqlx::query_scalar(
             "SELECT max(baseline_id) FROM detector_parameters
@@ -155,13 +156,15 @@ impl Lite {
              JOIN results r ON r.id = h.result_id
              LEFT JOIN structure_results s ON s.result_id = h.result_id AND s.structure = $4
              WHERE r.model = $1 AND r.model_version = $2 AND ($3 = 'all' OR r.site = $3)
-               AND EXISTS (SELECT 1 FROM json_each(h.parameters) p WHERE p.value IN (SELECT value FROM json_each($5)))",
+               AND EXISTS (SELECT 1 FROM json_each(h.parameters) p WHERE p.value IN (SELECT value FROM json_each($5)))
+             LIMIT $6",
         )
         .bind(model)
         .bind(version)
         .bind(site)
         .bind(structure)
         .bind(&ids)
+        .bind(max_cases as i64 + 1)
         .fetch_all(&self.reader)
         .await
         .map_err(classify)?;
@@ -180,6 +183,14 @@ impl Lite {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        assemble(baseline_id, baseline, structure == ALL, &sets, rows).map(Some)
+        assemble(
+            baseline_id,
+            baseline,
+            structure == ALL,
+            &sets,
+            rows,
+            max_cases,
+        )
+        .map(Some)
     }
 }

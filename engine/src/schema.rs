@@ -26,6 +26,10 @@ pub struct StructureDef {
     /// Dice below which a case counts as a failure (Bernoulli CUSUM).
     #[serde(default)]
     pub failure_threshold: Option<f64>,
+    /// Made of separate instances (lesions, nodules, metastases): `eval` also
+    /// scores it lesion by lesion (`metrics::lesions`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub instances: bool,
 }
 
 impl StructureDef {

@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use super::lesions::{LesionArgs, LesionRequest, StructureLesions};
 use super::output;
 use crate::formats::{self, Limits};
 use crate::metrics::pairing::{self, Request};
@@ -59,6 +60,8 @@ pub struct EvalArgs {
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    #[command(flatten)]
+    lesions: LesionArgs,
 }
 
 /// `--surface`: the engine's mode names, listed in `--help`.
@@ -94,6 +97,9 @@ pub struct CaseReport {
     pub mean_dice: Option<f64>,
     /// Generalized Dice score over the structures (`metrics::generalized_dice`).
     pub generalized_dice: Option<f64>,
+    /// Lesion-wise metrics of the structures asked for (none: left out).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lesions: Vec<StructureLesions>,
 }
 
 /// Shape and spacing in array axis order.
@@ -154,11 +160,13 @@ pub fn evaluate_files(
     pred: &Path,
     reference: &Path,
     request: &Request,
+    lesions: &LesionRequest,
 ) -> anyhow::Result<CaseReport> {
     let (p, r) = rayon::join(|| read(pred), || read(reference));
     let (p, r) = (p?, r?);
-    let evaluation = pairing::evaluate(&p, &r, request)
-        .with_context(|| format!("{} and {}", pred.display(), reference.display()))?;
+    let context = || format!("{} and {}", pred.display(), reference.display());
+    let evaluation = pairing::evaluate(&p, &r, request).with_context(context)?;
+    let lesions = lesions.score(&p, &r).with_context(context)?;
     Ok(CaseReport {
         prediction: pred.display().to_string(),
         reference: reference.display().to_string(),
@@ -168,6 +176,7 @@ pub fn evaluate_files(
         mean_dice: metrics::mean_dice(&evaluation.structures),
         generalized_dice: metrics::generalized_dice(&evaluation.structures),
         structures: evaluation.structures,
+        lesions,
     })
 }
 
@@ -178,7 +187,8 @@ fn run_pair(args: &EvalArgs, pred: &Path, reference: &Path) -> anyhow::Result<Ex
         labels: args.labels.as_deref(),
         settings: settings(args),
     };
-    let report = evaluate_files(pred, reference, &request)?;
+    let lesions = LesionRequest::new(&args.lesions, schema.as_ref());
+    let report = evaluate_files(pred, reference, &request, &lesions)?;
     let text = match args.format {
         Format::Json => serde_json::to_string_pretty(&report)? + "\n",
         Format::Csv => output::structures_csv(None, &report.structures),
@@ -255,10 +265,11 @@ fn run_folders(args: &EvalArgs, pred_dir: &Path, ref_dir: &Path) -> anyhow::Resu
         labels: args.labels.as_deref(),
         settings: settings(args),
     };
+    let lesions = LesionRequest::new(&args.lesions, schema.as_ref());
     let outcomes: Vec<CaseOutcome> = pairs
         .par_iter()
         .map(|&(case, pred, reference)| {
-            let result = evaluate_files(pred, reference, &request);
+            let result = evaluate_files(pred, reference, &request, &lesions);
             progress.inc(1);
             match result {
                 Ok(report) => CaseOutcome {

@@ -2,6 +2,7 @@
 
 mod demo;
 mod eval;
+mod lesions;
 mod output;
 mod plan;
 mod serve;

@@ -111,6 +111,22 @@ pub fn case_table(report: &CaseReport) -> String {
         "generalized Dice {}",
         optional(report.generalized_dice, 4)
     );
+    for l in &report.lesions {
+        let m = &l.metrics;
+        let _ = writeln!(
+            out,
+            "lesions of {}: {} in the reference, {} predicted; TP {} FP {} FN {}; sensitivity {}, lesion-wise Dice {}, PQ {}",
+            crate::metrics::structure_name(l.name.as_deref(), None, Some(l.label)),
+            m.ref_instances,
+            m.pred_instances,
+            m.tp,
+            m.fp,
+            m.fn_,
+            optional(Some(m.sensitivity), 4),
+            optional(Some(m.lesion_dice), 4),
+            optional(Some(m.pq), 4),
+        );
+    }
     out
 }
 

@@ -383,3 +383,103 @@ fn serve_help_lists_the_environment_variables() {
         assert!(text.contains(name), "{name} missing in {text}");
     }
 }
+
+/// Label 1 in a 24 × 24 × 8 grid of 1 mm voxels: cubes given as (x, y, z, side).
+fn lesion_map(cubes: &[(usize, usize, usize, usize)]) -> Vec<u8> {
+    let grid = Grid::axis_aligned([24, 24, 8], [1.0; 3], 3);
+    let labels = (0..grid.len())
+        .map(|i| {
+            let (x, y, z) = (i % 24, (i / 24) % 24, i / 576);
+            let inside = |&(cx, cy, cz, side): &(usize, usize, usize, usize)| {
+                (cx..cx + side).contains(&x)
+                    && (cy..cy + side).contains(&y)
+                    && (cz..cz + side).contains(&z)
+            };
+            u8::from(cubes.iter().any(inside))
+        })
+        .collect();
+    encode(&LabelVolume::new(grid, Labels::U8(labels)).unwrap(), true)
+}
+
+#[test]
+fn lesion_wise_metrics_for_the_structures_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    // Reference: lesions A (4³), B (4³) and a tiny C (2³). The prediction finds
+    // A exactly, B one voxel off (IoU 48/80 = 0.6, Dice 0.75), misses C and
+    // invents D (3³).
+    let reference = write(
+        dir.path(),
+        "ref.nii.gz",
+        &lesion_map(&[(2, 2, 2, 4), (12, 2, 2, 4), (2, 14, 2, 2)]),
+    );
+    let pred = write(
+        dir.path(),
+        "pred.nii.gz",
+        &lesion_map(&[(2, 2, 2, 4), (13, 2, 2, 4), (16, 16, 2, 3)]),
+    );
+    let lesions = |extra: &[&str]| {
+        let mut args = vec!["eval", &pred, &reference, "--format", "json"];
+        args.extend_from_slice(extra);
+        let output = segwatch(&args);
+        assert!(output.status.success(), "{output:?}");
+        let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+        json["lesions"][0].clone()
+    };
+    let m = lesions(&["--lesions", "1"]);
+    let counts =
+        ["ref_instances", "pred_instances", "tp", "fp", "fn"].map(|k| m[k].as_u64().unwrap());
+    assert_eq!(counts, [3, 3, 2, 1, 1], "{m}");
+    let close = |key: &str, want: f64| {
+        let got = m[key].as_f64().unwrap();
+        assert!((got - want).abs() < 1e-12, "{key}: {got} against {want}");
+    };
+    close("sensitivity", 2.0 / 3.0);
+    close("precision", 2.0 / 3.0);
+    // BraTS 2023: (1 + 0.75 + 0 for C) over TP + FN + FP = 4.
+    close("lesion_dice", 1.75 / 4.0);
+    // SQ = mean IoU of the matches (1 and 0.6), RQ = 2 / (2 + 1/2 + 1/2).
+    close("pq", 0.8 * 2.0 / 3.0);
+    let per_lesion: Vec<u64> = m["lesions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["voxels"].as_u64().unwrap())
+        .collect();
+    assert_eq!(per_lesion, [64, 64, 8]);
+
+    // A stricter IoU leaves B unmatched: one more miss and one more false positive.
+    let strict = lesions(&["--lesions", "1", "--lesion-iou", "0.7"]);
+    assert_eq!(
+        (
+            strict["tp"].as_u64(),
+            strict["fp"].as_u64(),
+            strict["fn"].as_u64()
+        ),
+        (Some(1), Some(2), Some(2))
+    );
+    // BraTS matching counts any overlap: B is found again.
+    assert_eq!(lesions(&["--lesions", "1", "--brats-matching"])["tp"], 2);
+
+    // A schema marks the structure multi-instance; it is named.
+    let schema = write(
+        dir.path(),
+        "schema.json",
+        br#"{"structures": [{"label": 1, "name": "metastases", "instances": true}]}"#,
+    );
+    let named = lesions(&["--schema", &schema]);
+    assert_eq!(named["name"], "metastases");
+    assert_eq!(named["tp"], 2);
+
+    // Bad settings are refused up front.
+    let refused = segwatch(&[
+        "eval",
+        &pred,
+        &reference,
+        "--lesions",
+        "1",
+        "--connectivity",
+        "5",
+    ]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("connectivity"));
+}

@@ -30,6 +30,7 @@ fn schema_of(pair: &Value) -> Option<Schema> {
             name: format!("structure {label}"),
             tolerance_mm: None,
             failure_threshold: None,
+            instances: false,
         })
         .collect();
     Some(Schema {

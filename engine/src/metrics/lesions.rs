@@ -197,7 +197,9 @@ pub fn score_components(
             sensitivity,
             precision,
             if f1.is_finite() { f1 } else { 0.0 },
-            lesions.iter().map(|l| l.dice).sum::<f64>() / (tp_ + fn_f + fp_),
+            // Folded from +0.0: f64's `sum` starts at -0.0, which would print a
+            // case with only false positives as -0.
+            lesions.iter().map(|l| l.dice).fold(0.0, |a, d| a + d) / (tp_ + fn_f + fp_),
             if tp > 0 { detected_iou / tp_ } else { 0.0 },
             tp_ / (tp_ + fp_ / 2.0 + fn_f / 2.0),
         )
@@ -456,6 +458,8 @@ mod tests {
         assert_ratios(&m, [f64::NAN, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
         let json = serde_json::to_value(&m).unwrap();
         assert!(json["sensitivity"].is_null() && json["fn"] == 0);
+        // A positive zero: JSON and tables show 0, not -0.
+        assert!(m.lesion_dice.is_sign_positive());
         // Prediction empty: both reference lesions missed; no precision.
         let m = score(&none, &two, Connectivity::Corner, Matching::AnyOverlap);
         assert_eq!((m.empty, m.fn_), (Empty::Pred, 2));

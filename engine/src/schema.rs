@@ -30,12 +30,26 @@ pub struct StructureDef {
     /// scores it lesion by lesion (`metrics::lesions`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub instances: bool,
+    /// Edges of the reference-volume bands its results are stratified by, in
+    /// mL, ascending (default: `metrics::strata`'s for structures or lesions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_bands_ml: Option<Vec<f64>>,
 }
 
 impl StructureDef {
     /// NSD tolerance, or the default.
     pub fn tolerance(&self) -> f64 {
         self.tolerance_mm.unwrap_or(DEFAULT_TOLERANCE_MM)
+    }
+
+    /// Edges of its size bands in mL: the schema's, else the default for a
+    /// multi-instance structure (lesions) or a single one.
+    pub fn volume_bands(&self) -> &[f64] {
+        match &self.volume_bands_ml {
+            Some(edges) => edges,
+            None if self.instances => &crate::metrics::strata::LESION_BANDS_ML,
+            None => &crate::metrics::strata::STRUCTURE_BANDS_ML,
+        }
     }
 
     /// Failure threshold, or the default.
@@ -103,6 +117,15 @@ impl Schema {
                 .is_some_and(|t| !(0.0..=1.0).contains(&t))
             {
                 return err(format!("{what}: failure_threshold must be between 0 and 1"));
+            }
+            if let Some(edges) = &s.volume_bands_ml {
+                let ascending = edges.windows(2).all(|w| w[0] < w[1]);
+                let positive = edges.iter().all(|e| e.is_finite() && *e > 0.0);
+                if edges.is_empty() || edges.len() > 16 || !ascending || !positive {
+                    return err(format!(
+                        "{what}: volume_bands_ml must be 1 to 16 ascending volumes above 0"
+                    ));
+                }
             }
             for other in &self.structures[..i] {
                 if s.label.is_some() && s.label == other.label {
@@ -176,6 +199,26 @@ mod tests {
         );
         assert_eq!(s.by_label(1).unwrap().failure(), DEFAULT_FAILURE_THRESHOLD);
         assert_eq!(s.unknown_labels, UnknownPolicy::Ignore);
+        // Size bands: the organ default, the lesion default, or the schema's.
+        let bands = |json: &str| {
+            serde_json::from_str::<StructureDef>(json)
+                .unwrap()
+                .volume_bands()
+                .to_vec()
+        };
+        use crate::metrics::strata::{LESION_BANDS_ML, STRUCTURE_BANDS_ML};
+        assert_eq!(
+            bands(r#"{"label": 1, "name": "liver"}"#),
+            STRUCTURE_BANDS_ML
+        );
+        assert_eq!(
+            bands(r#"{"label": 2, "name": "mets", "instances": true}"#),
+            LESION_BANDS_ML
+        );
+        assert_eq!(
+            bands(r#"{"label": 2, "name": "mets", "volume_bands_ml": [0.5]}"#),
+            [0.5]
+        );
     }
 
     #[test]
@@ -201,6 +244,10 @@ mod tests {
             (
                 r#"{"structures": [{"label": 1, "name": "x", "failure_threshold": 2}]}"#,
                 "failure_threshold",
+            ),
+            (
+                r#"{"structures": [{"label": 1, "name": "x", "volume_bands_ml": [10, 1]}]}"#,
+                "volume_bands_ml",
             ),
             (
                 r#"{"structures": [{"label": 1, "name": "a"}, {"label": 1, "name": "b"}]}"#,

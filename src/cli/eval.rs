@@ -291,8 +291,9 @@ fn run_folders(args: &EvalArgs, pred_dir: &Path, ref_dir: &Path) -> anyhow::Resu
     progress.finish_and_clear();
 
     let summary = output::summarize(&outcomes);
+    let strata = super::strata::strata(&outcomes, schema.as_ref());
     if let Some(out) = &args.out {
-        output::write_folder(out, &outcomes, &summary)?;
+        output::write_folder(out, &outcomes, &summary, &strata)?;
         eprintln!(
             "segwatch: wrote results and summary for {} cases to {}",
             outcomes.len(),
@@ -303,7 +304,11 @@ fn run_folders(args: &EvalArgs, pred_dir: &Path, ref_dir: &Path) -> anyhow::Resu
     let text = match args.format {
         Format::Json => serde_json::to_string_pretty(&summary)? + "\n",
         Format::Csv => output::summary_csv(&summary),
-        Format::Table => output::summary_table(&summary, outcomes.len() - failed, failed),
+        Format::Table => {
+            output::summary_table(&summary, outcomes.len() - failed, failed)
+                + "\nby reference volume\n"
+                + &output::strata_table(&strata)
+        }
     };
     super::print_out(&text)?;
     Ok(if failed > 0 {

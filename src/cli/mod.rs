@@ -7,6 +7,7 @@ mod output;
 mod plan;
 mod serve;
 mod simulate;
+mod strata;
 
 use std::process::ExitCode;
 

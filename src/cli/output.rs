@@ -10,6 +10,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::eval::{CaseOutcome, CaseReport};
+use super::strata::Stratum;
 use crate::metrics::{Empty, StructureMetrics, structure_name};
 
 /// Readable name of a structure: its name, else its code, else its label.
@@ -272,6 +273,37 @@ pub fn summary_csv(summary: &[StructureSummary]) -> String {
     csv(&rows)
 }
 
+/// Size strata as a table: Dice and, for lesion-wise structures, detection.
+pub fn strata_table(strata: &[Stratum]) -> String {
+    let count = |v: Option<usize>| v.map_or_else(|| "-".into(), |v| v.to_string());
+    let rows: Vec<Vec<String>> = strata
+        .iter()
+        .map(|s| {
+            vec![
+                s.structure.clone(),
+                s.band.clone(),
+                s.cases.to_string(),
+                optional(s.dice_mean, 4),
+                count(s.lesions),
+                count(s.lesions_detected),
+                optional(s.lesion_sensitivity, 4),
+            ]
+        })
+        .collect();
+    columns(
+        &[
+            "structure",
+            "reference volume",
+            "cases",
+            "dice_mean",
+            "lesions",
+            "detected",
+            "sensitivity",
+        ],
+        &rows,
+    )
+}
+
 pub fn summary_table(summary: &[StructureSummary], scored: usize, failed: usize) -> String {
     let rows: Vec<Vec<String>> = summary
         .iter()
@@ -309,6 +341,7 @@ pub fn write_folder(
     dir: &Path,
     outcomes: &[CaseOutcome],
     summary: &[StructureSummary],
+    strata: &[Stratum],
 ) -> anyhow::Result<()> {
     fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
     let write = |name: &str, text: String| {
@@ -338,5 +371,8 @@ pub fn write_folder(
         serde_json::to_string_pretty(summary)? + "\n",
     )?;
     write("summary.csv", summary_csv(summary))?;
+    write("strata.json", serde_json::to_string_pretty(strata)? + "\n")?;
+    let rows: Vec<(Option<&str>, &Stratum)> = strata.iter().map(|s| (None, s)).collect();
+    write("strata.csv", csv(&rows))?;
     Ok(())
 }

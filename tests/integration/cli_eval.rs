@@ -483,3 +483,80 @@ fn lesion_wise_metrics_for_the_structures_asked_for() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("connectivity"));
 }
+
+#[test]
+fn folder_mode_stratifies_by_reference_volume() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ai, gt, out) = (
+        dir.path().join("ai"),
+        dir.path().join("gt"),
+        dir.path().join("out"),
+    );
+    std::fs::create_dir_all(&ai).unwrap();
+    std::fs::create_dir_all(&gt).unwrap();
+    // Case a: the lesions of the lesion-wise test (A and B of 0.064 mL found,
+    // C of 0.008 mL missed, D invented); case b: A alone, found exactly.
+    write(
+        &gt,
+        "a.nii.gz",
+        &lesion_map(&[(2, 2, 2, 4), (12, 2, 2, 4), (2, 14, 2, 2)]),
+    );
+    write(
+        &ai,
+        "a.nii.gz",
+        &lesion_map(&[(2, 2, 2, 4), (13, 2, 2, 4), (16, 16, 2, 3)]),
+    );
+    write(&gt, "b.nii.gz", &lesion_map(&[(2, 2, 2, 4)]));
+    write(&ai, "b.nii.gz", &lesion_map(&[(2, 2, 2, 4)]));
+    let schema = write(
+        dir.path(),
+        "schema.json",
+        br#"{"structures": [{"label": 1, "name": "mets", "instances": true, "volume_bands_ml": [0.01, 0.1]}]}"#,
+    );
+    let output = segwatch(&[
+        "eval",
+        "--pred-dir",
+        ai.to_str().unwrap(),
+        "--ref-dir",
+        gt.to_str().unwrap(),
+        "--schema",
+        &schema,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("by reference volume"));
+    let strata: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("strata.json")).unwrap()).unwrap();
+    let rows: Vec<(&str, u64, u64, u64)> = strata
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["band"].as_str().unwrap(),
+                s["cases"].as_u64().unwrap(),
+                s["lesions"].as_u64().unwrap(),
+                s["lesions_detected"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    // Lesions by their own size: C below 0.01 mL (missed), A, B and b's A in
+    // 0.01–0.1 mL (found). Cases by the reference's total: a has 0.136 mL,
+    // b 0.064 mL.
+    assert_eq!(
+        rows,
+        [
+            ("<0.01 mL", 0, 1, 0),
+            ("0.01–0.1 mL", 1, 3, 3),
+            ("≥0.1 mL", 1, 0, 0)
+        ]
+    );
+    let b_dice = strata[1]["dice_mean"].as_f64().unwrap();
+    assert_eq!(b_dice, 1.0, "case b alone in its band");
+    assert!(
+        std::fs::read_to_string(out.join("strata.csv"))
+            .unwrap()
+            .starts_with("structure,band,cases")
+    );
+}

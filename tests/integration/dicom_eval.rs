@@ -31,6 +31,7 @@ fn schema_of(pair: &Value) -> Option<Schema> {
             tolerance_mm: None,
             failure_threshold: None,
             instances: false,
+            volume_bands_ml: None,
         })
         .collect();
     Some(Schema {

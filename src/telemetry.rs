@@ -31,6 +31,11 @@ pub struct Metrics {
     pub case_dice_ratio: HistogramVec,
     pub segmentations_received_total: IntCounterVec,
     pub cases_scored_total: IntCounterVec,
+    /// Lesions of multi-instance structures: in the reference, detected, and
+    /// predicted lesions matched to none.
+    pub lesions_reference_total: IntCounterVec,
+    pub lesions_detected_total: IntCounterVec,
+    pub lesions_false_positive_total: IntCounterVec,
     pub jobs_failed_total: IntCounterVec,
     pub job_duration_seconds: prometheus::Histogram,
     pub http_request_duration_seconds: HistogramVec,
@@ -161,6 +166,21 @@ impl Metrics {
                 "segwatch_cases_scored_total",
                 "Cases scored by this replica.",
                 &["site", "model", "model_version"],
+            ),
+            lesions_reference_total: counter_vec(
+                "segwatch_lesions_reference_total",
+                "Reference lesions of the schema's multi-instance structures in scored cases.",
+                &STREAM,
+            ),
+            lesions_detected_total: counter_vec(
+                "segwatch_lesions_detected_total",
+                "Reference lesions a predicted lesion matched (IoU >= 0.5, 26-connectivity).",
+                &STREAM,
+            ),
+            lesions_false_positive_total: counter_vec(
+                "segwatch_lesions_false_positive_total",
+                "Predicted lesions of multi-instance structures that matched no reference lesion.",
+                &STREAM,
             ),
             jobs_failed_total: counter_vec(
                 "segwatch_jobs_failed_total",
@@ -331,7 +351,8 @@ impl Metrics {
         self.cases_scored_total
             .with_label_values(&[site, model, version])
             .inc();
-        let histogram_site = if self.reduced.load(Ordering::Relaxed) {
+        // Per-structure series go pooled on a network of reduced detail.
+        let stream_site = if self.reduced.load(Ordering::Relaxed) {
             ALL
         } else {
             site.as_str()
@@ -340,8 +361,18 @@ impl Metrics {
             let m = &scored.metrics;
             if m.empty != crate::metrics::Empty::Both && m.dice.is_finite() {
                 self.case_dice_ratio
-                    .with_label_values(&[histogram_site, model, version, scored.name.as_str()])
+                    .with_label_values(&[stream_site, model, version, scored.name.as_str()])
                     .observe(m.dice);
+            }
+        }
+        for (structure, lesions) in &outcome.lesions {
+            let labels = [stream_site, model, version, structure.as_str()];
+            for (counter, count) in [
+                (&self.lesions_reference_total, lesions.ref_instances),
+                (&self.lesions_detected_total, lesions.tp),
+                (&self.lesions_false_positive_total, lesions.fp),
+            ] {
+                counter.with_label_values(&labels).inc_by(u64::from(count));
             }
         }
     }

@@ -6,9 +6,11 @@ use flate2::read::MultiGzDecoder;
 
 use crate::formats::{self, FormatError, Limits};
 use crate::metrics::case::CaseScore;
+use crate::metrics::lesions::{LesionMetrics, LesionSettings, lesion_metrics};
 use crate::metrics::pairing::{self, PairingError, Request};
 use crate::metrics::{Settings, StructureMetrics};
 use crate::schema::Schema;
+use crate::volume::Segmentation;
 
 /// Why a job cannot be scored. Every variant is permanent: retrying the same
 /// bytes gives the same answer.
@@ -72,5 +74,31 @@ pub fn score(
         def.and_then(|d| d.tolerance_mm)
             .unwrap_or(settings.tolerance_mm)
     };
-    Ok(CaseScore::new(evaluation, settings.surface, tolerance))
+    let mut case = CaseScore::new(evaluation, settings.surface, tolerance);
+    case.lesions = lesions(&p, &r, schema);
+    Ok(case)
+}
+
+/// Lesion-wise metrics (default settings) of the schema's multi-instance
+/// structures, where both sides are label maps on one grid; a pair that only
+/// pairing's resampling could put on one grid, or a DICOM SEG, gets none.
+fn lesions(
+    pred: &Segmentation,
+    reference: &Segmentation,
+    schema: Option<&Schema>,
+) -> Vec<(String, LesionMetrics)> {
+    let (Segmentation::LabelMap(pred), Segmentation::LabelMap(reference)) = (pred, reference)
+    else {
+        return Vec::new();
+    };
+    let settings = LesionSettings::default();
+    schema
+        .into_iter()
+        .flat_map(|s| &s.structures)
+        .filter(|s| s.instances)
+        .filter_map(|s| {
+            let metrics = lesion_metrics(pred, reference, s.label?, &settings).ok()?;
+            Some((s.name.clone(), metrics))
+        })
+        .collect()
 }

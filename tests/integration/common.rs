@@ -315,6 +315,19 @@ impl TestApp {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// Sets a model version's structure schema with the admin key; the status.
+    pub async fn put_schema(&self, model: &str, version: &str, schema: &Value) -> u16 {
+        self.client
+            .put(self.url(&format!("/v1/models/{model}/versions/{version}/structures")))
+            .bearer_auth(&self.admin_key)
+            .json(schema)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     /// The Prometheus exposition, read with the admin key.
     pub async fn metrics(&self) -> String {
         self.client

@@ -144,3 +144,50 @@ async fn above_the_detail_limit_site_structure_streams_keep_their_7_day_mean_and
     );
     app.finish().await;
 }
+
+/// Label 1 as 3³ cubes at the given corners in a 20 × 20 × 8 grid.
+fn lesions(corners: &[(usize, usize, usize)]) -> Vec<u8> {
+    use segwatch::formats::nifti::encode;
+    use segwatch::volume::{Grid, LabelVolume, Labels};
+    let grid = Grid::axis_aligned([20, 20, 8], [1.0; 3], 3);
+    let labels = (0..grid.len())
+        .map(|i| {
+            let (x, y, z) = (i % 20, (i / 20) % 20, i / 400);
+            let inside = |&(cx, cy, cz): &(usize, usize, usize)| {
+                (cx..cx + 3).contains(&x) && (cy..cy + 3).contains(&y) && (cz..cz + 3).contains(&z)
+            };
+            u8::from(corners.iter().any(inside))
+        })
+        .collect();
+    encode(&LabelVolume::new(grid, Labels::U8(labels)).unwrap(), true)
+}
+
+#[tokio::test]
+async fn multi_instance_structures_count_lesions_found_missed_and_invented() {
+    let app = TestApp::start().await;
+    let schema =
+        serde_json::json!({"structures": [{"label": 1, "name": "mets", "instances": true}]});
+    assert_eq!(app.put_schema("m", "v1", &schema).await, 201);
+    let key = app.key(Role::Ingest, Some("s")).await;
+    // Two reference lesions; the prediction finds the first, misses the
+    // second and invents a third.
+    let reference = lesions(&[(1, 1, 1), (10, 10, 1)]);
+    let prediction = lesions(&[(1, 1, 1), (15, 2, 4)]);
+    for (role, body) in [("prediction", prediction), ("reference", reference)] {
+        assert_eq!(app.upload(&key, "s", "c", role, body).await.status(), 202);
+    }
+    assert_eq!(app.wait_scored("s", "c").await["status"], "scored");
+    let text = app.metrics().await;
+    let stream = r#"{model="m",model_version="v1",site="s",structure="mets"}"#;
+    for (family, count) in [
+        ("segwatch_lesions_reference_total", 2),
+        ("segwatch_lesions_detected_total", 1),
+        ("segwatch_lesions_false_positive_total", 1),
+    ] {
+        assert!(
+            text.contains(&format!("\n{family}{stream} {count}\n")),
+            "{family}: {text}"
+        );
+    }
+    app.finish().await;
+}

@@ -239,15 +239,7 @@ async fn bad_uploads_get_the_right_4xx_and_store_nothing() {
         202
     );
     let schema = json!({"structures": [{"label": 1, "name": "liver"}], "unknown_labels": "reject"});
-    let put = app
-        .client
-        .put(app.url("/v1/models/m/versions/strict/structures"))
-        .bearer_auth(&app.admin_key)
-        .json(&schema)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(put.status(), 201);
+    assert_eq!(app.put_schema("m", "strict", &schema).await, 201);
 
     let mut corrupt = cubes(0, 4);
     let n = corrupt.len();
@@ -871,15 +863,7 @@ async fn permanent_failures_keep_their_reason_and_purged_uploads_fail_clearly() 
     let app = TestApp::start().await;
     let key = app.key(Role::Ingest, Some("s")).await;
     let schema = json!({"structures": [{"label": 1, "name": "liver"}]});
-    let put = app
-        .client
-        .put(app.url("/v1/models/m/versions/strict/structures"))
-        .bearer_auth(&app.admin_key)
-        .json(&schema)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(put.status(), 201);
+    assert_eq!(app.put_schema("m", "strict", &schema).await, 201);
     // The reference comes first, so its unknown label 2 is only seen when scoring.
     assert_eq!(
         app.upload(&key, "s", "unknown", "reference", cubes(0, 4))

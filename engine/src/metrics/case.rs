@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::lesions::LesionMetrics;
 use super::pairing::Evaluation;
 use super::{StructureMetrics, SurfaceMode, mean_dice};
 use crate::volume::Grid;
@@ -18,6 +19,8 @@ pub struct CaseScore {
     pub mean_dice: Option<f64>,
     /// The structures, in scoring order.
     pub structures: Vec<ScoredStructure>,
+    /// Lesion-wise metrics of the multi-instance structures, by structure name.
+    pub lesions: Vec<(String, LesionMetrics)>,
 }
 
 /// One structure of a [`CaseScore`].
@@ -54,6 +57,7 @@ impl CaseScore {
             grid: evaluation.grid,
             mean_dice,
             structures,
+            lesions: Vec::new(),
         }
     }
 }

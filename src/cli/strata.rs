@@ -34,11 +34,31 @@ struct Tally {
     detected: usize,
 }
 
+/// One structure's band edges, whether it was scored lesion by lesion, and
+/// its sums by band.
+struct Structure<'a> {
+    edges: &'a [f64],
+    lesion_wise: bool,
+    bands: BTreeMap<usize, Tally>,
+}
+
+/// A structure's entry, made with its edges the first time.
+fn entry<'m, 'e>(
+    structures: &'m mut BTreeMap<String, Structure<'e>>,
+    name: String,
+    edges: &'e [f64],
+) -> &'m mut Structure<'e> {
+    structures.entry(name).or_insert_with(|| Structure {
+        edges,
+        lesion_wise: false,
+        bands: BTreeMap::new(),
+    })
+}
+
 /// The strata of a folder run, by structure then band; bands without a case
 /// or lesion are left out.
 pub fn strata(outcomes: &[CaseOutcome], schema: Option<&Schema>) -> Vec<Stratum> {
-    // Keyed by structure name, then band: the edges and the sums.
-    let mut tallies: BTreeMap<String, (&[f64], BTreeMap<usize, Tally>)> = BTreeMap::new();
+    let mut structures: BTreeMap<String, Structure> = BTreeMap::new();
     let edges_of = |label: Option<u16>, code: Option<&str>, lesions: bool| -> &[f64] {
         let def = label
             .and_then(|l| schema?.by_label(l))
@@ -56,35 +76,35 @@ pub fn strata(outcomes: &[CaseOutcome], schema: Option<&Schema>) -> Vec<Stratum>
             }
             let lesions = report.lesions.iter().any(|l| Some(l.label) == s.label);
             let edges = edges_of(s.label, s.code.as_deref(), lesions);
-            let name = s.display_name();
-            let (_, bands) = tallies.entry(name).or_insert((edges, BTreeMap::new()));
-            let tally = bands.entry(band(s.ref_volume_ml, edges)).or_default();
+            let structure = entry(&mut structures, s.display_name(), edges);
+            let tally = structure
+                .bands
+                .entry(band(s.ref_volume_ml, edges))
+                .or_default();
             tally.cases += 1;
             tally.dice_sum += s.dice;
         }
         for l in &report.lesions {
             let edges = edges_of(Some(l.label), None, true);
             let name = structure_name(l.name.as_deref(), None, Some(l.label));
-            let (_, bands) = tallies.entry(name).or_insert((edges, BTreeMap::new()));
+            let structure = entry(&mut structures, name, edges);
+            structure.lesion_wise = true;
             for lesion in &l.metrics.lesions {
-                let tally = bands.entry(band(lesion.volume_ml, edges)).or_default();
+                let tally = structure
+                    .bands
+                    .entry(band(lesion.volume_ml, edges))
+                    .or_default();
                 tally.lesions += 1;
                 tally.detected += usize::from(!lesion.matched.is_empty());
             }
         }
     }
-    let lesion_wise: Vec<String> = outcomes
-        .iter()
-        .filter_map(|o| o.report.as_ref())
-        .flat_map(|r| &r.lesions)
-        .map(|l| structure_name(l.name.as_deref(), None, Some(l.label)))
-        .collect();
-    tallies
+    structures
         .into_iter()
-        .flat_map(|(structure, (edges, bands))| {
-            let lesions = lesion_wise.contains(&structure);
-            bands.into_iter().map(move |(b, t)| Stratum {
-                structure: structure.clone(),
+        .flat_map(|(name, s)| {
+            let (edges, lesions) = (s.edges, s.lesion_wise);
+            s.bands.into_iter().map(move |(b, t)| Stratum {
+                structure: name.clone(),
                 band: band_name(b, edges),
                 cases: t.cases,
                 dice_mean: (t.cases > 0).then(|| t.dice_sum / t.cases as f64),

@@ -14,6 +14,7 @@ use prometheus::{
 };
 
 use crate::metrics::case::CaseScore;
+use crate::metrics::strata::band_name;
 use crate::store::{ALL, JobInputs};
 
 /// Dice histogram buckets, fine near the top where models live.
@@ -75,6 +76,8 @@ fn site_structure(site: &str, structure: &str) -> bool {
 }
 
 const STREAM: [&str; 4] = ["site", "model", "model_version", "structure"];
+/// A stream's labels and a lesion size band (`metrics::strata::band_name`).
+const LESION_BAND: [&str; 5] = ["site", "model", "model_version", "structure", "band"];
 const DETECTOR: [&str; 5] = ["site", "model", "model_version", "structure", "detector"];
 const BASELINE: [&str; 3] = ["model", "model_version", "structure"];
 
@@ -169,13 +172,13 @@ impl Metrics {
             ),
             lesions_reference_total: counter_vec(
                 "segwatch_lesions_reference_total",
-                "Reference lesions of the schema's multi-instance structures in scored cases.",
-                &STREAM,
+                "Reference lesions of the schema's multi-instance structures in scored cases, by size band.",
+                &LESION_BAND,
             ),
             lesions_detected_total: counter_vec(
                 "segwatch_lesions_detected_total",
-                "Reference lesions a predicted lesion matched (IoU >= 0.5, 26-connectivity).",
-                &STREAM,
+                "Reference lesions a predicted lesion matched (IoU >= 0.5, 26-connectivity), by size band.",
+                &LESION_BAND,
             ),
             lesions_false_positive_total: counter_vec(
                 "segwatch_lesions_false_positive_total",
@@ -365,15 +368,23 @@ impl Metrics {
                     .observe(m.dice);
             }
         }
-        for (structure, lesions) in &outcome.lesions {
-            let labels = [stream_site, model, version, structure.as_str()];
-            for (counter, count) in [
-                (&self.lesions_reference_total, lesions.ref_instances),
-                (&self.lesions_detected_total, lesions.tp),
-                (&self.lesions_false_positive_total, lesions.fp),
-            ] {
-                counter.with_label_values(&labels).inc_by(u64::from(count));
+        for scored in &outcome.lesions {
+            let structure = scored.structure.as_str();
+            // Every band of the structure gets its series, at 0 if no lesion
+            // of that size came yet, so that a ratio by band has data.
+            for (band, (reference, detected)) in scored.by_band().into_iter().enumerate() {
+                let band = band_name(band, &scored.band_edges_ml);
+                let labels = [stream_site, model, version, structure, band.as_str()];
+                for (counter, count) in [
+                    (&self.lesions_reference_total, reference),
+                    (&self.lesions_detected_total, detected),
+                ] {
+                    counter.with_label_values(&labels).inc_by(u64::from(count));
+                }
             }
+            self.lesions_false_positive_total
+                .with_label_values(&[stream_site, model, version, structure])
+                .inc_by(u64::from(scored.metrics.fp));
         }
     }
 }

@@ -49,7 +49,19 @@ pub struct CaseView {
     pub generalized_dice: Option<f64>,
     #[schema(value_type = Vec<Object>)]
     pub structures: Vec<StructureMetrics>,
+    /// Lesion-wise metrics of the latest result's multi-instance structures.
+    pub lesions: Vec<CaseLesions>,
     pub revisions: Vec<Revision>,
+}
+
+/// One multi-instance structure of a scored case, lesion by lesion: the
+/// fields of an entry of `eval`'s JSON `lesions` (docs/lesions.md).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CaseLesions {
+    pub structure: String,
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub metrics: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A scored case in a listing.

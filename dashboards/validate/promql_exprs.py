@@ -54,8 +54,14 @@ UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y":
 RE2_SPECIAL = set("\\.+*?()|[]{}^$")
 # Series that exist only once something happened (an alert fired, a job failed, a
 # drift incident is open): a query over them may legitimately return no data on a
-# healthy, quiet system, unless it falls back to a constant (`or vector(0)`).
-SPARSE_METRICS = ("ALERTS", "segwatch_jobs_failed_total", "segwatch_drift_incident_open")
+# healthy, quiet system, unless it falls back to a constant (`or vector(0)`). Lesion
+# counters exist only for models whose schema has multi-instance structures.
+SPARSE_METRICS = (
+    "ALERTS",
+    "segwatch_jobs_failed_total",
+    "segwatch_drift_incident_open",
+    "segwatch_lesions_detected_total",
+)
 FALLBACK_RE = re.compile(r"\bor\s+vector\s*\(")
 
 

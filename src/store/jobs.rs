@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::{Result, Store, StoreError, rollups};
-use crate::metrics::case::CaseScore;
+use crate::metrics::case::{CaseScore, LesionScore};
 
 /// A job this worker holds a lease on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +41,12 @@ pub struct JobInputs {
 /// A finite value, or NULL.
 pub(super) fn finite(v: f64) -> Option<f64> {
     v.is_finite().then_some(v)
+}
+
+/// A structure's lesion-wise metrics as stored: `eval`'s JSON of them.
+pub(super) fn lesion_json(scored: &LesionScore) -> Result<serde_json::Value> {
+    serde_json::to_value(&scored.metrics)
+        .map_err(|e| StoreError::Corrupt(format!("lesion results of {}: {e}", scored.structure)))
 }
 
 impl Store {
@@ -204,6 +210,16 @@ impl Store {
                 finite(m.masd_mm),
                 finite(m.nsd),
                 tolerance
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        for scored in &outcome.lesions {
+            sqlx::query!(
+                "INSERT INTO lesion_results (result_id, structure, metrics) VALUES ($1, $2, $3)",
+                result_id,
+                scored.structure,
+                lesion_json(scored)?
             )
             .execute(&mut *tx)
             .await?;

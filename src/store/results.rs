@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 
 use super::{Result, Store, StoreError};
 use crate::metrics::{Empty, StructureMetrics, generalized_dice, volume_errors};
-use crate::views::{CaseStatus, CaseSummary, CaseView, Revision};
+use crate::views::{CaseLesions, CaseStatus, CaseSummary, CaseView, Revision};
 
 /// Which scored cases to list, worst first.
 #[derive(Debug, Clone, Default)]
@@ -139,6 +139,20 @@ impl Store {
         Ok(by_result(rows))
     }
 
+    /// The lesion-wise structures of a result.
+    async fn lesions(pool: &sqlx::PgPool, result_id: i64) -> Result<Vec<CaseLesions>> {
+        let rows = sqlx::query!(
+            "SELECT structure, metrics FROM lesion_results WHERE result_id = $1 ORDER BY structure",
+            result_id
+        )
+        .fetch_all(pool)
+        .await
+        .map_err(StoreError::classify)?;
+        rows.into_iter()
+            .map(|row| case_lesions(row.structure, row.metrics))
+            .collect()
+    }
+
     /// A case: its status, revisions and latest result; None if unknown.
     pub async fn case_view(&self, site: &str, case_key: &str) -> Result<Option<CaseView>> {
         let pool = postgres_or!(self, lite => lite.case_view(site, case_key));
@@ -177,20 +191,24 @@ impl Store {
         .fetch_optional(pool)
         .await
         .map_err(StoreError::classify)?;
-        let structures = match &result {
-            Some(r) => Store::structures(pool, &[r.id], None)
-                .await?
-                .remove(&r.id)
-                .unwrap_or_default(),
-            None => Vec::new(),
+        let latest = match result {
+            Some(r) => Some(LatestResult {
+                scored_at: r.scored_at,
+                mean_dice: r.mean_dice,
+                structures: Store::structures(pool, &[r.id], None)
+                    .await?
+                    .remove(&r.id)
+                    .unwrap_or_default(),
+                lesions: Store::lesions(pool, r.id).await?,
+            }),
+            None => None,
         };
         Ok(Some(assemble_case(
             site,
             case_key,
             revisions,
             job.map(|j| (j.status, j.last_error)),
-            result.map(|r| (r.scored_at, r.mean_dice)),
-            structures,
+            latest,
         )))
     }
 
@@ -278,16 +296,32 @@ impl Store {
     }
 }
 
+/// A stored lesion-wise structure, its metrics a JSON object.
+pub(super) fn case_lesions(structure: String, metrics: serde_json::Value) -> Result<CaseLesions> {
+    match metrics {
+        serde_json::Value::Object(metrics) => Ok(CaseLesions { structure, metrics }),
+        _ => Err(StoreError::Corrupt(format!(
+            "lesion results of {structure} are not a JSON object"
+        ))),
+    }
+}
+
+/// A case's latest result, as its view shows it.
+pub(super) struct LatestResult {
+    pub scored_at: DateTime<Utc>,
+    pub mean_dice: Option<f64>,
+    pub structures: Vec<StructureMetrics>,
+    pub lesions: Vec<CaseLesions>,
+}
+
 /// A case from its rows: revisions in received order, the latest job's
-/// (status, last error), the latest result's (scored at, mean Dice) and its
-/// structures.
+/// (status, last error) and the latest result.
 pub(super) fn assemble_case(
     site: &str,
     case_key: &str,
     revisions: Vec<Revision>,
     job: Option<(String, Option<String>)>,
-    result: Option<(DateTime<Utc>, Option<f64>)>,
-    structures: Vec<StructureMetrics>,
+    result: Option<LatestResult>,
 ) -> CaseView {
     let has = |role: &str| revisions.iter().any(|r| r.role == role);
     let (status, reason) = match job {
@@ -298,6 +332,10 @@ pub(super) fn assemble_case(
         None => (CaseStatus::WaitingForPrediction, None),
     };
     let prediction = revisions.iter().rev().find(|r| r.role == "prediction");
+    let (scored_at, mean_dice, structures, lesions) = match result {
+        Some(r) => (Some(r.scored_at), r.mean_dice, r.structures, r.lesions),
+        None => (None, None, Vec::new(), Vec::new()),
+    };
     CaseView {
         site: site.to_owned(),
         case: case_key.to_owned(),
@@ -305,10 +343,11 @@ pub(super) fn assemble_case(
         reason,
         model: prediction.and_then(|p| p.model.clone()),
         model_version: prediction.and_then(|p| p.model_version.clone()),
-        scored_at: result.map(|r| r.0),
-        mean_dice: result.and_then(|r| r.1),
-        generalized_dice: result.and(generalized_dice(&structures)),
+        scored_at,
+        mean_dice,
+        generalized_dice: scored_at.and(generalized_dice(&structures)),
         structures,
+        lesions,
         revisions,
     }
 }

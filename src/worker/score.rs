@@ -5,8 +5,8 @@ use std::io::Read;
 use flate2::read::MultiGzDecoder;
 
 use crate::formats::{self, FormatError, Limits};
-use crate::metrics::case::CaseScore;
-use crate::metrics::lesions::{LesionMetrics, LesionSettings, lesion_metrics};
+use crate::metrics::case::{CaseScore, LesionScore};
+use crate::metrics::lesions::{LesionSettings, lesion_metrics};
 use crate::metrics::pairing::{self, PairingError, Request};
 use crate::metrics::{Settings, StructureMetrics};
 use crate::schema::Schema;
@@ -86,7 +86,7 @@ fn lesions(
     pred: &Segmentation,
     reference: &Segmentation,
     schema: Option<&Schema>,
-) -> Vec<(String, LesionMetrics)> {
+) -> Vec<LesionScore> {
     let (Segmentation::LabelMap(pred), Segmentation::LabelMap(reference)) = (pred, reference)
     else {
         return Vec::new();
@@ -98,7 +98,11 @@ fn lesions(
         .filter(|s| s.instances)
         .filter_map(|s| {
             let metrics = lesion_metrics(pred, reference, s.label?, &settings).ok()?;
-            Some((s.name.clone(), metrics))
+            Some(LesionScore {
+                structure: s.name.clone(),
+                band_edges_ml: s.volume_bands().to_vec(),
+                metrics,
+            })
         })
         .collect()
 }

@@ -145,49 +145,76 @@ async fn above_the_detail_limit_site_structure_streams_keep_their_7_day_mean_and
     app.finish().await;
 }
 
-/// Label 1 as 3³ cubes at the given corners in a 20 × 20 × 8 grid.
-fn lesions(corners: &[(usize, usize, usize)]) -> Vec<u8> {
+/// Label 1 as cubes (corner, edge in voxels) in a 20 × 20 × 8 grid of 1 mm voxels.
+fn lesions(cubes: &[((usize, usize, usize), usize)]) -> Vec<u8> {
     use segwatch::formats::nifti::encode;
     use segwatch::volume::{Grid, LabelVolume, Labels};
     let grid = Grid::axis_aligned([20, 20, 8], [1.0; 3], 3);
     let labels = (0..grid.len())
         .map(|i| {
             let (x, y, z) = (i % 20, (i / 20) % 20, i / 400);
-            let inside = |&(cx, cy, cz): &(usize, usize, usize)| {
-                (cx..cx + 3).contains(&x) && (cy..cy + 3).contains(&y) && (cz..cz + 3).contains(&z)
+            let inside = |&((cx, cy, cz), n): &((usize, usize, usize), usize)| {
+                (cx..cx + n).contains(&x) && (cy..cy + n).contains(&y) && (cz..cz + n).contains(&z)
             };
-            u8::from(corners.iter().any(inside))
+            u8::from(cubes.iter().any(inside))
         })
         .collect();
     encode(&LabelVolume::new(grid, Labels::U8(labels)).unwrap(), true)
 }
 
 #[tokio::test]
-async fn multi_instance_structures_count_lesions_found_missed_and_invented() {
+async fn multi_instance_structures_count_lesions_by_size_and_show_them_in_the_case() {
     let app = TestApp::start().await;
-    let schema =
-        serde_json::json!({"structures": [{"label": 1, "name": "mets", "instances": true}]});
+    // One band edge at 0.01 mL (10 voxels of 1 mm³).
+    let schema = serde_json::json!({"structures": [
+        {"label": 1, "name": "mets", "instances": true, "volume_bands_ml": [0.01]}
+    ]});
     assert_eq!(app.put_schema("m", "v1", &schema).await, 201);
     let key = app.key(Role::Ingest, Some("s")).await;
-    // Two reference lesions; the prediction finds the first, misses the
-    // second and invents a third.
-    let reference = lesions(&[(1, 1, 1), (10, 10, 1)]);
-    let prediction = lesions(&[(1, 1, 1), (15, 2, 4)]);
+    // Two reference lesions, a small one (2³ = 8 voxels) and a larger one
+    // (3³ = 27); the prediction finds the small one, misses the larger one and
+    // invents a third.
+    let reference = lesions(&[((1, 1, 1), 2), ((10, 10, 1), 3)]);
+    let prediction = lesions(&[((1, 1, 1), 2), ((15, 2, 4), 3)]);
     for (role, body) in [("prediction", prediction), ("reference", reference)] {
         assert_eq!(app.upload(&key, "s", "c", role, body).await.status(), 202);
     }
-    assert_eq!(app.wait_scored("s", "c").await["status"], "scored");
+    let case = app.wait_scored("s", "c").await;
+    assert_eq!(case["status"], "scored");
     let text = app.metrics().await;
-    let stream = r#"{model="m",model_version="v1",site="s",structure="mets"}"#;
-    for (family, count) in [
-        ("segwatch_lesions_reference_total", 2),
-        ("segwatch_lesions_detected_total", 1),
-        ("segwatch_lesions_false_positive_total", 1),
+    let stream = r#"model="m",model_version="v1",site="s",structure="mets""#;
+    for (family, band, count) in [
+        ("segwatch_lesions_reference_total", "<0.01 mL", 1),
+        ("segwatch_lesions_detected_total", "<0.01 mL", 1),
+        ("segwatch_lesions_reference_total", "≥0.01 mL", 1),
+        ("segwatch_lesions_detected_total", "≥0.01 mL", 0),
     ] {
-        assert!(
-            text.contains(&format!("\n{family}{stream} {count}\n")),
-            "{family}: {text}"
-        );
+        let line = format!("\n{family}{{band=\"{band}\",{stream}}} {count}\n");
+        assert!(text.contains(&line), "{family} {band}: {text}");
     }
+    let fp = format!("\nsegwatch_lesions_false_positive_total{{{stream}}} 1\n");
+    assert!(text.contains(&fp), "{text}");
+    // The case shows the structure lesion by lesion, as eval reports it.
+    let mets = &case["lesions"][0];
+    assert_eq!(mets["structure"], "mets", "{case}");
+    for (field, value) in [
+        ("ref_instances", 2.0),
+        ("pred_instances", 2.0),
+        ("tp", 1.0),
+        ("fp", 1.0),
+        ("fn", 1.0),
+        ("sensitivity", 0.5),
+    ] {
+        assert_eq!(mets[field].as_f64(), Some(value), "{field}: {mets}");
+    }
+    let volumes: Vec<f64> = mets["lesions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["volume_ml"].as_f64().unwrap())
+        .collect();
+    assert_eq!(volumes, [0.008, 0.027]);
+    assert_eq!(mets["lesions"][0]["dice"], 1.0);
+    assert_eq!(mets["lesions"][1]["dice"], 0.0);
     app.finish().await;
 }

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::lesions::LesionMetrics;
 use super::pairing::Evaluation;
+use super::strata::band;
 use super::{StructureMetrics, SurfaceMode, mean_dice};
 use crate::volume::Grid;
 
@@ -19,8 +20,33 @@ pub struct CaseScore {
     pub mean_dice: Option<f64>,
     /// The structures, in scoring order.
     pub structures: Vec<ScoredStructure>,
-    /// Lesion-wise metrics of the multi-instance structures, by structure name.
-    pub lesions: Vec<(String, LesionMetrics)>,
+    /// Lesion-wise metrics of the multi-instance structures.
+    pub lesions: Vec<LesionScore>,
+}
+
+/// One multi-instance structure of a [`CaseScore`], scored lesion by lesion.
+#[derive(Debug, Clone)]
+pub struct LesionScore {
+    /// The structure's name, as in [`ScoredStructure::name`].
+    pub structure: String,
+    /// Its size bands' edges in mL ([`super::strata`]).
+    pub band_edges_ml: Vec<f64>,
+    /// Its lesion-wise metrics.
+    pub metrics: LesionMetrics,
+}
+
+impl LesionScore {
+    /// Reference lesions and detected ones, by size band (index into the
+    /// bands of [`Self::band_edges_ml`]; every band, empty ones included).
+    pub fn by_band(&self) -> Vec<(u32, u32)> {
+        let mut counts = vec![(0, 0); self.band_edges_ml.len() + 1];
+        for lesion in &self.metrics.lesions {
+            let (reference, detected) = &mut counts[band(lesion.volume_ml, &self.band_edges_ml)];
+            *reference += 1;
+            *detected += u32::from(!lesion.matched.is_empty());
+        }
+        counts
+    }
 }
 
 /// One structure of a [`CaseScore`].

@@ -191,6 +191,17 @@ impl Lite {
             .await
             .map_err(classify)?;
         }
+        for scored in &outcome.lesions {
+            sqlx::query(
+                "INSERT INTO lesion_results (result_id, structure, metrics) VALUES ($1, $2, $3)",
+            )
+            .bind(result_id)
+            .bind(&scored.structure)
+            .bind(json(&scored.metrics)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        }
         // One writer at a time: the newest result is the only one flagged latest.
         sqlx::query("UPDATE results SET latest = 0 WHERE case_id = $1 AND latest AND id <> $2")
             .bind(inputs.case_id)

@@ -4,13 +4,14 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
-use super::{Lite, at, classify, json};
+use super::{Lite, at, classify, json, parse};
 use crate::metrics::StructureMetrics;
 use crate::store::Result;
 use crate::store::results::{
-    CaseFilter, STRUCTURE_COLUMNS, StructureRow, assemble_case, by_result,
+    CaseFilter, LatestResult, STRUCTURE_COLUMNS, StructureRow, assemble_case, by_result,
+    case_lesions,
 };
-use crate::views::{CaseSummary, CaseView, Revision};
+use crate::views::{CaseLesions, CaseSummary, CaseView, Revision};
 
 impl Lite {
     /// See `Store::structures`: ids passed as one JSON array.
@@ -31,6 +32,23 @@ impl Lite {
             .await
             .map_err(classify)?;
         Ok(by_result(rows))
+    }
+
+    /// See `Store::lesions`.
+    async fn lesions(&self, result_id: i64) -> Result<Vec<CaseLesions>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT structure, metrics FROM lesion_results WHERE result_id = $1 ORDER BY structure",
+        )
+        .bind(result_id)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(classify)?;
+        rows.into_iter()
+            .map(|(structure, metrics)| {
+                let metrics = parse(&format!("lesion results of {structure}"), &metrics)?;
+                case_lesions(structure, metrics)
+            })
+            .collect()
     }
 
     /// A case: its status, revisions and latest result; None if unknown.
@@ -91,22 +109,20 @@ impl Lite {
         .fetch_optional(&self.reader)
         .await
         .map_err(classify)?;
-        let structures = match &result {
-            Some((id, _, _)) => self
-                .structures(&[*id], None)
-                .await?
-                .remove(id)
-                .unwrap_or_default(),
-            None => Vec::new(),
+        let latest = match result {
+            Some((id, scored_at, mean_dice)) => Some(LatestResult {
+                scored_at,
+                mean_dice,
+                structures: self
+                    .structures(&[id], None)
+                    .await?
+                    .remove(&id)
+                    .unwrap_or_default(),
+                lesions: self.lesions(id).await?,
+            }),
+            None => None,
         };
-        Ok(Some(assemble_case(
-            site,
-            case_key,
-            revisions,
-            job,
-            result.map(|(_, scored_at, mean)| (scored_at, mean)),
-            structures,
-        )))
+        Ok(Some(assemble_case(site, case_key, revisions, job, latest)))
     }
 
     /// The latest result of each scored case matching `filter`, worst first.

@@ -33,6 +33,13 @@ pub struct Config {
     /// Days a scored segmentation is kept for drill-down before its voxels are
     /// purged (results are kept) (`SEGWATCH_RETENTION_DAYS`).
     pub retention_days: u32,
+    /// Days a case is kept after its last upload and score: then it goes with
+    /// its uploads, jobs, results and detector history; 0 keeps every case
+    /// (`SEGWATCH_RESULTS_RETENTION_DAYS`).
+    pub results_retention_days: u32,
+    /// Days a resolved incident is kept after its resolution; 0 keeps every
+    /// incident (`SEGWATCH_INCIDENTS_RETENTION_DAYS`).
+    pub incidents_retention_days: u32,
 }
 
 /// Sizes the service accepts.
@@ -68,7 +75,7 @@ pub struct LimitsConfig {
 
 /// The environment variables [`Config::load`] reads, with the setting each
 /// overrides (listed by `segwatch serve --help`; a test keeps it complete).
-pub const ENV_VARS: [(&str, &str); 30] = [
+pub const ENV_VARS: [(&str, &str); 32] = [
     ("SEGWATCH_CONFIG", "the configuration file"),
     ("SEGWATCH_DATABASE_URL", "database_url"),
     ("SEGWATCH_DATA_DIR", "data_dir"),
@@ -76,6 +83,11 @@ pub const ENV_VARS: [(&str, &str); 30] = [
     ("SEGWATCH_MIGRATE", "migrate"),
     ("SEGWATCH_LOG_FORMAT", "log_format"),
     ("SEGWATCH_RETENTION_DAYS", "retention_days"),
+    ("SEGWATCH_RESULTS_RETENTION_DAYS", "results_retention_days"),
+    (
+        "SEGWATCH_INCIDENTS_RETENTION_DAYS",
+        "incidents_retention_days",
+    ),
     ("SEGWATCH_MAX_UPLOAD_BYTES", "limits.max_upload_bytes"),
     ("SEGWATCH_MAX_VOXELS", "limits.max_voxels"),
     (
@@ -275,6 +287,8 @@ impl Default for Config {
             drift: DriftConfig::default(),
             dicomweb: DicomWebConfig::default(),
             retention_days: 30,
+            results_retention_days: 0,
+            incidents_retention_days: 0,
         }
     }
 }
@@ -394,6 +408,12 @@ impl Config {
         if let Some(v) = var("SEGWATCH_RETENTION_DAYS") {
             config.retention_days = parse("SEGWATCH_RETENTION_DAYS", v)?;
         }
+        if let Some(v) = var("SEGWATCH_RESULTS_RETENTION_DAYS") {
+            config.results_retention_days = parse("SEGWATCH_RESULTS_RETENTION_DAYS", v)?;
+        }
+        if let Some(v) = var("SEGWATCH_INCIDENTS_RETENTION_DAYS") {
+            config.incidents_retention_days = parse("SEGWATCH_INCIDENTS_RETENTION_DAYS", v)?;
+        }
         if let Some(v) = var("SEGWATCH_MAX_UPLOAD_BYTES") {
             config.limits.max_upload_bytes = parse("SEGWATCH_MAX_UPLOAD_BYTES", v)?;
         }
@@ -487,6 +507,14 @@ impl Config {
         if self.limits.max_body_memory_bytes < self.limits.max_upload_bytes as u64 {
             return bad(
                 "limits.max_body_memory_bytes must be at least limits.max_upload_bytes, or the largest upload could never be admitted",
+            );
+        }
+        // The rolling windows read their days of results; files go before results.
+        let kept = self.results_retention_days;
+        let longest_window = self.drift.rolling_windows_days.iter().max().copied();
+        if kept != 0 && (Some(kept) <= longest_window || kept < self.retention_days) {
+            return bad(
+                "results_retention_days must be 0 (keep every case), or longer than the longest rolling window and at least retention_days",
             );
         }
         if self.workers.lease_secs == 0 || self.workers.max_attempts < 1 {
@@ -638,5 +666,22 @@ mod tests {
             Config::load(Some(&path), |_| None),
             Err(ConfigError::Parse(..))
         ));
+    }
+
+    #[test]
+    fn results_outlive_the_rolling_windows_and_the_stored_files() {
+        let results = |days: &str| {
+            let days = days.to_owned();
+            Config::load(None, move |n| {
+                (n == "SEGWATCH_RESULTS_RETENTION_DAYS").then(|| days.clone())
+            })
+        };
+        assert_eq!(results("0").unwrap().results_retention_days, 0);
+        assert_eq!(results("31").unwrap().results_retention_days, 31);
+        // The 30-day window, and the 30 days the stored files are kept.
+        for short in ["30", "7"] {
+            let err = results(short).unwrap_err();
+            assert!(matches!(err, ConfigError::Invalid(_)), "{short}: {err}");
+        }
     }
 }

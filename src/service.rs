@@ -168,9 +168,13 @@ async fn refresh_gauges(store: Store, config: Arc<Config>, metrics: Metrics) {
 const PURGE_PERIOD: Duration = Duration::from_secs(3600);
 /// Segmentations purged per statement: short transactions, however large the backlog.
 const PURGE_BATCH: i64 = 5000;
+/// Cases deleted per transaction by the results retention (each with its rows).
+const CASE_PURGE_BATCH: i64 = 500;
 
-/// Drops the stored files of segmentations past retention every hour, in batches,
-/// and hourly Dice buckets the 1-day window no longer reads, in a task of its own.
+/// Every hour, in a task of its own and in batches: drops the stored files of
+/// segmentations past retention and hourly Dice buckets the 1-day window no
+/// longer reads, then cases past the results retention and incidents past
+/// theirs, where those are set.
 async fn purge_expired(store: Store, config: Arc<Config>, metrics: Metrics) {
     let mut tick = every(PURGE_PERIOD);
     loop {
@@ -192,6 +196,31 @@ async fn purge_expired(store: Store, config: Arc<Config>, metrics: Metrics) {
             Ok(()) => store.purge_hourly_rollups().await.map(drop),
             Err(e) => Err(e),
         };
+        let mut cases = 0;
+        let outcome = match outcome {
+            Ok(()) if config.results_retention_days > 0 => loop {
+                match store
+                    .purge_expired_cases(config.results_retention_days, CASE_PURGE_BATCH)
+                    .await
+                {
+                    Ok(n) => {
+                        cases += n;
+                        if n < CASE_PURGE_BATCH as u64 {
+                            break Ok(());
+                        }
+                    }
+                    Err(e) => break Err(e),
+                }
+            },
+            other => other,
+        };
+        let outcome = match outcome {
+            Ok(()) if config.incidents_retention_days > 0 => store
+                .purge_resolved_incidents(config.incidents_retention_days)
+                .await
+                .map(drop),
+            other => other,
+        };
         metrics
             .purge_duration_seconds
             .set(started.elapsed().as_secs_f64());
@@ -200,6 +229,9 @@ async fn purge_expired(store: Store, config: Arc<Config>, metrics: Metrics) {
                 purged,
                 "dropped stored files of segmentations past retention"
             );
+        }
+        if cases > 0 {
+            info!(cases, "deleted cases past the results retention");
         }
         if let Err(e) = outcome {
             warn!(error = %e, "retention purge failed");

@@ -20,6 +20,7 @@ mod history;
 mod jobs;
 mod keys;
 mod results;
+mod retention;
 mod rollups;
 mod schemas;
 mod sqlite;

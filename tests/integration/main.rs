@@ -15,5 +15,6 @@ mod metrics_detail;
 mod nifti_files;
 mod properties;
 mod reference;
+mod retention;
 mod service;
 mod upgrade;

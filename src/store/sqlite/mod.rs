@@ -13,6 +13,7 @@ mod drift;
 mod history;
 mod jobs;
 mod results;
+mod retention;
 mod uploads;
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,7 @@
 //! segwatch's engine: label volumes on their grids, NIfTI and DICOM SEG
 //! decoding and de-identification, segmentation metrics (overlap, surface
-//! distances, surface Dice), structure schemas and drift detection.
+//! distances, surface Dice), structure schemas, drift detection and the
+//! statistics of comparing and gating model versions.
 //!
 //! Pure by construction: this crate depends on no async runtime, database or
 //! HTTP crate, so the service (`segwatch`) and any other program can use it as
@@ -11,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod arrays;
+pub mod compare;
 pub mod drift;
 pub mod formats;
 pub mod metrics;

@@ -1,11 +1,16 @@
-//! The statistics behind comparing two model versions (issue 15): rank tests
-//! of a difference in Dice ([`rank_tests`]) and bootstrap confidence
-//! intervals of a mean ([`bootstrap`]).
+//! The statistics behind comparing two model versions and gating a version
+//! before deployment (issue 15): rank tests of a difference in Dice
+//! ([`rank_tests`]), bootstrap confidence intervals of a mean
+//! ([`bootstrap`]), the comparison of one structure between versions A and B
+//! ([`versions`]) and the deployment gate ([`gate`]).
 //!
-//! Pure: numbers in, values out.
+//! Pure: numbers in, reports out. The conventions, and how they were checked
+//! against scipy, are in `docs/compare.md`.
 
 pub mod bootstrap;
+pub mod gate;
 pub mod rank_tests;
+pub mod versions;
 
 /// Why a statistic could not be computed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -29,7 +34,10 @@ pub enum CompareError {
         /// The value.
         value: f64,
     },
-    /// Settings out of range (confidence level, resamples).
+    /// One version lists a case twice, so pairing by case is ambiguous.
+    #[error("case {0:?} appears more than once in one version")]
+    DuplicateCase(String),
+    /// Settings out of range (confidence level, resamples, threshold).
     #[error("invalid settings: {0}")]
     InvalidSettings(&'static str),
     /// The exact Mann–Whitney null distribution has more arrangements than
@@ -55,3 +63,13 @@ fn check_finite(values: &[f64]) -> Result<(), CompareError> {
     }
 }
 
+/// Fraction of `dice` strictly below `threshold` (the schema's failure rule,
+/// as `drift::Baseline::failures` counts it); `dice` is not empty.
+fn failure_rate(dice: &[f64], threshold: f64) -> f64 {
+    dice.iter().filter(|&&d| d < threshold).count() as f64 / dice.len() as f64
+}
+
+/// Arithmetic mean, summed in order (the bootstrap reference sums the same way).
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len() as f64
+}

@@ -7,7 +7,7 @@
 //! HTTP crate, so the service (`segwatch`) and any other program can use it as
 //! a library ([`arrays`] scores label images held as `ndarray` arrays). The
 //! metric definitions are in `docs/metrics.md`, the drift method in
-//! `docs/drift.md`.
+//! `docs/drift.md`, the comparison statistics in `docs/compare.md`.
 
 #![deny(missing_docs)]
 

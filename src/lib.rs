@@ -15,4 +15,4 @@ pub mod telemetry;
 pub mod views;
 pub mod worker;
 
-pub use segwatch_engine::{drift, formats, metrics, schema, volume};
+pub use segwatch_engine::{compare, drift, formats, metrics, schema, volume};

@@ -25,6 +25,7 @@ mod rollups;
 mod schemas;
 mod sqlite;
 mod uploads;
+mod versions;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,7 @@ pub use results::CaseFilter;
 pub use uploads::{
     ModelBoundExceeded, ModelBounds, NewSegmentation, PartnerGrid, SegRole, StoredUpload,
 };
+pub use versions::VersionDice;
 
 /// Channel on which new jobs are announced.
 pub const JOBS_CHANNEL: &str = "segwatch_jobs";

@@ -5,6 +5,7 @@
 
 mod cli_eval;
 mod common;
+mod compare;
 mod dicom_eval;
 mod dicom_seg;
 mod dicomweb;

@@ -15,6 +15,7 @@ mod jobs;
 mod results;
 mod retention;
 mod uploads;
+mod versions;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,0 +1,48 @@
+//! Per-case Dice of one model version, for comparing versions.
+
+use super::{Result, Store, StoreError};
+
+/// One structure's Dice in the latest result of a case with a given version.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct VersionDice {
+    pub site: String,
+    pub case_key: String,
+    pub structure: String,
+    pub dice: f64,
+}
+
+impl Store {
+    /// Each structure's Dice (structures empty on both sides left out) in the
+    /// latest result with `model` `version` of the `max_cases` cases most
+    /// recently scored with it, at `site` or every site. A case scored by both
+    /// versions appears under each, which pairs it.
+    pub async fn version_dice(
+        &self,
+        model: &str,
+        version: &str,
+        site: Option<&str>,
+        max_cases: i64,
+    ) -> Result<Vec<VersionDice>> {
+        let pool = postgres_or!(self, lite => lite.version_dice(model, version, site, max_cases));
+        sqlx::query_as!(
+            VersionDice,
+            r#"WITH chosen AS (
+                   SELECT max(id) AS id FROM results
+                   WHERE model = $1 AND model_version = $2 AND ($3::text IS NULL OR site = $3)
+                   GROUP BY case_id ORDER BY max(id) DESC LIMIT $4)
+               SELECT c.site, c.case_key, s.structure, s.dice AS "dice!"
+               FROM chosen f
+               JOIN results r ON r.id = f.id
+               JOIN cases c ON c.id = r.case_id
+               JOIN structure_results s ON s.result_id = r.id
+               WHERE s.empty <> 'both' AND s.dice IS NOT NULL"#,
+            model,
+            version,
+            site,
+            max_cases
+        )
+        .fetch_all(pool)
+        .await
+        .map_err(StoreError::classify)
+    }
+}

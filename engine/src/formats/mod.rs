@@ -5,6 +5,7 @@ pub mod deidentify;
 pub mod dicom_seg;
 mod dicom_structure;
 pub mod nifti;
+pub mod probability_nifti;
 mod rle;
 
 use std::path::Path;

@@ -322,3 +322,68 @@ fn occupancy_fractions_are_thresholded_only() {
         assert_eq!(a.mask, b.mask);
     }
 }
+
+#[test]
+fn folder_mode_takes_probabilities_named_like_the_cases() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = |name: &str| {
+        let path = dir.path().join(name);
+        std::fs::create_dir(&path).unwrap();
+        path
+    };
+    let (pred, reference, probs, out) = (
+        sub("pred"),
+        sub("ref"),
+        sub("probs"),
+        dir.path().join("out"),
+    );
+    let cases = expected();
+    for (i, case) in cases.iter().enumerate() {
+        let id = case["id"].as_str().unwrap();
+        let copy = |key: &str, to: &std::path::Path| {
+            std::fs::copy(
+                path(case[key].as_str().unwrap()),
+                to.join(format!("{id}.nii.gz")),
+            )
+            .unwrap();
+        };
+        copy("pred", &pred);
+        copy("ref", &reference);
+        // The last case has no probability file: scored without probabilities.
+        if i + 1 < cases.len() {
+            copy("probabilities", &probs);
+        }
+    }
+    let arg = |p: &std::path::Path| p.display().to_string();
+    let output = segwatch(&[
+        "eval",
+        "--pred-dir",
+        &arg(&pred),
+        "--ref-dir",
+        &arg(&reference),
+        "--prob-dir",
+        &arg(&probs),
+        "--labels",
+        "1,2,3",
+        "--out",
+        &arg(&out),
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    let results: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let results = results.as_array().unwrap();
+    for (result, case) in results.iter().zip(&cases[..cases.len() - 1]) {
+        let scores = result["probabilistic"].as_array().unwrap();
+        for (ours, peer) in scores.iter().zip(case["structures"].as_array().unwrap()) {
+            close(ours["ece"].as_f64().unwrap(), &peer["ece"], "folder ece");
+        }
+    }
+    assert!(results[cases.len() - 1].get("probabilistic").is_none());
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert!(rows[0].ends_with(",soft_dice,brier,ece"), "{}", rows[0]);
+    // Every row has the header's columns; the case without probabilities leaves them empty.
+    let width = rows[0].split(',').count();
+    assert!(rows.iter().all(|r| r.split(',').count() == width));
+    assert!(rows.last().unwrap().ends_with(",,,"));
+}

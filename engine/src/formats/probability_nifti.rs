@@ -138,17 +138,28 @@ fn read_plain<R: Read, S: ProbabilitySink>(
         while first < voxels {
             let n = BLOCK.min(voxels - first);
             read_exact(&mut input, &mut raw[..n * width], "the voxel data")?;
-            values.clear();
-            for (i, bytes) in raw[..n * width].chunks_exact(width).enumerate() {
-                let v = value(bytes, header.big_endian, scale);
-                if !(0.0..=1.0).contains(&v) {
-                    return Err(FormatError::Value(format!(
-                        "voxel {} of channel {channel} holds {v}, which is not a probability (0 to 1)",
-                        first + i
-                    ))
-                    .into());
-                }
-                values.push(v);
+            convert(
+                &raw[..n * width],
+                width,
+                header.big_endian,
+                scale,
+                &mut values,
+            );
+            // One branch-free pass over the block; the position only on failure.
+            if !values
+                .iter()
+                .fold(true, |ok, v| ok & (0.0..=1.0).contains(v))
+            {
+                let (i, v) = values
+                    .iter()
+                    .enumerate()
+                    .find(|(_, v)| !(0.0..=1.0).contains(*v))
+                    .unwrap_or((0, &f64::NAN));
+                return Err(FormatError::Value(format!(
+                    "voxel {} of channel {channel} holds {v}, which is not a probability (0 to 1)",
+                    first + i
+                ))
+                .into());
             }
             sink.block(channel, first, &values).map_err(Failure::Sink)?;
             first += n;
@@ -157,30 +168,29 @@ fn read_plain<R: Read, S: ProbabilitySink>(
     Ok(())
 }
 
-/// One stored float, scaled by `scl_slope` / `scl_inter` when they apply.
-fn value(bytes: &[u8], big_endian: bool, scale: Option<(f64, f64)>) -> f64 {
-    let v = match bytes.len() {
-        4 => {
-            let b = [bytes[0], bytes[1], bytes[2], bytes[3]];
-            f64::from(if big_endian {
-                f32::from_be_bytes(b)
-            } else {
-                f32::from_le_bytes(b)
-            })
+/// Stored floats of `width` bytes (4 or 8) as f64 into `out`, scaled by
+/// `scl_slope` / `scl_inter` when they apply.
+fn convert(
+    raw: &[u8],
+    width: usize,
+    big_endian: bool,
+    scale: Option<(f64, f64)>,
+    out: &mut Vec<f64>,
+) {
+    out.clear();
+    let four = |b: &[u8]| [b[0], b[1], b[2], b[3]];
+    let eight = |b: &[u8]| [b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]];
+    let chunks = raw.chunks_exact(width);
+    match (width, big_endian) {
+        (4, false) => out.extend(chunks.map(|b| f64::from(f32::from_le_bytes(four(b))))),
+        (4, true) => out.extend(chunks.map(|b| f64::from(f32::from_be_bytes(four(b))))),
+        (_, false) => out.extend(chunks.map(|b| f64::from_le_bytes(eight(b)))),
+        (_, true) => out.extend(chunks.map(|b| f64::from_be_bytes(eight(b)))),
+    }
+    if let Some((slope, inter)) = scale {
+        for v in out.iter_mut() {
+            *v = *v * slope + inter;
         }
-        _ => {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&bytes[..8]);
-            if big_endian {
-                f64::from_be_bytes(b)
-            } else {
-                f64::from_le_bytes(b)
-            }
-        }
-    };
-    match scale {
-        Some((slope, inter)) => v * slope + inter,
-        None => v,
     }
 }
 
@@ -195,5 +205,73 @@ pub fn encode(grid: &Grid, channels: &[Vec<f32>], gzip: bool) -> Vec<u8> {
         super::nifti::gzipped(&bytes)
     } else {
         bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that keeps the grid and every value, checking blocks arrive in order.
+    #[derive(Default)]
+    struct Keep {
+        grid: Option<Grid>,
+        channels: Vec<Vec<f64>>,
+    }
+
+    impl ProbabilitySink for Keep {
+        type Error = FormatError;
+        fn start(&mut self, grid: &Grid, channels: usize) -> Result<(), FormatError> {
+            self.grid = Some(grid.clone());
+            self.channels = vec![Vec::new(); channels];
+            Ok(())
+        }
+        fn block(
+            &mut self,
+            channel: usize,
+            first: usize,
+            values: &[f64],
+        ) -> Result<(), FormatError> {
+            assert_eq!(self.channels[channel].len(), first);
+            self.channels[channel].extend_from_slice(values);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn channels_arrive_whole_across_blocks_and_gzip() {
+        // 300 × 300 voxels: two blocks per channel.
+        let grid = Grid::axis_aligned([300, 300, 1], [0.5, 0.5, 1.0], 2);
+        let n = grid.len();
+        let channels: Vec<Vec<f32>> = (0..2)
+            .map(|c| (0..n).map(|i| ((i + c) % 97) as f32 / 96.0).collect())
+            .collect();
+        for gzip in [false, true] {
+            let mut keep = Keep::default();
+            decode(
+                &encode(&grid, &channels, gzip),
+                &Limits::default(),
+                &mut keep,
+            )
+            .unwrap();
+            assert_eq!(keep.grid.as_ref(), Some(&grid));
+            for (read, written) in keep.channels.iter().zip(&channels) {
+                assert!(read.iter().zip(written).all(|(&r, &w)| r == f64::from(w)));
+                assert_eq!(read.len(), n);
+            }
+        }
+    }
+
+    #[test]
+    fn scaling_applies_before_the_range_check() {
+        let grid = Grid::axis_aligned([2, 2, 2], [1.0; 3], 3);
+        let mut bytes = encode(&grid, &[vec![2.0; 8]], false);
+        let mut keep = Keep::default();
+        let err = decode(&bytes, &Limits::default(), &mut keep).unwrap_err();
+        assert!(matches!(err, FormatError::Value(m) if m.contains("voxel 0 of channel 0 holds 2")));
+        // scl_slope 0.25 (offset 112) makes every value 0.5.
+        bytes[112..116].copy_from_slice(&0.25f32.to_le_bytes());
+        decode(&bytes, &Limits::default(), &mut keep).unwrap();
+        assert_eq!(keep.channels, [vec![0.5; 8]]);
     }
 }

@@ -198,6 +198,7 @@ pub fn evaluate_files(
 }
 
 fn run_pair(args: &EvalArgs, pred: &Path, reference: &Path) -> anyhow::Result<ExitCode> {
+    args.probabilities.check_mode(false)?;
     let schema = args.schema.as_deref().map(read_schema).transpose()?;
     let request = Request {
         schema: schema.as_ref(),
@@ -251,6 +252,7 @@ pub struct CaseOutcome {
 }
 
 fn run_folders(args: &EvalArgs, pred_dir: &Path, ref_dir: &Path) -> anyhow::Result<ExitCode> {
+    args.probabilities.check_mode(true)?;
     let preds = list_cases(pred_dir)?;
     let refs = list_cases(ref_dir)?;
     for case in preds.keys().filter(|c| !refs.contains_key(*c)) {

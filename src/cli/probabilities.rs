@@ -21,10 +21,10 @@ pub struct ProbabilityArgs {
     /// Float NIfTI (float32 or float64) of the prediction's probabilities: one
     /// channel along the fourth dimension per structure scored, in the order
     /// scored, on the reference's grid; needs a NIfTI reference.
-    #[arg(long, requires = "pred", conflicts_with = "prob_dir")]
+    #[arg(long)]
     pub probabilities: Option<PathBuf>,
     /// Folder mode: probability files named like the cases (CASE.nii.gz or CASE.nii).
-    #[arg(long, requires = "pred_dir")]
+    #[arg(long)]
     pub prob_dir: Option<PathBuf>,
     /// Equal-width bins of the expected calibration error.
     #[arg(long, default_value_t = DEFAULT_BINS, value_parser = bins)]
@@ -39,6 +39,19 @@ fn bins(s: &str) -> Result<usize, String> {
 }
 
 impl ProbabilityArgs {
+    /// Fails when the option of the other mode was given.
+    pub fn check_mode(&self, folders: bool) -> anyhow::Result<()> {
+        match (folders, &self.probabilities, &self.prob_dir) {
+            (true, Some(_), _) => {
+                bail!("--probabilities is for one pair; give --prob-dir with folders")
+            }
+            (false, _, Some(_)) => {
+                bail!("--prob-dir is for folders; give --probabilities with one pair")
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The probability file of a folder-mode case, if the folder has one.
     pub fn case_file(&self, case: &str) -> Option<PathBuf> {
         let dir = self.prob_dir.as_ref()?;

@@ -387,3 +387,24 @@ fn folder_mode_takes_probabilities_named_like_the_cases() {
     assert!(rows.iter().all(|r| r.split(',').count() == width));
     assert!(rows.last().unwrap().ends_with(",,,"));
 }
+
+#[test]
+fn each_mode_takes_its_own_probability_option() {
+    let case = &expected()[0];
+    let file = |key: &str| path(case[key].as_str().unwrap());
+    let dir = fixture("probabilistic").display().to_string();
+    let output = segwatch(&["eval", &file("pred"), &file("ref"), "--prob-dir", &dir]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--prob-dir is for folders"));
+    let output = segwatch(&[
+        "eval",
+        "--pred-dir",
+        &dir,
+        "--ref-dir",
+        &dir,
+        "--probabilities",
+        &file("probabilities"),
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--probabilities is for one pair"));
+}

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::lesions::{LesionArgs, LesionRequest, StructureLesions};
 use super::output;
+use super::probabilities::{ProbabilityArgs, StructureProbabilistic};
 use crate::formats::{self, Limits};
 use crate::metrics::pairing::{self, Request};
 use clap::builder::TypedValueParser;
@@ -62,6 +63,8 @@ pub struct EvalArgs {
     threads: Option<usize>,
     #[command(flatten)]
     lesions: LesionArgs,
+    #[command(flatten)]
+    probabilities: ProbabilityArgs,
 }
 
 /// `--surface`: the engine's mode names, listed in `--help`.
@@ -100,6 +103,9 @@ pub struct CaseReport {
     /// Lesion-wise metrics of the structures asked for (none: left out).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub lesions: Vec<StructureLesions>,
+    /// Probabilistic scores of the structures with probabilities (none: left out).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub probabilistic: Vec<StructureProbabilistic>,
 }
 
 /// Shape and spacing in array axis order.
@@ -155,18 +161,28 @@ fn read(path: &Path) -> anyhow::Result<Segmentation> {
     formats::read_path(path, &Limits::default()).with_context(|| path.display().to_string())
 }
 
+/// Where a pair's probabilities come from: a float NIfTI file, else the
+/// prediction's FRACTIONAL PROBABILITY segments; and the ECE's bins.
+pub struct Soft<'a> {
+    pub file: Option<&'a Path>,
+    pub bins: usize,
+}
+
 /// Decodes both files (in parallel) and scores them.
 pub fn evaluate_files(
     pred: &Path,
     reference: &Path,
     request: &Request,
     lesions: &LesionRequest,
+    soft: &Soft,
 ) -> anyhow::Result<CaseReport> {
     let (p, r) = rayon::join(|| read(pred), || read(reference));
     let (p, r) = (p?, r?);
     let context = || format!("{} and {}", pred.display(), reference.display());
     let evaluation = pairing::evaluate(&p, &r, request).with_context(context)?;
     let lesions = lesions.score(&p, &r).with_context(context)?;
+    let probabilistic = super::probabilities::score(&p, &r, &evaluation, soft.file, soft.bins)
+        .with_context(context)?;
     Ok(CaseReport {
         prediction: pred.display().to_string(),
         reference: reference.display().to_string(),
@@ -177,10 +193,12 @@ pub fn evaluate_files(
         generalized_dice: metrics::generalized_dice(&evaluation.structures),
         structures: evaluation.structures,
         lesions,
+        probabilistic,
     })
 }
 
 fn run_pair(args: &EvalArgs, pred: &Path, reference: &Path) -> anyhow::Result<ExitCode> {
+    args.probabilities.check_mode(false)?;
     let schema = args.schema.as_deref().map(read_schema).transpose()?;
     let request = Request {
         schema: schema.as_ref(),
@@ -188,10 +206,14 @@ fn run_pair(args: &EvalArgs, pred: &Path, reference: &Path) -> anyhow::Result<Ex
         settings: settings(args),
     };
     let lesions = LesionRequest::new(&args.lesions, schema.as_ref());
-    let report = evaluate_files(pred, reference, &request, &lesions)?;
+    let soft = Soft {
+        file: args.probabilities.probabilities.as_deref(),
+        bins: args.probabilities.ece_bins,
+    };
+    let report = evaluate_files(pred, reference, &request, &lesions, &soft)?;
     let text = match args.format {
         Format::Json => serde_json::to_string_pretty(&report)? + "\n",
-        Format::Csv => output::structures_csv(None, &report.structures),
+        Format::Csv => output::structures_csv(None, &report, !report.probabilistic.is_empty()),
         Format::Table => output::case_table(&report),
     };
     super::print_out(&text)?;
@@ -230,6 +252,7 @@ pub struct CaseOutcome {
 }
 
 fn run_folders(args: &EvalArgs, pred_dir: &Path, ref_dir: &Path) -> anyhow::Result<ExitCode> {
+    args.probabilities.check_mode(true)?;
     let preds = list_cases(pred_dir)?;
     let refs = list_cases(ref_dir)?;
     for case in preds.keys().filter(|c| !refs.contains_key(*c)) {
@@ -269,7 +292,12 @@ fn run_folders(args: &EvalArgs, pred_dir: &Path, ref_dir: &Path) -> anyhow::Resu
     let outcomes: Vec<CaseOutcome> = pairs
         .par_iter()
         .map(|&(case, pred, reference)| {
-            let result = evaluate_files(pred, reference, &request, &lesions);
+            let file = args.probabilities.case_file(case);
+            let soft = Soft {
+                file: file.as_deref(),
+                bins: args.probabilities.ece_bins,
+            };
+            let result = evaluate_files(pred, reference, &request, &lesions, &soft);
             progress.inc(1);
             match result {
                 Ok(report) => CaseOutcome {

@@ -5,6 +5,7 @@ mod eval;
 mod lesions;
 mod output;
 mod plan;
+mod probabilities;
 mod serve;
 mod simulate;
 mod strata;

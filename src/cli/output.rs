@@ -112,6 +112,18 @@ pub fn case_table(report: &CaseReport) -> String {
         "generalized Dice {}",
         optional(report.generalized_dice, 4)
     );
+    for p in &report.probabilistic {
+        let m = &p.metrics;
+        let _ = writeln!(
+            out,
+            "probabilities of {}: soft Dice {}, Brier {}, ECE {} ({} bins)",
+            structure_name(p.name.as_deref(), p.code.as_deref(), p.label),
+            number(m.soft_dice, 4),
+            number(m.brier, 6),
+            number(m.ece, 6),
+            m.ece_bins,
+        );
+    }
     for l in &report.lesions {
         let m = &l.metrics;
         let _ = writeln!(
@@ -172,10 +184,32 @@ fn csv<T: Serialize>(records: &[(Option<&str>, &T)]) -> String {
     out
 }
 
-/// One CSV row per structure, with a leading case column when `case` is given.
-pub fn structures_csv(case: Option<&str>, structures: &[StructureMetrics]) -> String {
-    let rows: Vec<(Option<&str>, &StructureMetrics)> =
-        structures.iter().map(|s| (case, s)).collect();
+/// Probabilistic columns of the structures CSV, empty for a structure without probabilities.
+const SOFT_COLUMNS: [&str; 3] = ["soft_dice", "brier", "ece"];
+
+/// One CSV row per structure, with a leading case column when `case` is given
+/// and the probabilistic columns when `soft` is.
+pub fn structures_csv(case: Option<&str>, report: &CaseReport, soft: bool) -> String {
+    let rows: Vec<serde_json::Value> = report
+        .structures
+        .iter()
+        .map(|s| {
+            let mut row = serde_json::to_value(s).unwrap_or_default();
+            if let (true, serde_json::Value::Object(fields)) = (soft, &mut row) {
+                let scores = report
+                    .probabilistic
+                    .iter()
+                    .find(|p| (p.label, &p.code, &p.name) == (s.label, &s.code, &s.name))
+                    .and_then(|p| serde_json::to_value(&p.metrics).ok());
+                for column in SOFT_COLUMNS {
+                    let value = scores.as_ref().map(|v| v[column].clone());
+                    fields.insert(column.into(), value.unwrap_or_default());
+                }
+            }
+            row
+        })
+        .collect();
+    let rows: Vec<(Option<&str>, &serde_json::Value)> = rows.iter().map(|r| (case, r)).collect();
     csv(&rows)
 }
 
@@ -352,10 +386,14 @@ pub fn write_folder(
         "results.json",
         serde_json::to_string_pretty(outcomes)? + "\n",
     )?;
+    let soft = outcomes
+        .iter()
+        .filter_map(|o| o.report.as_ref())
+        .any(|r| !r.probabilistic.is_empty());
     let mut rows = String::new();
     for outcome in outcomes {
         if let Some(report) = &outcome.report {
-            let csv = structures_csv(Some(&outcome.case), &report.structures);
+            let csv = structures_csv(Some(&outcome.case), report, soft);
             // Keep the header only once.
             let body = if rows.is_empty() {
                 csv.as_str()

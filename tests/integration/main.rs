@@ -14,6 +14,7 @@ mod drift_api;
 mod history;
 mod metrics_detail;
 mod nifti_files;
+mod probabilistic;
 mod properties;
 mod reference;
 mod retention;

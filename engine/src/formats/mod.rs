@@ -5,6 +5,7 @@ pub mod deidentify;
 pub mod dicom_seg;
 mod dicom_structure;
 pub mod nifti;
+pub mod probability_nifti;
 mod rle;
 
 use std::path::Path;
@@ -51,13 +52,15 @@ pub enum FormatError {
     /// A NIfTI header field is unusable (dimensions, `vox_offset`, affine, …).
     #[error("invalid header: {0}")]
     Header(String),
-    /// The NIfTI datatype cannot hold integer labels (complex, RGB, float128, unknown).
+    /// The NIfTI datatype cannot hold integer labels (complex, RGB, float128, unknown),
+    /// or a probability file is not float32 or float64.
     #[error("unsupported datatype: {0}")]
     Datatype(String),
     /// The image exceeds the [`Limits`] or the file-size cap, or does not fit in memory.
     #[error("too large: {0}")]
     TooLarge(String),
-    /// A voxel holds no valid label: negative, non-integer, non-finite or above 65535.
+    /// A voxel holds no valid label (negative, non-integer, non-finite or above
+    /// 65535), or a probability file's voxel no probability (non-finite, outside 0 to 1).
     #[error("invalid voxel value: {0}")]
     Value(String),
     /// The DICOM data set is malformed or misses a required attribute.

@@ -77,7 +77,7 @@ pub fn declared_voxels(bytes: &[u8]) -> Option<u64> {
 }
 
 /// Maps inflate failures, which surface as I/O errors, to format errors.
-fn gzip_context(err: FormatError) -> FormatError {
+pub(super) fn gzip_context(err: FormatError) -> FormatError {
     match err {
         FormatError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
             FormatError::Truncated(format!("the gzip stream ends early ({e})"))
@@ -96,11 +96,11 @@ fn gzip_context(err: FormatError) -> FormatError {
 
 /// The header fields segwatch needs, from either NIfTI version.
 #[derive(Debug, Clone)]
-struct Header {
+pub(super) struct Header {
     header_len: u64,
-    dim: [i64; 8],
-    datatype: i16,
-    bitpix: i16,
+    pub(super) dim: [i64; 8],
+    pub(super) datatype: i16,
+    pub(super) bitpix: i16,
     pixdim: [f64; 8],
     vox_offset: f64,
     scl_slope: f64,
@@ -110,7 +110,7 @@ struct Header {
     quatern: [f64; 3],
     qoffset: [f64; 3],
     srow: [[f64; 4]; 3],
-    big_endian: bool,
+    pub(super) big_endian: bool,
 }
 
 /// Little helper reading fixed-offset fields in the file's byte order.
@@ -145,7 +145,7 @@ impl Fields<'_> {
     }
 }
 
-fn read_header<R: Read>(input: &mut R) -> Result<Header, FormatError> {
+pub(super) fn read_header<R: Read>(input: &mut R) -> Result<Header, FormatError> {
     let mut bytes = vec![0u8; 540];
     read_exact(input, &mut bytes[..4], "the header")?;
     let le = i32::from_le_bytes(bytes[..4].try_into().unwrap_or_default());
@@ -365,7 +365,7 @@ pub(super) fn read_exact<R: Read>(
 }
 
 /// Shape as [x, y, z] and the dimensionality (2 when dim[0] is 2 or z is 1).
-fn shape_of(header: &Header) -> Result<([usize; 3], u8), FormatError> {
+pub(super) fn shape_of(header: &Header) -> Result<([usize; 3], u8), FormatError> {
     let dim = header.dim;
     let ndim = dim[0];
     if !(1..=7).contains(&ndim) {
@@ -395,7 +395,7 @@ fn shape_of(header: &Header) -> Result<([usize; 3], u8), FormatError> {
     Ok((shape, dims))
 }
 
-fn grid_of(header: &Header, shape: [usize; 3], dims: u8) -> Result<Grid, FormatError> {
+pub(super) fn grid_of(header: &Header, shape: [usize; 3], dims: u8) -> Result<Grid, FormatError> {
     let mut spacing = [1.0; 3];
     for (axis, s) in spacing.iter_mut().enumerate() {
         let p = header.pixdim[axis + 1].abs();
@@ -471,7 +471,7 @@ fn qform_affine(header: &Header, spacing: [f64; 3]) -> [[f64; 4]; 3] {
     })
 }
 
-fn skip_to_data<R: Read>(input: &mut R, header: &Header) -> Result<(), FormatError> {
+pub(super) fn skip_to_data<R: Read>(input: &mut R, header: &Header) -> Result<(), FormatError> {
     let offset = header.vox_offset;
     let min = header.header_len as f64;
     if !offset.is_finite() || offset < min || offset.fract() != 0.0 {
@@ -495,7 +495,7 @@ fn skip_to_data<R: Read>(input: &mut R, header: &Header) -> Result<(), FormatErr
 }
 
 /// Scaling from scl_slope / scl_inter, or None when it is the identity or disabled.
-fn scaling(header: &Header) -> Option<(f64, f64)> {
+pub(super) fn scaling(header: &Header) -> Option<(f64, f64)> {
     let slope = header.scl_slope;
     let inter = if header.scl_inter.is_finite() {
         header.scl_inter
@@ -597,20 +597,37 @@ fn bad_value(v: f64, index: usize) -> FormatError {
 /// Encodes a label volume as single-file NIfTI-1 (gzip-compressed when asked),
 /// with the affine as sform and spacing in pixdim.
 pub fn encode(volume: &LabelVolume, gzip: bool) -> Vec<u8> {
-    use std::io::Write;
+    let (datatype, bitpix): (i16, i16) = match volume.labels {
+        Labels::U8(_) => (2, 8),
+        Labels::U16(_) => (512, 16),
+    };
+    let mut bytes = header_bytes(&volume.grid, datatype, bitpix, 1);
+    match &volume.labels {
+        Labels::U8(v) => bytes.extend_from_slice(v),
+        Labels::U16(v) => bytes.extend(v.iter().flat_map(|l| l.to_le_bytes())),
+    }
+    if gzip { gzipped(&bytes) } else { bytes }
+}
 
-    let grid = &volume.grid;
+/// A NIfTI-1 header (352 bytes with the extension flag) for voxel data of
+/// `datatype` on `grid`, with `channels` along the fourth dimension when more
+/// than one.
+pub(super) fn header_bytes(grid: &Grid, datatype: i16, bitpix: i16, channels: usize) -> Vec<u8> {
     let mut header = vec![0u8; 352];
     let mut put =
         |offset: usize, bytes: &[u8]| header[offset..offset + bytes.len()].copy_from_slice(bytes);
     put(0, &348i32.to_le_bytes());
-    let ndim: i16 = if grid.dims == 2 { 2 } else { 3 };
+    let ndim: i16 = match (channels, grid.dims) {
+        (2.., _) => 4,
+        (_, 2) => 2,
+        _ => 3,
+    };
     let dim = [
         ndim,
         grid.shape[0] as i16,
         grid.shape[1] as i16,
         grid.shape[2] as i16,
-        1,
+        channels as i16,
         1,
         1,
         1,
@@ -618,10 +635,6 @@ pub fn encode(volume: &LabelVolume, gzip: bool) -> Vec<u8> {
     for (i, d) in dim.iter().enumerate() {
         put(40 + 2 * i, &d.to_le_bytes());
     }
-    let (datatype, bitpix): (i16, i16) = match volume.labels {
-        Labels::U8(_) => (2, 8),
-        Labels::U16(_) => (512, 16),
-    };
     put(70, &datatype.to_le_bytes());
     put(72, &bitpix.to_le_bytes());
     let pixdim = [
@@ -647,18 +660,16 @@ pub fn encode(volume: &LabelVolume, gzip: bool) -> Vec<u8> {
     }
     put(123, &[2]); // xyzt_units: millimetres
     put(344, b"n+1\0");
+    header
+}
 
-    let mut bytes = header;
-    match &volume.labels {
-        Labels::U8(v) => bytes.extend_from_slice(v),
-        Labels::U16(v) => bytes.extend(v.iter().flat_map(|l| l.to_le_bytes())),
-    }
-    if !gzip {
-        return bytes;
-    }
+/// `bytes` compressed as one gzip member.
+pub(super) fn gzipped(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     encoder
-        .write_all(&bytes)
+        .write_all(bytes)
         .and_then(|_| encoder.finish())
         .expect("writing to memory cannot fail")
 }

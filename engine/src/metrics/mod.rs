@@ -7,6 +7,7 @@ pub mod edt;
 pub mod lesions;
 pub mod overlap;
 pub mod pairing;
+pub mod probabilistic;
 pub mod strata;
 pub mod surface;
 pub mod surfel_area;

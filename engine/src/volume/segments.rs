@@ -84,7 +84,8 @@ pub struct Segment {
     pub algorithm_type: Option<String>,
     /// Voxels in the segment (FRACTIONAL: probability ≥ 0.5).
     pub mask: BoxMask,
-    /// FRACTIONAL only: the stored values, kept for soft metrics (None when all zero).
+    /// FRACTIONAL with SegmentationFractionalType PROBABILITY only: the stored
+    /// values, kept for probabilistic metrics (None when all zero).
     pub probabilities: Option<FractionMap>,
 }
 

@@ -136,7 +136,8 @@ impl<'a> Seg<'a> {
         }
         let columns = self.columns;
         let at = |i: usize, z: usize| [i % columns, i / columns, z];
-        // Pass 1: each segment's box (and, for FRACTIONAL, the box of non-zero values).
+        // Pass 1: each segment's box (and, for FRACTIONAL PROBABILITY, the box
+        // of non-zero values; OCCUPANCY values are thresholded only).
         let mut boxes: Vec<Option<BoundingBox>> = vec![None; self.segments.len()];
         let mut soft_boxes: Vec<Option<BoundingBox>> = vec![None; self.segments.len()];
         let mut values = Vec::new();
@@ -144,7 +145,7 @@ impl<'a> Seg<'a> {
             self.nonzero_pixels(&data, f, &mut values)?;
             for &(i, v) in &values {
                 let p = BoundingBox::point(at(i, z));
-                if self.kind == SegKind::Fractional {
+                if self.probability {
                     let slot = *known
                         .get(&self.frames[f].segment.unwrap_or_default())
                         .ok_or_else(|| {
@@ -176,7 +177,7 @@ impl<'a> Seg<'a> {
             self.nonzero_pixels(&data, f, &mut values)?;
             for &(i, v) in &values {
                 let p = at(i, z);
-                if self.kind == SegKind::Fractional
+                if self.probability
                     && let Some(slot) = known.get(&self.frames[f].segment.unwrap_or_default())
                     && let Some(map) = &mut fractions[*slot]
                 {

@@ -384,6 +384,8 @@ struct Seg<'a> {
     spacing_between_slices: Option<f64>,
     slice_thickness: Option<f64>,
     max_fraction: u16,
+    /// FRACTIONAL with SegmentationFractionalType PROBABILITY: keep the values.
+    probability: bool,
     bits_allocated: usize,
     encapsulated: bool,
     limits: Limits,
@@ -502,6 +504,9 @@ impl<'a> Seg<'a> {
                 .and_then(|v| v.first().copied())
                 .filter(|&s| s > 0.0),
             max_fraction,
+            probability: kind == SegKind::Fractional
+                && text(object, tags::SEGMENTATION_FRACTIONAL_TYPE).as_deref()
+                    == Some("PROBABILITY"),
             bits_allocated,
             encapsulated,
             limits: *limits,

@@ -1,5 +1,6 @@
 //! Command-line entry points.
 
+mod compare;
 mod demo;
 mod eval;
 mod lesions;
@@ -41,6 +42,8 @@ enum Command {
     /// Drift detection: plan the false-alert budget and detection delays.
     #[command(subcommand)]
     Drift(plan::DriftCommand),
+    /// Compare two versions of a model on a running segwatch, per structure.
+    Compare(compare::CompareArgs),
 }
 
 /// The error and its causes on one line, leaving out a cause that the message
@@ -88,6 +91,7 @@ pub fn run() -> ExitCode {
         Command::Keys(command) => serve::keys(command).map(|_| ExitCode::SUCCESS),
         Command::Simulate(args) => simulate::run(args).map(|_| ExitCode::SUCCESS),
         Command::Drift(command) => plan::run(command).map(|_| ExitCode::SUCCESS),
+        Command::Compare(args) => compare::run(args),
     };
     match result {
         Ok(code) => code,

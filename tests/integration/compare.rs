@@ -86,7 +86,7 @@ async fn a_version_that_improves_the_same_cases_is_called_better_where_it_improv
         .filter(|s| s["empty"] != "both" && s["empty"] != "ref")
         .collect();
     assert_eq!(compared.len(), scored.len(), "{report}");
-    let mut better = 0;
+    let mut improved = 0;
     for s in scored {
         let name = s["name"].as_str().unwrap();
         let c = compared.iter().find(|c| c["structure"] == name).unwrap();
@@ -102,12 +102,38 @@ async fn a_version_that_improves_the_same_cases_is_called_better_where_it_improv
             "no_evidence"
         };
         assert_eq!(c["verdict"], expected, "{name}: {c}");
-        better += usize::from(dice < 1.0);
+        improved += usize::from(dice < 1.0);
     }
     assert!(
-        better >= 2,
+        improved >= 2,
         "P09's prediction is imperfect on several structures: {report}"
     );
+    // The command line shows the same answer as a table, and with
+    // --fail-if-worse exits 1 when B is worse somewhere (v1 against v2).
+    // The command runs off the runtime that serves it.
+    let cli = |a: &str, b: &str| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_segwatch"));
+        command
+            .args([
+                "compare", "--url", &app.base, "--model", "m", "--a", a, "--b", b,
+            ])
+            .arg("--fail-if-worse")
+            .env("SEGWATCH_KEY", &reader);
+        tokio::task::spawn_blocking(move || command.output().unwrap())
+    };
+    let better = cli("v1", "v2").await.unwrap();
+    let table = String::from_utf8_lossy(&better.stdout);
+    let errors = String::from_utf8_lossy(&better.stderr);
+    assert!(better.status.success(), "{table}{errors}");
+    assert_eq!(table.matches("B better").count(), improved, "{table}");
+    assert!(
+        table.contains("not compared: only version A scored it"),
+        "{table}"
+    );
+    let worse = cli("v2", "v1").await.unwrap();
+    let table = String::from_utf8_lossy(&worse.stdout);
+    assert_eq!(worse.status.code(), Some(1), "{table}");
+    assert_eq!(table.matches("B worse").count(), improved, "{table}");
     // An ingest key compares its own site only; an unknown version is 404.
     assert_eq!(app.get(&key, "/v1/models/m/compare?a=v1&b=v2").await.0, 403);
     assert_eq!(

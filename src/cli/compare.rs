@@ -1,0 +1,156 @@
+//! `segwatch compare`: two versions of a model from a running segwatch, per
+//! structure, as a table or JSON; an exit code for deployment pipelines.
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde_json::Value;
+
+/// Options of `segwatch compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// segwatch base URL, such as http://127.0.0.1:8080.
+    #[arg(long)]
+    url: String,
+    /// A read or admin key (an ingest key with --site of its own site).
+    #[arg(long, env = "SEGWATCH_KEY", hide_env_values = true)]
+    key: String,
+    /// The model.
+    #[arg(long)]
+    model: String,
+    /// Version A, the reference (usually the one in production).
+    #[arg(long)]
+    a: String,
+    /// Version B, the candidate.
+    #[arg(long)]
+    b: String,
+    /// Only this site's cases.
+    #[arg(long)]
+    site: Option<String>,
+    /// Print the service's JSON answer instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Exit with 1 when B is worse than A on any structure.
+    #[arg(long)]
+    fail_if_worse: bool,
+}
+
+/// Fetches the comparison and prints it; exit code 1 with `--fail-if-worse`
+/// when B is worse on a structure.
+pub fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(fetch(&args))?;
+    let worse = report["structures"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|s| s["verdict"] == "b_worse");
+    let text = if args.json {
+        format!("{report:#}\n")
+    } else {
+        table(&report)
+    };
+    super::print_out(&text)?;
+    Ok(if args.fail_if_worse && worse {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn fetch(args: &CompareArgs) -> anyhow::Result<Value> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let base = args.url.trim_end_matches('/');
+    let mut url = reqwest::Url::parse(&format!("{base}/v1/models/{}/compare", args.model))
+        .with_context(|| format!("{base} is not a URL"))?;
+    url.query_pairs_mut()
+        .append_pair("a", &args.a)
+        .append_pair("b", &args.b);
+    if let Some(site) = &args.site {
+        url.query_pairs_mut().append_pair("site", site);
+    }
+    let response = client
+        .get(url)
+        .bearer_auth(&args.key)
+        .send()
+        .await
+        .with_context(|| format!("segwatch unreachable at {base}"))?;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        let detail = body["detail"].as_str().unwrap_or("no detail");
+        bail!(
+            "comparing {} {} with {}: {status}: {detail}",
+            args.model,
+            args.b,
+            args.a
+        );
+    }
+    Ok(body)
+}
+
+/// One line per structure: design, cases, means, B − A with its interval,
+/// the test's p-value, and the verdict; then the structures not compared.
+fn table(report: &Value) -> String {
+    let number = |v: &Value| v.as_f64().map_or("-".to_owned(), |x| format!("{x:.4}"));
+    let mut out = format!(
+        "{} {} (B) against {} (A), {} and {} cases\n{:<24} {:<9} {:>6} {:>8} {:>8} {:>28} {:>9}  verdict\n",
+        report["model"].as_str().unwrap_or(""),
+        report["b"].as_str().unwrap_or(""),
+        report["a"].as_str().unwrap_or(""),
+        report["cases_b"],
+        report["cases_a"],
+        "structure",
+        "design",
+        "cases",
+        "mean A",
+        "mean B",
+        "B - A [95% CI]",
+        "p",
+    );
+    for s in report["structures"].as_array().into_iter().flatten() {
+        let cases = if s["design"] == "paired" {
+            s["n_paired"].to_string()
+        } else {
+            format!("{}/{}", s["n_a"], s["n_b"])
+        };
+        let difference = format!(
+            "{:+.4} [{:+.4}, {:+.4}]",
+            s["mean_difference"].as_f64().unwrap_or(f64::NAN),
+            s["interval"]["lower"].as_f64().unwrap_or(f64::NAN),
+            s["interval"]["upper"].as_f64().unwrap_or(f64::NAN),
+        );
+        let verdict = match s["verdict"].as_str() {
+            Some("b_worse") => "B worse",
+            Some("b_better") => "B better",
+            _ => "no evidence",
+        };
+        let _ = writeln!(
+            out,
+            "{:<24} {:<9} {:>6} {:>8} {:>8} {:>28} {:>9}  {verdict}",
+            s["structure"].as_str().unwrap_or(""),
+            s["design"].as_str().unwrap_or(""),
+            cases,
+            number(&s["mean_a"]),
+            number(&s["mean_b"]),
+            difference,
+            number(&s["result"]["p_value"]),
+        );
+    }
+    for n in report["not_compared"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<24} not compared: {}",
+            n["structure"].as_str().unwrap_or(""),
+            n["reason"].as_str().unwrap_or("")
+        );
+    }
+    out
+}

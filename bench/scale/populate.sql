@@ -49,14 +49,13 @@ SELECT id, id, id, site, model, 'v1', 'boundary_voxel',
        observed_at, observed_at + interval '1 hour 1 minute', false, true
 FROM synth;
 
-INSERT INTO structure_results (result_id, position, structure, label, name, empty, pred_voxels, ref_voxels, tp, fp, fn,
-                               pred_volume_ml, ref_volume_ml, dice, iou, precision, recall, hd_mm, hd95_mm, assd_mm,
-                               masd_mm, nsd, tolerance_mm)
-SELECT s.id, k - 1, 'structure' || lpad(k::text, 2, '0'), k, 'structure' || lpad(k::text, 2, '0'), 'none',
-       100000, 100000, round(100000 * pg_temp.dice(s.id, k)), round(100000 * (1 - pg_temp.dice(s.id, k))),
-       round(100000 * (1 - pg_temp.dice(s.id, k))), 96.0, 96.0, pg_temp.dice(s.id, k),
-       pg_temp.dice(s.id, k) / (2 - pg_temp.dice(s.id, k)), pg_temp.dice(s.id, k), pg_temp.dice(s.id, k),
-       12.5, 4.2, 1.1, 1.2, 0.93, 2.0
+-- The name is the structure's, so stored as NULL (as the worker stores it).
+INSERT INTO structure_results (result_id, position, structure, label, pred_voxels, ref_voxels, tp,
+                               pred_volume_ml, ref_volume_ml, dice, hd_mm, hd95_mm, assd_mm, masd_mm, nsd,
+                               tolerance_mm, site)
+SELECT s.id, k - 1, 'structure' || lpad(k::text, 2, '0'), k,
+       100000, 100000, round(100000 * pg_temp.dice(s.id, k)), 96.0, 96.0, pg_temp.dice(s.id, k),
+       12.5, 4.2, 1.1, 1.2, 0.93, 2.0, s.site
 FROM synth s CROSS JOIN generate_series(1, :structures) k;
 
 \o /dev/null

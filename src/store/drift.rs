@@ -187,7 +187,7 @@ impl Store {
                SELECT f.id, s.structure, s.dice AS "dice!"
                FROM (SELECT id, observed_at FROM first ORDER BY observed_at, id LIMIT $3) f
                JOIN structure_results s ON s.result_id = f.id
-               WHERE s.empty <> 'both' AND s.dice IS NOT NULL
+               WHERE (s.pred_voxels > 0 OR s.ref_voxels > 0) AND s.dice IS NOT NULL
                ORDER BY f.observed_at, f.id"#,
             model,
             version,
@@ -478,7 +478,7 @@ async fn postgres_strata(
                    SELECT r.acquisition, CASE WHEN $4 = 'all' THEN r.mean_dice ELSE s.dice END AS dice
                    FROM results r LEFT JOIN structure_results s ON s.result_id = r.id AND s.structure = $4
                    WHERE r.model = $2 AND r.model_version = $3 AND ($1 = 'all' OR r.site = $1) AND r.observed_at >= $5
-                     AND ($4 = 'all' OR (s.empty <> 'both' AND s.dice IS NOT NULL))),
+                     AND ($4 = 'all' OR ((s.pred_voxels > 0 OR s.ref_voxels > 0) AND s.dice IS NOT NULL))),
                attributes AS (
                    SELECT 'scanner_manufacturer' AS attribute, acquisition->>'scanner_manufacturer' AS value, dice FROM cases
                    UNION ALL SELECT 'scanner_model', acquisition->>'scanner_model', dice FROM cases
@@ -712,7 +712,7 @@ impl Store {
         let mut dice: BTreeMap<i64, Vec<(String, f64)>> = BTreeMap::new();
         for r in sqlx::query!(
             r#"SELECT result_id, structure, dice AS "dice!" FROM structure_results
-               WHERE result_id = ANY($1) AND empty <> 'both' AND dice IS NOT NULL ORDER BY result_id, position"#,
+               WHERE result_id = ANY($1) AND (pred_voxels > 0 OR ref_voxels > 0) AND dice IS NOT NULL ORDER BY result_id, position"#,
             &ids
         )
         .fetch_all(&mut *tx)

@@ -49,6 +49,12 @@ pub(super) fn lesion_json(scored: &LesionScore) -> Result<serde_json::Value> {
         .map_err(|e| StoreError::Corrupt(format!("lesion results of {}: {e}", scored.structure)))
 }
 
+/// A structure's name as stored: NULL when it is the structure's own (read
+/// back as that), which most are.
+pub(super) fn stored_name<'a>(name: Option<&'a str>, structure: &str) -> Option<&'a str> {
+    name.filter(|n| *n != structure)
+}
+
 impl Store {
     /// Claims the oldest runnable job (queued and due, or running with an
     /// expired lease) and commits the lease at once.
@@ -179,37 +185,29 @@ impl Store {
         .await?;
         for (position, scored) in outcome.structures.iter().enumerate() {
             let (structure, m, tolerance) = (&scored.name, &scored.metrics, scored.tolerance_mm);
-            let empty = m.empty.as_str();
             sqlx::query!(
-                "INSERT INTO structure_results (result_id, position, structure, label, code, name, empty, pred_voxels, ref_voxels,
-                     tp, fp, fn, pred_volume_ml, ref_volume_ml, dice, iou, precision, recall, hd_mm, hd95_mm, assd_mm,
-                     masd_mm, nsd, tolerance_mm)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
-                         $21, $22, $23, $24)",
+                "INSERT INTO structure_results (result_id, position, structure, label, code, name, pred_voxels, ref_voxels, tp,
+                     pred_volume_ml, ref_volume_ml, dice, hd_mm, hd95_mm, assd_mm, masd_mm, nsd, tolerance_mm, site)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
                 result_id,
                 position as i32,
                 structure,
                 m.label.map(i32::from),
                 m.code,
-                m.name,
-                empty,
+                stored_name(m.name.as_deref(), structure),
                 m.pred_voxels as i64,
                 m.ref_voxels as i64,
                 m.tp as i64,
-                m.fp as i64,
-                m.fn_ as i64,
                 m.pred_volume_ml,
                 m.ref_volume_ml,
                 finite(m.dice),
-                finite(m.iou),
-                finite(m.precision),
-                finite(m.recall),
                 finite(m.hd_mm),
                 finite(m.hd95_mm),
                 finite(m.assd_mm),
                 finite(m.masd_mm),
                 finite(m.nsd),
-                tolerance
+                tolerance,
+                inputs.site
             )
             .execute(&mut *tx)
             .await?;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 
 use super::{Result, Store, StoreError};
-use crate::metrics::{Empty, StructureMetrics, generalized_dice, volume_errors};
+use crate::metrics::{Counts, Overlap, StructureMetrics, generalized_dice, overlap, volume_errors};
 use crate::views::{CaseLesions, CaseStatus, CaseSummary, CaseView, Revision};
 
 /// Which scored cases to list, worst first.
@@ -24,7 +24,10 @@ pub struct CaseFilter {
     pub slice_thickness_mm: (Option<f64>, Option<f64>),
 }
 
-/// A `structure_results` row, as both backends read it.
+/// A `structure_results` row, as both backends read it. The rows keep the
+/// voxel counts and Dice; the empty side, fp, fn, IoU, precision and recall
+/// are derived on read by the engine's own computation ([`Counts::empty`],
+/// [`overlap`]), and a NULL name is the structure's.
 #[derive(Debug, sqlx::FromRow)]
 pub(super) struct StructureRow {
     pub result_id: i64,
@@ -32,18 +35,12 @@ pub(super) struct StructureRow {
     pub label: Option<i32>,
     pub code: Option<String>,
     pub name: Option<String>,
-    pub empty: String,
     pub pred_voxels: i64,
     pub ref_voxels: i64,
     pub tp: i64,
-    pub fp: i64,
-    pub fn_: i64,
     pub pred_volume_ml: f64,
     pub ref_volume_ml: f64,
     pub dice: Option<f64>,
-    pub iou: Option<f64>,
-    pub precision: Option<f64>,
-    pub recall: Option<f64>,
     pub hd_mm: Option<f64>,
     pub hd95_mm: Option<f64>,
     pub assd_mm: Option<f64>,
@@ -55,32 +52,42 @@ impl StructureRow {
     /// The metrics the row was stored from (NULL back to NaN).
     pub(super) fn into_metrics(self) -> StructureMetrics {
         let nan = |v: Option<f64>| v.unwrap_or(f64::NAN);
-        let empty = match self.empty.as_str() {
-            "both" => Empty::Both,
-            "pred" => Empty::Pred,
-            "ref" => Empty::Ref,
-            _ => Empty::None,
-        };
         let (volume_error_ml, relative_volume_error) =
             volume_errors(self.pred_volume_ml, self.ref_volume_ml);
+        let (pred_voxels, ref_voxels, tp) = (
+            self.pred_voxels as u64,
+            self.ref_voxels as u64,
+            self.tp as u64,
+        );
+        let counts = Counts {
+            pred_voxels,
+            ref_voxels,
+            tp,
+        };
+        let Overlap {
+            iou,
+            precision,
+            recall,
+            ..
+        } = overlap(counts);
         StructureMetrics {
             label: self.label.and_then(|l| u16::try_from(l).ok()),
             code: self.code,
             name: self.name.or(Some(self.structure)),
-            empty,
-            pred_voxels: self.pred_voxels as u64,
-            ref_voxels: self.ref_voxels as u64,
-            tp: self.tp as u64,
-            fp: self.fp as u64,
-            fn_: self.fn_ as u64,
+            empty: counts.empty(),
+            pred_voxels,
+            ref_voxels,
+            tp,
+            fp: pred_voxels - tp,
+            fn_: ref_voxels - tp,
             pred_volume_ml: self.pred_volume_ml,
             ref_volume_ml: self.ref_volume_ml,
             volume_error_ml,
             relative_volume_error,
             dice: nan(self.dice),
-            iou: nan(self.iou),
-            precision: nan(self.precision),
-            recall: nan(self.recall),
+            iou,
+            precision,
+            recall,
             hd_mm: nan(self.hd_mm),
             hd95_mm: nan(self.hd95_mm),
             assd_mm: nan(self.assd_mm),
@@ -113,8 +120,8 @@ struct ListedResult {
 }
 
 /// The columns of [`StructureRow`], for the embedded store's queries.
-pub(super) const STRUCTURE_COLUMNS: &str = "result_id, structure, label, code, name, empty, pred_voxels, ref_voxels, tp, fp, \
-    fn AS fn_, pred_volume_ml, ref_volume_ml, dice, iou, precision, recall, hd_mm, hd95_mm, assd_mm, masd_mm, nsd";
+pub(super) const STRUCTURE_COLUMNS: &str = "result_id, structure, label, code, name, pred_voxels, ref_voxels, tp, \
+    pred_volume_ml, ref_volume_ml, dice, hd_mm, hd95_mm, assd_mm, masd_mm, nsd";
 
 impl Store {
     /// The structures of stored results (only `only` if given), in stored
@@ -126,8 +133,8 @@ impl Store {
     ) -> Result<HashMap<i64, Vec<StructureMetrics>>> {
         let rows = sqlx::query_as!(
             StructureRow,
-            r#"SELECT result_id, structure, label, code, name, empty, pred_voxels, ref_voxels, tp, fp, fn AS fn_,
-                      pred_volume_ml, ref_volume_ml, dice, iou, precision, recall, hd_mm, hd95_mm, assd_mm, masd_mm, nsd
+            r#"SELECT result_id, structure, label, code, name, pred_voxels, ref_voxels, tp,
+                      pred_volume_ml, ref_volume_ml, dice, hd_mm, hd95_mm, assd_mm, masd_mm, nsd
                FROM structure_results WHERE result_id = ANY($1) AND ($2::text IS NULL OR structure = $2)
                ORDER BY result_id, position"#,
             result_ids,
@@ -215,11 +222,11 @@ impl Store {
     /// The latest result of each scored case (if it matches `filter`), worst first.
     pub async fn worst_cases(&self, filter: &CaseFilter) -> Result<Vec<CaseSummary>> {
         let pool = postgres_or!(self, lite => lite.worst_cases(filter));
-        // One query per order. By mean Dice, `results_latest_site` gives the
-        // worst first without reading the site's history. By a structure, the
-        // site's latest results are read (`+ 0` keeps the planner from walking
-        // `structure_results_worst` across every site, 10x slower at 5M).
-        // Case keys are joined to the page only.
+        // One query per order, each walking an index of one site's results in
+        // Dice order up to the limit: `results_latest_site` by mean Dice,
+        // `structure_results_site` by a structure (on the structure rows' copy
+        // of the site; the few results that are no longer their case's latest
+        // are skipped on the join). Case keys are joined to the page only.
         let rows = match &filter.structure {
             None => sqlx::query_as!(
                 ListedResult,
@@ -253,7 +260,7 @@ impl Store {
                 r#"SELECT r.id AS "id!", c.case_key, r.model AS "model!", r.model_version AS "model_version!",
                           r.scored_at AS "scored_at!", r.mean_dice
                    FROM (SELECT r.*, s.dice FROM structure_results s JOIN results r ON r.id = s.result_id
-                         WHERE s.structure = $10 AND r.latest AND r.site = $1
+                         WHERE s.structure = $10 AND s.site = $1 AND r.latest
                            AND ($2::text IS NULL OR r.model_version = $2)
                            AND ($3::timestamptz IS NULL OR r.scored_at >= $3)
                            AND ($5::text IS NULL OR r.acquisition->>'scanner_manufacturer' = $5)
@@ -261,7 +268,7 @@ impl Store {
                            AND ($7::text IS NULL OR r.acquisition->>'protocol' = $7)
                            AND ($8::float8 IS NULL OR (r.acquisition->>'slice_thickness_mm')::float8 >= $8)
                            AND ($9::float8 IS NULL OR (r.acquisition->>'slice_thickness_mm')::float8 <= $9)
-                         ORDER BY s.dice + 0 ASC NULLS LAST, r.scored_at DESC LIMIT $4) r
+                         ORDER BY s.dice ASC NULLS LAST, r.scored_at DESC LIMIT $4) r
                    JOIN cases c ON c.id = r.case_id
                    ORDER BY r.dice ASC NULLS LAST, r.scored_at DESC"#,
                 filter.site,
@@ -349,5 +356,94 @@ pub(super) fn assemble_case(
         structures,
         lesions,
         revisions,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StructureRow;
+    use crate::metrics::surface::Surface;
+    use crate::metrics::{Counts, Settings, StructureMetrics, score_structure};
+    use crate::store::jobs::{finite, stored_name};
+    use crate::volume::Grid;
+
+    /// The row the worker stores for `m`, as `complete_job` binds it.
+    fn stored(structure: &str, m: &StructureMetrics) -> StructureRow {
+        StructureRow {
+            result_id: 1,
+            structure: structure.to_owned(),
+            label: m.label.map(i32::from),
+            code: m.code.clone(),
+            name: stored_name(m.name.as_deref(), structure).map(str::to_owned),
+            pred_voxels: m.pred_voxels as i64,
+            ref_voxels: m.ref_voxels as i64,
+            tp: m.tp as i64,
+            pred_volume_ml: m.pred_volume_ml,
+            ref_volume_ml: m.ref_volume_ml,
+            dice: finite(m.dice),
+            hd_mm: finite(m.hd_mm),
+            hd95_mm: finite(m.hd95_mm),
+            assd_mm: finite(m.assd_mm),
+            masd_mm: finite(m.masd_mm),
+            nsd: finite(m.nsd),
+        }
+    }
+
+    /// Every f64 of the metrics, by its bits (NaN equal to NaN).
+    fn bits(m: &StructureMetrics) -> Vec<u64> {
+        [
+            m.pred_volume_ml,
+            m.ref_volume_ml,
+            m.volume_error_ml,
+            m.relative_volume_error,
+            m.dice,
+            m.iou,
+            m.precision,
+            m.recall,
+        ]
+        .map(f64::to_bits)
+        .to_vec()
+    }
+
+    #[test]
+    fn structure_rows_read_back_the_metrics_they_were_stored_from_bit_for_bit() {
+        let grid = Grid::axis_aligned([8, 8, 8], [0.8, 0.8, 1.5], 3);
+        let none = Surface::default();
+        // Overlapping, one side empty each way, both empty, and ratios with
+        // no exact binary value.
+        for (pred_voxels, ref_voxels, tp) in [
+            (3, 4, 2),
+            (0, 5, 0),
+            (5, 0, 0),
+            (0, 0, 0),
+            (7, 9, 6),
+            (100_003, 99_991, 77_777),
+        ] {
+            let counts = Counts {
+                pred_voxels,
+                ref_voxels,
+                tp,
+            };
+            for name in [Some("liver"), Some("Liver"), None] {
+                let scored = StructureMetrics {
+                    name: name.map(str::to_owned),
+                    ..score_structure(counts, &none, &none, &grid, &Settings::default())
+                };
+                let read = stored("liver", &scored).into_metrics();
+                let what = format!("{counts:?} {name:?}");
+                assert_eq!(bits(&read), bits(&scored), "{what}");
+                assert_eq!(
+                    (read.empty, read.fp, read.fn_),
+                    (scored.empty, scored.fp, scored.fn_),
+                    "{what}"
+                );
+                // A missing name reads as the structure's, as it always has.
+                assert_eq!(
+                    read.name.as_deref(),
+                    Some(name.unwrap_or("liver")),
+                    "{what}"
+                );
+            }
+        }
     }
 }

@@ -35,7 +35,7 @@ impl Store {
                JOIN results r ON r.id = f.id
                JOIN cases c ON c.id = r.case_id
                JOIN structure_results s ON s.result_id = r.id
-               WHERE s.empty <> 'both' AND s.dice IS NOT NULL"#,
+               WHERE (s.pred_voxels > 0 OR s.ref_voxels > 0) AND s.dice IS NOT NULL"#,
             model,
             version,
             site,

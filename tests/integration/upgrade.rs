@@ -2,11 +2,14 @@
 //! filled with scored cases, then every migration; nothing is lost and the
 //! rollups, the latest-result flag and the last-upload table are filled from
 //! the history, the stored files move to a table of their own, and the detector
-//! history moves to its compact layout.
+//! history moves to its compact layout, and the structure rows lose the
+//! columns derived on read (PostgreSQL's gain their result's site) and read
+//! back the same.
 
 use chrono::{Duration, Utc};
 use segwatch::drift::feed::parameters;
 use segwatch::drift::{Baseline, Detector, StreamProfile};
+use segwatch::metrics::Empty;
 use segwatch::store::{CaseFilter, Store, StoredUpdate};
 
 use crate::common::TestDb;
@@ -83,14 +86,33 @@ async fn an_upgrade_keeps_scored_cases_and_fills_the_rollups_from_them() {
              VALUES ({id}, {job}, {case}, 'a', 'm', 'v1', 'boundary_voxel', '{{}}', {mean}, '{observed}', '{received}')"
         ))
         .await;
-        for (position, structure, empty, dice) in [
-            (0, "liver", "none", liver.to_string()),
-            (1, "lesion", "both", "NULL".to_owned()),
+        // liver: 3 voxels predicted, 4 in the reference, 2 in both, named as
+        // the structure; lesion: empty on both sides, named otherwise.
+        for (position, structure, name, empty, counts, ratios, dice) in [
+            (
+                0,
+                "liver",
+                "'liver'",
+                "none",
+                "3, 4, 2, 1, 2",
+                "0.4, 0.6666666666666666, 0.5",
+                liver.to_string(),
+            ),
+            (
+                1,
+                "lesion",
+                "'Lesion'",
+                "both",
+                "0, 0, 0, 0, 0",
+                "1, 1, 1",
+                "NULL".to_owned(),
+            ),
         ] {
             db.execute(&format!(
-                "INSERT INTO structure_results (result_id, position, structure, empty, pred_voxels, ref_voxels, tp, fp,
-                                                fn, pred_volume_ml, ref_volume_ml, dice, tolerance_mm)
-                 VALUES ({id}, {position}, '{structure}', '{empty}', 1, 1, 1, 0, 0, 1.0, 1.0, {dice}, 1.0)"
+                "INSERT INTO structure_results (result_id, position, structure, name, empty, pred_voxels, ref_voxels, tp,
+                                                fp, fn, iou, precision, recall, pred_volume_ml, ref_volume_ml, dice,
+                                                tolerance_mm)
+                 VALUES ({id}, {position}, '{structure}', {name}, '{empty}', {counts}, {ratios}, 1.0, 1.0, {dice}, 1.0)"
             ))
             .await;
         }
@@ -109,6 +131,24 @@ async fn an_upgrade_keeps_scored_cases_and_fills_the_rollups_from_them() {
     assert_eq!(means, vec![(1, 0.8), (2, 0.9), (3, 0.6)]);
     let stored: i64 = db.scalar("SELECT count(*) FROM structure_results").await;
     assert_eq!(stored, 6);
+    // Names equal to the structure's are dropped, others kept; PostgreSQL's
+    // rows hold their result's site.
+    let names: Vec<(String, Option<String>)> = db
+        .rows("SELECT DISTINCT structure, name FROM structure_results ORDER BY structure")
+        .await;
+    assert_eq!(
+        names,
+        vec![
+            ("lesion".to_owned(), Some("Lesion".to_owned())),
+            ("liver".to_owned(), None)
+        ]
+    );
+    if db.is_postgres() {
+        let sites: Vec<(String, i64)> = db
+            .rows("SELECT site, count(*) FROM structure_results GROUP BY site")
+            .await;
+        assert_eq!(sites, vec![("a".to_owned(), 6)]);
+    }
     // The stored files moved to their own table, to be purged by deleting rows.
     let files: Vec<(i64,)> = db
         .rows("SELECT segmentation_id FROM segmentation_contents ORDER BY segmentation_id")
@@ -173,6 +213,37 @@ async fn an_upgrade_keeps_scored_cases_and_fills_the_rollups_from_them() {
         .collect();
     assert_eq!(order, vec![("c2", Some(0.6)), ("c1", Some(0.9))]);
     assert_eq!(listed[1].structures.len(), 2);
+    // The dropped columns read back as stored, derived from the counts.
+    let liver = &listed[1].structures[0];
+    assert_eq!(liver.name.as_deref(), Some("liver"));
+    assert_eq!((liver.empty, liver.fp, liver.fn_), (Empty::None, 1, 2));
+    assert_eq!(
+        (liver.iou, liver.precision, liver.recall),
+        (0.4, 2.0 / 3.0, 0.5)
+    );
+    let lesion = &listed[1].structures[1];
+    assert_eq!(lesion.name.as_deref(), Some("Lesion"));
+    assert_eq!((lesion.empty, lesion.fp, lesion.fn_), (Empty::Both, 0, 0));
+    assert_eq!(
+        (lesion.iou, lesion.precision, lesion.recall),
+        (1.0, 1.0, 1.0)
+    );
+    // Listing by a structure reads the latest result only (the index walk
+    // of PostgreSQL meets result 1's rows too).
+    let by_liver = store
+        .worst_cases(&CaseFilter {
+            site: "a".into(),
+            structure: Some("liver".into()),
+            limit: 10,
+            ..CaseFilter::default()
+        })
+        .await
+        .unwrap();
+    let dice: Vec<(&str, Option<f64>)> = by_liver
+        .iter()
+        .map(|c| (c.case.as_str(), Some(c.structures[0].dice)))
+        .collect();
+    assert_eq!(dice, vec![("c2", Some(0.5)), ("c1", Some(0.85))]);
     assert_eq!(store.last_uploads().await.unwrap().len(), 2);
     db.drop_db().await;
 }

@@ -204,6 +204,68 @@ impl From<LabelOverlap> for Counts {
     }
 }
 
+impl Counts {
+    /// Which side, if any, has no voxel of the structure.
+    pub fn empty(self) -> Empty {
+        match (self.pred_voxels == 0, self.ref_voxels == 0) {
+            (true, true) => Empty::Both,
+            (true, false) => Empty::Pred,
+            (false, true) => Empty::Ref,
+            (false, false) => Empty::None,
+        }
+    }
+}
+
+/// The overlap ratios of one structure, as [`StructureMetrics`] has them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Overlap {
+    /// As [`StructureMetrics::dice`].
+    pub dice: f64,
+    /// As [`StructureMetrics::iou`].
+    pub iou: f64,
+    /// As [`StructureMetrics::precision`].
+    pub precision: f64,
+    /// As [`StructureMetrics::recall`].
+    pub recall: f64,
+}
+
+/// Dice, IoU, precision and recall from the counts, with the empty-side
+/// conventions of [`StructureMetrics`]: the one computation, so that a store
+/// can keep the counts and derive the rest bit for bit.
+pub fn overlap(counts: Counts) -> Overlap {
+    let Counts {
+        pred_voxels,
+        ref_voxels,
+        tp,
+    } = counts;
+    let ratio = |num: u64, den: u64| {
+        if den == 0 {
+            f64::NAN
+        } else {
+            num as f64 / den as f64
+        }
+    };
+    let (dice, iou) = match counts.empty() {
+        Empty::Both => (1.0, 1.0),
+        Empty::Pred | Empty::Ref => (0.0, 0.0),
+        // 2·tp + fp + fn and tp + fp + fn, in whole numbers.
+        Empty::None => (
+            ratio(2 * tp, pred_voxels + ref_voxels),
+            ratio(tp, pred_voxels + ref_voxels - tp),
+        ),
+    };
+    let (precision, recall) = match counts.empty() {
+        Empty::Both => (1.0, 1.0),
+        _ => (ratio(tp, pred_voxels), ratio(tp, ref_voxels)),
+    };
+    Overlap {
+        dice,
+        iou,
+        precision,
+        recall,
+    }
+}
+
 /// What to compute for one structure.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Settings {
@@ -236,35 +298,19 @@ pub fn score_structure(
         tp,
     } = counts;
     let (fp, fn_) = (pred_voxels - tp, ref_voxels - tp);
-    let empty = match (pred_voxels == 0, ref_voxels == 0) {
-        (true, true) => Empty::Both,
-        (true, false) => Empty::Pred,
-        (false, true) => Empty::Ref,
-        (false, false) => Empty::None,
-    };
-    let ratio = |num: u64, den: u64| {
-        if den == 0 {
-            f64::NAN
-        } else {
-            num as f64 / den as f64
+    let empty = counts.empty();
+    let Overlap {
+        dice,
+        iou,
+        precision,
+        recall,
+    } = overlap(counts);
+    let surface = match empty {
+        Empty::Both => SurfaceMetrics::BOTH_EMPTY,
+        Empty::Pred | Empty::Ref => SurfaceMetrics::ONE_EMPTY,
+        Empty::None => {
+            distance::surface_metrics(pred, reference, grid.spacing, settings.tolerance_mm)
         }
-    };
-    let (dice, iou, precision, recall, surface) = match empty {
-        Empty::Both => (1.0, 1.0, 1.0, 1.0, SurfaceMetrics::BOTH_EMPTY),
-        Empty::Pred | Empty::Ref => (
-            0.0,
-            0.0,
-            ratio(tp, pred_voxels),
-            ratio(tp, ref_voxels),
-            SurfaceMetrics::ONE_EMPTY,
-        ),
-        Empty::None => (
-            ratio(2 * tp, 2 * tp + fp + fn_),
-            ratio(tp, tp + fp + fn_),
-            ratio(tp, pred_voxels),
-            ratio(tp, ref_voxels),
-            distance::surface_metrics(pred, reference, grid.spacing, settings.tolerance_mm),
-        ),
     };
     let voxel_ml = grid.voxel_volume_ml();
     let (pred_volume_ml, ref_volume_ml) =

@@ -191,7 +191,7 @@ impl Lite {
                  ORDER BY r.observed_at, r.id LIMIT $3)
              SELECT f.id, s.structure, s.dice
              FROM chosen f JOIN structure_results s ON s.result_id = f.id
-             WHERE s.empty <> 'both' AND s.dice IS NOT NULL
+             WHERE (s.pred_voxels > 0 OR s.ref_voxels > 0) AND s.dice IS NOT NULL
              ORDER BY f.observed_at, f.id",
         )
         .bind(model)
@@ -428,7 +428,7 @@ impl Lite {
                  SELECT r.acquisition AS a, CASE WHEN $4 = 'all' THEN r.mean_dice ELSE s.dice END AS dice
                  FROM results r LEFT JOIN structure_results s ON s.result_id = r.id AND s.structure = $4
                  WHERE r.model = $2 AND r.model_version = $3 AND ($1 = 'all' OR r.site = $1) AND r.observed_at >= $5
-                   AND ($4 = 'all' OR (s.empty <> 'both' AND s.dice IS NOT NULL))),
+                   AND ($4 = 'all' OR ((s.pred_voxels > 0 OR s.ref_voxels > 0) AND s.dice IS NOT NULL))),
              attributes AS (
                  SELECT 'scanner_manufacturer' AS attribute, json_extract(a, '$.scanner_manufacturer') AS value, dice FROM cases
                  UNION ALL SELECT 'scanner_model', json_extract(a, '$.scanner_model'), dice FROM cases
@@ -495,7 +495,7 @@ impl Lite {
         let mut dice: BTreeMap<i64, Vec<(String, f64)>> = BTreeMap::new();
         let structures: Vec<(i64, String, f64)> = sqlx::query_as(
             "SELECT result_id, structure, dice FROM structure_results
-             WHERE result_id IN (SELECT value FROM json_each($1)) AND empty <> 'both' AND dice IS NOT NULL
+             WHERE result_id IN (SELECT value FROM json_each($1)) AND (pred_voxels > 0 OR ref_voxels > 0) AND dice IS NOT NULL
              ORDER BY result_id, position",
         )
         .bind(&ids)

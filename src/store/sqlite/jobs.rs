@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use super::{Lite, at, classify, days_ago, json, now, parse};
 use crate::metrics::case::CaseScore;
 use crate::store::Result;
-use crate::store::jobs::{ClaimedJob, JobInputs, finite};
+use crate::store::jobs::{ClaimedJob, JobInputs, finite, stored_name};
 use crate::store::rollups;
 
 /// `after` from now, as stored.
@@ -157,30 +157,23 @@ impl Lite {
         for (position, scored) in outcome.structures.iter().enumerate() {
             let m = &scored.metrics;
             sqlx::query(
-                "INSERT INTO structure_results (result_id, position, structure, label, code, name, empty, pred_voxels,
-                     ref_voxels, tp, fp, fn, pred_volume_ml, ref_volume_ml, dice, iou, precision, recall, hd_mm,
-                     hd95_mm, assd_mm, masd_mm, nsd, tolerance_mm)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
-                         $21, $22, $23, $24)",
+                "INSERT INTO structure_results (result_id, position, structure, label, code, name, pred_voxels,
+                     ref_voxels, tp, pred_volume_ml, ref_volume_ml, dice, hd_mm, hd95_mm, assd_mm, masd_mm, nsd,
+                     tolerance_mm)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
             )
             .bind(result_id)
             .bind(position as i32)
             .bind(&scored.name)
             .bind(m.label.map(i32::from))
             .bind(&m.code)
-            .bind(&m.name)
-            .bind(m.empty.as_str())
+            .bind(stored_name(m.name.as_deref(), &scored.name))
             .bind(m.pred_voxels as i64)
             .bind(m.ref_voxels as i64)
             .bind(m.tp as i64)
-            .bind(m.fp as i64)
-            .bind(m.fn_ as i64)
             .bind(m.pred_volume_ml)
             .bind(m.ref_volume_ml)
             .bind(finite(m.dice))
-            .bind(finite(m.iou))
-            .bind(finite(m.precision))
-            .bind(finite(m.recall))
             .bind(finite(m.hd_mm))
             .bind(finite(m.hd95_mm))
             .bind(finite(m.assd_mm))

@@ -7,41 +7,16 @@ use segwatch_engine::metrics::overlap::overlap_serial;
 use segwatch_engine::metrics::pairing::{Request, evaluate};
 use segwatch_engine::volume::{Grid, LabelVolume, Labels, Segmentation};
 
-/// Ten ellipsoids ("organs") in a 512×512×300 volume; `shift` moves them all.
+#[path = "shared/ct_phantom.rs"]
+mod ct_phantom;
+
+/// The phantom's organs, all moved by `shift` voxels along x and y.
 fn organs(shift: usize) -> LabelVolume {
-    let shape = [512usize, 512, 300];
-    let grid = Grid::axis_aligned(shape, [0.8, 0.8, 1.5], 3);
-    let centres: [([f64; 3], [f64; 3]); 10] = [
-        ([180.0, 250.0, 150.0], [110.0, 90.0, 60.0]),
-        ([350.0, 260.0, 160.0], [40.0, 50.0, 40.0]),
-        ([140.0, 330.0, 120.0], [30.0, 35.0, 45.0]),
-        ([370.0, 330.0, 120.0], [30.0, 35.0, 45.0]),
-        ([260.0, 300.0, 150.0], [12.0, 12.0, 120.0]),
-        ([270.0, 220.0, 140.0], [60.0, 15.0, 12.0]),
-        ([210.0, 200.0, 170.0], [15.0, 12.0, 15.0]),
-        ([256.0, 200.0, 40.0], [45.0, 40.0, 25.0]),
-        ([170.0, 300.0, 200.0], [6.0, 6.0, 5.0]),
-        ([340.0, 300.0, 200.0], [6.0, 6.0, 5.0]),
-    ];
+    let grid = Grid::axis_aligned(ct_phantom::SHAPE, ct_phantom::SPACING, 3);
     let mut labels = vec![0u8; grid.len()];
-    for (label, (c, r)) in centres.iter().enumerate() {
-        let lo = |a: usize| (c[a] - r[a]).max(0.0) as usize;
-        let hi = |a: usize| ((c[a] + r[a]) as usize).min(shape[a] - 1 - shift);
-        for z in lo(2)..=hi(2) {
-            for y in lo(1)..=hi(1) {
-                for x in lo(0)..=hi(0) {
-                    let d: f64 = [x, y, z]
-                        .iter()
-                        .enumerate()
-                        .map(|(a, &v)| ((v as f64 - c[a]) / r[a]).powi(2))
-                        .sum();
-                    if d <= 1.0 {
-                        labels[(x + shift) + shape[0] * ((y + shift) + shape[1] * z)] =
-                            label as u8 + 1;
-                    }
-                }
-            }
-        }
+    for (i, (c, r)) in ct_phantom::ORGANS.iter().enumerate() {
+        let s = shift as f64;
+        ct_phantom::ellipsoid(&mut labels, [c[0] + s, c[1] + s, c[2]], *r, i as u8 + 1);
     }
     LabelVolume::new(grid, Labels::U8(labels)).unwrap()
 }

@@ -12,46 +12,17 @@ use segwatch_engine::metrics::lesions::{LesionSettings, lesion_metrics};
 use segwatch_engine::metrics::pairing::{Request, evaluate};
 use segwatch_engine::volume::{Grid, LabelVolume, Labels, Segmentation};
 
-const SHAPE: [usize; 3] = [512, 512, 300];
+#[path = "../../benches/shared/ct_phantom.rs"]
+mod ct_phantom;
 
-/// Sets `label` inside the ellipsoid of centre `c` and radii `r` (voxels).
-fn ellipsoid(labels: &mut [u8], c: [f64; 3], r: [f64; 3], label: u8) {
-    let lo = |a: usize| (c[a] - r[a]).max(0.0) as usize;
-    let hi = |a: usize| ((c[a] + r[a]) as usize).min(SHAPE[a] - 1);
-    for z in lo(2)..=hi(2) {
-        for y in lo(1)..=hi(1) {
-            for x in lo(0)..=hi(0) {
-                let d: f64 = [x, y, z]
-                    .iter()
-                    .enumerate()
-                    .map(|(a, &v)| ((v as f64 - c[a]) / r[a]).powi(2))
-                    .sum();
-                if d <= 1.0 {
-                    labels[x + SHAPE[0] * (y + SHAPE[1] * z)] = label;
-                }
-            }
-        }
-    }
-}
+use ct_phantom::{ORGANS, SHAPE, SPACING, ellipsoid};
 
 /// The organs shifted by `shift` voxels along x and y, and the lesions: in the
 /// prediction (`pred`), one in ten is missed, one in ten moved by 3 voxels, and
 /// one in ten is shrunk; 20 more are invented.
 fn volume(shift: f64, pred: bool) -> LabelVolume {
     let mut labels = vec![0u8; SHAPE.iter().product()];
-    let organs: [([f64; 3], [f64; 3]); 10] = [
-        ([180.0, 250.0, 150.0], [110.0, 90.0, 60.0]),
-        ([350.0, 260.0, 160.0], [40.0, 50.0, 40.0]),
-        ([140.0, 330.0, 120.0], [30.0, 35.0, 45.0]),
-        ([370.0, 330.0, 120.0], [30.0, 35.0, 45.0]),
-        ([260.0, 300.0, 150.0], [12.0, 12.0, 120.0]),
-        ([270.0, 220.0, 140.0], [60.0, 15.0, 12.0]),
-        ([210.0, 200.0, 170.0], [15.0, 12.0, 15.0]),
-        ([256.0, 200.0, 40.0], [45.0, 40.0, 25.0]),
-        ([170.0, 300.0, 200.0], [6.0, 6.0, 5.0]),
-        ([340.0, 300.0, 200.0], [6.0, 6.0, 5.0]),
-    ];
-    for (i, (c, r)) in organs.iter().enumerate() {
+    for (i, (c, r)) in ORGANS.iter().enumerate() {
         ellipsoid(
             &mut labels,
             [c[0] + shift, c[1] + shift, c[2]],
@@ -85,11 +56,7 @@ fn volume(shift: f64, pred: bool) -> LabelVolume {
             ellipsoid(&mut labels, centre, [radius; 3], 11);
         }
     }
-    LabelVolume::new(
-        Grid::axis_aligned(SHAPE, [0.8, 0.8, 1.5], 3),
-        Labels::U8(labels),
-    )
-    .unwrap()
+    LabelVolume::new(Grid::axis_aligned(SHAPE, SPACING, 3), Labels::U8(labels)).unwrap()
 }
 
 /// Median time of five runs of `f`.

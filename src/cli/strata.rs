@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::eval::CaseOutcome;
-use crate::metrics::strata::{LESION_BANDS_ML, STRUCTURE_BANDS_ML, band, band_name};
+use crate::metrics::strata::{
+    LESION_BANDS_ML, STRUCTURE_BANDS_ML, band, band_name, lesions_by_band,
+};
 use crate::metrics::{Empty, structure_name};
 use crate::schema::Schema;
 
@@ -89,13 +91,13 @@ pub fn strata(outcomes: &[CaseOutcome], schema: Option<&Schema>) -> Vec<Stratum>
             let name = structure_name(l.name.as_deref(), None, Some(l.label));
             let structure = entry(&mut structures, name, edges);
             structure.lesion_wise = true;
-            for lesion in &l.metrics.lesions {
-                let tally = structure
-                    .bands
-                    .entry(band(lesion.volume_ml, edges))
-                    .or_default();
-                tally.lesions += 1;
-                tally.detected += usize::from(!lesion.matched.is_empty());
+            let counts = lesions_by_band(&l.metrics.lesions, edges);
+            for (b, (lesions, detected)) in counts.into_iter().enumerate() {
+                if lesions > 0 {
+                    let tally = structure.bands.entry(b).or_default();
+                    tally.lesions += lesions as usize;
+                    tally.detected += detected as usize;
+                }
             }
         }
     }

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::lesions::LesionMetrics;
 use super::pairing::Evaluation;
-use super::strata::band;
+use super::strata::lesions_by_band;
 use super::{StructureMetrics, SurfaceMode, mean_dice};
 use crate::volume::Grid;
 
@@ -39,13 +39,7 @@ impl LesionScore {
     /// Reference lesions and detected ones, by size band (index into the
     /// bands of [`Self::band_edges_ml`]; every band, empty ones included).
     pub fn by_band(&self) -> Vec<(u32, u32)> {
-        let mut counts = vec![(0, 0); self.band_edges_ml.len() + 1];
-        for lesion in &self.metrics.lesions {
-            let (reference, detected) = &mut counts[band(lesion.volume_ml, &self.band_edges_ml)];
-            *reference += 1;
-            *detected += u32::from(!lesion.matched.is_empty());
-        }
-        counts
+        lesions_by_band(&self.metrics.lesions, &self.band_edges_ml)
     }
 }
 

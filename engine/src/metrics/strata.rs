@@ -1,6 +1,8 @@
 //! Size strata: results grouped by the reference volume of a structure or of
 //! a lesion, so that small structures are not averaged away by large ones.
 
+use super::lesions::ReferenceLesion;
+
 /// Default band edges in mL for a structure: < 10, 10–100, 100–1000, ≥ 1000.
 pub const STRUCTURE_BANDS_ML: [f64; 3] = [10.0, 100.0, 1000.0];
 
@@ -22,6 +24,18 @@ pub fn band_name(band: usize, edges: &[f64]) -> String {
         (Some(lower), None) => format!("≥{lower} mL"),
         (None, None) => "all".to_owned(),
     }
+}
+
+/// Reference lesions and those detected (matched), by band of their volume
+/// under `edges`: one entry per band, empty bands included.
+pub fn lesions_by_band(lesions: &[ReferenceLesion], edges: &[f64]) -> Vec<(u32, u32)> {
+    let mut counts = vec![(0, 0); edges.len() + 1];
+    for lesion in lesions {
+        let (reference, detected) = &mut counts[band(lesion.volume_ml, edges)];
+        *reference += 1;
+        *detected += u32::from(!lesion.matched.is_empty());
+    }
+    counts
 }
 
 #[cfg(test)]

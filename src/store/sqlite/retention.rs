@@ -37,7 +37,6 @@ impl Lite {
         let ids = json(&cases)?;
         let of_results = "result_id IN (SELECT id FROM results WHERE case_id IN (SELECT value FROM json_each($1)))";
         let of_cases = "case_id IN (SELECT value FROM json_each($1))";
-        let mut deleted = 0;
         for statement in [
             format!("DELETE FROM detector_history WHERE {of_results}"),
             format!("DELETE FROM lesion_results WHERE {of_results}"),
@@ -48,18 +47,20 @@ impl Lite {
                 "DELETE FROM segmentation_contents WHERE segmentation_id IN (SELECT id FROM segmentations WHERE {of_cases})"
             ),
             format!("DELETE FROM segmentations WHERE {of_cases}"),
-            "DELETE FROM cases WHERE id IN (SELECT value FROM json_each($1))".to_owned(),
         ] {
-            deleted = sqlx::query(sqlx::AssertSqlSafe(statement))
+            sqlx::query(sqlx::AssertSqlSafe(statement))
                 .bind(&ids)
                 .execute(&mut *tx)
                 .await
-                .map_err(classify)?
-                .rows_affected();
+                .map_err(classify)?;
         }
+        let done = sqlx::query("DELETE FROM cases WHERE id IN (SELECT value FROM json_each($1))")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
         tx.commit().await.map_err(classify)?;
-        // The last statement deleted the cases.
-        Ok(deleted)
+        Ok(done.rows_affected())
     }
 
     /// See [`crate::store::Store::purge_resolved_incidents`].

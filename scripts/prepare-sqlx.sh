@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 admin=${SEGWATCH_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
-db=segwatch_sqlx_prepare
+db=segwatch_sqlx_prepare_$$
 url=${admin%/*}/$db
 psql "$admin" -q -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
 for migration in migrations/postgres/*.sql; do

@@ -162,7 +162,12 @@ pub async fn ingest(
     };
     let duplicate = match duplicate {
         Some(revision) => Some(revision),
-        None => store.find_duplicate(site, case, role, &sha256).await?,
+        None => {
+            let version = model.as_deref().zip(model_version.as_deref());
+            store
+                .find_duplicate(site, case, role, version, &sha256)
+                .await?
+        }
     };
     if let Some(revision) = duplicate {
         return Ok(Ingested {
@@ -172,21 +177,40 @@ pub async fn ingest(
         });
     }
 
-    // The structure schema of the case's model version, and the partner's grid.
+    // What the upload must fit, so that every pair it completes is scored:
+    // the grid of its partner (for a prediction without a reference yet, of the
+    // case's other predictions, as the reference will pair with each) and the
+    // structure schemas of the model versions it pairs with. A prediction's
+    // schema must also know the reference's structures.
     let partner = store.latest(site, case, role.other()).await?;
-    let (schema_model, schema_version) = match role {
-        SegRole::Prediction => (model.clone(), model_version.clone()),
-        SegRole::Reference => (
-            partner.as_ref().and_then(|p| p.model.clone()),
-            partner.as_ref().and_then(|p| p.model_version.clone()),
-        ),
-    };
-    let schema = match (&schema_model, &schema_version) {
-        (Some(m), Some(v)) => store.schema(m, v).await?,
+    let grid_partner = match (&partner, role) {
+        (None, SegRole::Prediction) => store.latest(site, case, role).await?,
         _ => None,
     };
+    let versions = match (role, &model, &model_version) {
+        (SegRole::Prediction, Some(m), Some(v)) => vec![(m.clone(), v.clone())],
+        (SegRole::Prediction, _, _) => Vec::new(),
+        (SegRole::Reference, _, _) => store.prediction_versions(site, case).await?,
+    };
+    let mut schemas = Vec::with_capacity(versions.len());
+    for (m, v) in &versions {
+        if let Some(schema) = store.schema(m, v).await? {
+            schemas.push(schema);
+        }
+    }
+    if let (SegRole::Prediction, Some(reference)) = (role, &partner) {
+        for schema in &schemas {
+            pairing::check_structure_keys(&reference.structures, schema).map_err(|e| match e {
+                PairingError::Unknown(what) => {
+                    PairingError::Unknown(format!("{what} (in the case's reference)"))
+                }
+                other => other,
+            })?;
+        }
+    }
     let partner_layout: Option<Layout> = partner
         .as_ref()
+        .or(grid_partner.as_ref())
         .map(|p| serde_json::from_value(p.grid.clone()))
         .transpose()
         .map_err(|e| IngestError::StoredGrid(e.to_string()))?;
@@ -211,7 +235,7 @@ pub async fn ingest(
                     limit: max_structures,
                 });
             }
-            if let Some(schema) = &schema {
+            for schema in &schemas {
                 pairing::check_structures(&decoded.segmentation, schema)?;
             }
             let layout = decoded.segmentation.layout();
@@ -271,7 +295,7 @@ pub async fn ingest(
     Ok(Ingested {
         revision: stored.revision,
         duplicate: stored.duplicate,
-        queued: stored.job_id.is_some(),
+        queued: !stored.job_ids.is_empty(),
     })
 }
 

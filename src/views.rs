@@ -51,7 +51,29 @@ pub struct CaseView {
     pub structures: Vec<StructureMetrics>,
     /// Lesion-wise metrics of the latest result's multi-instance structures.
     pub lesions: Vec<CaseLesions>,
+    /// Each model version with a prediction for the case (shadow mode: several),
+    /// scored against the same reference, by model and version.
+    pub versions: Vec<VersionView>,
     pub revisions: Vec<Revision>,
+}
+
+/// One model version's prediction of a case: where its scoring stands and its
+/// latest result.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct VersionView {
+    pub model: String,
+    pub model_version: String,
+    /// The version's latest prediction revision.
+    pub revision: i32,
+    pub status: CaseStatus,
+    /// Why the version's latest job failed, or why it is being retried.
+    pub reason: Option<String>,
+    pub scored_at: Option<DateTime<Utc>>,
+    pub mean_dice: Option<f64>,
+    pub generalized_dice: Option<f64>,
+    #[schema(value_type = Vec<Object>)]
+    pub structures: Vec<StructureMetrics>,
+    pub lesions: Vec<CaseLesions>,
 }
 
 /// One multi-instance structure of a scored case, lesion by lesion: the

@@ -96,6 +96,15 @@ async fn fetch(args: &CompareArgs) -> anyhow::Result<Value> {
     Ok(body)
 }
 
+/// A p-value to four places, or `<0.0001` below them.
+fn p_value(v: &Value) -> String {
+    match v.as_f64() {
+        Some(p) if p < 1e-4 => "<0.0001".to_owned(),
+        Some(p) => format!("{p:.4}"),
+        None => "-".to_owned(),
+    }
+}
+
 /// One line per structure: design, cases, means, B − A with its interval,
 /// the test's p-value, and the verdict; then the structures not compared.
 fn table(report: &Value) -> String {
@@ -141,7 +150,7 @@ fn table(report: &Value) -> String {
             number(&s["mean_a"]),
             number(&s["mean_b"]),
             difference,
-            number(&s["result"]["p_value"]),
+            p_value(&s["result"]["p_value"]),
         );
     }
     for n in report["not_compared"].as_array().into_iter().flatten() {

@@ -126,6 +126,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             model: "simnet".into(),
             model_version: "1.0".into(),
             concurrency: 2,
+            shadow_version: None,
+            shadow_worse: Vec::new(),
         };
         let total = super::simulate::simulate(uploads).await?;
         wait_until_fed(&store, total).await?;

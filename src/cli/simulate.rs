@@ -65,6 +65,36 @@ impl FromStr for DriftSpec {
     }
 }
 
+/// How a shadow version differs from the live one: `structure` loses `delta` Dice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowShift {
+    pub structure: String,
+    pub delta: f64,
+}
+
+impl FromStr for ShadowShift {
+    type Err = String;
+
+    /// `STRUCTURE:DELTA`, e.g. `spleen:0.03`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            format!(
+                "{s}: expected STRUCTURE:DELTA with STRUCTURE one of {:?} and DELTA in 0..1, e.g. spleen:0.03",
+                STRUCTURES.map(|o| o.name)
+            )
+        };
+        let (structure, delta) = s.split_once(':').ok_or_else(bad)?;
+        let delta: f64 = delta.parse().map_err(|_| bad())?;
+        if !(0.0..1.0).contains(&delta) || !STRUCTURES.iter().any(|o| o.name == structure) {
+            return Err(bad());
+        }
+        Ok(ShadowShift {
+            structure: structure.into(),
+            delta,
+        })
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
     /// segwatch base URL, such as http://127.0.0.1:8080.
@@ -98,6 +128,14 @@ pub struct SimulateArgs {
     /// Uploads in flight.
     #[arg(long, default_value_t = 4)]
     pub(super) concurrency: usize,
+    /// A second version of the model in shadow mode: it predicts every case
+    /// too, as the live version does unless `--shadow-worse` says otherwise.
+    #[arg(long)]
+    pub(super) shadow_version: Option<String>,
+    /// Where the shadow version is worse, repeatable: STRUCTURE:DELTA (its Dice
+    /// of STRUCTURE is DELTA lower than the live version's in every case).
+    #[arg(long = "shadow-worse", requires = "shadow_version")]
+    pub(super) shadow_worse: Vec<ShadowShift>,
 }
 
 /// A simulated structure: label, name, ellipsoid radii (voxels) and centre, and
@@ -271,6 +309,50 @@ fn prediction(rng: &mut StdRng, reference: &[u8], dice: &[f64]) -> Vec<u8> {
     labels
 }
 
+/// The shadow version's prediction: the live one's, except that each shifted
+/// structure is predicted afresh at its live Dice less the shift (over voxels
+/// the live prediction leaves to the background or to that structure, so the
+/// other structures keep exactly the live version's voxels and Dice).
+fn shadow_prediction(
+    rng: &mut StdRng,
+    reference: &[u8],
+    live: &[u8],
+    dice: &[f64],
+    worse: &[ShadowShift],
+) -> Vec<u8> {
+    let shifted: Vec<u8> = STRUCTURES
+        .iter()
+        .filter(|o| worse.iter().any(|w| w.structure == o.name))
+        .map(|o| o.label)
+        .collect();
+    let mut labels = live.to_vec();
+    if shifted.is_empty() {
+        return labels;
+    }
+    let targets: Vec<f64> = STRUCTURES
+        .iter()
+        .zip(dice)
+        .map(|(o, &d)| {
+            let delta: f64 = worse
+                .iter()
+                .filter(|w| w.structure == o.name)
+                .map(|w| w.delta)
+                .sum();
+            (d - delta).max(0.0)
+        })
+        .collect();
+    let fresh = prediction(rng, reference, &targets);
+    for (label, new) in labels.iter_mut().zip(&fresh) {
+        if shifted.contains(label) {
+            *label = 0;
+        }
+        if *label == 0 && shifted.contains(new) {
+            *label = *new;
+        }
+    }
+    labels
+}
+
 fn nifti(labels: Vec<u8>) -> Vec<u8> {
     let grid = Grid::axis_aligned(SHAPE, SPACING, 3);
     encode(
@@ -322,14 +404,19 @@ pub(super) async fn simulate(args: SimulateArgs) -> anyhow::Result<usize> {
         "structures": STRUCTURES.iter().map(|o| json!({"label": o.label, "name": o.name, "tolerance_mm": 2.0})).collect::<Vec<_>>(),
         "unknown_labels": "reject",
     });
-    send(
-        client
-            .put(format!("{models}/structures"))
-            .bearer_auth(&args.key)
-            .json(&schema),
-        "setting the schema",
-    )
-    .await?;
+    for version in std::iter::once(&args.model_version).chain(&args.shadow_version) {
+        send(
+            client
+                .put(format!(
+                    "{base}/v1/models/{}/versions/{version}/structures",
+                    args.model
+                ))
+                .bearer_auth(&args.key)
+                .json(&schema),
+            "setting the schema",
+        )
+        .await?;
+    }
 
     // The model's acceptance baseline: 200 validation cases from the in-control model.
     let mut rng = StdRng::seed_from_u64(args.seed);
@@ -353,6 +440,9 @@ pub(super) async fn simulate(args: SimulateArgs) -> anyhow::Result<usize> {
     )
     .await?;
 
+    // The shadow version draws from its own generator, so the live fleet is
+    // the same with or without it.
+    let mut shadow_rng = StdRng::seed_from_u64(args.seed ^ 0x5ead_0000_0000_0000);
     let start = Utc::now() - chrono::Duration::days(args.days as i64);
     let per_day = args.cases_per_day as i64;
     let mut jobs = Vec::new();
@@ -376,6 +466,15 @@ pub(super) async fn simulate(args: SimulateArgs) -> anyhow::Result<usize> {
                     .collect();
                 let reference = reference(&mut rng);
                 let prediction = prediction(&mut rng, &reference, &dice);
+                let shadow = args.shadow_version.as_ref().map(|_| {
+                    nifti(shadow_prediction(
+                        &mut shadow_rng,
+                        &reference,
+                        &prediction,
+                        &dice,
+                        &args.shadow_worse,
+                    ))
+                });
                 let (manufacturer, scanner) = SCANNERS[rng.random_range(0..SCANNERS.len())];
                 let thickness = [1.0, 1.25, 2.5, 5.0][rng.random_range(0..4)];
                 let acquisition = format!(
@@ -389,6 +488,7 @@ pub(super) async fn simulate(args: SimulateArgs) -> anyhow::Result<usize> {
                     observed,
                     acquisition,
                     nifti(prediction),
+                    shadow,
                     nifti(reference),
                 ));
             }
@@ -401,10 +501,11 @@ pub(super) async fn simulate(args: SimulateArgs) -> anyhow::Result<usize> {
     );
     let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
     let mut handles = Vec::new();
-    for (site, case, observed, acquisition, prediction, reference) in jobs {
+    for (site, case, observed, acquisition, prediction, shadow, reference) in jobs {
         let permit = semaphore.clone().acquire_owned().await?;
         let (client, base, key) = (client.clone(), base.clone(), args.key.clone());
         let (model, version) = (args.model.clone(), args.model_version.clone());
+        let shadow = shadow.zip(args.shadow_version.clone());
         handles.push(tokio::spawn(async move {
             let _permit = permit;
             let at = observed.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -419,6 +520,19 @@ pub(super) async fn simulate(args: SimulateArgs) -> anyhow::Result<usize> {
                 "uploading a prediction",
             )
             .await?;
+            if let Some((body, shadow_version)) = shadow {
+                let query = format!(
+                    "model={model}&model_version={shadow_version}&observed_at={at}&{acquisition}"
+                );
+                send(
+                    client
+                        .put(format!("{url}/prediction?{query}"))
+                        .bearer_auth(&key)
+                        .body(body),
+                    "uploading a shadow prediction",
+                )
+                .await?;
+            }
             send(
                 client
                     .put(format!("{url}/reference?{acquisition}"))
@@ -466,6 +580,28 @@ mod tests {
                 organ.name
             );
         }
+    }
+
+    #[test]
+    fn a_shadow_version_differs_only_where_it_is_shifted() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let r = reference(&mut rng);
+        let targets = [0.95, 0.92, 0.9, 0.9, 0.8];
+        let live = prediction(&mut rng, &r, &targets);
+        let worse = ["spleen:0.1".parse::<ShadowShift>().unwrap()];
+        let shadow = shadow_prediction(&mut rng, &r, &live, &targets, &worse);
+        for organ in &STRUCTURES {
+            let (l, s) = (dice(&live, &r, organ.label), dice(&shadow, &r, organ.label));
+            if organ.name == "spleen" {
+                assert!((s - 0.82).abs() < 0.03, "spleen: live {l}, shadow {s}");
+                assert!(s < l - 0.05, "spleen: live {l}, shadow {s}");
+            } else {
+                assert_eq!(s, l, "{}", organ.name);
+            }
+        }
+        assert_eq!(shadow_prediction(&mut rng, &r, &live, &targets, &[]), live);
+        assert!("brain:0.1".parse::<ShadowShift>().is_err());
+        assert!("spleen:1.5".parse::<ShadowShift>().is_err());
     }
 
     #[test]

@@ -156,8 +156,8 @@ impl Store {
         if done.rows_affected() != 1 {
             return Ok(false);
         }
-        // Results of one case are stored one at a time, so the newest is the
-        // only one flagged latest.
+        // Results of one case are stored one at a time, so the newest of each
+        // model version is the only one of that version flagged latest.
         sqlx::query!(
             "SELECT id FROM cases WHERE id = $1 FOR UPDATE",
             inputs.case_id
@@ -223,9 +223,12 @@ impl Store {
             .await?;
         }
         sqlx::query!(
-            "UPDATE results SET latest = false WHERE case_id = $1 AND latest AND id <> $2",
+            "UPDATE results SET latest = false
+             WHERE case_id = $1 AND model = $3 AND model_version = $4 AND latest AND id <> $2",
             inputs.case_id,
-            result_id
+            result_id,
+            inputs.model,
+            inputs.model_version
         )
         .execute(&mut *tx)
         .await?;

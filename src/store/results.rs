@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 
 use super::{Result, Store, StoreError};
 use crate::metrics::{Counts, Overlap, StructureMetrics, generalized_dice, overlap, volume_errors};
-use crate::views::{CaseLesions, CaseStatus, CaseSummary, CaseView, Revision};
+use crate::views::{CaseLesions, CaseStatus, CaseSummary, CaseView, Revision, VersionView};
 
 /// Which scored cases to list, worst first.
 #[derive(Debug, Clone, Default)]
@@ -184,38 +184,40 @@ impl Store {
         .fetch_all(pool)
         .await
         .map_err(StoreError::classify)?;
-        let job = sqlx::query!(
-            "SELECT status, last_error FROM jobs WHERE case_id = $1 ORDER BY id DESC LIMIT 1",
+        let jobs = sqlx::query_as!(
+            VersionJob,
+            r#"SELECT DISTINCT ON (p.model, p.model_version)
+                      j.id, p.model AS "model!", p.model_version AS "model_version!", j.status, j.last_error
+               FROM jobs j JOIN segmentations p ON p.id = j.prediction_id
+               WHERE j.case_id = $1 ORDER BY p.model, p.model_version, j.id DESC"#,
             case_id
         )
-        .fetch_optional(pool)
+        .fetch_all(pool)
         .await
         .map_err(StoreError::classify)?;
-        let result = sqlx::query!(
-            "SELECT id, model, model_version, scored_at, mean_dice FROM results WHERE case_id = $1 ORDER BY id DESC LIMIT 1",
+        let rows = sqlx::query!(
+            "SELECT id, model, model_version, scored_at, mean_dice FROM results WHERE case_id = $1 AND latest",
             case_id
         )
-        .fetch_optional(pool)
+        .fetch_all(pool)
         .await
         .map_err(StoreError::classify)?;
-        let latest = match result {
-            Some(r) => Some(LatestResult {
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let mut structures = Store::structures(pool, &ids, None).await?;
+        let mut results = Vec::with_capacity(rows.len());
+        for r in rows {
+            results.push(LatestResult {
+                id: r.id,
+                model: r.model,
+                model_version: r.model_version,
                 scored_at: r.scored_at,
                 mean_dice: r.mean_dice,
-                structures: Store::structures(pool, &[r.id], None)
-                    .await?
-                    .remove(&r.id)
-                    .unwrap_or_default(),
+                structures: structures.remove(&r.id).unwrap_or_default(),
                 lesions: Store::lesions(pool, r.id).await?,
-            }),
-            None => None,
-        };
+            });
+        }
         Ok(Some(assemble_case(
-            site,
-            case_key,
-            revisions,
-            job.map(|j| (j.status, j.last_error)),
-            latest,
+            site, case_key, revisions, jobs, results,
         )))
     }
 
@@ -313,33 +315,84 @@ pub(super) fn case_lesions(structure: String, metrics: serde_json::Value) -> Res
     }
 }
 
-/// A case's latest result, as its view shows it.
+/// A model version's latest result of a case, as the case's view shows it.
 pub(super) struct LatestResult {
+    /// The result's id: the highest is the case's latest result.
+    pub id: i64,
+    pub model: String,
+    pub model_version: String,
     pub scored_at: DateTime<Utc>,
     pub mean_dice: Option<f64>,
     pub structures: Vec<StructureMetrics>,
     pub lesions: Vec<CaseLesions>,
 }
 
-/// A case from its rows: revisions in received order, the latest job's
-/// (status, last error) and the latest result.
+/// The latest job of a model version's predictions in a case.
+pub(super) struct VersionJob {
+    pub id: i64,
+    pub model: String,
+    pub model_version: String,
+    pub status: String,
+    pub last_error: Option<String>,
+}
+
+/// Where a job leaves a case or version; `predicted` when no job exists yet.
+fn job_status(job: Option<&VersionJob>, predicted: bool) -> (CaseStatus, Option<String>) {
+    match job {
+        Some(j) if j.status == "done" => (CaseStatus::Scored, None),
+        Some(j) if j.status == "failed" => (CaseStatus::Failed, j.last_error.clone()),
+        Some(j) => (CaseStatus::Queued, j.last_error.clone()),
+        None if predicted => (CaseStatus::WaitingForReference, None),
+        None => (CaseStatus::WaitingForPrediction, None),
+    }
+}
+
+/// A case from its rows: revisions in received order, the latest job and the
+/// latest result of each model version. The case's own status and result are
+/// its newest job's and newest result's.
 pub(super) fn assemble_case(
     site: &str,
     case_key: &str,
     revisions: Vec<Revision>,
-    job: Option<(String, Option<String>)>,
-    result: Option<LatestResult>,
+    jobs: Vec<VersionJob>,
+    mut results: Vec<LatestResult>,
 ) -> CaseView {
-    let has = |role: &str| revisions.iter().any(|r| r.role == role);
-    let (status, reason) = match job {
-        Some((status, _)) if status == "done" => (CaseStatus::Scored, None),
-        Some((status, error)) if status == "failed" => (CaseStatus::Failed, error),
-        Some((_, error)) => (CaseStatus::Queued, error),
-        None if has("prediction") => (CaseStatus::WaitingForReference, None),
-        None => (CaseStatus::WaitingForPrediction, None),
-    };
+    let has_prediction = revisions.iter().any(|r| r.role == "prediction");
+    let (status, reason) = job_status(jobs.iter().max_by_key(|j| j.id), has_prediction);
+    let mut versions: Vec<VersionView> = Vec::new();
+    for p in revisions.iter().filter(|r| r.role == "prediction") {
+        let (Some(model), Some(version)) = (&p.model, &p.model_version) else {
+            continue;
+        };
+        let same = |m: &String, v: &String| m == model && v == version;
+        match versions
+            .iter_mut()
+            .find(|v| same(&v.model, &v.model_version))
+        {
+            Some(v) => v.revision = v.revision.max(p.revision),
+            None => {
+                let job = jobs.iter().find(|j| same(&j.model, &j.model_version));
+                let (status, reason) = job_status(job, true);
+                let result = results.iter().find(|r| same(&r.model, &r.model_version));
+                versions.push(VersionView {
+                    model: model.clone(),
+                    model_version: version.clone(),
+                    revision: p.revision,
+                    status,
+                    reason,
+                    scored_at: result.map(|r| r.scored_at),
+                    mean_dice: result.and_then(|r| r.mean_dice),
+                    generalized_dice: result.and_then(|r| generalized_dice(&r.structures)),
+                    structures: result.map(|r| r.structures.clone()).unwrap_or_default(),
+                    lesions: result.map(|r| r.lesions.clone()).unwrap_or_default(),
+                });
+            }
+        }
+    }
+    versions.sort_by(|a, b| (&a.model, &a.model_version).cmp(&(&b.model, &b.model_version)));
     let prediction = revisions.iter().rev().find(|r| r.role == "prediction");
-    let (scored_at, mean_dice, structures, lesions) = match result {
+    results.sort_by_key(|r| r.id);
+    let (scored_at, mean_dice, structures, lesions) = match results.pop() {
         Some(r) => (Some(r.scored_at), r.mean_dice, r.structures, r.lesions),
         None => (None, None, Vec::new(), Vec::new()),
     };
@@ -355,6 +408,7 @@ pub(super) fn assemble_case(
         generalized_dice: scored_at.and(generalized_dice(&structures)),
         structures,
         lesions,
+        versions,
         revisions,
     }
 }

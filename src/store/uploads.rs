@@ -64,8 +64,17 @@ pub struct StoredUpload {
     pub revision: i32,
     /// The same bytes were already stored; nothing changed.
     pub duplicate: bool,
-    /// The job this upload enqueued, when it completed a pair.
-    pub job_id: Option<i64>,
+    /// The jobs this upload enqueued: one per pair it completed (a reference
+    /// completes one per model version with a prediction for the case).
+    pub job_ids: Vec<i64>,
+}
+
+/// The other side's latest segmentation, which an upload pairs with.
+struct Partner {
+    id: i64,
+    model: Option<String>,
+    model_version: Option<String>,
+    structures: Vec<String>,
 }
 
 /// How many models, and versions of one model, may be active: with a
@@ -94,27 +103,34 @@ pub enum ModelBoundExceeded {
 #[derive(Debug, Clone)]
 pub struct PartnerGrid {
     pub grid: Value,
-    pub model: Option<String>,
-    pub model_version: Option<String>,
+    /// Keys of the structures it holds.
+    pub structures: Vec<String>,
 }
 
 impl Store {
-    /// The revision already holding these exact bytes, if any.
+    /// The revision already holding these exact bytes, if any: for a
+    /// prediction, from the same model version (shadow versions may predict
+    /// the same bytes, and each is scored).
     pub async fn find_duplicate(
         &self,
         site: &str,
         case_key: &str,
         role: SegRole,
+        version: Option<(&str, &str)>,
         sha256: &[u8],
     ) -> Result<Option<i32>> {
-        let pool = postgres_or!(self, lite => lite.find_revision(site, case_key, role, Some(sha256), None));
+        let pool = postgres_or!(self, lite => lite.find_revision(site, case_key, role, version, Some(sha256), None));
+        let (model, model_version) = version.unzip();
         sqlx::query_scalar!(
             "SELECT s.revision FROM segmentations s JOIN cases c ON c.id = s.case_id
-             WHERE c.site = $1 AND c.case_key = $2 AND s.role = $3 AND s.sha256 = $4",
+             WHERE c.site = $1 AND c.case_key = $2 AND s.role = $3 AND s.sha256 = $4
+               AND s.model IS NOT DISTINCT FROM $5 AND s.model_version IS NOT DISTINCT FROM $6",
             site,
             case_key,
             role.as_str(),
-            sha256
+            sha256,
+            model,
+            model_version
         )
         .fetch_optional(pool)
         .await
@@ -129,7 +145,7 @@ impl Store {
         role: SegRole,
         sop_instance_uid: &str,
     ) -> Result<Option<i32>> {
-        let pool = postgres_or!(self, lite => lite.find_revision(site, case_key, role, None, Some(sop_instance_uid)));
+        let pool = postgres_or!(self, lite => lite.find_revision(site, case_key, role, None, None, Some(sop_instance_uid)));
         sqlx::query_scalar!(
             "SELECT s.revision FROM segmentations s JOIN cases c ON c.id = s.case_id
              WHERE c.site = $1 AND c.case_key = $2 AND s.role = $3 AND s.sop_instance_uid = $4",
@@ -152,7 +168,7 @@ impl Store {
     ) -> Result<Option<PartnerGrid>> {
         let pool = postgres_or!(self, lite => lite.latest(site, case_key, role));
         let row = sqlx::query!(
-            "SELECT s.grid, s.model, s.model_version FROM segmentations s JOIN cases c ON c.id = s.case_id
+            "SELECT s.grid, s.structures FROM segmentations s JOIN cases c ON c.id = s.case_id
              WHERE c.site = $1 AND c.case_key = $2 AND s.role = $3
              ORDER BY s.revision DESC LIMIT 1",
             site,
@@ -164,9 +180,32 @@ impl Store {
         .map_err(StoreError::classify)?;
         Ok(row.map(|r| PartnerGrid {
             grid: r.grid,
-            model: r.model,
-            model_version: r.model_version,
+            structures: r.structures,
         }))
+    }
+
+    /// The model versions with a prediction for a case, in order.
+    pub async fn prediction_versions(
+        &self,
+        site: &str,
+        case_key: &str,
+    ) -> Result<Vec<(String, String)>> {
+        let pool = postgres_or!(self, lite => lite.prediction_versions(site, case_key));
+        let rows = sqlx::query!(
+            r#"SELECT DISTINCT s.model AS "model!", s.model_version AS "model_version!"
+               FROM segmentations s JOIN cases c ON c.id = s.case_id
+               WHERE c.site = $1 AND c.case_key = $2 AND s.role = 'prediction'
+               ORDER BY 1, 2"#,
+            site,
+            case_key
+        )
+        .fetch_all(pool)
+        .await
+        .map_err(StoreError::classify)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.model, r.model_version))
+            .collect())
     }
 
     /// Jobs waiting or running.
@@ -211,11 +250,14 @@ impl Store {
             .await?;
         let existing = sqlx::query_scalar!(
             "SELECT revision FROM segmentations WHERE case_id = $1 AND role = $2
-             AND (sha256 = $3 OR sop_instance_uid = $4)",
+             AND ((sha256 = $3 AND model IS NOT DISTINCT FROM $5 AND model_version IS NOT DISTINCT FROM $6)
+                  OR sop_instance_uid = $4)",
             case_id,
             new.role.as_str(),
             new.sha256,
-            new.sop_instance_uid
+            new.sop_instance_uid,
+            new.model,
+            new.model_version
         )
         .fetch_optional(&mut *tx)
         .await?;
@@ -224,7 +266,7 @@ impl Store {
             return Ok(Ok(StoredUpload {
                 revision,
                 duplicate: true,
-                job_id: None,
+                job_ids: Vec::new(),
             }));
         }
         let revision = sqlx::query_scalar!(
@@ -266,52 +308,53 @@ impl Store {
         )
         .execute(&mut *tx)
         .await?;
-        let partner = sqlx::query!(
-            "SELECT id, model, model_version, structures FROM segmentations
-             WHERE case_id = $1 AND role = $2 ORDER BY revision DESC LIMIT 1",
+        // A prediction pairs with the latest reference; a reference with the
+        // latest prediction of each model version (shadow mode).
+        let partners = sqlx::query_as!(
+            Partner,
+            "SELECT DISTINCT ON (model, model_version) id, model, model_version, structures
+             FROM segmentations WHERE case_id = $1 AND role = $2
+             ORDER BY model, model_version, revision DESC",
             case_id,
             new.role.other().as_str()
         )
-        .fetch_optional(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
-        let job_id = match partner {
-            Some(partner) => {
-                let (prediction, reference) = match new.role {
-                    SegRole::Prediction => (id, partner.id),
-                    SegRole::Reference => (partner.id, id),
-                };
-                let (model, version) = match new.role {
-                    SegRole::Prediction => (new.model.clone(), new.model_version.clone()),
-                    SegRole::Reference => (partner.model, partner.model_version),
-                };
-                if let (Some(model), Some(version)) = (model, version) {
-                    let mut pair = partner.structures;
-                    pair.extend(new.structures.iter().cloned());
-                    if let Some(exceeded) =
-                        gather_structures(&mut tx, &model, &version, pair, bounds.structures)
-                            .await?
-                    {
-                        return Ok(Err(exceeded));
-                    }
+        let mut job_ids = Vec::with_capacity(partners.len());
+        for partner in partners {
+            let (prediction, reference) = match new.role {
+                SegRole::Prediction => (id, partner.id),
+                SegRole::Reference => (partner.id, id),
+            };
+            let (model, version) = match new.role {
+                SegRole::Prediction => (new.model.clone(), new.model_version.clone()),
+                SegRole::Reference => (partner.model, partner.model_version),
+            };
+            if let (Some(model), Some(version)) = (model, version) {
+                let mut pair = partner.structures;
+                pair.extend(new.structures.iter().cloned());
+                if let Some(exceeded) =
+                    gather_structures(&mut tx, &model, &version, pair, bounds.structures).await?
+                {
+                    return Ok(Err(exceeded));
                 }
-                let job = sqlx::query_scalar!(
-                    "INSERT INTO jobs (case_id, prediction_id, reference_id) VALUES ($1, $2, $3)
-                     ON CONFLICT (prediction_id, reference_id) DO NOTHING RETURNING id",
-                    case_id,
-                    prediction,
-                    reference
-                )
-                .fetch_optional(&mut *tx)
-                .await?;
-                if let Some(job) = job {
-                    sqlx::query!("SELECT pg_notify($1, $2)", JOBS_CHANNEL, job.to_string())
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                job
             }
-            None => None,
-        };
+            let job = sqlx::query_scalar!(
+                "INSERT INTO jobs (case_id, prediction_id, reference_id) VALUES ($1, $2, $3)
+                 ON CONFLICT (prediction_id, reference_id) DO NOTHING RETURNING id",
+                case_id,
+                prediction,
+                reference
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(job) = job {
+                sqlx::query!("SELECT pg_notify($1, $2)", JOBS_CHANNEL, job.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                job_ids.push(job);
+            }
+        }
         sqlx::query!(
             "INSERT INTO site_uploads (site, role, last_received_at) VALUES ($1, $2, now())
              ON CONFLICT (site, role) DO UPDATE
@@ -325,7 +368,7 @@ impl Store {
         Ok(Ok(StoredUpload {
             revision,
             duplicate: false,
-            job_id,
+            job_ids,
         }))
     }
 }

@@ -19,4 +19,5 @@ mod properties;
 mod reference;
 mod retention;
 mod service;
+mod shadow;
 mod upgrade;

@@ -24,19 +24,22 @@ fn at(t: chrono::DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
+/// Bytes given in hex, as each store's SQL writes them.
+fn bytes_literal(db: &TestDb, hex: &str) -> String {
+    if db.is_postgres() {
+        format!("decode('{hex}', 'hex')")
+    } else {
+        format!("X'{hex}'")
+    }
+}
+
 #[tokio::test]
 async fn an_upgrade_keeps_scored_cases_and_fills_the_rollups_from_them() {
     let db = TestDb::new().await;
     db.migrate_to(previous_release(&db)).await;
     let observed = at(Utc::now() - Duration::hours(2));
     let received = at(Utc::now() - Duration::hours(1));
-    let bytes = |hex: &str| {
-        if db.is_postgres() {
-            format!("decode('{hex}', 'hex')")
-        } else {
-            format!("X'{hex}'")
-        }
-    };
+    let bytes = |hex: &str| bytes_literal(&db, hex);
     db.execute(&format!(
         "INSERT INTO cases (id, site, case_key, created_at) VALUES
              (1, 'a', 'c1', '{received}'), (2, 'a', 'c2', '{received}')"
@@ -367,4 +370,72 @@ async fn detector_history_moved(db: &TestDb, store: &Store) {
         let dice = if structure == "all" { 0.8 } else { 0.7 };
         assert_eq!(step.dice, dice);
     }
+}
+
+/// The last migration before shadow mode, per backend.
+fn before_shadow_mode(db: &TestDb) -> i64 {
+    if db.is_postgres() { 13 } else { 7 }
+}
+
+#[tokio::test]
+async fn an_upgrade_to_shadow_mode_keeps_uploads_and_flags_each_versions_latest_result() {
+    let db = TestDb::new().await;
+    db.migrate_to(before_shadow_mode(&db)).await;
+    let received = at(Utc::now() - Duration::hours(1));
+    let sha = |hex: &str| bytes_literal(&db, hex);
+    db.execute(&format!(
+        "INSERT INTO cases (id, site, case_key, created_at) VALUES (1, 'a', 'c1', '{received}')"
+    ))
+    .await;
+    // A case predicted by v1, then by v2, and scored for both.
+    for (id, role, revision, model, version) in [
+        (1, "prediction", 1, "'m'", "'v1'"),
+        (2, "prediction", 2, "'m'", "'v2'"),
+        (3, "reference", 1, "NULL", "NULL"),
+    ] {
+        db.execute(&format!(
+            "INSERT INTO segmentations (id, case_id, role, revision, sha256, format, content_bytes, voxels,
+                                        grid, model, model_version, observed_at, received_at)
+             VALUES ({id}, 1, '{role}', {revision}, {sha}, 'nifti', 1, 8, '{{}}', {model}, {version},
+                     '{received}', '{received}')",
+            sha = sha(&format!("0{id}")),
+        ))
+        .await;
+    }
+    db.execute(&format!(
+        "INSERT INTO jobs (id, case_id, prediction_id, reference_id, status, attempts, run_after, created_at, finished_at)
+         VALUES (1, 1, 1, 3, 'done', 1, '{received}', '{received}', '{received}'),
+                (2, 1, 2, 3, 'done', 1, '{received}', '{received}', '{received}')"
+    ))
+    .await;
+    // Before shadow mode, only the newest result of the case was latest.
+    for (id, version, mean, latest) in [(1, "v1", 0.7, "false"), (2, "v2", 0.9, "true")] {
+        db.execute(&format!(
+            "INSERT INTO results (id, job_id, case_id, site, model, model_version, surface, grid, mean_dice,
+                                  observed_at, scored_at, latest)
+             VALUES ({id}, {id}, 1, 'a', 'm', '{version}', 'boundary_voxel', '{{}}', {mean},
+                     '{received}', '{received}', {latest})"
+        ))
+        .await;
+    }
+
+    let store = db.store();
+    store.migrate().await.unwrap();
+    let latest: Vec<(i64,)> = db
+        .rows("SELECT id FROM results WHERE latest ORDER BY id")
+        .await;
+    assert_eq!(latest, vec![(1,), (2,)]);
+    let kept: Vec<(i64, i32)> = db
+        .rows("SELECT id, revision FROM segmentations ORDER BY id")
+        .await;
+    assert_eq!(kept, vec![(1, 1), (2, 2), (3, 1)]);
+    let case = store.case_view("a", "c1").await.unwrap().unwrap();
+    let versions: Vec<(&str, i32, Option<f64>)> = case
+        .versions
+        .iter()
+        .map(|v| (v.model_version.as_str(), v.revision, v.mean_dice))
+        .collect();
+    assert_eq!(versions, vec![("v1", 1, Some(0.7)), ("v2", 2, Some(0.9))]);
+    assert_eq!(case.mean_dice, Some(0.9));
+    db.drop_db().await;
 }

@@ -95,6 +95,20 @@ pub fn check_structures(segmentation: &Segmentation, schema: &Schema) -> Result<
     }
 }
 
+/// As [`check_structures`], for a stored segmentation's structure keys
+/// ([`Segmentation::structure_keys`]: `label_N`, or a segment's code).
+pub fn check_structure_keys(keys: &[String], schema: &Schema) -> Result<(), PairingError> {
+    check_known(
+        schema,
+        keys.iter().map(
+            |key| match key.strip_prefix("label_").and_then(|n| n.parse().ok()) {
+                Some(label) => (Some(label), None),
+                None => (None, Some(key.as_str())),
+            },
+        ),
+    )
+}
+
 /// Brings both sides onto one grid, moving voxels exactly, never resampling.
 fn align<'a>(
     pred: &'a Segmentation,
@@ -551,4 +565,33 @@ fn evaluate_segments(
             }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_structure_keys_are_checked_as_the_segmentation_was() {
+        let schema: Schema = serde_json::from_str(
+            r#"{"structures": [{"label": 1, "name": "liver"}, {"code": "SCT:78961009", "name": "spleen"}],
+                "unknown_labels": "reject"}"#,
+        )
+        .unwrap();
+        let keys = |k: &[&str]| k.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(check_structure_keys(&keys(&["label_1", "SCT:78961009"]), &schema).is_ok());
+        assert!(matches!(
+            check_structure_keys(&keys(&["label_1", "label_7"]), &schema),
+            Err(PairingError::Unknown(what)) if what == "label 7"
+        ));
+        assert!(matches!(
+            check_structure_keys(&keys(&["SCT:1"]), &schema),
+            Err(PairingError::Unknown(what)) if what == "segment code SCT:1"
+        ));
+        let lenient = Schema {
+            unknown_labels: UnknownPolicy::Ignore,
+            ..schema
+        };
+        assert!(check_structure_keys(&keys(&["label_7"]), &lenient).is_ok());
+    }
 }

@@ -195,13 +195,19 @@ impl Lite {
             .await
             .map_err(classify)?;
         }
-        // One writer at a time: the newest result is the only one flagged latest.
-        sqlx::query("UPDATE results SET latest = 0 WHERE case_id = $1 AND latest AND id <> $2")
-            .bind(inputs.case_id)
-            .bind(result_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
+        // One writer at a time: the newest result of each model version is the
+        // only one of that version flagged latest.
+        sqlx::query(
+            "UPDATE results SET latest = 0
+             WHERE case_id = $1 AND model = $3 AND model_version = $4 AND latest AND id <> $2",
+        )
+        .bind(inputs.case_id)
+        .bind(result_id)
+        .bind(&inputs.model)
+        .bind(&inputs.model_version)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
         let day = rollups::day(inputs.observed_at)
             .format("%Y-%m-%d")
             .to_string();

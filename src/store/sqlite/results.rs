@@ -8,8 +8,8 @@ use super::{Lite, at, classify, json, parse};
 use crate::metrics::StructureMetrics;
 use crate::store::Result;
 use crate::store::results::{
-    CaseFilter, LatestResult, STRUCTURE_COLUMNS, StructureRow, assemble_case, by_result,
-    case_lesions,
+    CaseFilter, LatestResult, STRUCTURE_COLUMNS, StructureRow, VersionJob, assemble_case,
+    by_result, case_lesions,
 };
 use crate::views::{CaseLesions, CaseSummary, CaseView, Revision};
 
@@ -95,34 +95,55 @@ impl Lite {
                 },
             )
             .collect();
-        let job: Option<(String, Option<String>)> = sqlx::query_as(
-            "SELECT status, last_error FROM jobs WHERE case_id = $1 ORDER BY id DESC LIMIT 1",
+        // The latest job of each model version's predictions.
+        let jobs: Vec<(i64, String, String, String, Option<String>)> = sqlx::query_as(
+            "SELECT j.id, p.model, p.model_version, j.status, j.last_error
+             FROM jobs j JOIN segmentations p ON p.id = j.prediction_id
+             WHERE j.case_id = $1 AND j.id = (SELECT max(k.id) FROM jobs k
+                 JOIN segmentations q ON q.id = k.prediction_id
+                 WHERE k.case_id = j.case_id AND q.model = p.model AND q.model_version = p.model_version)",
         )
         .bind(case_id)
-        .fetch_optional(&self.reader)
+        .fetch_all(&self.reader)
         .await
         .map_err(classify)?;
-        let result: Option<(i64, DateTime<Utc>, Option<f64>)> = sqlx::query_as(
-            "SELECT id, scored_at, mean_dice FROM results WHERE case_id = $1 ORDER BY id DESC LIMIT 1",
+        let jobs = jobs
+            .into_iter()
+            .map(
+                |(id, model, model_version, status, last_error)| VersionJob {
+                    id,
+                    model,
+                    model_version,
+                    status,
+                    last_error,
+                },
+            )
+            .collect();
+        type ResultRow = (i64, String, String, DateTime<Utc>, Option<f64>);
+        let rows: Vec<ResultRow> = sqlx::query_as(
+            "SELECT id, model, model_version, scored_at, mean_dice FROM results WHERE case_id = $1 AND latest",
         )
         .bind(case_id)
-        .fetch_optional(&self.reader)
+        .fetch_all(&self.reader)
         .await
         .map_err(classify)?;
-        let latest = match result {
-            Some((id, scored_at, mean_dice)) => Some(LatestResult {
+        let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let mut structures = self.structures(&ids, None).await?;
+        let mut results = Vec::with_capacity(rows.len());
+        for (id, model, model_version, scored_at, mean_dice) in rows {
+            results.push(LatestResult {
+                id,
+                model,
+                model_version,
                 scored_at,
                 mean_dice,
-                structures: self
-                    .structures(&[id], None)
-                    .await?
-                    .remove(&id)
-                    .unwrap_or_default(),
+                structures: structures.remove(&id).unwrap_or_default(),
                 lesions: self.lesions(id).await?,
-            }),
-            None => None,
-        };
-        Ok(Some(assemble_case(site, case_key, revisions, job, latest)))
+            });
+        }
+        Ok(Some(assemble_case(
+            site, case_key, revisions, jobs, results,
+        )))
     }
 
     /// The latest result of each scored case matching `filter`, worst first.

@@ -9,24 +9,30 @@ use crate::store::uploads::{
 };
 
 impl Lite {
-    /// The revision holding these bytes (or this DICOM instance) of a case's role.
+    /// The revision holding these bytes (of this model version, for a
+    /// prediction) or this DICOM instance, of a case's role.
     pub async fn find_revision(
         &self,
         site: &str,
         case_key: &str,
         role: SegRole,
+        version: Option<(&str, &str)>,
         sha256: Option<&[u8]>,
         sop_instance_uid: Option<&str>,
     ) -> Result<Option<i32>> {
+        let (model, model_version) = version.unzip();
         sqlx::query_scalar(
             "SELECT s.revision FROM segmentations s JOIN cases c ON c.id = s.case_id
-             WHERE c.site = $1 AND c.case_key = $2 AND s.role = $3 AND (s.sha256 = $4 OR s.sop_instance_uid = $5)",
+             WHERE c.site = $1 AND c.case_key = $2 AND s.role = $3
+               AND ((s.sha256 = $4 AND s.model IS $6 AND s.model_version IS $7) OR s.sop_instance_uid = $5)",
         )
         .bind(site)
         .bind(case_key)
         .bind(role.as_str())
         .bind(sha256)
         .bind(sop_instance_uid)
+        .bind(model)
+        .bind(model_version)
         .fetch_optional(&self.reader)
         .await
         .map_err(classify)
@@ -39,8 +45,8 @@ impl Lite {
         case_key: &str,
         role: SegRole,
     ) -> Result<Option<PartnerGrid>> {
-        let row: Option<(String, Option<String>, Option<String>)> = sqlx::query_as(
-            "SELECT s.grid, s.model, s.model_version FROM segmentations s JOIN cases c ON c.id = s.case_id
+        let row: Option<(String, String)> = sqlx::query_as(
+            "SELECT s.grid, s.structures FROM segmentations s JOIN cases c ON c.id = s.case_id
              WHERE c.site = $1 AND c.case_key = $2 AND s.role = $3
              ORDER BY s.revision DESC LIMIT 1",
         )
@@ -50,14 +56,31 @@ impl Lite {
         .fetch_optional(&self.reader)
         .await
         .map_err(classify)?;
-        row.map(|(grid, model, model_version)| {
+        row.map(|(grid, structures)| {
             Ok(PartnerGrid {
                 grid: parse("grid", &grid)?,
-                model,
-                model_version,
+                structures: parse("structures", &structures)?,
             })
         })
         .transpose()
+    }
+
+    /// The model versions with a prediction for a case, in order.
+    pub async fn prediction_versions(
+        &self,
+        site: &str,
+        case_key: &str,
+    ) -> Result<Vec<(String, String)>> {
+        sqlx::query_as(
+            "SELECT DISTINCT s.model, s.model_version FROM segmentations s JOIN cases c ON c.id = s.case_id
+             WHERE c.site = $1 AND c.case_key = $2 AND s.role = 'prediction'
+             ORDER BY 1, 2",
+        )
+        .bind(site)
+        .bind(case_key)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(classify)
     }
 
     /// Jobs waiting or running.
@@ -93,12 +116,14 @@ impl Lite {
         .map_err(classify)?;
         let existing: Option<i32> = sqlx::query_scalar(
             "SELECT revision FROM segmentations WHERE case_id = $1 AND role = $2
-             AND (sha256 = $3 OR sop_instance_uid = $4)",
+             AND ((sha256 = $3 AND model IS $5 AND model_version IS $6) OR sop_instance_uid = $4)",
         )
         .bind(case_id)
         .bind(new.role.as_str())
         .bind(&new.sha256)
         .bind(&new.sop_instance_uid)
+        .bind(&new.model)
+        .bind(&new.model_version)
         .fetch_optional(&mut *tx)
         .await
         .map_err(classify)?;
@@ -107,7 +132,7 @@ impl Lite {
             return Ok(Ok(StoredUpload {
                 revision,
                 duplicate: true,
-                job_id: None,
+                job_ids: Vec::new(),
             }));
         }
         let revision: i32 = sqlx::query_scalar(
@@ -153,51 +178,55 @@ impl Lite {
         .execute(&mut *tx)
         .await
         .map_err(classify)?;
+        // A prediction pairs with the latest reference; a reference with the
+        // latest prediction of each model version (shadow mode).
         type Partner = (i64, Option<String>, Option<String>, String);
-        let partner: Option<Partner> = sqlx::query_as(
-            "SELECT id, model, model_version, structures FROM segmentations
-             WHERE case_id = $1 AND role = $2 ORDER BY revision DESC LIMIT 1",
+        let partners: Vec<Partner> = sqlx::query_as(
+            "SELECT id, model, model_version, structures FROM segmentations s
+             WHERE case_id = $1 AND role = $2
+               AND revision = (SELECT max(revision) FROM segmentations t
+                               WHERE t.case_id = s.case_id AND t.role = s.role
+                                 AND t.model IS s.model AND t.model_version IS s.model_version)
+             ORDER BY model, model_version",
         )
         .bind(case_id)
         .bind(new.role.other().as_str())
-        .fetch_optional(&mut *tx)
+        .fetch_all(&mut *tx)
         .await
         .map_err(classify)?;
-        let job_id = match partner {
-            Some((partner_id, partner_model, partner_version, partner_structures)) => {
-                let (prediction, reference) = match new.role {
-                    SegRole::Prediction => (id, partner_id),
-                    SegRole::Reference => (partner_id, id),
-                };
-                let (model, version) = match new.role {
-                    SegRole::Prediction => (new.model.clone(), new.model_version.clone()),
-                    SegRole::Reference => (partner_model, partner_version),
-                };
-                if let (Some(model), Some(version)) = (model, version) {
-                    let mut pair: Vec<String> = parse("structures", &partner_structures)?;
-                    pair.extend(new.structures.iter().cloned());
-                    if let Some(exceeded) =
-                        gather_structures(&mut tx, &model, &version, pair, bounds.structures)
-                            .await?
-                    {
-                        return Ok(Err(exceeded));
-                    }
+        let mut job_ids = Vec::with_capacity(partners.len());
+        for (partner_id, partner_model, partner_version, partner_structures) in partners {
+            let (prediction, reference) = match new.role {
+                SegRole::Prediction => (id, partner_id),
+                SegRole::Reference => (partner_id, id),
+            };
+            let (model, version) = match new.role {
+                SegRole::Prediction => (new.model.clone(), new.model_version.clone()),
+                SegRole::Reference => (partner_model, partner_version),
+            };
+            if let (Some(model), Some(version)) = (model, version) {
+                let mut pair: Vec<String> = parse("structures", &partner_structures)?;
+                pair.extend(new.structures.iter().cloned());
+                if let Some(exceeded) =
+                    gather_structures(&mut tx, &model, &version, pair, bounds.structures).await?
+                {
+                    return Ok(Err(exceeded));
                 }
-                sqlx::query_scalar(
-                    "INSERT INTO jobs (case_id, prediction_id, reference_id, run_after, created_at)
-                     VALUES ($1, $2, $3, $4, $4)
-                     ON CONFLICT (prediction_id, reference_id) DO NOTHING RETURNING id",
-                )
-                .bind(case_id)
-                .bind(prediction)
-                .bind(reference)
-                .bind(&received)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(classify)?
             }
-            None => None,
-        };
+            let job: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO jobs (case_id, prediction_id, reference_id, run_after, created_at)
+                 VALUES ($1, $2, $3, $4, $4)
+                 ON CONFLICT (prediction_id, reference_id) DO NOTHING RETURNING id",
+            )
+            .bind(case_id)
+            .bind(prediction)
+            .bind(reference)
+            .bind(&received)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(classify)?;
+            job_ids.extend(job);
+        }
         sqlx::query(
             "INSERT INTO site_uploads (site, role, last_received_at) VALUES ($1, $2, $3)
              ON CONFLICT (site, role) DO UPDATE
@@ -210,13 +239,13 @@ impl Lite {
         .await
         .map_err(classify)?;
         tx.commit().await.map_err(classify)?;
-        if job_id.is_some() {
+        if !job_ids.is_empty() {
             self.jobs.notify_waiters();
         }
         Ok(Ok(StoredUpload {
             revision,
             duplicate: false,
-            job_id,
+            job_ids,
         }))
     }
 }

@@ -864,7 +864,9 @@ async fn permanent_failures_keep_their_reason_and_purged_uploads_fail_clearly() 
     let key = app.key(Role::Ingest, Some("s")).await;
     let schema = json!({"structures": [{"label": 1, "name": "liver"}]});
     assert_eq!(app.put_schema("m", "strict", &schema).await, 201);
-    // The reference comes first, so its unknown label 2 is only seen when scoring.
+    // The reference comes first with label 2, which the prediction's schema
+    // rejects: the prediction is refused at once, naming it, rather than
+    // accepted and failed when scored.
     assert_eq!(
         app.upload(&key, "s", "unknown", "reference", cubes(0, 4))
             .await
@@ -879,18 +881,18 @@ async fn permanent_failures_keep_their_reason_and_purged_uploads_fail_clearly() 
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 202);
-    let case = app.wait_scored("s", "unknown").await;
-    assert_eq!(case["status"], "failed");
+    assert_eq!(response.status(), 422);
+    let problem: serde_json::Value = response.json().await.unwrap();
     assert!(
-        case["reason"].as_str().unwrap().contains("label 2"),
-        "{case}"
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("label 2 (in the case's reference)"),
+        "{problem}"
     );
-    assert_eq!(
-        count(&app.db, "SELECT CAST(attempts AS BIGINT) FROM jobs").await,
-        1,
-        "a permanent failure is not retried"
-    );
+    let (_, case) = app.get(&key, "/v1/sites/s/cases/unknown").await;
+    assert_eq!(case["status"], "waiting_for_prediction", "{case}");
+    assert_eq!(count(&app.db, "SELECT count(*) FROM jobs").await, 0);
 
     // After the retention period the voxels go; results stay; rescoring says why it cannot.
     assert_eq!(
@@ -932,6 +934,15 @@ async fn permanent_failures_keep_their_reason_and_purged_uploads_fail_clearly() 
             assert!(
                 case["reason"].as_str().unwrap().contains("purged"),
                 "{case}"
+            );
+            assert_eq!(
+                count(
+                    &app.db,
+                    "SELECT CAST(attempts AS BIGINT) FROM jobs WHERE status = 'failed'"
+                )
+                .await,
+                1,
+                "a permanent failure is not retried"
             );
             break;
         }

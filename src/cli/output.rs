@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::eval::{CaseOutcome, CaseReport};
 use super::strata::Stratum;
+use crate::metrics::probabilistic::Probabilistic;
 use crate::metrics::{Empty, StructureMetrics, structure_name};
 
 /// Readable name of a structure: its name, else its code, else its label.
@@ -231,6 +232,20 @@ pub struct StructureSummary {
     /// Over cases with both sides present.
     pub hd95_median_mm: Option<f64>,
     pub nsd_mean: Option<f64>,
+    /// Probabilistic scores, on every structure when any case of the run was
+    /// scored with probabilities (`--prob-dir`); left out otherwise.
+    #[serde(flatten)]
+    pub soft: Option<SoftSummary>,
+}
+
+/// Means over the cases that scored a structure with probabilities (each
+/// case's value as `eval` reports it; ECE per case, then averaged).
+#[derive(Debug, Serialize)]
+pub struct SoftSummary {
+    pub soft_cases: usize,
+    pub soft_dice_mean: Option<f64>,
+    pub brier_mean: Option<f64>,
+    pub ece_mean: Option<f64>,
 }
 
 /// Linear-interpolation percentile of sorted values.
@@ -248,6 +263,29 @@ fn mean(values: &[f64]) -> Option<f64> {
 
 /// Summarises each structure over the cases that scored it.
 pub fn summarize(outcomes: &[CaseOutcome]) -> Vec<StructureSummary> {
+    let reports = || outcomes.iter().filter_map(|o| o.report.as_ref());
+    let soft_run = reports().any(|r| !r.probabilistic.is_empty());
+    let soft = |label: Option<u16>, code: &Option<String>| {
+        let scores: Vec<&Probabilistic> = reports()
+            .flat_map(|r| &r.probabilistic)
+            .filter(|p| p.label == label && &p.code == code)
+            .map(|p| &p.metrics)
+            .collect();
+        let finite = |value: fn(&Probabilistic) -> f64| {
+            let values: Vec<f64> = scores
+                .iter()
+                .map(|p| value(p))
+                .filter(|v| v.is_finite())
+                .collect();
+            mean(&values)
+        };
+        SoftSummary {
+            soft_cases: scores.len(),
+            soft_dice_mean: finite(|p| p.soft_dice),
+            brier_mean: finite(|p| p.brier),
+            ece_mean: finite(|p| p.ece),
+        }
+    };
     let mut by_structure: BTreeMap<(Option<u16>, Option<String>), Vec<&StructureMetrics>> =
         BTreeMap::new();
     for report in outcomes.iter().filter_map(|o| o.report.as_ref()) {
@@ -297,6 +335,7 @@ pub fn summarize(outcomes: &[CaseOutcome]) -> Vec<StructureSummary> {
                 dice_p5: percentile(&dice, 0.05),
                 hd95_median_mm: percentile(&hd95, 0.5),
                 nsd_mean: mean(&nsd),
+                soft: soft_run.then(|| soft(list[0].label, &list[0].code)),
             }
         })
         .collect()
@@ -352,22 +391,31 @@ pub fn summary_table(summary: &[StructureSummary], scored: usize, failed: usize)
                 optional(s.nsd_mean, 4),
                 format!("{}/{}/{}", s.empty_both, s.empty_pred, s.empty_ref),
             ]
+            .into_iter()
+            .chain(s.soft.iter().flat_map(|p| {
+                [
+                    optional(p.soft_dice_mean, 4),
+                    optional(p.brier_mean, 6),
+                    optional(p.ece_mean, 6),
+                ]
+            }))
+            .collect()
         })
         .collect();
-    format!("{scored} cases scored, {failed} failed\n\n")
-        + &columns(
-            &[
-                "structure",
-                "cases",
-                "dice_mean",
-                "dice_median",
-                "dice_p5",
-                "hd95_median_mm",
-                "nsd_mean",
-                "empty both/pred/ref",
-            ],
-            &rows,
-        )
+    let mut names = vec![
+        "structure",
+        "cases",
+        "dice_mean",
+        "dice_median",
+        "dice_p5",
+        "hd95_median_mm",
+        "nsd_mean",
+        "empty both/pred/ref",
+    ];
+    if summary.iter().any(|s| s.soft.is_some()) {
+        names.extend(["soft_dice_mean", "brier_mean", "ece_mean"]);
+    }
+    format!("{scored} cases scored, {failed} failed\n\n") + &columns(&names, &rows)
 }
 
 /// Writes results.json, results.csv, summary.json and summary.csv into `dir`.

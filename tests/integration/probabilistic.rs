@@ -386,6 +386,39 @@ fn folder_mode_takes_probabilities_named_like_the_cases() {
     let width = rows[0].split(',').count();
     assert!(rows.iter().all(|r| r.split(',').count() == width));
     assert!(rows.last().unwrap().ends_with(",,,"));
+    // The summary averages each structure's scores over the cases that have
+    // probabilities (the peer's values; the last case has none).
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let with_probabilities = &cases[..cases.len() - 1];
+    for structure in summary.as_array().unwrap() {
+        let label = structure["label"].as_u64().unwrap() as usize;
+        let peer: Vec<&Value> = with_probabilities
+            .iter()
+            .map(|c| &c["structures"][label - 1])
+            .collect();
+        assert_eq!(structure["soft_cases"], peer.len(), "{structure}");
+        for (ours, theirs) in [
+            ("soft_dice_mean", "soft_dice"),
+            ("brier_mean", "brier"),
+            ("ece_mean", "ece"),
+        ] {
+            let mean = peer
+                .iter()
+                .map(|p| p[theirs].as_f64().unwrap())
+                .sum::<f64>()
+                / peer.len() as f64;
+            close(structure[ours].as_f64().unwrap(), &Value::from(mean), ours);
+        }
+    }
+    let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    assert!(
+        csv.lines()
+            .next()
+            .unwrap()
+            .ends_with(",soft_cases,soft_dice_mean,brier_mean,ece_mean"),
+        "{csv}"
+    );
 }
 
 #[test]

@@ -172,7 +172,8 @@ const PURGE_BATCH: i64 = 5000;
 const CASE_PURGE_BATCH: i64 = 500;
 
 /// Every hour, in a task of its own and in batches: drops the stored files of
-/// segmentations past retention and hourly Dice buckets the 1-day window no
+/// segmentations past retention (whole months where it can, creating the
+/// coming months' partitions) and hourly Dice buckets the 1-day window no
 /// longer reads, then cases past the results retention and incidents past
 /// theirs, where those are set.
 async fn purge_expired(store: Store, config: Arc<Config>, metrics: Metrics) {
@@ -180,17 +181,25 @@ async fn purge_expired(store: Store, config: Arc<Config>, metrics: Metrics) {
     loop {
         tick.tick().await;
         let started = std::time::Instant::now();
+        // Whole months of stored files first (and the coming months'
+        // partitions created), then the rest in batches.
         let mut purged = 0;
-        let outcome = loop {
-            match store.purge_scored(config.retention_days, PURGE_BATCH).await {
-                Ok(n) => {
-                    purged += n;
-                    if n < PURGE_BATCH as u64 {
-                        break Ok(());
+        let outcome = match store.maintain_partitions(config.retention_days).await {
+            Ok(n) => {
+                purged += n;
+                loop {
+                    match store.purge_scored(config.retention_days, PURGE_BATCH).await {
+                        Ok(n) => {
+                            purged += n;
+                            if n < PURGE_BATCH as u64 {
+                                break Ok(());
+                            }
+                        }
+                        Err(e) => break Err(e),
                     }
                 }
-                Err(e) => break Err(e),
             }
+            Err(e) => Err(e),
         };
         let outcome = match outcome {
             Ok(()) => store.purge_hourly_rollups().await.map(drop),

@@ -18,7 +18,7 @@ structures=15 sites=200 models=3
 cases=$((structure_results / structures))
 span=${2:-$(((structure_results + 899999) / 900000 + 1))}
 admin=${SEGWATCH_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
-db=segwatch_scale_$structure_results
+db=${SEGWATCH_SCALE_DB:-segwatch_scale_$structure_results}
 url=${admin%/*}/$db
 bin=target/release/segwatch
 port=${PORT:-18093}
@@ -109,9 +109,10 @@ per_case=$(psql "$url" -Atc "
     WHERE n.nspname = 'public' AND c.relkind IN ('r', 'm')")
 largest=$(psql "$url" -Atc "
     SELECT string_agg(relname || ' ' || round(size / $cases) || ' B', ', ' ORDER BY size DESC)
-    FROM (SELECT c.relname, pg_total_relation_size(c.oid) AS size FROM pg_class c
-          JOIN pg_namespace n ON n.oid = c.relnamespace
-          WHERE n.nspname = 'public' AND c.relkind = 'r' ORDER BY 2 DESC LIMIT 5) t")
+    FROM (SELECT coalesce(i.inhparent::regclass::text, c.relname) AS relname, sum(pg_total_relation_size(c.oid)) AS size
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          LEFT JOIN pg_inherits i ON i.inhrelid = c.oid
+          WHERE n.nspname = 'public' AND c.relkind = 'r' GROUP BY 1 ORDER BY 2 DESC LIMIT 5) t")
 
 # Scoring throughput of one model version on this history: a simulated fleet
 # of 20 sites uploads 1,000 cases of a new model (baseline, scoring, drift

@@ -19,6 +19,7 @@ mod drift;
 mod history;
 mod jobs;
 mod keys;
+mod partitions;
 mod results;
 mod retention;
 mod rollups;

@@ -1,6 +1,6 @@
 //! Retention of cases and incidents past their configured days, on both stores.
 
-use chrono::{Duration, Utc};
+use chrono::{Datelike, Duration, Months, NaiveDate, Utc};
 use segwatch::store::Role;
 
 use crate::common::{TestApp, TestDb, read_fixture};
@@ -160,4 +160,152 @@ async fn incidents_resolved_past_their_retention_go_and_the_others_stay() {
         2
     );
     app.finish().await;
+}
+
+/// A case with a stored prediction (id `first`) and, with `paired`, a
+/// reference (`first + 1`) scored in a done job, all received at `when`.
+async fn stored_files(db: &TestDb, first: i64, paired: bool, when: &str) {
+    let hex = |id: i64| {
+        if db.is_postgres() {
+            format!("decode('{id:02x}', 'hex')")
+        } else {
+            format!("X'{id:02x}'")
+        }
+    };
+    db.execute(&format!(
+        "INSERT INTO cases (id, site, case_key, created_at) VALUES ({first}, 's', 'c{first}', '{when}')"
+    ))
+    .await;
+    let roles: &[(i64, &str)] = if paired {
+        &[(first, "prediction"), (first + 1, "reference")]
+    } else {
+        &[(first, "prediction")]
+    };
+    for &(id, role) in roles {
+        db.execute(&format!(
+            "INSERT INTO segmentations (id, case_id, role, revision, sha256, format, content_bytes, voxels, grid,
+                                        model, model_version, observed_at, received_at)
+             VALUES ({id}, {first}, '{role}', 1, {sha}, 'nifti', 1, 8, '{{}}', 'm', 'v1', '{when}', '{when}')",
+            sha = hex(id),
+        ))
+        .await;
+        db.execute(&format!(
+            "INSERT INTO segmentation_contents (segmentation_id, received_at, content) VALUES ({id}, '{when}', {})",
+            hex(id)
+        ))
+        .await;
+    }
+    if paired {
+        db.execute(&format!(
+            "INSERT INTO jobs (id, case_id, prediction_id, reference_id, status, attempts, run_after, created_at)
+             VALUES ({first}, {first}, {first}, {}, 'done', 1, '{when}', '{when}')",
+            first + 1
+        ))
+        .await;
+    }
+}
+
+/// The partition of the month starting on `month` and its bounds, as the
+/// service names them.
+fn month_partition(month: NaiveDate) -> (String, String, String) {
+    let next = month + Months::new(1);
+    (
+        format!("segmentation_contents_{}", month.format("%Y_%m")),
+        format!("{month}T00:00:00Z"),
+        format!("{next}T00:00:00Z"),
+    )
+}
+
+/// Stored files and the partition each is in ("" on the embedded store).
+async fn files(db: &TestDb) -> Vec<(i64, String)> {
+    let partition = if db.is_postgres() {
+        "tableoid::regclass::text"
+    } else {
+        "''"
+    };
+    db.rows(&format!(
+        "SELECT segmentation_id, {partition} FROM segmentation_contents ORDER BY segmentation_id"
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn stored_files_of_scored_jobs_past_retention_go_and_the_others_stay() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    store.migrate().await.unwrap();
+    let old = Utc::now() - Duration::days(100);
+    let old_month = old.date_naive().with_day(1).unwrap();
+    if db.is_postgres() {
+        // As the service created it when that month was ahead.
+        let (name, from, to) = month_partition(old_month);
+        db.execute(&format!(
+            "CREATE TABLE {name} PARTITION OF segmentation_contents FOR VALUES FROM ('{from}') TO ('{to}')"
+        ))
+        .await;
+    }
+    let (old, now) = (days_ago(100), days_ago(0));
+    stored_files(&db, 1, true, &old).await;
+    stored_files(&db, 3, false, &old).await;
+    stored_files(&db, 4, true, &now).await;
+    // As the hourly purge runs: whole months, then batches. PostgreSQL drops
+    // the old month's partition and deletes nothing row by row; the embedded
+    // store deletes the same files in its batches.
+    let months = store.maintain_partitions(30).await.unwrap();
+    let batches = store.purge_scored(30, 10).await.unwrap();
+    assert_eq!(months + batches, 2);
+    let kept: Vec<i64> = files(&db).await.into_iter().map(|(id, _)| id).collect();
+    assert_eq!(kept, [3, 4, 5]);
+    if db.is_postgres() {
+        assert_eq!((months, batches), (2, 0));
+        let (old_partition, ..) = month_partition(old_month);
+        let gone: Option<String> = db
+            .scalar(&format!("SELECT to_regclass('{old_partition}')::text"))
+            .await;
+        assert_eq!(gone, None);
+        // The unpaired prediction waits in the DEFAULT partition; this
+        // month's files stay in theirs.
+        let (this_month, ..) = month_partition(Utc::now().date_naive().with_day(1).unwrap());
+        assert_eq!(
+            files(&db).await,
+            [
+                (3, "segmentation_contents_default".to_owned()),
+                (4, this_month.clone()),
+                (5, this_month),
+            ]
+        );
+    }
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_month_without_its_partition_gets_one_with_the_files_the_default_took() {
+    let Some(db) = TestDb::postgres_only(
+        "a_month_without_its_partition_gets_one_with_the_files_the_default_took",
+    )
+    .await
+    else {
+        return;
+    };
+    let store = db.store();
+    store.migrate().await.unwrap();
+    // No service ran while this month began: its files go to DEFAULT.
+    let this_month = Utc::now().date_naive().with_day(1).unwrap();
+    let (name, ..) = month_partition(this_month);
+    db.execute(&format!("DROP TABLE {name}")).await;
+    stored_files(&db, 1, true, &days_ago(0)).await;
+    let default = "segmentation_contents_default".to_owned();
+    assert_eq!(files(&db).await, [(1, default.clone()), (2, default)]);
+    assert_eq!(store.maintain_partitions(30).await.unwrap(), 0);
+    assert_eq!(files(&db).await, [(1, name.clone()), (2, name)]);
+    // This month and the next two have partitions; running again changes nothing.
+    for later in 0..3 {
+        let (name, ..) = month_partition(this_month + Months::new(later));
+        let exists: Option<String> = db
+            .scalar(&format!("SELECT to_regclass('{name}')::text"))
+            .await;
+        assert_eq!(exists.as_deref(), Some(name.as_str()));
+    }
+    assert_eq!(store.maintain_partitions(30).await.unwrap(), 0);
+    db.drop_db().await;
 }

@@ -4,7 +4,7 @@
 //! the history, the stored files move to a table of their own, and the detector
 //! history moves to its compact layout, and the structure rows lose the
 //! columns derived on read (PostgreSQL's gain their result's site) and read
-//! back the same.
+//! back the same; PostgreSQL's stored files move to monthly partitions.
 
 use chrono::{Duration, Utc};
 use segwatch::drift::feed::parameters;
@@ -38,7 +38,8 @@ async fn an_upgrade_keeps_scored_cases_and_fills_the_rollups_from_them() {
     let db = TestDb::new().await;
     db.migrate_to(previous_release(&db)).await;
     let observed = at(Utc::now() - Duration::hours(2));
-    let received = at(Utc::now() - Duration::hours(1));
+    let received_at = Utc::now() - Duration::hours(1);
+    let received = at(received_at);
     let bytes = |hex: &str| bytes_literal(&db, hex);
     db.execute(&format!(
         "INSERT INTO cases (id, site, case_key, created_at) VALUES
@@ -157,6 +158,17 @@ async fn an_upgrade_keeps_scored_cases_and_fills_the_rollups_from_them() {
         .rows("SELECT segmentation_id FROM segmentation_contents ORDER BY segmentation_id")
         .await;
     assert_eq!(files, vec![(1,), (2,), (3,), (4,), (5,)]);
+    // PostgreSQL's are in the partition of the month they were received.
+    if db.is_postgres() {
+        let month = received_at.format("%Y_%m");
+        let partitions: Vec<(String, i64)> = db
+            .rows("SELECT tableoid::regclass::text, count(*) FROM segmentation_contents GROUP BY 1")
+            .await;
+        assert_eq!(
+            partitions,
+            vec![(format!("segmentation_contents_{month}"), 5)]
+        );
+    }
     // Only each case's newest result is its latest.
     let latest: Vec<(i64,)> = db
         .rows("SELECT id FROM results WHERE latest ORDER BY id")

@@ -178,13 +178,14 @@ pub async fn ingest(
     }
 
     // What the upload must fit, so that every pair it completes is scored:
-    // the grid of its partner (for a prediction without a reference yet, of the
-    // case's other predictions, as the reference will pair with each) and the
+    // the grid of its partner (for a prediction without a reference yet, of
+    // the other model versions' predictions, as the reference will pair with
+    // each; a version may still replace its own on another grid) and the
     // structure schemas of the model versions it pairs with. A prediction's
     // schema must also know the reference's structures.
     let partner = store.latest(site, case, role.other()).await?;
-    let grid_partner = match (&partner, role) {
-        (None, SegRole::Prediction) => store.latest(site, case, role).await?,
+    let grid_partner = match (&partner, &model, &model_version) {
+        (None, Some(m), Some(v)) => store.latest_prediction_besides(site, case, m, v).await?,
         _ => None,
     };
     let versions = match (role, &model, &model_version) {

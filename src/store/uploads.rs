@@ -184,6 +184,34 @@ impl Store {
         }))
     }
 
+    /// The latest prediction of a case by another model version than this one.
+    pub async fn latest_prediction_besides(
+        &self,
+        site: &str,
+        case_key: &str,
+        model: &str,
+        model_version: &str,
+    ) -> Result<Option<PartnerGrid>> {
+        let pool = postgres_or!(self, lite => lite.latest_prediction_besides(site, case_key, model, model_version));
+        let row = sqlx::query!(
+            "SELECT s.grid, s.structures FROM segmentations s JOIN cases c ON c.id = s.case_id
+             WHERE c.site = $1 AND c.case_key = $2 AND s.role = 'prediction'
+               AND NOT (s.model = $3 AND s.model_version = $4)
+             ORDER BY s.revision DESC LIMIT 1",
+            site,
+            case_key,
+            model,
+            model_version
+        )
+        .fetch_optional(pool)
+        .await
+        .map_err(StoreError::classify)?;
+        Ok(row.map(|r| PartnerGrid {
+            grid: r.grid,
+            structures: r.structures,
+        }))
+    }
+
     /// The model versions with a prediction for a case, in order.
     pub async fn prediction_versions(
         &self,

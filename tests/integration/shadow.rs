@@ -285,6 +285,24 @@ async fn an_upload_that_one_version_could_not_score_is_refused_up_front() {
     // refused before any reference came.
     let (status, body) = predict(&app, &key, "c1", "v3", &slabs([12, 10, 5], &[1])).await;
     assert_eq!(status, 422, "{body}");
+    // A version may still replace its own prediction on another grid, as
+    // long as no other version predicted the case.
+    assert_eq!(
+        predict(&app, &key, "c3", "v1", &slabs(grid, &[1])).await.0,
+        202
+    );
+    assert_eq!(
+        predict(&app, &key, "c3", "v1", &slabs([12, 10, 5], &[1]))
+            .await
+            .0,
+        202
+    );
+    let response = app
+        .upload(&key, "s", "c3", "reference", slabs([12, 10, 5], &[1]))
+        .await;
+    assert_eq!(response.status(), 202);
+    let case = scored(&app, &key, "c3", &["v1"]).await;
+    assert_eq!(version(&case, "v1")["revision"], 2, "{case}");
     // A reference with label 2 cannot be scored against v2 (whose schema
     // rejects it), though the case's latest prediction is v1's.
     let response = app

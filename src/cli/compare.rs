@@ -3,11 +3,11 @@
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::Value;
+
+use super::remote::Service;
 
 /// Options of `segwatch compare`.
 #[derive(Debug, Args)]
@@ -41,10 +41,7 @@ pub struct CompareArgs {
 /// Fetches the comparison and prints it; exit code 1 with `--fail-if-worse`
 /// when B is worse on a structure.
 pub fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let report = runtime.block_on(fetch(&args))?;
+    let report = super::remote::block_on(fetch(&args))?;
     let worse = report["structures"]
         .as_array()
         .into_iter()
@@ -64,36 +61,16 @@ pub fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn fetch(args: &CompareArgs) -> anyhow::Result<Value> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()?;
-    let base = args.url.trim_end_matches('/');
-    let mut url = reqwest::Url::parse(&format!("{base}/v1/models/{}/compare", args.model))
-        .with_context(|| format!("{base} is not a URL"))?;
+    let service = Service::new(&args.url, &args.key)?;
+    let mut url = service.url(&format!("/v1/models/{}/compare", args.model))?;
     url.query_pairs_mut()
         .append_pair("a", &args.a)
         .append_pair("b", &args.b);
     if let Some(site) = &args.site {
         url.query_pairs_mut().append_pair("site", site);
     }
-    let response = client
-        .get(url)
-        .bearer_auth(&args.key)
-        .send()
-        .await
-        .with_context(|| format!("segwatch unreachable at {base}"))?;
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        let detail = body["detail"].as_str().unwrap_or("no detail");
-        bail!(
-            "comparing {} {} with {}: {status}: {detail}",
-            args.model,
-            args.b,
-            args.a
-        );
-    }
-    Ok(body)
+    let what = format!("comparing {} {} with {}", args.model, args.b, args.a);
+    service.call(service.client.get(url), &what).await
 }
 
 /// One line per structure: design, cases, means, B − A with its interval,

@@ -403,6 +403,26 @@ pub async fn wait_scored(
     }
 }
 
+/// Waits until the latest result of case `case` at site `s` is of `version`;
+/// the case.
+pub async fn scored_with(app: &TestApp, key: &str, case: &str, version: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = app.get(key, &format!("/v1/sites/s/cases/{case}")).await;
+        if body["status"] == "scored"
+            && body["model_version"] == version
+            && !body["scored_at"].is_null()
+        {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{case} not scored with {version}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub fn fixture(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")

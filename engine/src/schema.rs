@@ -325,8 +325,7 @@ mod tests {
         s.structures[0].gate_min_mean_dice = Some(f64::NAN);
         assert!(s.validate().is_err());
         // A schema without them reads and writes as before.
-        let plain =
-            r#"{"label":1,"code":null,"name":"liver","tolerance_mm":null,"failure_threshold":null}"#;
+        let plain = r#"{"label":1,"code":null,"name":"liver","tolerance_mm":null,"failure_threshold":null}"#;
         let def: StructureDef = serde_json::from_str(plain).unwrap();
         assert_eq!(serde_json::to_string(&def).unwrap(), plain);
     }

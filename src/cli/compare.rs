@@ -7,17 +7,13 @@ use std::process::ExitCode;
 use clap::Args;
 use serde_json::Value;
 
-use super::remote::Service;
+use super::remote::{Service, ServiceArgs};
 
 /// Options of `segwatch compare`.
 #[derive(Debug, Args)]
 pub struct CompareArgs {
-    /// segwatch base URL, such as http://127.0.0.1:8080.
-    #[arg(long)]
-    url: String,
-    /// A read or admin key (an ingest key with --site of its own site).
-    #[arg(long, env = "SEGWATCH_KEY", hide_env_values = true)]
-    key: String,
+    #[command(flatten)]
+    service: ServiceArgs,
     /// The model.
     #[arg(long)]
     model: String,
@@ -61,7 +57,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn fetch(args: &CompareArgs) -> anyhow::Result<Value> {
-    let service = Service::new(&args.url, &args.key)?;
+    let service = Service::new(&args.service)?;
     let mut url = service.url(&format!("/v1/models/{}/compare", args.model))?;
     url.query_pairs_mut()
         .append_pair("a", &args.a)

@@ -9,17 +9,13 @@ use chrono::{DateTime, Utc};
 use clap::Args;
 use serde_json::Value;
 
-use super::remote::Service;
+use super::remote::{Service, ServiceArgs};
 
 /// Options of `segwatch gate`.
 #[derive(Debug, Args)]
 pub struct GateArgs {
-    /// segwatch base URL, such as http://127.0.0.1:8080.
-    #[arg(long)]
-    url: String,
-    /// A read or admin key (an ingest key with --site of its own site).
-    #[arg(long, env = "SEGWATCH_KEY", hide_env_values = true)]
-    key: String,
+    #[command(flatten)]
+    service: ServiceArgs,
     /// The model.
     #[arg(long)]
     model: String,
@@ -59,7 +55,7 @@ pub fn run(args: GateArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn fetch(args: &GateArgs) -> anyhow::Result<Value> {
-    let service = Service::new(&args.url, &args.key)?;
+    let service = Service::new(&args.service)?;
     let mut url = service.url(&format!(
         "/v1/models/{}/versions/{}/gate",
         args.model, args.version

@@ -5,7 +5,19 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use clap::Args;
 use serde_json::Value;
+
+/// Where the service is and the key to call it with.
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// segwatch base URL, such as http://127.0.0.1:8080.
+    #[arg(long)]
+    url: String,
+    /// A read or admin key (an ingest key with --site of its own site).
+    #[arg(long, env = "SEGWATCH_KEY", hide_env_values = true)]
+    key: String,
+}
 
 /// Runs a command's requests to completion on a runtime of their own.
 pub(super) fn block_on<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
@@ -23,15 +35,15 @@ pub(super) struct Service {
 }
 
 impl Service {
-    /// The service at `url` (such as http://127.0.0.1:8080), with `key`.
-    pub fn new(url: &str, key: &str) -> anyhow::Result<Service> {
+    /// The service and key of the command line.
+    pub fn new(args: &ServiceArgs) -> anyhow::Result<Service> {
         Ok(Service {
             // The statistics of thousands of cases can take a while.
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(120))
                 .build()?,
-            base: url.trim_end_matches('/').to_owned(),
-            key: key.to_owned(),
+            base: args.url.trim_end_matches('/').to_owned(),
+            key: args.key.clone(),
         })
     }
 

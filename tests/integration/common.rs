@@ -304,13 +304,16 @@ impl TestApp {
 
     /// GET with a key, as JSON.
     pub async fn get(&self, key: &str, path: &str) -> (u16, Value) {
-        let response = self
-            .client
-            .get(self.url(path))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap();
+        self.answer(self.client.get(self.url(path)), key).await
+    }
+
+    /// POST without a body with a key, as JSON.
+    pub async fn post(&self, key: &str, path: &str) -> (u16, Value) {
+        self.answer(self.client.post(self.url(path)), key).await
+    }
+
+    async fn answer(&self, request: reqwest::RequestBuilder, key: &str) -> (u16, Value) {
+        let response = request.bearer_auth(key).send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }

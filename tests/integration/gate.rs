@@ -42,18 +42,6 @@ async fn predict(app: &TestApp, key: &str, case: &str, version: &str, body: Vec<
     assert_eq!(response.status(), 202);
 }
 
-async fn post(app: &TestApp, key: &str, path: &str) -> (u16, Value) {
-    let response = app
-        .client
-        .post(app.url(path))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 /// The id part of a `sw_<id>_<secret>` key.
 fn key_id(key: &str) -> &str {
     key.split('_').nth(1).unwrap()
@@ -85,7 +73,7 @@ async fn a_version_below_its_limit_on_one_structure_fails_on_that_structure_only
         scored_with(&app, &ingest, case, "v1").await;
     }
     assert_eq!(
-        post(&app, &reader, "/v1/models/m/versions/v2/gate").await.0,
+        app.post(&reader, "/v1/models/m/versions/v2/gate").await.0,
         404,
         "nothing scored with v2 yet"
     );
@@ -96,7 +84,7 @@ async fn a_version_below_its_limit_on_one_structure_fails_on_that_structure_only
         scored_with(&app, &ingest, case, "v2").await;
     }
 
-    let (status, good) = post(&app, &reader, "/v1/models/m/versions/v1/gate").await;
+    let (status, good) = app.post(&reader, "/v1/models/m/versions/v1/gate").await;
     assert_eq!(status, 201, "{good}");
     assert_eq!(good["passed"], true, "{good}");
     assert_eq!(good["report"]["cases"], 5);
@@ -109,7 +97,7 @@ async fn a_version_below_its_limit_on_one_structure_fails_on_that_structure_only
         assert_eq!(s["failures"], json!([]));
     }
 
-    let (status, bad) = post(&app, &reader, "/v1/models/m/versions/v2/gate").await;
+    let (status, bad) = app.post(&reader, "/v1/models/m/versions/v2/gate").await;
     assert_eq!(status, 201, "{bad}");
     assert_eq!(bad["passed"], false, "{bad}");
     let structures = bad["report"]["structures"].as_array().unwrap();
@@ -142,7 +130,9 @@ async fn a_version_below_its_limit_on_one_structure_fails_on_that_structure_only
     );
 
     // One site's results with its ingest key; the audit trail, newest first.
-    let (status, at_site) = post(&app, &ingest, "/v1/models/m/versions/v2/gate?site=s").await;
+    let (status, at_site) = app
+        .post(&ingest, "/v1/models/m/versions/v2/gate?site=s")
+        .await;
     assert_eq!(
         (status, &at_site["passed"]),
         (201, &json!(false)),
@@ -178,20 +168,20 @@ async fn a_version_below_its_limit_on_one_structure_fails_on_that_structure_only
             t.replace('+', "%2B")
         )
     };
-    assert_eq!(post(&app, &reader, &since(&later)).await.0, 404);
-    let (status, window) = post(&app, &reader, &since("2020-01-01T00:00:00Z")).await;
+    assert_eq!(app.post(&reader, &since(&later)).await.0, 404);
+    let (status, window) = app.post(&reader, &since("2020-01-01T00:00:00Z")).await;
     assert_eq!((status, &window["passed"]), (201, &json!(true)), "{window}");
     assert_eq!(window["since"], "2020-01-01T00:00:00Z");
 
     // Bad requests, each with a problem.
-    let (status, problem) = post(&app, &reader, &since("yesterday")).await;
+    let (status, problem) = app.post(&reader, &since("yesterday")).await;
     assert_eq!(status, 400, "{problem}");
     assert_eq!(
-        post(&app, &ingest, "/v1/models/m/versions/v2/gate").await.0,
+        app.post(&ingest, "/v1/models/m/versions/v2/gate").await.0,
         403
     );
     assert_eq!(
-        post(&app, &ingest, "/v1/models/m/versions/v2/gate?site=t")
+        app.post(&ingest, "/v1/models/m/versions/v2/gate?site=t")
             .await
             .0,
         403
@@ -201,10 +191,10 @@ async fn a_version_below_its_limit_on_one_structure_fails_on_that_structure_only
         403
     );
     assert_eq!(
-        post(&app, &reader, "/v1/models/m/versions/v9/gate").await.0,
+        app.post(&reader, "/v1/models/m/versions/v9/gate").await.0,
         404
     );
-    let (status, problem) = post(&app, &reader, "/v1/models/m/versions/v%20x/gate").await;
+    let (status, problem) = app.post(&reader, "/v1/models/m/versions/v%20x/gate").await;
     assert_eq!(
         (status, problem["type"].as_str().is_some()),
         (400, true),
@@ -217,7 +207,7 @@ async fn a_version_below_its_limit_on_one_structure_fails_on_that_structure_only
     // Scored, but without a schema to take the limits from.
     predict(&app, &ingest, "c1", "v3", label_map(5)).await;
     scored_with(&app, &ingest, "c1", "v3").await;
-    let (status, problem) = post(&app, &reader, "/v1/models/m/versions/v3/gate").await;
+    let (status, problem) = app.post(&reader, "/v1/models/m/versions/v3/gate").await;
     assert_eq!(status, 409, "{problem}");
     assert!(
         problem["type"].as_str().unwrap().ends_with("no-schema"),

@@ -14,8 +14,9 @@ use super::{AppState, valid_key};
 use crate::compare::versions::{CaseDice, CompareSettings, Comparison, compare};
 use crate::store::VersionDice;
 
-/// Most recent cases of each version a comparison reads: bounds the query and
-/// the bootstrap (10,000 resamples of at most this many cases per structure).
+/// Most recent cases of each version a comparison or a gate reads: bounds the
+/// query and the bootstrap (10,000 resamples of at most this many cases per
+/// structure).
 pub const MAX_COMPARE_CASES: i64 = 5000;
 
 /// The versions to compare, and where.

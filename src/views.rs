@@ -126,6 +126,29 @@ pub struct BaselineInfo {
     pub structures: Vec<BaselineStructure>,
 }
 
+/// A recorded deployment-gate decision of a model version: what was asked, by
+/// which key, and the report (docs/compare.md).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct GateDecision {
+    pub id: i64,
+    pub model: String,
+    pub model_version: String,
+    /// The site whose results were gated; none for every site.
+    pub site: Option<String>,
+    /// Only results scored since then were gated.
+    pub since: Option<DateTime<Utc>>,
+    pub decided_at: DateTime<Utc>,
+    /// True when every structure of the schema passed.
+    pub passed: bool,
+    /// The id of the API key that asked.
+    pub key_id: String,
+    /// `cases`, the bootstrap's `level`, and `structures`: each with `n`,
+    /// `mean_dice`, `lower_bound`, `failure_rate`, the `rule`, `passed`,
+    /// `failures` and their `reasons` in words.
+    #[schema(value_type = Object)]
+    pub report: serde_json::Value,
+}
+
 /// A stream and detector that alarmed during an incident.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct IncidentStream {

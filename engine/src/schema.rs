@@ -1,5 +1,6 @@
 //! The structure schema of a model version: which label values or segment codes
-//! are which structures, with their NSD tolerance and failure threshold.
+//! are which structures, with their NSD tolerance, failure threshold and
+//! deployment-gate limits.
 
 use serde::{Deserialize, Serialize};
 
@@ -7,6 +8,9 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_TOLERANCE_MM: f64 = 1.0;
 /// Default Dice below which a case counts as a failure of the structure.
 pub const DEFAULT_FAILURE_THRESHOLD: f64 = 0.5;
+/// Default largest fraction of a version's validation cases below the failure
+/// threshold that its deployment gate allows.
+pub const DEFAULT_GATE_MAX_FAILURE_RATE: f64 = 0.1;
 
 /// One structure of a schema.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,6 +30,14 @@ pub struct StructureDef {
     /// Dice below which a case counts as a failure (Bernoulli CUSUM).
     #[serde(default)]
     pub failure_threshold: Option<f64>,
+    /// Least lower confidence bound of the mean Dice with which a version
+    /// passes its deployment gate (default: the failure threshold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_min_mean_dice: Option<f64>,
+    /// Largest fraction of validation cases below the failure threshold with
+    /// which a version passes its deployment gate (default 0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_max_failure_rate: Option<f64>,
     /// Made of separate instances (lesions, nodules, metastases): `eval` also
     /// scores it lesion by lesion (`metrics::lesions`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -55,6 +67,18 @@ impl StructureDef {
     /// Failure threshold, or the default.
     pub fn failure(&self) -> f64 {
         self.failure_threshold.unwrap_or(DEFAULT_FAILURE_THRESHOLD)
+    }
+
+    /// The deployment gate's minimum of the mean Dice's lower bound, or the
+    /// failure threshold.
+    pub fn gate_min_mean_dice(&self) -> f64 {
+        self.gate_min_mean_dice.unwrap_or_else(|| self.failure())
+    }
+
+    /// The deployment gate's limit on the failure rate, or the default.
+    pub fn gate_max_failure_rate(&self) -> f64 {
+        self.gate_max_failure_rate
+            .unwrap_or(DEFAULT_GATE_MAX_FAILURE_RATE)
     }
 }
 
@@ -113,10 +137,15 @@ impl Schema {
             if s.tolerance_mm.is_some_and(|t| !(t.is_finite() && t >= 0.0)) {
                 return err(format!("{what}: tolerance_mm must be a number ≥ 0"));
             }
-            if s.failure_threshold
-                .is_some_and(|t| !(0.0..=1.0).contains(&t))
-            {
-                return err(format!("{what}: failure_threshold must be between 0 and 1"));
+            let fractions = [
+                ("failure_threshold", s.failure_threshold),
+                ("gate_min_mean_dice", s.gate_min_mean_dice),
+                ("gate_max_failure_rate", s.gate_max_failure_rate),
+            ];
+            for (field, value) in fractions {
+                if value.is_some_and(|t| !(0.0..=1.0).contains(&t)) {
+                    return err(format!("{what}: {field} must be between 0 and 1"));
+                }
             }
             if let Some(edges) = &s.volume_bands_ml {
                 let ascending = edges.windows(2).all(|w| w[0] < w[1]);
@@ -199,6 +228,13 @@ mod tests {
         );
         assert_eq!(s.by_label(1).unwrap().failure(), DEFAULT_FAILURE_THRESHOLD);
         assert_eq!(s.unknown_labels, UnknownPolicy::Ignore);
+        // Gate limits: the failure threshold and 0.1 unless set.
+        let kidney = s.by_code("SCT:64033007^SCT:24028007").unwrap();
+        assert_eq!(
+            (kidney.gate_min_mean_dice(), kidney.gate_max_failure_rate()),
+            (0.6, DEFAULT_GATE_MAX_FAILURE_RATE)
+        );
+        assert_eq!(s.by_label(1).unwrap().gate_min_mean_dice(), 0.5);
         // Size bands: the organ default, the lesion default, or the schema's.
         let bands = |json: &str| {
             serde_json::from_str::<StructureDef>(json)
@@ -246,6 +282,14 @@ mod tests {
                 "failure_threshold",
             ),
             (
+                r#"{"structures": [{"label": 1, "name": "x", "gate_min_mean_dice": 1.5}]}"#,
+                "structure 1 (\"x\"): gate_min_mean_dice must be between 0 and 1",
+            ),
+            (
+                r#"{"structures": [{"label": 1, "name": "x", "gate_max_failure_rate": -0.1}]}"#,
+                "structure 1 (\"x\"): gate_max_failure_rate must be between 0 and 1",
+            ),
+            (
                 r#"{"structures": [{"label": 1, "name": "x", "volume_bands_ml": [10, 1]}]}"#,
                 "volume_bands_ml",
             ),
@@ -263,5 +307,26 @@ mod tests {
             assert!(err.to_string().contains(problem), "{json}: {err}");
         }
         assert!(serde_json::from_str::<Schema>(r#"{"structures": [], "extra": 1}"#).is_err());
+    }
+
+    #[test]
+    fn gate_limits_are_fractions_and_optional() {
+        let mut s: Schema = serde_json::from_str(
+            r#"{"structures": [{"label": 1, "name": "liver",
+                "gate_min_mean_dice": 1, "gate_max_failure_rate": 0}]}"#,
+        )
+        .unwrap();
+        assert_eq!(s.validate(), Ok(()));
+        let liver = &s.structures[0];
+        assert_eq!(
+            (liver.gate_min_mean_dice(), liver.gate_max_failure_rate()),
+            (1.0, 0.0)
+        );
+        s.structures[0].gate_min_mean_dice = Some(f64::NAN);
+        assert!(s.validate().is_err());
+        // A schema without them reads and writes as before.
+        let plain = r#"{"label":1,"code":null,"name":"liver","tolerance_mm":null,"failure_threshold":null}"#;
+        let def: StructureDef = serde_json::from_str(plain).unwrap();
+        assert_eq!(serde_json::to_string(&def).unwrap(), plain);
     }
 }

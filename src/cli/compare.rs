@@ -3,21 +3,17 @@
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::Value;
+
+use super::remote::{Service, ServiceArgs};
 
 /// Options of `segwatch compare`.
 #[derive(Debug, Args)]
 pub struct CompareArgs {
-    /// segwatch base URL, such as http://127.0.0.1:8080.
-    #[arg(long)]
-    url: String,
-    /// A read or admin key (an ingest key with --site of its own site).
-    #[arg(long, env = "SEGWATCH_KEY", hide_env_values = true)]
-    key: String,
+    #[command(flatten)]
+    service: ServiceArgs,
     /// The model.
     #[arg(long)]
     model: String,
@@ -41,10 +37,7 @@ pub struct CompareArgs {
 /// Fetches the comparison and prints it; exit code 1 with `--fail-if-worse`
 /// when B is worse on a structure.
 pub fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let report = runtime.block_on(fetch(&args))?;
+    let report = super::remote::block_on(fetch(&args))?;
     let worse = report["structures"]
         .as_array()
         .into_iter()
@@ -64,36 +57,16 @@ pub fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn fetch(args: &CompareArgs) -> anyhow::Result<Value> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()?;
-    let base = args.url.trim_end_matches('/');
-    let mut url = reqwest::Url::parse(&format!("{base}/v1/models/{}/compare", args.model))
-        .with_context(|| format!("{base} is not a URL"))?;
+    let service = Service::new(&args.service)?;
+    let mut url = service.url(&format!("/v1/models/{}/compare", args.model))?;
     url.query_pairs_mut()
         .append_pair("a", &args.a)
         .append_pair("b", &args.b);
     if let Some(site) = &args.site {
         url.query_pairs_mut().append_pair("site", site);
     }
-    let response = client
-        .get(url)
-        .bearer_auth(&args.key)
-        .send()
-        .await
-        .with_context(|| format!("segwatch unreachable at {base}"))?;
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        let detail = body["detail"].as_str().unwrap_or("no detail");
-        bail!(
-            "comparing {} {} with {}: {status}: {detail}",
-            args.model,
-            args.b,
-            args.a
-        );
-    }
-    Ok(body)
+    let what = format!("comparing {} {} with {}", args.model, args.b, args.a);
+    service.call(service.client.get(url), &what).await
 }
 
 /// A p-value to four places, or `<0.0001` below them.

@@ -3,10 +3,12 @@
 mod compare;
 mod demo;
 mod eval;
+mod gate;
 mod lesions;
 mod output;
 mod plan;
 mod probabilities;
+mod remote;
 mod serve;
 mod simulate;
 mod strata;
@@ -44,6 +46,9 @@ enum Command {
     Drift(plan::DriftCommand),
     /// Compare two versions of a model on a running segwatch, per structure.
     Compare(compare::CompareArgs),
+    /// Whether a model version passes its deployment gate on a running
+    /// segwatch: exit code 0 when it passes, 1 when it fails.
+    Gate(gate::GateArgs),
 }
 
 /// The error and its causes on one line, leaving out a cause that the message
@@ -92,6 +97,7 @@ pub fn run() -> ExitCode {
         Command::Simulate(args) => simulate::run(args).map(|_| ExitCode::SUCCESS),
         Command::Drift(command) => plan::run(command).map(|_| ExitCode::SUCCESS),
         Command::Compare(args) => compare::run(args),
+        Command::Gate(args) => gate::run(args),
     };
     match result {
         Ok(code) => code,

@@ -67,6 +67,22 @@ impl Auth {
         }
     }
 
+    /// Fails unless the key may read `site`, or with no site every site (a
+    /// read or admin key): `what` (such as "a comparison") is what was asked
+    /// of every site.
+    pub fn read_site_or_all(&self, site: Option<&str>, what: &str) -> Result<(), Problem> {
+        match site {
+            Some(site) => {
+                super::valid_key("site", site)?;
+                self.read(site)
+            }
+            None if self.0.role == Role::Ingest => Err(Problem::forbidden(format!(
+                "{what} of every site needs a read or admin key; an ingest key names its site"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Fails unless the key may upload to `site`.
     pub fn write(&self, site: &str) -> Result<(), Problem> {
         if self.0.can_write(site) {

@@ -12,10 +12,11 @@ use super::auth::Auth;
 use super::problem::Problem;
 use super::{AppState, valid_key};
 use crate::compare::versions::{CaseDice, CompareSettings, Comparison, compare};
-use crate::store::{Role, VersionDice};
+use crate::store::VersionDice;
 
-/// Most recent cases of each version a comparison reads: bounds the query and
-/// the bootstrap (10,000 resamples of at most this many cases per structure).
+/// Most recent cases of each version a comparison or a gate reads: bounds the
+/// query and the bootstrap (10,000 resamples of at most this many cases per
+/// structure).
 pub const MAX_COMPARE_CASES: i64 = 5000;
 
 /// The versions to compare, and where.
@@ -96,24 +97,13 @@ pub async fn compare_versions(
     valid_key("model", &model)?;
     valid_key("model_version", &query.a)?;
     valid_key("model_version", &query.b)?;
-    match &query.site {
-        Some(site) => {
-            valid_key("site", site)?;
-            auth.read(site)?;
-        }
-        None if auth.0.role == Role::Ingest => {
-            return Err(Problem::forbidden(
-                "a comparison of every site needs a read or admin key; an ingest key names its site",
-            ));
-        }
-        None => {}
-    }
     let site = query.site.as_deref();
+    auth.read_site_or_all(site, "a comparison")?;
     let (a, b) = tokio::try_join!(
         app.store
-            .version_dice(&model, &query.a, site, MAX_COMPARE_CASES),
+            .version_dice(&model, &query.a, site, None, MAX_COMPARE_CASES),
         app.store
-            .version_dice(&model, &query.b, site, MAX_COMPARE_CASES),
+            .version_dice(&model, &query.b, site, None, MAX_COMPARE_CASES),
     )?;
     for (version, rows) in [(&query.a, &a), (&query.b, &b)] {
         if rows.is_empty() {

@@ -16,6 +16,7 @@ macro_rules! postgres_or {
 }
 
 mod drift;
+mod gates;
 mod history;
 mod jobs;
 mod keys;
@@ -37,6 +38,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
 pub use drift::{ALL, DetectorRow, NotifiedAlert, OpenIncident};
+pub use gates::NewGateDecision;
 pub use history::{StoredStep, StoredUpdate, StreamHistory};
 pub use jobs::{ClaimedJob, JobInputs};
 pub use keys::{KEY_CACHE_TTL, KeyInfo, Principal, Role, hash_secret};

@@ -1,4 +1,6 @@
-//! Per-case Dice of one model version, for comparing versions.
+//! Per-case Dice of one model version, for comparing and gating versions.
+
+use chrono::{DateTime, Utc};
 
 use super::{Result, Store, StoreError};
 
@@ -14,21 +16,25 @@ pub struct VersionDice {
 impl Store {
     /// Each structure's Dice (structures empty on both sides left out) in the
     /// latest result with `model` `version` of the `max_cases` cases most
-    /// recently scored with it, at `site` or every site. A case scored by both
-    /// versions appears under each, which pairs it.
+    /// recently scored with it, at `site` or every site, of the results scored
+    /// since `since` if given. A case scored by both versions appears under
+    /// each, which pairs it.
     pub async fn version_dice(
         &self,
         model: &str,
         version: &str,
         site: Option<&str>,
+        since: Option<DateTime<Utc>>,
         max_cases: i64,
     ) -> Result<Vec<VersionDice>> {
-        let pool = postgres_or!(self, lite => lite.version_dice(model, version, site, max_cases));
+        let pool =
+            postgres_or!(self, lite => lite.version_dice(model, version, site, since, max_cases));
         sqlx::query_as!(
             VersionDice,
             r#"WITH chosen AS (
                    SELECT max(id) AS id FROM results
                    WHERE model = $1 AND model_version = $2 AND ($3::text IS NULL OR site = $3)
+                     AND ($5::timestamptz IS NULL OR scored_at >= $5)
                    GROUP BY case_id ORDER BY max(id) DESC LIMIT $4)
                SELECT c.site, c.case_key, s.structure, s.dice AS "dice!"
                FROM chosen f
@@ -39,7 +45,8 @@ impl Store {
             model,
             version,
             site,
-            max_cases
+            max_cases,
+            since
         )
         .fetch_all(pool)
         .await

@@ -304,13 +304,16 @@ impl TestApp {
 
     /// GET with a key, as JSON.
     pub async fn get(&self, key: &str, path: &str) -> (u16, Value) {
-        let response = self
-            .client
-            .get(self.url(path))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap();
+        self.answer(self.client.get(self.url(path)), key).await
+    }
+
+    /// POST without a body with a key, as JSON.
+    pub async fn post(&self, key: &str, path: &str) -> (u16, Value) {
+        self.answer(self.client.post(self.url(path)), key).await
+    }
+
+    async fn answer(&self, request: reqwest::RequestBuilder, key: &str) -> (u16, Value) {
+        let response = request.bearer_auth(key).send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
@@ -398,6 +401,26 @@ pub async fn wait_scored(
         assert!(
             Instant::now() < deadline,
             "case {site}/{case} not scored in time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the latest result of case `case` at site `s` is of `version`;
+/// the case.
+pub async fn scored_with(app: &TestApp, key: &str, case: &str, version: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = app.get(key, &format!("/v1/sites/s/cases/{case}")).await;
+        if body["status"] == "scored"
+            && body["model_version"] == version
+            && !body["scored_at"].is_null()
+        {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{case} not scored with {version}: {body}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

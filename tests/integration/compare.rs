@@ -1,30 +1,9 @@
 //! `GET /v1/models/{model}/compare`: two versions of a model, structure by structure.
 
-use std::time::{Duration, Instant};
-
 use segwatch::store::Role;
 use serde_json::Value;
 
-use crate::common::{TestApp, read_fixture};
-
-/// Waits until the case's latest result is of `version`; the case.
-async fn scored_with(app: &TestApp, key: &str, case: &str, version: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, body) = app.get(key, &format!("/v1/sites/s/cases/{case}")).await;
-        if body["status"] == "scored"
-            && body["model_version"] == version
-            && !body["scored_at"].is_null()
-        {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{case} not scored with {version}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use crate::common::{TestApp, read_fixture, scored_with};
 
 #[tokio::test]
 async fn a_version_that_improves_the_same_cases_is_called_better_where_it_improves() {

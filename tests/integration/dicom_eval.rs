@@ -30,6 +30,8 @@ fn schema_of(pair: &Value) -> Option<Schema> {
             name: format!("structure {label}"),
             tolerance_mm: None,
             failure_threshold: None,
+            gate_min_mean_dice: None,
+            gate_max_failure_rate: None,
             instances: false,
             volume_bands_ml: None,
         })

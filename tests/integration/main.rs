@@ -11,6 +11,7 @@ mod dicom_seg;
 mod dicomweb;
 mod drift;
 mod drift_api;
+mod gate;
 mod history;
 mod metrics_detail;
 mod nifti_files;

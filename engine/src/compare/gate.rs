@@ -22,15 +22,14 @@ pub struct GateRule {
 }
 
 impl GateRule {
-    /// The rule from a schema structure: its failure threshold serves as both
-    /// the minimum of the mean's lower bound and the failure threshold (the
-    /// schema has no separate gate settings yet), with the given limit on the
-    /// failure rate.
-    pub fn for_structure(def: &StructureDef, max_failure_rate: f64) -> GateRule {
+    /// The rule of a schema structure: its `gate_min_mean_dice` (default: its
+    /// failure threshold), its failure threshold and its
+    /// `gate_max_failure_rate` (default 0.1).
+    pub fn for_structure(def: &StructureDef) -> GateRule {
         GateRule {
-            min_mean_dice: def.failure(),
+            min_mean_dice: def.gate_min_mean_dice(),
             failure_threshold: def.failure(),
-            max_failure_rate,
+            max_failure_rate: def.gate_max_failure_rate(),
         }
     }
 
@@ -118,6 +117,8 @@ pub struct StructureGate {
     pub lower_bound: Option<f64>,
     /// Fraction of cases below the failure threshold.
     pub failure_rate: Option<f64>,
+    /// The rule it was held to.
+    pub rule: GateRule,
     /// Why it fails; empty when it passes.
     pub failures: Vec<GateFailure>,
 }
@@ -147,6 +148,7 @@ pub fn gate(
             mean_dice: None,
             lower_bound: None,
             failure_rate: None,
+            rule: s.rule,
             failures: Vec::new(),
         };
         if s.dice.is_empty() {
@@ -282,21 +284,30 @@ mod tests {
         assert_eq!(report.structures[1].name, "spleen");
         assert_eq!(report.structures[1].failures, vec![GateFailure::NoCases]);
         assert_eq!(report.structures[1].mean_dice, None);
+        assert_eq!(report.structures[1].rule, RULE);
     }
 
     #[test]
     fn rule_from_the_schema() {
-        let def: StructureDef =
-            serde_json::from_str(r#"{"label": 1, "name": "liver", "failure_threshold": 0.7}"#)
-                .unwrap();
-        let rule = GateRule::for_structure(&def, 0.05);
-        assert_eq!(
+        let rule = |json: &str| {
+            let def: StructureDef = serde_json::from_str(json).unwrap();
+            let rule = GateRule::for_structure(&def);
             (
                 rule.min_mean_dice,
                 rule.failure_threshold,
-                rule.max_failure_rate
+                rule.max_failure_rate,
+            )
+        };
+        assert_eq!(
+            rule(r#"{"label": 1, "name": "liver", "failure_threshold": 0.7}"#),
+            (0.7, 0.7, 0.1)
+        );
+        assert_eq!(
+            rule(
+                r#"{"label": 1, "name": "liver", "failure_threshold": 0.7,
+                    "gate_min_mean_dice": 0.85, "gate_max_failure_rate": 0.05}"#
             ),
-            (0.7, 0.7, 0.05)
+            (0.85, 0.7, 0.05)
         );
     }
 

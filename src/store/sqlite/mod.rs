@@ -10,6 +10,7 @@
 //! fixed-width UTC text ([`at`]) so that text order is time order.
 
 mod drift;
+mod gates;
 mod history;
 mod jobs;
 mod results;

@@ -1,6 +1,8 @@
 //! Per-case Dice of one model version, as in PostgreSQL (`store::versions`).
 
-use super::{Lite, classify};
+use chrono::{DateTime, Utc};
+
+use super::{Lite, at, classify};
 use crate::store::Result;
 use crate::store::versions::VersionDice;
 
@@ -11,12 +13,14 @@ impl Lite {
         model: &str,
         version: &str,
         site: Option<&str>,
+        since: Option<DateTime<Utc>>,
         max_cases: i64,
     ) -> Result<Vec<VersionDice>> {
         sqlx::query_as(
             "WITH chosen AS (
                  SELECT max(id) AS id FROM results
                  WHERE model = $1 AND model_version = $2 AND ($3 IS NULL OR site = $3)
+                   AND ($5 IS NULL OR scored_at >= $5)
                  GROUP BY case_id ORDER BY max(id) DESC LIMIT $4)
              SELECT c.site, c.case_key, s.structure, s.dice
              FROM chosen f
@@ -29,6 +33,7 @@ impl Lite {
         .bind(version)
         .bind(site)
         .bind(max_cases)
+        .bind(since.map(at))
         .fetch_all(&self.reader)
         .await
         .map_err(classify)

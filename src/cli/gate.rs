@@ -107,7 +107,7 @@ fn table(decision: &Value) -> String {
             out,
             "{:<24} {:>6} {:>9} {:>11} {:>8} {:>12} {:>8}  {}",
             s["name"].as_str().unwrap_or(""),
-            s["n"],
+            s["n"].to_string(),
             number(&s["mean_dice"]),
             number(&s["lower_bound"]),
             number(&s["rule"]["min_mean_dice"]),
@@ -153,6 +153,9 @@ mod tests {
             "m v2: FAILS (decision 3, 5 cases at s, one-sided 95% lower bounds)"
         );
         assert!(lines[2].starts_with("liver") && lines[2].ends_with("  pass"));
+        // Columns line up under the header, the case count included.
+        let cases_end = lines[1].find("cases").unwrap() + "cases".len();
+        assert_eq!(&lines[2][cases_end - 1..=cases_end], "5 ", "{text}");
         assert!(lines[2].contains("1.0000"), "{}", lines[2]);
         assert!(lines[3].starts_with("spleen") && lines[3].ends_with("  FAIL"));
         assert!(lines[3].contains("     -"), "{}", lines[3]);

@@ -133,8 +133,9 @@ pub struct GateReport {
 }
 
 /// Gates a model version. The lower bound is one-sided at `bootstrap.level`
-/// ([`mean_lower_bound`]); every structure's bootstrap starts from the same
-/// seed, so a structure's finding does not depend on the others.
+/// ([`mean_lower_bound`] of the values in ascending order, so the same values
+/// in any order give the same decision); every structure's bootstrap starts
+/// from the same seed, so a structure's finding does not depend on the others.
 pub fn gate(
     structures: &[StructureResults],
     bootstrap: &Bootstrap,
@@ -154,7 +155,11 @@ pub fn gate(
         if s.dice.is_empty() {
             finding.failures.push(GateFailure::NoCases);
         } else {
-            let lower_bound = mean_lower_bound(s.dice, bootstrap)?;
+            // Resampled in ascending order, so that the order the results
+            // were read in never changes a decision.
+            let mut sorted = s.dice.to_vec();
+            sorted.sort_by(f64::total_cmp);
+            let lower_bound = mean_lower_bound(&sorted, bootstrap)?;
             let rate = failure_rate(s.dice, s.rule.failure_threshold);
             if lower_bound < s.rule.min_mean_dice {
                 finding.failures.push(GateFailure::LowMeanDice {
@@ -229,6 +234,20 @@ mod tests {
             }]
         );
         assert!(bound < 0.75);
+    }
+
+    /// The service reads results in the order they were scored, which varies
+    /// from run to run; the decision and its bound must not.
+    #[test]
+    fn the_order_of_the_cases_changes_nothing() {
+        let dice = [0.95, 0.6, 0.97, 0.7, 0.88, 0.91, 0.42, 0.83];
+        let mut reversed = dice;
+        reversed.reverse();
+        let mut rotated = dice;
+        rotated.rotate_left(3);
+        let bound = |d: &[f64]| one(d, RULE).lower_bound.unwrap();
+        assert_eq!(bound(&dice).to_bits(), bound(&reversed).to_bits());
+        assert_eq!(bound(&dice).to_bits(), bound(&rotated).to_bits());
     }
 
     /// 2 of 10 cases below 0.5: rate 0.2 > 0.1, and the mean fails too.

@@ -183,9 +183,12 @@ pub async fn ingest(
     // each; a version may still replace its own on another grid) and the
     // structure schemas of the model versions it pairs with. A prediction's
     // schema must also know the reference's structures.
-    let partner = store.latest(site, case, role.other()).await?;
+    let partner = store.latest(site, case, role.other(), None).await?;
     let grid_partner = match (&partner, &model, &model_version) {
-        (None, Some(m), Some(v)) => store.latest_prediction_besides(site, case, m, v).await?,
+        (None, Some(m), Some(v)) => {
+            let besides = Some((m.as_str(), v.as_str()));
+            store.latest(site, case, role, besides).await?
+        }
         _ => None,
     };
     let versions = match (role, &model, &model_version) {

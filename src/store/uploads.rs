@@ -159,47 +159,25 @@ impl Store {
         .map_err(StoreError::classify)
     }
 
-    /// The latest segmentation of `role` in a case.
+    /// The latest segmentation of `role` in a case, besides those of one model
+    /// version when `besides` names it.
     pub async fn latest(
         &self,
         site: &str,
         case_key: &str,
         role: SegRole,
+        besides: Option<(&str, &str)>,
     ) -> Result<Option<PartnerGrid>> {
-        let pool = postgres_or!(self, lite => lite.latest(site, case_key, role));
+        let pool = postgres_or!(self, lite => lite.latest(site, case_key, role, besides));
+        let (model, model_version) = besides.unzip();
         let row = sqlx::query!(
             "SELECT s.grid, s.structures FROM segmentations s JOIN cases c ON c.id = s.case_id
              WHERE c.site = $1 AND c.case_key = $2 AND s.role = $3
+               AND ($4::text IS NULL OR NOT (s.model = $4 AND s.model_version = $5))
              ORDER BY s.revision DESC LIMIT 1",
             site,
             case_key,
-            role.as_str()
-        )
-        .fetch_optional(pool)
-        .await
-        .map_err(StoreError::classify)?;
-        Ok(row.map(|r| PartnerGrid {
-            grid: r.grid,
-            structures: r.structures,
-        }))
-    }
-
-    /// The latest prediction of a case by another model version than this one.
-    pub async fn latest_prediction_besides(
-        &self,
-        site: &str,
-        case_key: &str,
-        model: &str,
-        model_version: &str,
-    ) -> Result<Option<PartnerGrid>> {
-        let pool = postgres_or!(self, lite => lite.latest_prediction_besides(site, case_key, model, model_version));
-        let row = sqlx::query!(
-            "SELECT s.grid, s.structures FROM segmentations s JOIN cases c ON c.id = s.case_id
-             WHERE c.site = $1 AND c.case_key = $2 AND s.role = 'prediction'
-               AND NOT (s.model = $3 AND s.model_version = $4)
-             ORDER BY s.revision DESC LIMIT 1",
-            site,
-            case_key,
+            role.as_str(),
             model,
             model_version
         )

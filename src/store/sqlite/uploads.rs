@@ -38,51 +38,36 @@ impl Lite {
         .map_err(classify)
     }
 
-    /// The latest segmentation of `role` in a case.
+    /// See [`crate::store::Store::latest`].
     pub async fn latest(
         &self,
         site: &str,
         case_key: &str,
         role: SegRole,
+        besides: Option<(&str, &str)>,
     ) -> Result<Option<PartnerGrid>> {
+        let (model, model_version) = besides.unzip();
         let row: Option<(String, String)> = sqlx::query_as(
             "SELECT s.grid, s.structures FROM segmentations s JOIN cases c ON c.id = s.case_id
              WHERE c.site = $1 AND c.case_key = $2 AND s.role = $3
+               AND ($4 IS NULL OR NOT (s.model = $4 AND s.model_version = $5))
              ORDER BY s.revision DESC LIMIT 1",
         )
         .bind(site)
         .bind(case_key)
         .bind(role.as_str())
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(classify)?;
-        row.map(|(grid, structures)| partner_grid(&grid, &structures))
-            .transpose()
-    }
-
-    /// See [`crate::store::Store::latest_prediction_besides`].
-    pub async fn latest_prediction_besides(
-        &self,
-        site: &str,
-        case_key: &str,
-        model: &str,
-        model_version: &str,
-    ) -> Result<Option<PartnerGrid>> {
-        let row: Option<(String, String)> = sqlx::query_as(
-            "SELECT s.grid, s.structures FROM segmentations s JOIN cases c ON c.id = s.case_id
-             WHERE c.site = $1 AND c.case_key = $2 AND s.role = 'prediction'
-               AND NOT (s.model = $3 AND s.model_version = $4)
-             ORDER BY s.revision DESC LIMIT 1",
-        )
-        .bind(site)
-        .bind(case_key)
         .bind(model)
         .bind(model_version)
         .fetch_optional(&self.reader)
         .await
         .map_err(classify)?;
-        row.map(|(grid, structures)| partner_grid(&grid, &structures))
-            .transpose()
+        row.map(|(grid, structures)| {
+            Ok(PartnerGrid {
+                grid: parse("grid", &grid)?,
+                structures: parse("structures", &structures)?,
+            })
+        })
+        .transpose()
     }
 
     /// The model versions with a prediction for a case, in order.
@@ -268,14 +253,6 @@ impl Lite {
             job_ids,
         }))
     }
-}
-
-/// A stored segmentation's grid and structure keys, from their JSON text.
-fn partner_grid(grid: &str, structures: &str) -> Result<PartnerGrid> {
-    Ok(PartnerGrid {
-        grid: parse("grid", grid)?,
-        structures: parse("structures", structures)?,
-    })
 }
 
 /// Refuses a model or version that is not active yet when it would pass a

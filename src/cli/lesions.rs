@@ -77,6 +77,7 @@ impl LesionRequest {
             settings: LesionSettings {
                 connectivity: args.connectivity,
                 matching,
+                ..LesionSettings::default()
             },
         }
     }

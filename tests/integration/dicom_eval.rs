@@ -32,6 +32,7 @@ fn schema_of(pair: &Value) -> Option<Schema> {
             failure_threshold: None,
             instances: false,
             volume_bands_ml: None,
+            lesion_matching: None,
         })
         .collect();
     Some(Schema {

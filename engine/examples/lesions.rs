@@ -3,7 +3,8 @@
 //!
 //! ```sh
 //! cargo run --release -p segwatch-engine --example lesions -- PRED.nii.gz REF.nii.gz \
-//!     [--label 1] [--connectivity 26] [--threshold 0.5 | --brats]
+//!     [--label 1] [--connectivity 26] [--threshold 0.5 | --brats | --brats-dilation N]
+//!     [--min-reference-mm3 V]
 //! ```
 
 use std::path::Path;
@@ -31,6 +32,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if args.iter().any(|a| a == "--brats") {
         settings.matching = Matching::AnyOverlap;
+    }
+    if let Some(d) = option("--brats-dilation") {
+        settings.matching = Matching::Brats2023 {
+            dilation: d.parse()?,
+        };
+    }
+    if let Some(v) = option("--min-reference-mm3") {
+        settings.min_reference_mm3 = v.parse()?;
     }
     let read = |path: &String| nifti::read_path(Path::new(path), &Limits::default());
     let metrics = lesion_metrics(&read(pred?)?, &read(reference?)?, label, &settings)?;

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::lesions::{LesionSettings, Matching};
+
 /// Default NSD tolerance when a structure does not set one, in mm.
 pub const DEFAULT_TOLERANCE_MM: f64 = 1.0;
 /// Default Dice below which a case counts as a failure of the structure.
@@ -11,6 +13,9 @@ pub const DEFAULT_FAILURE_THRESHOLD: f64 = 0.5;
 /// Default largest fraction of a version's validation cases below the failure
 /// threshold that its deployment gate allows.
 pub const DEFAULT_GATE_MAX_FAILURE_RATE: f64 = 0.1;
+
+/// Most dilation iterations a schema or `eval` accepts for BraTS 2023 matching.
+pub const MAX_DILATION: u32 = 32;
 
 /// One structure of a schema.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +51,10 @@ pub struct StructureDef {
     /// mL, ascending (default: `metrics::strata`'s for structures or lesions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_bands_ml: Option<Vec<f64>>,
+    /// How a multi-instance structure's lesions are found and matched
+    /// (default: 26-connectivity, IoU ≥ 0.5); needs `instances`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lesion_matching: Option<LesionSettings>,
 }
 
 impl StructureDef {
@@ -156,6 +165,11 @@ impl Schema {
                     ));
                 }
             }
+            if let Some(settings) = &s.lesion_matching {
+                lesion_matching_problem(s.instances, settings).map_or(Ok(()), |problem| {
+                    err(format!("{what}: lesion_matching {problem}"))
+                })?;
+            }
             for other in &self.structures[..i] {
                 if s.label.is_some() && s.label == other.label {
                     return err(format!(
@@ -187,6 +201,25 @@ impl Schema {
         self.structures
             .iter()
             .find(|s| s.code.as_deref() == Some(code))
+    }
+}
+
+/// What is wrong with a structure's lesion settings, if anything.
+fn lesion_matching_problem(instances: bool, settings: &LesionSettings) -> Option<String> {
+    if !instances {
+        return Some("needs \"instances\": true".into());
+    }
+    if !(settings.min_reference_mm3.is_finite() && settings.min_reference_mm3 >= 0.0) {
+        return Some("min_reference_mm3 must be a number ≥ 0".into());
+    }
+    match settings.matching {
+        Matching::Iou { threshold } if !(0.0..=1.0).contains(&threshold) => {
+            Some("threshold must be between 0 and 1".into())
+        }
+        Matching::Brats2023 { dilation } if dilation > MAX_DILATION => {
+            Some(format!("dilation must be at most {MAX_DILATION}"))
+        }
+        _ => None,
     }
 }
 
@@ -255,6 +288,17 @@ mod tests {
             bands(r#"{"label": 2, "name": "mets", "volume_bands_ml": [0.5]}"#),
             [0.5]
         );
+        // BraTS-GLI lesion settings for a multi-instance structure.
+        let s: Schema = serde_json::from_str(
+            r#"{"structures": [{"label": 3, "name": "enhancing", "instances": true,
+                "lesion_matching": {"matching": {"kind": "brats2023", "dilation": 3}, "min_reference_mm3": 50}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(s.validate(), Ok(()));
+        assert_eq!(
+            s.structures[0].lesion_matching,
+            LesionSettings::brats2023("GLI")
+        );
     }
 
     #[test]
@@ -292,6 +336,22 @@ mod tests {
             (
                 r#"{"structures": [{"label": 1, "name": "x", "volume_bands_ml": [10, 1]}]}"#,
                 "volume_bands_ml",
+            ),
+            (
+                r#"{"structures": [{"label": 1, "name": "x", "lesion_matching": {}}]}"#,
+                "lesion_matching needs",
+            ),
+            (
+                r#"{"structures": [{"label": 1, "name": "x", "instances": true, "lesion_matching": {"matching": {"kind": "brats2023", "dilation": 33}}}]}"#,
+                "dilation must be at most 32",
+            ),
+            (
+                r#"{"structures": [{"label": 1, "name": "x", "instances": true, "lesion_matching": {"min_reference_mm3": -1}}]}"#,
+                "min_reference_mm3",
+            ),
+            (
+                r#"{"structures": [{"label": 1, "name": "x", "instances": true, "lesion_matching": {"matching": {"kind": "iou", "threshold": 1.5}}}]}"#,
+                "threshold",
             ),
             (
                 r#"{"structures": [{"label": 1, "name": "a"}, {"label": 1, "name": "b"}]}"#,

@@ -31,7 +31,7 @@ enum Command {
     /// injected drift, and show what segwatch found.
     Demo(demo::DemoArgs),
     /// Score prediction files against reference files, offline.
-    Eval(eval::EvalArgs),
+    Eval(Box<eval::EvalArgs>),
     /// Run the service: REST API, job workers and metrics.
     Serve(serve::ServeArgs),
     /// Apply the database migrations.
@@ -90,7 +90,7 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args).map(|_| ExitCode::SUCCESS),
-        Command::Eval(args) => eval::run(args),
+        Command::Eval(args) => eval::run(*args),
         Command::Serve(args) => serve::serve(args).map(|_| ExitCode::SUCCESS),
         Command::Migrate(args) => serve::migrate(args).map(|_| ExitCode::SUCCESS),
         Command::Keys(command) => serve::keys(command).map(|_| ExitCode::SUCCESS),

@@ -6,7 +6,7 @@ use flate2::read::MultiGzDecoder;
 
 use crate::formats::{self, FormatError, Limits};
 use crate::metrics::case::{CaseScore, LesionScore};
-use crate::metrics::lesions::{LesionSettings, lesion_metrics};
+use crate::metrics::lesions::lesion_metrics;
 use crate::metrics::pairing::{self, PairingError, Request};
 use crate::metrics::{Settings, StructureMetrics};
 use crate::schema::Schema;
@@ -79,8 +79,8 @@ pub fn score(
     Ok(case)
 }
 
-/// Lesion-wise metrics (default settings) of the schema's multi-instance
-/// structures, where both sides are label maps on one grid; a pair that only
+/// Lesion-wise metrics of the schema's multi-instance structures (with their
+/// `lesion_matching` settings, else the defaults), where both sides are label maps on one grid; a pair that only
 /// pairing's resampling could put on one grid, or a DICOM SEG, gets none.
 fn lesions(
     pred: &Segmentation,
@@ -91,12 +91,12 @@ fn lesions(
     else {
         return Vec::new();
     };
-    let settings = LesionSettings::default();
     schema
         .into_iter()
         .flat_map(|s| &s.structures)
         .filter(|s| s.instances)
         .filter_map(|s| {
+            let settings = s.lesion_matching.unwrap_or_default();
             let metrics = lesion_metrics(pred, reference, s.label?, &settings).ok()?;
             Some(LesionScore {
                 structure: s.name.clone(),

@@ -470,6 +470,39 @@ fn lesion_wise_metrics_for_the_structures_asked_for() {
     assert_eq!(named["name"], "metastases");
     assert_eq!(named["tp"], 2);
 
+    // BraTS 2023 with one dilation and an 8 mm³ least volume: C (8 voxels of
+    // 1 mm³) is left out; A and B are detected, D is a false positive. Nothing
+    // merges (A and B are 6 voxels apart). Lesion-wise Dice (1 + 0.75) / 3.
+    let brats_counts = |m: &Value| {
+        ["ref_instances", "ref_left_out", "tp", "fp", "fn"].map(|k| m[k].as_u64().unwrap())
+    };
+    let brats = lesions(&[
+        "--lesions",
+        "1",
+        "--brats-dilation",
+        "1",
+        "--min-lesion-mm3",
+        "8",
+    ]);
+    assert_eq!(brats_counts(&brats), [2, 1, 2, 1, 0], "{brats}");
+    assert!((brats["lesion_dice"].as_f64().unwrap() - 1.75 / 3.0).abs() < 1e-12);
+    // The BraTS-MET preset (1 dilation, 2 mm³) keeps C: missed, (1 + 0.75) / 4.
+    let met = lesions(&["--lesions", "1", "--brats2023", "MET"]);
+    assert_eq!(brats_counts(&met), [3, 0, 2, 1, 1], "{met}");
+    // A schema structure's lesion_matching applies unless options are given.
+    let schema = write(
+        dir.path(),
+        "schema-brats.json",
+        br#"{"structures": [{"label": 1, "name": "metastases", "instances": true,
+            "lesion_matching": {"matching": {"kind": "brats2023", "dilation": 1}, "min_reference_mm3": 8}}]}"#,
+    );
+    assert_eq!(
+        brats_counts(&lesions(&["--schema", &schema])),
+        [2, 1, 2, 1, 0]
+    );
+    let overridden = lesions(&["--schema", &schema, "--lesion-iou", "0.7"]);
+    assert_eq!(brats_counts(&overridden), [3, 0, 1, 2, 2]);
+
     // Bad settings are refused up front.
     let refused = segwatch(&[
         "eval",
@@ -482,6 +515,16 @@ fn lesion_wise_metrics_for_the_structures_asked_for() {
     ]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("connectivity"));
+    let refused = segwatch(&[
+        "eval",
+        &pred,
+        &reference,
+        "--lesions",
+        "1",
+        "--brats2023",
+        "GoAT",
+    ]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("unknown challenge"));
 }
 
 #[test]

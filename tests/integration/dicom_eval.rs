@@ -34,6 +34,7 @@ fn schema_of(pair: &Value) -> Option<Schema> {
             gate_max_failure_rate: None,
             instances: false,
             volume_bands_ml: None,
+            lesion_matching: None,
         })
         .collect();
     Some(Schema {

@@ -79,6 +79,39 @@ impl Components {
             },
             Labels::U16(v) => row_runs(v, label, shape),
         };
+        Components::from_rows(runs_by_row, shape, connectivity)
+    }
+
+    /// These voxels dilated `iterations` times by the 18-neighbourhood (a voxel
+    /// and the voxels sharing a face or an edge with it: scipy's
+    /// `generate_binary_structure(3, 2)`), clipped to the grid of `shape`, and
+    /// labelled with `connectivity`. Iterations beyond nx + ny + nz change
+    /// nothing (the grid is covered by then) and are not run.
+    pub fn dilated(&self, shape: [usize; 3], iterations: u32, connectivity: Connectivity) -> Self {
+        let (nx, ny) = (shape[0], shape[1]);
+        let rows = self.row_start.len() - 1;
+        let mut runs_by_row: Vec<Vec<Run>> = (0..rows)
+            .map(|r| {
+                let (start, end) = self.row(r);
+                self.runs[start..end].to_vec()
+            })
+            .collect();
+        let saturated = shape.iter().sum::<usize>();
+        for _ in 0..(iterations as usize).min(saturated) {
+            runs_by_row = (0..rows)
+                .into_par_iter()
+                .map(|row| dilate_row(&runs_by_row, row, nx, ny))
+                .collect();
+        }
+        Components::from_rows(runs_by_row, shape, connectivity)
+    }
+
+    /// The components of runs given row by row.
+    fn from_rows(
+        runs_by_row: Vec<Vec<Run>>,
+        shape: [usize; 3],
+        connectivity: Connectivity,
+    ) -> Self {
         let mut row_start = Vec::with_capacity(runs_by_row.len() + 1);
         row_start.push(0);
         let mut runs = Vec::new();
@@ -200,6 +233,40 @@ impl Components {
             if a.end < b.end { i += 1 } else { j += 1 }
         }
     }
+}
+
+/// Row `row` of one 18-neighbourhood dilation of `rows` (ny rows per slice,
+/// nx voxels per row): runs of the row itself and of the 4 rows sharing a face
+/// with it grow by one voxel along x (face or edge neighbours); runs of the 4
+/// diagonal rows, which share only an edge, are taken as they are (their
+/// x-neighbours would be corner neighbours).
+fn dilate_row(rows: &[Vec<Run>], row: usize, nx: usize, ny: usize) -> Vec<Run> {
+    let (y, z) = (row % ny, row / ny);
+    let nz = rows.len() / ny;
+    let mut pieces = Vec::new();
+    for dz in -1i64..=1 {
+        for dy in -1i64..=1 {
+            let (oy, oz) = (y as i64 + dy, z as i64 + dz);
+            if oy < 0 || oz < 0 || oy >= ny as i64 || oz >= nz as i64 {
+                continue;
+            }
+            let grow = u32::from(dy == 0 || dz == 0);
+            pieces.extend(rows[oy as usize + ny * oz as usize].iter().map(|r| Run {
+                start: r.start.saturating_sub(grow),
+                end: (r.end + grow).min(nx as u32),
+            }));
+        }
+    }
+    pieces.sort_unstable_by_key(|r| r.start);
+    let mut merged: Vec<Run> = Vec::with_capacity(pieces.len());
+    for piece in pieces {
+        match merged.last_mut() {
+            // Overlapping or adjacent runs are one run.
+            Some(last) if piece.start <= last.end => last.end = last.end.max(piece.end),
+            _ => merged.push(piece),
+        }
+    }
+    merged
 }
 
 /// The runs of `label` in every row (y, z), rows in storage order; slices in parallel.
@@ -379,7 +446,76 @@ mod tests {
         sizes
     }
 
+    #[test]
+    fn one_dilation_adds_the_face_and_edge_neighbours_clipped_to_the_grid() {
+        // A voxel inside: itself, 6 face and 12 edge neighbours (no corners). At a
+        // grid corner: itself, 3 face and 3 edge neighbours. In one slice: the 3×3
+        // square (in-plane diagonals are edge neighbours).
+        let dilate = |shape, at| {
+            components_of(shape, &[at], Connectivity::Corner)
+                .dilated(shape, 1, Connectivity::Corner)
+                .voxels()
+                .to_vec()
+        };
+        assert_eq!(dilate([5, 5, 5], [2, 2, 2]), [19]);
+        assert_eq!(dilate([5, 5, 5], [0, 0, 0]), [7]);
+        assert_eq!(dilate([5, 5, 1], [2, 2, 0]), [9]);
+        // Voxels 3 apart along x (x = 2 and 6): one dilation reaches x = 3 and 5,
+        // leaving a gap at 4; two join them.
+        let pair = components_of([9, 3, 3], &[[2, 1, 1], [6, 1, 1]], Connectivity::Corner);
+        assert_eq!(pair.dilated([9, 3, 3], 1, Connectivity::Corner).count(), 2);
+        assert_eq!(pair.dilated([9, 3, 3], 2, Connectivity::Corner).count(), 1);
+        // No iterations: the components themselves.
+        assert_eq!(pair.dilated([9, 3, 3], 0, Connectivity::Corner), pair);
+    }
+
+    /// `on` dilated `iterations` times, voxel by voxel, by the offsets with at
+    /// most two non-zero coordinates.
+    fn dense_dilation(shape: [usize; 3], on: &[bool], iterations: u32) -> Vec<bool> {
+        let index =
+            |p: [i64; 3]| (p[0] + shape[0] as i64 * (p[1] + shape[1] as i64 * p[2])) as usize;
+        let mut current = on.to_vec();
+        for _ in 0..iterations {
+            let mut next = current.clone();
+            for (i, _) in current.iter().enumerate().filter(|(_, v)| **v) {
+                let p = [
+                    i % shape[0],
+                    (i / shape[0]) % shape[1],
+                    i / (shape[0] * shape[1]),
+                ]
+                .map(|v| v as i64);
+                for o in 0..27i64 {
+                    let d = [o % 3 - 1, (o / 3) % 3 - 1, o / 9 - 1];
+                    let q = [p[0] + d[0], p[1] + d[1], p[2] + d[2]];
+                    if d.iter().filter(|&&v| v != 0).count() <= 2
+                        && (0..3).all(|a| (0..shape[a] as i64).contains(&q[a]))
+                    {
+                        next[index(q)] = true;
+                    }
+                }
+            }
+            current = next;
+        }
+        current
+    }
+
     proptest! {
+        #[test]
+        fn dilation_equals_a_voxel_by_voxel_dilation(
+            on in proptest::collection::vec(proptest::bool::weighted(0.05), 9 * 8 * 6),
+            iterations in 0u32..4,
+            connectivity in prop_oneof![Just(Connectivity::Face), Just(Connectivity::Corner)],
+            planar in any::<bool>(),
+        ) {
+            let shape = if planar { [9, 8, 1] } else { [9, 8, 6] };
+            let on = &on[..shape.iter().product()];
+            let labels = Labels::U8(on.iter().map(|&v| u8::from(v)).collect());
+            let c = Components::of_label(&labels, 1, shape, connectivity)
+                .dilated(shape, iterations, connectivity);
+            let dense = dense_dilation(shape, on, iterations);
+            prop_assert_eq!(c.voxels().to_vec(), flood_fill(shape, &dense, connectivity));
+        }
+
         #[test]
         fn equal_flood_fill(
             on in proptest::collection::vec(proptest::bool::weighted(0.3), 7 * 6 * 5),

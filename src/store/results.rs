@@ -146,18 +146,28 @@ impl Store {
         Ok(by_result(rows))
     }
 
-    /// The lesion-wise structures of a result.
-    async fn lesions(pool: &sqlx::PgPool, result_id: i64) -> Result<Vec<CaseLesions>> {
+    /// The lesion-wise structures of stored results, by result: one query
+    /// for every version's result of a case.
+    async fn lesions(
+        pool: &sqlx::PgPool,
+        result_ids: &[i64],
+    ) -> Result<HashMap<i64, Vec<CaseLesions>>> {
         let rows = sqlx::query!(
-            "SELECT structure, metrics FROM lesion_results WHERE result_id = $1 ORDER BY structure",
-            result_id
+            "SELECT result_id, structure, metrics FROM lesion_results
+             WHERE result_id = ANY($1) ORDER BY result_id, structure",
+            result_ids
         )
         .fetch_all(pool)
         .await
         .map_err(StoreError::classify)?;
-        rows.into_iter()
-            .map(|row| case_lesions(row.structure, row.metrics))
-            .collect()
+        let mut by_result: HashMap<i64, Vec<CaseLesions>> = HashMap::new();
+        for row in rows {
+            by_result
+                .entry(row.result_id)
+                .or_default()
+                .push(case_lesions(row.structure, row.metrics)?);
+        }
+        Ok(by_result)
     }
 
     /// A case: its status, revisions and latest result; None if unknown.
@@ -204,18 +214,19 @@ impl Store {
         .map_err(StoreError::classify)?;
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let mut structures = Store::structures(pool, &ids, None).await?;
-        let mut results = Vec::with_capacity(rows.len());
-        for r in rows {
-            results.push(LatestResult {
+        let mut lesions = Store::lesions(pool, &ids).await?;
+        let results = rows
+            .into_iter()
+            .map(|r| LatestResult {
                 id: r.id,
                 model: r.model,
                 model_version: r.model_version,
                 scored_at: r.scored_at,
                 mean_dice: r.mean_dice,
                 structures: structures.remove(&r.id).unwrap_or_default(),
-                lesions: Store::lesions(pool, r.id).await?,
-            });
-        }
+                lesions: lesions.remove(&r.id).unwrap_or_default(),
+            })
+            .collect();
         Ok(Some(assemble_case(
             site, case_key, revisions, jobs, results,
         )))

@@ -504,27 +504,13 @@ fn lesion_wise_metrics_for_the_structures_asked_for() {
     assert_eq!(brats_counts(&overridden), [3, 0, 1, 2, 2]);
 
     // Bad settings are refused up front.
-    let refused = segwatch(&[
-        "eval",
-        &pred,
-        &reference,
-        "--lesions",
-        "1",
-        "--connectivity",
-        "5",
-    ]);
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("connectivity"));
-    let refused = segwatch(&[
-        "eval",
-        &pred,
-        &reference,
-        "--lesions",
-        "1",
-        "--brats2023",
-        "GoAT",
-    ]);
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("unknown challenge"));
+    let refused = |option: &str, value: &str| {
+        let output = segwatch(&["eval", &pred, &reference, "--lesions", "1", option, value]);
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    assert!(refused("--connectivity", "5").contains("connectivity"));
+    assert!(refused("--brats2023", "GoAT").contains("unknown challenge"));
 }
 
 #[test]

@@ -302,6 +302,26 @@ impl TestApp {
         upload(&self.client, &self.base, key, site, case, role, body).await
     }
 
+    /// Uploads a prediction of model m at `version`.
+    pub async fn predict(
+        &self,
+        key: &str,
+        site: &str,
+        case: &str,
+        version: &str,
+        body: Vec<u8>,
+    ) -> reqwest::Response {
+        self.client
+            .put(self.url(&format!(
+                "/v1/sites/{site}/cases/{case}/prediction?model=m&model_version={version}"
+            )))
+            .bearer_auth(key)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// GET with a key, as JSON.
     pub async fn get(&self, key: &str, path: &str) -> (u16, Value) {
         self.answer(self.client.get(self.url(path)), key).await

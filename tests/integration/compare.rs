@@ -25,16 +25,7 @@ async fn a_version_that_improves_the_same_cases_is_called_better_where_it_improv
     }
     // Version 2 predicts the reference itself: each case scored again.
     for case in cases {
-        let response = app
-            .client
-            .put(app.url(&format!(
-                "/v1/sites/s/cases/{case}/prediction?model=m&model_version=v2"
-            )))
-            .bearer_auth(&key)
-            .body(reference.clone())
-            .send()
-            .await
-            .unwrap();
+        let response = app.predict(&key, "s", case, "v2", reference.clone()).await;
         assert_eq!(response.status(), 202);
     }
     for case in cases {

@@ -29,16 +29,7 @@ fn label_map(spleen_rows: usize) -> Vec<u8> {
 const HALF_SPLEEN_DICE: f64 = 2.0 / 3.0;
 
 async fn predict(app: &TestApp, key: &str, case: &str, version: &str, body: Vec<u8>) {
-    let response = app
-        .client
-        .put(app.url(&format!(
-            "/v1/sites/s/cases/{case}/prediction?model=m&model_version={version}"
-        )))
-        .bearer_auth(key)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = app.predict(key, "s", case, version, body).await;
     assert_eq!(response.status(), 202);
 }
 

@@ -10,16 +10,7 @@ use crate::common::{TestApp, read_fixture};
 
 /// Uploads a prediction of model `m` at `version`; the status and response.
 async fn predict(app: &TestApp, key: &str, case: &str, version: &str, body: &[u8]) -> (u16, Value) {
-    let response = app
-        .client
-        .put(app.url(&format!(
-            "/v1/sites/s/cases/{case}/prediction?model=m&model_version={version}"
-        )))
-        .bearer_auth(key)
-        .body(body.to_vec())
-        .send()
-        .await
-        .unwrap();
+    let response = app.predict(key, "s", case, version, body.to_vec()).await;
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())
 }

@@ -34,21 +34,25 @@ impl Lite {
         Ok(by_result(rows))
     }
 
-    /// See `Store::lesions`.
-    async fn lesions(&self, result_id: i64) -> Result<Vec<CaseLesions>> {
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT structure, metrics FROM lesion_results WHERE result_id = $1 ORDER BY structure",
+    /// See `Store::lesions`: ids passed as one JSON array.
+    async fn lesions(&self, result_ids: &[i64]) -> Result<HashMap<i64, Vec<CaseLesions>>> {
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT result_id, structure, metrics FROM lesion_results
+             WHERE result_id IN (SELECT value FROM json_each($1)) ORDER BY result_id, structure",
         )
-        .bind(result_id)
+        .bind(json(&result_ids)?)
         .fetch_all(&self.reader)
         .await
         .map_err(classify)?;
-        rows.into_iter()
-            .map(|(structure, metrics)| {
-                let metrics = parse(&format!("lesion results of {structure}"), &metrics)?;
-                case_lesions(structure, metrics)
-            })
-            .collect()
+        let mut by_result: HashMap<i64, Vec<CaseLesions>> = HashMap::new();
+        for (result_id, structure, metrics) in rows {
+            let metrics = parse(&format!("lesion results of {structure}"), &metrics)?;
+            by_result
+                .entry(result_id)
+                .or_default()
+                .push(case_lesions(structure, metrics)?);
+        }
+        Ok(by_result)
     }
 
     /// A case: its status, revisions and latest result; None if unknown.
@@ -129,18 +133,21 @@ impl Lite {
         .map_err(classify)?;
         let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
         let mut structures = self.structures(&ids, None).await?;
-        let mut results = Vec::with_capacity(rows.len());
-        for (id, model, model_version, scored_at, mean_dice) in rows {
-            results.push(LatestResult {
-                id,
-                model,
-                model_version,
-                scored_at,
-                mean_dice,
-                structures: structures.remove(&id).unwrap_or_default(),
-                lesions: self.lesions(id).await?,
-            });
-        }
+        let mut lesions = self.lesions(&ids).await?;
+        let results = rows
+            .into_iter()
+            .map(
+                |(id, model, model_version, scored_at, mean_dice)| LatestResult {
+                    id,
+                    model,
+                    model_version,
+                    scored_at,
+                    mean_dice,
+                    structures: structures.remove(&id).unwrap_or_default(),
+                    lesions: lesions.remove(&id).unwrap_or_default(),
+                },
+            )
+            .collect();
         Ok(Some(assemble_case(
             site, case_key, revisions, jobs, results,
         )))

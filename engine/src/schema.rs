@@ -43,6 +43,10 @@ pub struct StructureDef {
     /// which a version passes its deployment gate (default 0.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate_max_failure_rate: Option<f64>,
+    /// Inter-reader Dice below which a case with several readers is ambiguous
+    /// (default 0.75, `compare::readers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ambiguous_below: Option<f64>,
     /// Made of separate instances (lesions, nodules, metastases): `eval` also
     /// scores it lesion by lesion (`metrics::lesions`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -88,6 +92,12 @@ impl StructureDef {
     pub fn gate_max_failure_rate(&self) -> f64 {
         self.gate_max_failure_rate
             .unwrap_or(DEFAULT_GATE_MAX_FAILURE_RATE)
+    }
+
+    /// The inter-reader Dice below which a case is ambiguous, or the default.
+    pub fn ambiguous_below(&self) -> f64 {
+        self.ambiguous_below
+            .unwrap_or(crate::compare::readers::DEFAULT_AMBIGUOUS_BELOW)
     }
 }
 
@@ -150,6 +160,7 @@ impl Schema {
                 ("failure_threshold", s.failure_threshold),
                 ("gate_min_mean_dice", s.gate_min_mean_dice),
                 ("gate_max_failure_rate", s.gate_max_failure_rate),
+                ("ambiguous_below", s.ambiguous_below),
             ];
             for (field, value) in fractions {
                 if value.is_some_and(|t| !(0.0..=1.0).contains(&t)) {
@@ -332,6 +343,10 @@ mod tests {
             (
                 r#"{"structures": [{"label": 1, "name": "x", "gate_max_failure_rate": -0.1}]}"#,
                 "structure 1 (\"x\"): gate_max_failure_rate must be between 0 and 1",
+            ),
+            (
+                r#"{"structures": [{"label": 1, "name": "x", "ambiguous_below": 1.5}]}"#,
+                "structure 1 (\"x\"): ambiguous_below must be between 0 and 1",
             ),
             (
                 r#"{"structures": [{"label": 1, "name": "x", "volume_bands_ml": [10, 1]}]}"#,

@@ -32,6 +32,7 @@ fn schema_of(pair: &Value) -> Option<Schema> {
             failure_threshold: None,
             gate_min_mean_dice: None,
             gate_max_failure_rate: None,
+            ambiguous_below: None,
             instances: false,
             volume_bands_ml: None,
             lesion_matching: None,

@@ -2,7 +2,8 @@
 //! before deployment (issue 15): rank tests of a difference in Dice
 //! ([`rank_tests`]), bootstrap confidence intervals of a mean
 //! ([`bootstrap`]), the comparison of one structure between versions A and B
-//! ([`versions`]) and the deployment gate ([`gate`]).
+//! ([`versions`]), the deployment gate ([`gate`]) and the agreement of
+//! several readers ([`readers`]).
 //!
 //! Pure: numbers in, reports out. The conventions, and how they were checked
 //! against scipy, are in `docs/compare.md`.
@@ -10,6 +11,7 @@
 pub mod bootstrap;
 pub mod gate;
 pub mod rank_tests;
+pub mod readers;
 pub mod versions;
 
 /// Why a statistic could not be computed.

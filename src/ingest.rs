@@ -16,7 +16,9 @@ use crate::config::{ACTIVE_DAYS, Config};
 use crate::formats::dicom_seg::Provenance;
 use crate::formats::{self, Decoded, FormatError, Limits, deidentify};
 use crate::metrics::pairing::{self, PairingError};
-use crate::store::{ModelBoundExceeded, ModelBounds, NewSegmentation, SegRole, Store, StoreError};
+use crate::store::{
+    ModelBoundExceeded, ModelBounds, NewSegmentation, SegRole, Source, Store, StoreError,
+};
 use crate::volume::Layout;
 
 /// What ingest needs of the service.
@@ -34,6 +36,8 @@ pub struct Upload<'a> {
     pub role: SegRole,
     pub model: Option<String>,
     pub model_version: Option<String>,
+    /// Pseudonym of a reference's reader (`None` for a prediction).
+    pub reader: Option<String>,
     pub acquisition: Value,
     pub observed_at: Option<DateTime<Utc>>,
     /// DICOM uploads are idempotent on their SOPInstanceUID too (keyed-hashed).
@@ -141,6 +145,7 @@ pub async fn ingest(
         role,
         model,
         model_version,
+        reader,
         acquisition,
         observed_at,
         sop_instance_uid,
@@ -163,9 +168,12 @@ pub async fn ingest(
     let duplicate = match duplicate {
         Some(revision) => Some(revision),
         None => {
-            let version = model.as_deref().zip(model_version.as_deref());
+            let source = Source {
+                version: model.as_deref().zip(model_version.as_deref()),
+                reader: reader.as_deref(),
+            };
             store
-                .find_duplicate(site, case, role, version, &sha256)
+                .find_duplicate(site, case, role, source, &sha256)
                 .await?
         }
     };
@@ -274,6 +282,7 @@ pub async fn ingest(
         grid: serde_json::to_value(&layout).unwrap_or(Value::Null),
         model,
         model_version,
+        reader,
         acquisition,
         provenance: decoded
             .provenance

@@ -22,6 +22,7 @@ use super::{AppState, valid_key};
 use crate::formats::deidentify::hash_uid;
 use crate::formats::dicom_seg::{self, Provenance};
 use crate::formats::{Decoded, FormatError};
+use crate::ids::DEFAULT_READER;
 use crate::ingest::{Upload, ingest, uid_key};
 use crate::store::{Role, SegRole};
 
@@ -440,6 +441,9 @@ async fn store_part(
         role,
         model,
         model_version,
+        // STOW-RS carries no reader pseudonym: ContentCreatorName is a
+        // person's name and never read. References land under the default.
+        reader: (role == SegRole::Reference).then(|| DEFAULT_READER.to_owned()),
         acquisition: Value::Object(acquisition),
         observed_at: None,
         // Stored keyed-hashed like the UIDs in the stored file; the same instance

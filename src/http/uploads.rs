@@ -16,6 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Auth;
 use super::problem::Problem;
 use super::{AppState, valid_key};
+use crate::ids::{DEFAULT_READER, check_reader};
 use crate::ingest::{Upload, ingest};
 use crate::store::SegRole;
 
@@ -47,6 +48,10 @@ pub struct UploadQuery {
         pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$"
     )]
     pub model_version: Option<String>,
+    /// Pseudonym of a reference's reader (`r1`, `reader-a`; never a name;
+    /// default `default`); refused on a prediction.
+    #[param(min_length = 1, max_length = 16, pattern = "^[a-z0-9][a-z0-9_-]*$")]
+    pub reader: Option<String>,
     #[param(pattern = "^[^\\u0000]*$")]
     pub scanner_manufacturer: Option<String>,
     #[param(pattern = "^[^\\u0000]*$")]
@@ -216,8 +221,15 @@ async fn accept(
         auth.admin()
             .map_err(|_| Problem::forbidden("observed_at may only be set with an admin key"))?;
     }
-    let (model, model_version) = match role {
+    let (model, model_version, reader) = match role {
         SegRole::Prediction => {
+            if query.reader.is_some() {
+                return Err(Problem::bad_request(
+                    "reader-on-prediction",
+                    "Reader on a prediction",
+                    "a reader names who drew a reference; a prediction has a model version",
+                ));
+            }
             let model = query.model.clone().ok_or_else(|| {
                 Problem::bad_request(
                     "missing-model",
@@ -234,7 +246,7 @@ async fn accept(
             })?;
             valid_key("model", &model)?;
             valid_key("model_version", &version)?;
-            (Some(model), Some(version))
+            (Some(model), Some(version), None)
         }
         SegRole::Reference => {
             // Not used for a reference, but refused as for a prediction when malformed.
@@ -246,7 +258,14 @@ async fn accept(
                     valid_key(what, value)?;
                 }
             }
-            (None, None)
+            let reader = query
+                .reader
+                .clone()
+                .unwrap_or_else(|| DEFAULT_READER.into());
+            check_reader(&reader).map_err(|e| {
+                Problem::bad_request("invalid-reader", "Invalid reader", e.to_string())
+            })?;
+            (None, None, Some(reader))
         }
     };
     check_content_type(headers)?;
@@ -286,6 +305,7 @@ async fn accept(
             role,
             model,
             model_version,
+            reader,
             acquisition,
             observed_at: query.observed_at,
             sop_instance_uid: None,

@@ -44,7 +44,7 @@ pub use jobs::{ClaimedJob, JobInputs};
 pub use keys::{KEY_CACHE_TTL, KeyInfo, Principal, Role, hash_secret};
 pub use results::CaseFilter;
 pub use uploads::{
-    ModelBoundExceeded, ModelBounds, NewSegmentation, PartnerGrid, SegRole, StoredUpload,
+    ModelBoundExceeded, ModelBounds, NewSegmentation, PartnerGrid, SegRole, Source, StoredUpload,
 };
 pub use versions::VersionDice;
 

@@ -48,6 +48,8 @@ pub struct NewSegmentation {
     pub grid: Value,
     pub model: Option<String>,
     pub model_version: Option<String>,
+    /// Pseudonym of a reference's reader; `None` for a prediction.
+    pub reader: Option<String>,
     pub acquisition: Value,
     pub provenance: Option<Value>,
     /// When the case happened; now unless an admin says otherwise.
@@ -107,30 +109,41 @@ pub struct PartnerGrid {
     pub structures: Vec<String>,
 }
 
+/// Who produced an upload: a prediction's model version, a reference's reader.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Source<'a> {
+    /// Model and version of a prediction.
+    pub version: Option<(&'a str, &'a str)>,
+    /// Reader pseudonym of a reference.
+    pub reader: Option<&'a str>,
+}
+
 impl Store {
     /// The revision already holding these exact bytes, if any: for a
     /// prediction, from the same model version (shadow versions may predict
-    /// the same bytes, and each is scored).
+    /// the same bytes, and each is scored); for a reference, from the same reader.
     pub async fn find_duplicate(
         &self,
         site: &str,
         case_key: &str,
         role: SegRole,
-        version: Option<(&str, &str)>,
+        source: Source<'_>,
         sha256: &[u8],
     ) -> Result<Option<i32>> {
-        let pool = postgres_or!(self, lite => lite.find_revision(site, case_key, role, version, Some(sha256), None));
-        let (model, model_version) = version.unzip();
+        let pool = postgres_or!(self, lite => lite.find_revision(site, case_key, role, source, Some(sha256), None));
+        let (model, model_version) = source.version.unzip();
         sqlx::query_scalar!(
             "SELECT s.revision FROM segmentations s JOIN cases c ON c.id = s.case_id
              WHERE c.site = $1 AND c.case_key = $2 AND s.role = $3 AND s.sha256 = $4
-               AND s.model IS NOT DISTINCT FROM $5 AND s.model_version IS NOT DISTINCT FROM $6",
+               AND s.model IS NOT DISTINCT FROM $5 AND s.model_version IS NOT DISTINCT FROM $6
+               AND s.reader IS NOT DISTINCT FROM $7",
             site,
             case_key,
             role.as_str(),
             sha256,
             model,
-            model_version
+            model_version,
+            source.reader
         )
         .fetch_optional(pool)
         .await
@@ -145,7 +158,7 @@ impl Store {
         role: SegRole,
         sop_instance_uid: &str,
     ) -> Result<Option<i32>> {
-        let pool = postgres_or!(self, lite => lite.find_revision(site, case_key, role, None, None, Some(sop_instance_uid)));
+        let pool = postgres_or!(self, lite => lite.find_revision(site, case_key, role, Source::default(), None, Some(sop_instance_uid)));
         sqlx::query_scalar!(
             "SELECT s.revision FROM segmentations s JOIN cases c ON c.id = s.case_id
              WHERE c.site = $1 AND c.case_key = $2 AND s.role = $3 AND s.sop_instance_uid = $4",
@@ -256,14 +269,16 @@ impl Store {
             .await?;
         let existing = sqlx::query_scalar!(
             "SELECT revision FROM segmentations WHERE case_id = $1 AND role = $2
-             AND ((sha256 = $3 AND model IS NOT DISTINCT FROM $5 AND model_version IS NOT DISTINCT FROM $6)
+             AND ((sha256 = $3 AND model IS NOT DISTINCT FROM $5 AND model_version IS NOT DISTINCT FROM $6
+                   AND reader IS NOT DISTINCT FROM $7)
                   OR sop_instance_uid = $4)",
             case_id,
             new.role.as_str(),
             new.sha256,
             new.sop_instance_uid,
             new.model,
-            new.model_version
+            new.model_version,
+            new.reader
         )
         .fetch_optional(&mut *tx)
         .await?;
@@ -286,8 +301,8 @@ impl Store {
         let id = sqlx::query_scalar!(
             "INSERT INTO segmentations (case_id, role, revision, sha256, format, content_bytes, voxels, grid,
                                         model, model_version, acquisition, provenance, observed_at, sop_instance_uid,
-                                        structures)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, coalesce($13, now()), $14, $15)
+                                        structures, reader)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, coalesce($13, now()), $14, $15, $16)
              RETURNING id",
             case_id,
             new.role.as_str(),
@@ -303,7 +318,8 @@ impl Store {
             new.provenance,
             new.observed_at,
             new.sop_instance_uid,
-            &new.structures
+            &new.structures,
+            new.reader
         )
         .fetch_one(&mut *tx)
         .await?;

@@ -17,6 +17,7 @@ mod metrics_detail;
 mod nifti_files;
 mod probabilistic;
 mod properties;
+mod readers;
 mod reference;
 mod retention;
 mod service;

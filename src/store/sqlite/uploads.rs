@@ -5,7 +5,7 @@ use sqlx::SqliteConnection;
 use super::{Lite, at, classify, days_ago, json, now, parse};
 use crate::store::Result;
 use crate::store::uploads::{
-    ModelBoundExceeded, ModelBounds, NewSegmentation, PartnerGrid, SegRole, StoredUpload,
+    ModelBoundExceeded, ModelBounds, NewSegmentation, PartnerGrid, SegRole, Source, StoredUpload,
 };
 
 impl Lite {
@@ -16,15 +16,16 @@ impl Lite {
         site: &str,
         case_key: &str,
         role: SegRole,
-        version: Option<(&str, &str)>,
+        source: Source<'_>,
         sha256: Option<&[u8]>,
         sop_instance_uid: Option<&str>,
     ) -> Result<Option<i32>> {
-        let (model, model_version) = version.unzip();
+        let (model, model_version) = source.version.unzip();
         sqlx::query_scalar(
             "SELECT s.revision FROM segmentations s JOIN cases c ON c.id = s.case_id
              WHERE c.site = $1 AND c.case_key = $2 AND s.role = $3
-               AND ((s.sha256 = $4 AND s.model IS $6 AND s.model_version IS $7) OR s.sop_instance_uid = $5)",
+               AND ((s.sha256 = $4 AND s.model IS $6 AND s.model_version IS $7 AND s.reader IS $8)
+                    OR s.sop_instance_uid = $5)",
         )
         .bind(site)
         .bind(case_key)
@@ -33,6 +34,7 @@ impl Lite {
         .bind(sop_instance_uid)
         .bind(model)
         .bind(model_version)
+        .bind(source.reader)
         .fetch_optional(&self.reader)
         .await
         .map_err(classify)
@@ -121,7 +123,8 @@ impl Lite {
         .map_err(classify)?;
         let existing: Option<i32> = sqlx::query_scalar(
             "SELECT revision FROM segmentations WHERE case_id = $1 AND role = $2
-             AND ((sha256 = $3 AND model IS $5 AND model_version IS $6) OR sop_instance_uid = $4)",
+             AND ((sha256 = $3 AND model IS $5 AND model_version IS $6 AND reader IS $7)
+                  OR sop_instance_uid = $4)",
         )
         .bind(case_id)
         .bind(new.role.as_str())
@@ -129,6 +132,7 @@ impl Lite {
         .bind(&new.sop_instance_uid)
         .bind(&new.model)
         .bind(&new.model_version)
+        .bind(&new.reader)
         .fetch_optional(&mut *tx)
         .await
         .map_err(classify)?;
@@ -151,8 +155,8 @@ impl Lite {
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO segmentations (case_id, role, revision, sha256, format, content_bytes, voxels, grid,
                                         model, model_version, acquisition, provenance, observed_at, received_at,
-                                        sop_instance_uid, structures)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                                        sop_instance_uid, structures, reader)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
              RETURNING id",
         )
         .bind(case_id)
@@ -171,6 +175,7 @@ impl Lite {
         .bind(&received)
         .bind(&new.sop_instance_uid)
         .bind(json(&new.structures)?)
+        .bind(&new.reader)
         .fetch_one(&mut *tx)
         .await
         .map_err(classify)?;

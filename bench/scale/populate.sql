@@ -22,10 +22,10 @@ INSERT INTO cases (id, site, case_key, created_at)
 SELECT id, site, 'case-' || id, observed_at FROM synth;
 
 INSERT INTO segmentations (id, case_id, role, revision, sha256, format, content_bytes, voxels, grid,
-                           model, model_version, acquisition, observed_at, received_at, structures)
+                           model, model_version, reader, acquisition, observed_at, received_at, structures)
 SELECT 2 * s.id - 1 + r.n, s.id, r.role, 1, sha256(((2 * s.id + r.n)::text)::bytea), 'nifti', 64, 78643200,
        '{"shape": [512, 512, 300], "spacing_mm": [0.8, 0.8, 1.5]}',
-       CASE WHEN r.n = 0 THEN s.model END, CASE WHEN r.n = 0 THEN 'v1' END,
+       CASE WHEN r.n = 0 THEN s.model END, CASE WHEN r.n = 0 THEN 'v1' END, CASE WHEN r.n = 1 THEN 'default' END,
        '{"scanner_manufacturer": "SIEMENS", "protocol": "abdomen", "slice_thickness_mm": 1.5}',
        s.observed_at, s.observed_at + interval '1 hour',
        ARRAY(SELECT 'structure' || lpad(k::text, 2, '0') FROM generate_series(1, :structures) k)

@@ -184,9 +184,11 @@ async fn stored_files(db: &TestDb, first: i64, paired: bool, when: &str) {
     for &(id, role) in roles {
         db.execute(&format!(
             "INSERT INTO segmentations (id, case_id, role, revision, sha256, format, content_bytes, voxels, grid,
-                                        model, model_version, observed_at, received_at)
-             VALUES ({id}, {first}, '{role}', 1, {sha}, 'nifti', 1, 8, '{{}}', 'm', 'v1', '{when}', '{when}')",
+                                        model, model_version, reader, observed_at, received_at)
+             VALUES ({id}, {first}, '{role}', 1, {sha}, 'nifti', 1, 8, '{{}}', 'm', 'v1', {reader}, '{when}', '{when}')",
             sha = hex(id),
+            // A reference has a reader (the default one), a prediction none.
+            reader = if role == "reference" { "'default'" } else { "NULL" },
         ))
         .await;
         db.execute(&format!(

@@ -298,8 +298,13 @@ pub async fn history(
         )
         .await?
         .ok_or_else(|| Problem::not_found("the stream has no stored history"))?;
-    // Replaying a long stream is CPU work.
-    let audit = tokio::task::block_in_place(|| history.audit(HISTORY_CONTEXT));
+    // Replaying a long stream is CPU work: it runs on the bounded pool, not on
+    // the async runtime's threads.
+    let audit = app
+        .compute
+        .run(0, move || history.audit(HISTORY_CONTEXT))
+        .await
+        .map_err(|e| Problem::internal(e.to_string()))?;
     Ok(Json(audit))
 }
 

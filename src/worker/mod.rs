@@ -18,6 +18,7 @@ use crate::compute::Compute;
 use crate::config::Config;
 use crate::metrics::Settings;
 use crate::metrics::pairing::PairingError;
+use crate::metrics::probabilistic::ProbabilityError;
 use crate::schema::Schema;
 use crate::store::{ClaimedJob, JOBS_CHANNEL, Store, StoreError};
 use crate::telemetry::Metrics;
@@ -98,6 +99,8 @@ impl From<&ScoreError> for FailureReason {
                 FailureReason::GridMismatch
             }
             ScoreError::Pairing(PairingError::Unknown(_)) => FailureReason::UnknownStructure,
+            ScoreError::Probability(ProbabilityError::Grid(_)) => FailureReason::GridMismatch,
+            ScoreError::Probability(_) => FailureReason::InvalidFile,
         }
     }
 }

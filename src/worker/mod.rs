@@ -351,6 +351,14 @@ mod tests {
         );
         let stored = ScoreError::Stored("anything at all".into());
         assert_eq!(FailureReason::from(&stored), FailureReason::InvalidFile);
+        let probabilities =
+            ScoreError::Probability(ProbabilityError::Grid(GridMismatch::Dims(3, 2)));
+        assert_eq!(
+            FailureReason::from(&probabilities),
+            FailureReason::GridMismatch
+        );
+        let over = ScoreError::Probability(ProbabilityError::OutOfRange { value: 1.5 });
+        assert_eq!(FailureReason::from(&over), FailureReason::InvalidFile);
         let labels: std::collections::BTreeSet<_> =
             FailureReason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(labels.len(), FailureReason::ALL.len());

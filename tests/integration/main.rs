@@ -16,6 +16,7 @@ mod history;
 mod metrics_detail;
 mod nifti_files;
 mod probabilistic;
+mod probabilistic_service;
 mod properties;
 mod readers;
 mod reference;

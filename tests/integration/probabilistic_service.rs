@@ -1,9 +1,9 @@
 //! Probabilistic scores through the service, on either store: a FRACTIONAL
 //! PROBABILITY SEG prediction is scored as `eval` scores the same files, the
 //! case API and the rolling gauges show it, other predictions show nulls,
-//! retention takes the scores with their rows, a stored value above
-//! MaximumFractionalValue fails the job, and a float NIfTI of probabilities is
-//! refused at upload.
+//! retention takes the scores with their rows, and a SEG storing a value above
+//! its MaximumFractionalValue or a float NIfTI of probabilities is refused at
+//! upload.
 
 use std::process::Command;
 
@@ -199,9 +199,10 @@ async fn a_float_nifti_of_probabilities_is_refused_as_a_prediction() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stored_value_above_maximum_fractional_value_fails_the_job_with_its_reason() {
-    // MaximumFractionalValue (0062,000E) US 255 patched to 200: the decoder
-    // still thresholds, but stored values 201..255 are no probabilities.
+async fn a_stored_value_above_maximum_fractional_value_is_refused_at_upload() {
+    // MaximumFractionalValue (0062,000E) US 255 patched to 200: stored values
+    // 201..255 are no fractions, so the upload is refused, never accepted and
+    // then failed.
     let mut bytes = read_fixture(FRACTIONAL);
     let tag = [0x62, 0x00, 0x0e, 0x00, b'U', b'S', 0x02, 0x00];
     let at = bytes.windows(8).position(|w| w == tag).unwrap() + 8;
@@ -209,25 +210,17 @@ async fn a_stored_value_above_maximum_fractional_value_fails_the_job_with_its_re
     bytes[at..at + 2].copy_from_slice(&200u16.to_le_bytes());
     let app = TestApp::start().await;
     let key = app.key(Role::Ingest, Some("s")).await;
-    for (role, body) in [
-        ("prediction", bytes),
-        ("reference", read_fixture(REFERENCE)),
-    ] {
-        let response = app.upload(&key, "s", "over", role, body).await;
-        assert_eq!(response.status(), 202, "{role}");
-    }
-    let case = app.wait_scored("s", "over").await;
-    assert_eq!(case["status"], "failed", "{case}");
-    let reason = case["reason"].as_str().unwrap();
-    assert!(
-        reason.contains("prediction probabilities: a stored value")
-            && reason.contains("exceeds MaximumFractionalValue 200"),
-        "{reason}"
+    let response = app.upload(&key, "s", "over", "prediction", bytes).await;
+    assert_eq!(response.status(), 422);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(
+        problem["type"], "https://segwatch.dev/problems/invalid-labels",
+        "{problem}"
     );
-    let text = app.metrics().await;
+    let detail = problem["detail"].as_str().unwrap();
     assert!(
-        text.contains(r#"segwatch_jobs_failed_total{reason="invalid_file"} 1"#),
-        "{text}"
+        detail.contains("above MaximumFractionalValue 200"),
+        "{detail}"
     );
     app.finish().await;
 }

@@ -94,12 +94,6 @@ fn feed(
         if v == 0 {
             continue;
         }
-        if u16::from(v) > fractions.max {
-            return Err(ProbabilityError::Reference(format!(
-                "a stored value {v} exceeds MaximumFractionalValue {}",
-                fractions.max
-            )));
-        }
         let local = [
             i % extent[0],
             (i / extent[0]) % extent[1],

@@ -21,6 +21,7 @@ mod history;
 mod jobs;
 mod keys;
 mod partitions;
+mod readers;
 mod results;
 mod retention;
 mod rollups;
@@ -42,6 +43,7 @@ pub use gates::NewGateDecision;
 pub use history::{StoredStep, StoredUpdate, StreamHistory};
 pub use jobs::{ClaimedJob, JobInputs};
 pub use keys::{KEY_CACHE_TTL, KeyInfo, Principal, Role, hash_secret};
+pub use readers::{ReaderReference, StructureAgreement};
 pub use results::CaseFilter;
 pub use uploads::{
     ModelBoundExceeded, ModelBounds, NewSegmentation, PartnerGrid, SegRole, Source, StoredUpload,

@@ -76,11 +76,11 @@ fn table(report: &Value) -> String {
             out,
             "{:<24} {:>6} {:>12} {:>10} {:>13} {:>10}  {verdict}",
             s["structure"].as_str().unwrap_or(""),
-            s["cases"],
+            s["cases"].to_string(),
             number(&s["mean_inter_reader_dice"]),
             number(&s["mean_ai_vs_reader_dice"]),
             number(&s["mean_ai_vs_consensus_dice"]),
-            s["ambiguous_cases"],
+            s["ambiguous_cases"].to_string(),
         );
     }
     out
@@ -110,6 +110,9 @@ mod tests {
         assert!(lines[0].starts_with("m v1 against its readers"));
         assert!(lines[2].starts_with("liver") && lines[2].contains("0.9000"));
         assert!(lines[2].ends_with("  within inter-reader variability"));
-        assert!(lines[3].contains(" 3 ") && lines[3].ends_with("outside inter-reader variability"));
+        // Numbers are right-aligned under their headings.
+        let heading = lines[1].find("ambiguous").unwrap() + "ambiguous".len();
+        assert_eq!(&lines[3][heading - 2..heading + 1], " 3 ", "{text}");
+        assert!(lines[3].ends_with("outside inter-reader variability"));
     }
 }

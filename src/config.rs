@@ -75,7 +75,7 @@ pub struct LimitsConfig {
 
 /// The environment variables [`Config::load`] reads, with the setting each
 /// overrides (listed by `segwatch serve --help`; a test keeps it complete).
-pub const ENV_VARS: [(&str, &str); 32] = [
+pub const ENV_VARS: [(&str, &str); 33] = [
     ("SEGWATCH_CONFIG", "the configuration file"),
     ("SEGWATCH_DATABASE_URL", "database_url"),
     ("SEGWATCH_DATA_DIR", "data_dir"),
@@ -129,6 +129,10 @@ pub const ENV_VARS: [(&str, &str); 32] = [
     (
         "SEGWATCH_DRIFT_MAX_DETAILED_STREAMS",
         "drift.max_detailed_streams",
+    ),
+    (
+        "SEGWATCH_DRIFT_EXCLUDE_AMBIGUOUS",
+        "drift.exclude_ambiguous",
     ),
     (
         "SEGWATCH_ROLLING_WINDOWS_DAYS",
@@ -216,6 +220,10 @@ pub struct DriftConfig {
     /// 7-day mean and alarms in progress, so a large network stays within a
     /// Prometheus series budget (`SEGWATCH_DRIFT_MAX_DETAILED_STREAMS`).
     pub max_detailed_streams: u32,
+    /// Leave a structure out of its drift streams in a case whose readers
+    /// disagree on it (ambiguous, docs/compare.md "Several readers"), and the
+    /// case out of the mean-Dice streams (`SEGWATCH_DRIFT_EXCLUDE_AMBIGUOUS`).
+    pub exclude_ambiguous: bool,
 }
 
 /// Largest `drift.arl0`: the PIT-EWMA calibration covers run lengths up to
@@ -246,6 +254,7 @@ impl Default for DriftConfig {
             rolling_windows_days: vec![1, 7, 30],
             retire_after_days: 30,
             max_detailed_streams: 500,
+            exclude_ambiguous: false,
         }
     }
 }
@@ -474,6 +483,9 @@ impl Config {
         }
         if let Some(v) = var("SEGWATCH_DRIFT_MAX_DETAILED_STREAMS") {
             config.drift.max_detailed_streams = parse("SEGWATCH_DRIFT_MAX_DETAILED_STREAMS", v)?;
+        }
+        if let Some(v) = var("SEGWATCH_DRIFT_EXCLUDE_AMBIGUOUS") {
+            config.drift.exclude_ambiguous = parse("SEGWATCH_DRIFT_EXCLUDE_AMBIGUOUS", v)?;
         }
         if let Some(v) = var("SEGWATCH_ROLLING_WINDOWS_DAYS") {
             config.drift.rolling_windows_days = v

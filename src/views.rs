@@ -28,6 +28,8 @@ pub struct Revision {
     pub format: String,
     pub model: Option<String>,
     pub model_version: Option<String>,
+    /// A reference's reader pseudonym; none for a prediction.
+    pub reader: Option<String>,
     pub received_at: DateTime<Utc>,
     /// The voxels were dropped after the retention period.
     pub purged: bool,
@@ -73,6 +75,34 @@ pub struct VersionView {
     pub generalized_dice: Option<f64>,
     pub structures: Vec<StructureView>,
     pub lesions: Vec<CaseLesions>,
+    /// With references from two or more readers: their agreement on each
+    /// structure and the version's latest prediction against them.
+    pub readers: Vec<ReaderAgreement>,
+}
+
+/// The agreement of a case's readers on one structure, and the AI's with them
+/// (docs/compare.md, "Several readers").
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ReaderAgreement {
+    pub structure: String,
+    /// Mean Dice over all reader pairs.
+    pub inter_reader_dice: f64,
+    /// The AI's Dice against each reader's latest reference, primary reader first.
+    pub ai_vs_reader: Vec<ReaderDice>,
+    /// The AI's Dice against the readers' strict-majority consensus.
+    pub ai_vs_consensus: f64,
+    /// Inter-reader Dice below the structure's `ambiguous_below`.
+    pub ambiguous: bool,
+    /// The AI's mean Dice against the readers is at least the inter-reader Dice.
+    pub within_variability: bool,
+}
+
+/// The AI's Dice against one reader.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, Serialize, ToSchema)]
+pub struct ReaderDice {
+    /// The reader's pseudonym.
+    pub reader: String,
+    pub dice: f64,
 }
 
 /// One structure of a stored result: the fields of an entry of `eval`'s JSON

@@ -128,6 +128,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             concurrency: 2,
             shadow_version: None,
             shadow_worse: Vec::new(),
+            second_reader: false,
+            reader_disagrees: Vec::new(),
         };
         let total = super::simulate::simulate(uploads).await?;
         wait_until_fed(&store, total).await?;

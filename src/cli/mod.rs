@@ -8,6 +8,7 @@ mod lesions;
 mod output;
 mod plan;
 mod probabilities;
+mod readers;
 mod remote;
 mod serve;
 mod simulate;
@@ -49,6 +50,9 @@ enum Command {
     /// Whether a model version passes its deployment gate on a running
     /// segwatch: exit code 0 when it passes, 1 when it fails.
     Gate(gate::GateArgs),
+    /// The agreement of several readers on a model version's cases, and the
+    /// version against them, on a running segwatch, per structure.
+    Readers(readers::ReadersArgs),
 }
 
 /// The error and its causes on one line, leaving out a cause that the message
@@ -98,6 +102,7 @@ pub fn run() -> ExitCode {
         Command::Drift(command) => plan::run(command).map(|_| ExitCode::SUCCESS),
         Command::Compare(args) => compare::run(args),
         Command::Gate(args) => gate::run(args),
+        Command::Readers(args) => readers::run(args).map(|_| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

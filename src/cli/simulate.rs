@@ -65,7 +65,8 @@ impl FromStr for DriftSpec {
     }
 }
 
-/// How a shadow version differs from the live one: `structure` loses `delta` Dice.
+/// How a shadow version differs from the live one, or a second reader from
+/// the first: `structure` loses `delta` Dice.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShadowShift {
     pub structure: String,
@@ -136,6 +137,16 @@ pub struct SimulateArgs {
     /// of STRUCTURE is DELTA lower than the live version's in every case).
     #[arg(long = "shadow-worse", requires = "shadow_version")]
     pub(super) shadow_worse: Vec<ShadowShift>,
+    /// A second reader (`r2`) uploads a reference of every case too, after
+    /// the first (the `default` reader), drawing what the first does unless
+    /// `--reader-disagrees` says otherwise.
+    #[arg(long)]
+    pub(super) second_reader: bool,
+    /// Where the second reader disagrees with the first, repeatable:
+    /// STRUCTURE:DELTA (its Dice of STRUCTURE against the first reader is
+    /// 1 − DELTA in every case).
+    #[arg(long = "reader-disagrees", requires = "second_reader")]
+    pub(super) reader_disagrees: Vec<ShadowShift>,
 }
 
 /// A simulated structure: label, name, ellipsoid radii (voxels) and centre, and
@@ -443,6 +454,7 @@ pub(super) async fn simulate(args: SimulateArgs) -> anyhow::Result<usize> {
     // The shadow version draws from its own generator, so the live fleet is
     // the same with or without it.
     let mut shadow_rng = StdRng::seed_from_u64(args.seed ^ 0x5ead_0000_0000_0000);
+    let mut reader_rng = StdRng::seed_from_u64(args.seed ^ 0x2ead_0000_0000_0000);
     let start = Utc::now() - chrono::Duration::days(args.days as i64);
     let per_day = args.cases_per_day as i64;
     let mut jobs = Vec::new();
@@ -475,6 +487,17 @@ pub(super) async fn simulate(args: SimulateArgs) -> anyhow::Result<usize> {
                         &args.shadow_worse,
                     ))
                 });
+                // The second reader: the first's voxels, each disagreeing
+                // structure drawn afresh at Dice 1 − DELTA against them.
+                let second = args.second_reader.then(|| {
+                    nifti(shadow_prediction(
+                        &mut reader_rng,
+                        &reference,
+                        &reference,
+                        &[1.0; STRUCTURES.len()],
+                        &args.reader_disagrees,
+                    ))
+                });
                 let (manufacturer, scanner) = SCANNERS[rng.random_range(0..SCANNERS.len())];
                 let thickness = [1.0, 1.25, 2.5, 5.0][rng.random_range(0..4)];
                 let acquisition = format!(
@@ -490,6 +513,7 @@ pub(super) async fn simulate(args: SimulateArgs) -> anyhow::Result<usize> {
                     nifti(prediction),
                     shadow,
                     nifti(reference),
+                    second,
                 ));
             }
         }
@@ -501,7 +525,7 @@ pub(super) async fn simulate(args: SimulateArgs) -> anyhow::Result<usize> {
     );
     let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
     let mut handles = Vec::new();
-    for (site, case, observed, acquisition, prediction, shadow, reference) in jobs {
+    for (site, case, observed, acquisition, prediction, shadow, reference, second) in jobs {
         let permit = semaphore.clone().acquire_owned().await?;
         let (client, base, key) = (client.clone(), base.clone(), args.key.clone());
         let (model, version) = (args.model.clone(), args.model_version.clone());
@@ -541,6 +565,16 @@ pub(super) async fn simulate(args: SimulateArgs) -> anyhow::Result<usize> {
                 "uploading a reference",
             )
             .await?;
+            if let Some(body) = second {
+                send(
+                    client
+                        .put(format!("{url}/reference?reader=r2&{acquisition}"))
+                        .bearer_auth(&key)
+                        .body(body),
+                    "uploading the second reader's reference",
+                )
+                .await?;
+            }
             anyhow::Ok(())
         }));
     }
@@ -602,6 +636,22 @@ mod tests {
         assert_eq!(shadow_prediction(&mut rng, &r, &live, &targets, &[]), live);
         assert!("brain:0.1".parse::<ShadowShift>().is_err());
         assert!("spleen:1.5".parse::<ShadowShift>().is_err());
+    }
+
+    #[test]
+    fn a_second_reader_disagrees_only_where_asked() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let r = reference(&mut rng);
+        let disagree = ["pancreas:0.4".parse::<ShadowShift>().unwrap()];
+        let second = shadow_prediction(&mut rng, &r, &r, &[1.0; 5], &disagree);
+        for organ in &STRUCTURES {
+            let d = dice(&second, &r, organ.label);
+            if organ.name == "pancreas" {
+                assert!((d - 0.6).abs() < 0.03, "pancreas: {d}");
+            } else {
+                assert_eq!(d, 1.0, "{}", organ.name);
+            }
+        }
     }
 
     #[test]

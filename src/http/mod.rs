@@ -10,6 +10,7 @@ mod gate;
 mod models;
 mod multipart;
 pub mod problem;
+mod readers;
 mod uploads;
 
 use std::sync::Arc;
@@ -61,16 +62,16 @@ impl AppState {
 #[openapi(
     info(title = "segwatch", description = "Scores AI segmentations against radiologists' corrections and watches quality over time."),
     paths(uploads::put_prediction, uploads::put_reference, cases::get_case, cases::list_cases,
-          models::put_structures, models::get_structures, compare::compare_versions, gate::evaluate, gate::decisions, drift::put_baseline, drift::freeze_baseline,
+          models::put_structures, models::get_structures, compare::compare_versions, readers::report, gate::evaluate, gate::decisions, drift::put_baseline, drift::freeze_baseline,
           drift::get_baseline, drift::list_incidents, drift::acknowledge, drift::drift_plan, drift::strata,
           drift::history,
           drift::alertmanager_webhook, dicomweb::store_instances, dicomweb::store_study_instances,
           healthz, readyz, metrics),
-    components(schemas(Problem, uploads::UploadAccepted, FileBody, compare::VersionComparison, crate::views::GateDecision)),
+    components(schemas(Problem, uploads::UploadAccepted, FileBody, compare::VersionComparison, readers::ReaderReport, crate::views::GateDecision)),
     modifiers(&BearerAuth, &ProblemResponses),
     tags((name = "uploads", description = "PACS integrations send segmentations"),
          (name = "cases", description = "Results for drill-down"),
-         (name = "models", description = "Structure schemas of model versions, comparing versions, and deployment gates"),
+         (name = "models", description = "Structure schemas of model versions, comparing versions, deployment gates, and the agreement of several readers"),
          (name = "drift", description = "Baselines, drift incidents, what changed, and the alert plan"),
          (name = "dicomweb", description = "DICOMweb STOW-RS for PACS"),
          (name = "operations", description = "Health, readiness and Prometheus metrics"))
@@ -217,6 +218,7 @@ pub fn router(state: AppState) -> Router {
             put(models::put_structures).get(models::get_structures),
         )
         .route("/v1/models/{model}/compare", get(compare::compare_versions))
+        .route("/v1/models/{model}/readers", get(readers::report))
         .route(
             "/v1/models/{model}/versions/{version}/gate",
             post(gate::evaluate),

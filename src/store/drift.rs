@@ -1,7 +1,7 @@
 //! Baselines, stream states, detector history and incidents: persisted for
 //! the pure drift feed (`drift::feed`), which decides everything.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
@@ -690,8 +690,9 @@ impl Store {
         settings: &FeedSettings,
         lateness: std::time::Duration,
         batch: i64,
+        exclude_ambiguous: bool,
     ) -> Result<usize> {
-        let pool = postgres_or!(self, lite => lite.feed_drift(feeder, settings, lateness, batch));
+        let pool = postgres_or!(self, lite => lite.feed_drift(feeder, settings, lateness, batch, exclude_ambiguous));
         let mut tx = pool.begin().await.map_err(StoreError::classify)?;
         let locked = sqlx::query_scalar!("SELECT pg_try_advisory_xact_lock($1)", FEED_LOCK)
             .fetch_one(&mut *tx)
@@ -713,15 +714,26 @@ impl Store {
         }
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let mut dice: BTreeMap<i64, Vec<(String, f64)>> = BTreeMap::new();
+        let mut ambiguous = BTreeSet::new();
         for r in sqlx::query!(
-            r#"SELECT result_id, structure, dice AS "dice!" FROM structure_results
-               WHERE result_id = ANY($1) AND (pred_voxels > 0 OR ref_voxels > 0) AND dice IS NOT NULL ORDER BY result_id, position"#,
-            &ids
+            r#"SELECT s.result_id, s.structure, s.dice AS "dice!",
+                      $2 AND EXISTS (SELECT 1 FROM results r JOIN reader_agreement a
+                                       ON a.case_id = r.case_id AND a.model = r.model AND a.model_version = r.model_version
+                                     WHERE r.id = s.result_id AND a.structure = s.structure AND a.ambiguous) AS "ambiguous!"
+               FROM structure_results s
+               WHERE s.result_id = ANY($1) AND (s.pred_voxels > 0 OR s.ref_voxels > 0) AND s.dice IS NOT NULL
+               ORDER BY s.result_id, s.position"#,
+            &ids,
+            exclude_ambiguous
         )
         .fetch_all(&mut *tx)
         .await?
         {
-            dice.entry(r.result_id).or_default().push((r.structure, r.dice));
+            if r.ambiguous {
+                ambiguous.insert(r.result_id);
+            } else {
+                dice.entry(r.result_id).or_default().push((r.structure, r.dice));
+            }
         }
         let cases: Vec<ScoredCase> = rows
             .into_iter()
@@ -732,7 +744,8 @@ impl Store {
                 model: r.model,
                 model_version: r.model_version,
                 observed_at: r.observed_at,
-                mean_dice: r.mean_dice,
+                // A case with an ambiguous structure leaves the mean-Dice streams.
+                mean_dice: r.mean_dice.filter(|_| !ambiguous.contains(&r.id)),
             })
             .collect();
         let mut contexts = BTreeMap::new();

@@ -6,6 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use super::readers::{self, StructureAgreement};
 use super::{Result, Store, StoreError, probabilistic, rollups};
 use crate::metrics::case::{CaseScore, LesionScore};
 
@@ -27,6 +28,11 @@ pub struct JobInputs {
     pub case_key: String,
     pub model: String,
     pub model_version: String,
+    /// The prediction's segmentation.
+    pub prediction_id: i64,
+    /// The reference's reader: the case's primary reader's makes a result,
+    /// another reader's only updates the agreement of the readers.
+    pub reference_reader: String,
     /// gzip-compressed uploads; None once purged.
     pub prediction: Option<Vec<u8>>,
     pub reference: Option<Vec<u8>>,
@@ -103,7 +109,7 @@ impl Store {
         let pool = postgres_or!(self, lite => lite.job_inputs(job));
         let r = sqlx::query!(
             r#"SELECT j.case_id, c.site, c.case_key, p.model AS "model!", p.model_version AS "model_version!",
-                      pc.content AS "prediction?", rc.content AS "reference?", p.voxels + r.voxels AS "voxels!",
+                      p.id AS prediction_id, r.reader AS "reference_reader!", pc.content AS "prediction?", rc.content AS "reference?", p.voxels + r.voxels AS "voxels!",
                       s.schema AS "schema?", p.acquisition || r.acquisition AS "acquisition!",
                       p.observed_at
                FROM jobs j
@@ -125,6 +131,8 @@ impl Store {
             case_key: r.case_key,
             model: r.model,
             model_version: r.model_version,
+            prediction_id: r.prediction_id,
+            reference_reader: r.reference_reader,
             prediction: r.prediction,
             reference: r.reference,
             voxels: r.voxels,
@@ -134,16 +142,19 @@ impl Store {
         })
     }
 
-    /// Stores the results and marks the job done, in one transaction, if the
-    /// lease is still ours; false (and nothing stored) otherwise. The drift
-    /// task feeds the result to its streams later, in case-time order.
+    /// Stores the result (`None` for a job that only updates the readers'
+    /// agreement) and the agreement, and marks the job done, in one
+    /// transaction, if the lease is still ours; false (and nothing stored)
+    /// otherwise. The drift task feeds the result to its streams later, in
+    /// case-time order.
     pub async fn complete_job(
         &self,
         job: &ClaimedJob,
         inputs: &JobInputs,
-        outcome: &CaseScore,
+        outcome: Option<&CaseScore>,
+        agreement: &[StructureAgreement],
     ) -> Result<bool> {
-        let pool = postgres_or!(self, lite => lite.complete_job(job, inputs, outcome));
+        let pool = postgres_or!(self, lite => lite.complete_job(job, inputs, outcome, agreement));
         let mut tx = pool.begin().await.map_err(StoreError::classify)?;
         let done = sqlx::query!(
             "UPDATE jobs SET status = 'done', finished_at = now(), lease_token = NULL, lease_until = NULL, last_error = NULL
@@ -156,133 +167,137 @@ impl Store {
         if done.rows_affected() != 1 {
             return Ok(false);
         }
-        // Results of one case are stored one at a time, so the newest of each
-        // model version is the only one of that version flagged latest.
+        // Results and agreement of one case are stored one at a time, so the
+        // newest result of each model version is the only one of that version
+        // flagged latest.
         sqlx::query!(
             "SELECT id FROM cases WHERE id = $1 FOR UPDATE",
             inputs.case_id
         )
         .fetch_one(&mut *tx)
         .await?;
-        let result_id = sqlx::query_scalar!(
-            "INSERT INTO results (job_id, case_id, site, model, model_version, surface, grid, mean_dice, acquisition, observed_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
-            job.id,
-            inputs.case_id,
-            inputs.site,
-            inputs.model,
-            inputs.model_version,
-            outcome.surface.as_str(),
-            serde_json::json!({
-                "shape": outcome.grid.shape_vec(),
-                "spacing_mm": outcome.grid.spacing_vec(),
-            }),
-            outcome.mean_dice,
-            inputs.acquisition,
-            inputs.observed_at
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        for (position, scored) in outcome.structures.iter().enumerate() {
-            let (structure, m, tolerance) = (&scored.name, &scored.metrics, scored.tolerance_mm);
-            let (soft_dice, brier, ece, reliability) =
-                probabilistic::columns(scored.probabilistic.as_ref())?;
-            sqlx::query!(
-                "INSERT INTO structure_results (result_id, position, structure, label, code, name, pred_voxels, ref_voxels, tp,
-                     pred_volume_ml, ref_volume_ml, dice, hd_mm, hd95_mm, assd_mm, masd_mm, nsd, tolerance_mm, site,
-                     soft_dice, brier, ece, reliability)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-                     $20, $21, $22, $23)",
-                result_id,
-                position as i32,
-                structure,
-                m.label.map(i32::from),
-                m.code,
-                stored_name(m.name.as_deref(), structure),
-                m.pred_voxels as i64,
-                m.ref_voxels as i64,
-                m.tp as i64,
-                m.pred_volume_ml,
-                m.ref_volume_ml,
-                finite(m.dice),
-                finite(m.hd_mm),
-                finite(m.hd95_mm),
-                finite(m.assd_mm),
-                finite(m.masd_mm),
-                finite(m.nsd),
-                tolerance,
+        if let Some(outcome) = outcome {
+            let result_id = sqlx::query_scalar!(
+                "INSERT INTO results (job_id, case_id, site, model, model_version, surface, grid, mean_dice, acquisition, observed_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+                job.id,
+                inputs.case_id,
                 inputs.site,
-                soft_dice,
-                brier,
-                ece,
-                reliability
+                inputs.model,
+                inputs.model_version,
+                outcome.surface.as_str(),
+                serde_json::json!({
+                    "shape": outcome.grid.shape_vec(),
+                    "spacing_mm": outcome.grid.spacing_vec(),
+                }),
+                outcome.mean_dice,
+                inputs.acquisition,
+                inputs.observed_at
             )
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
-        }
-        for scored in &outcome.lesions {
+            for (position, scored) in outcome.structures.iter().enumerate() {
+                let (structure, m, tolerance) = (&scored.name, &scored.metrics, scored.tolerance_mm);
+                let (soft_dice, brier, ece, reliability) =
+                    probabilistic::columns(scored.probabilistic.as_ref())?;
+                sqlx::query!(
+                    "INSERT INTO structure_results (result_id, position, structure, label, code, name, pred_voxels, ref_voxels, tp,
+                         pred_volume_ml, ref_volume_ml, dice, hd_mm, hd95_mm, assd_mm, masd_mm, nsd, tolerance_mm, site,
+                         soft_dice, brier, ece, reliability)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
+                         $20, $21, $22, $23)",
+                    result_id,
+                    position as i32,
+                    structure,
+                    m.label.map(i32::from),
+                    m.code,
+                    stored_name(m.name.as_deref(), structure),
+                    m.pred_voxels as i64,
+                    m.ref_voxels as i64,
+                    m.tp as i64,
+                    m.pred_volume_ml,
+                    m.ref_volume_ml,
+                    finite(m.dice),
+                    finite(m.hd_mm),
+                    finite(m.hd95_mm),
+                    finite(m.assd_mm),
+                    finite(m.masd_mm),
+                    finite(m.nsd),
+                    tolerance,
+                    inputs.site,
+                    soft_dice,
+                    brier,
+                    ece,
+                    reliability
+                )
+                .execute(&mut *tx)
+                .await?;
+            }
+            for scored in &outcome.lesions {
+                sqlx::query!(
+                    "INSERT INTO lesion_results (result_id, structure, metrics) VALUES ($1, $2, $3)",
+                    result_id,
+                    scored.structure,
+                    lesion_json(scored)?
+                )
+                .execute(&mut *tx)
+                .await?;
+            }
             sqlx::query!(
-                "INSERT INTO lesion_results (result_id, structure, metrics) VALUES ($1, $2, $3)",
+                "UPDATE results SET latest = false
+                 WHERE case_id = $1 AND model = $3 AND model_version = $4 AND latest AND id <> $2",
+                inputs.case_id,
                 result_id,
-                scored.structure,
-                lesion_json(scored)?
+                inputs.model,
+                inputs.model_version
+            )
+            .execute(&mut *tx)
+            .await?;
+            let entries = rollups::entries(outcome);
+            let column = |f: fn(&rollups::Entry) -> f64| entries.iter().map(f).collect::<Vec<f64>>();
+            let count = |f: fn(&rollups::Entry) -> i64| entries.iter().map(f).collect::<Vec<i64>>();
+            let structures: Vec<&str> = entries.iter().map(|e| e.structure.as_str()).collect();
+            let hour = rollups::hour(inputs.observed_at);
+            sqlx::query!(
+                "WITH entries AS (
+                     SELECT * FROM unnest($5::text[], $6::bigint[], $7::float8[], $8::bigint[], $9::float8[], $10::float8[])
+                     AS u (structure, cases, dice_sum, probabilistic_cases, soft_dice_sum, ece_sum)),
+                 daily AS (
+                     INSERT INTO dice_daily (day, model, model_version, site, structure, cases, dice_sum,
+                                             probabilistic_cases, soft_dice_sum, ece_sum)
+                     SELECT $1, $2, $3, $4, structure, cases, dice_sum, probabilistic_cases, soft_dice_sum, ece_sum
+                     FROM entries
+                     ON CONFLICT (day, model, model_version, site, structure) DO UPDATE
+                     SET cases = dice_daily.cases + excluded.cases, dice_sum = dice_daily.dice_sum + excluded.dice_sum,
+                         probabilistic_cases = dice_daily.probabilistic_cases + excluded.probabilistic_cases,
+                         soft_dice_sum = dice_daily.soft_dice_sum + excluded.soft_dice_sum,
+                         ece_sum = dice_daily.ece_sum + excluded.ece_sum)
+                 INSERT INTO dice_hourly (hour, model, model_version, site, structure, cases, dice_sum,
+                                          probabilistic_cases, soft_dice_sum, ece_sum)
+                 SELECT $11, $2, $3, $4, structure, cases, dice_sum, probabilistic_cases, soft_dice_sum, ece_sum
+                 FROM entries WHERE $12
+                 ON CONFLICT (hour, model, model_version, site, structure) DO UPDATE
+                 SET cases = dice_hourly.cases + excluded.cases, dice_sum = dice_hourly.dice_sum + excluded.dice_sum,
+                     probabilistic_cases = dice_hourly.probabilistic_cases + excluded.probabilistic_cases,
+                     soft_dice_sum = dice_hourly.soft_dice_sum + excluded.soft_dice_sum,
+                     ece_sum = dice_hourly.ece_sum + excluded.ece_sum",
+                rollups::day(inputs.observed_at),
+                inputs.model,
+                inputs.model_version,
+                inputs.site,
+                &structures as &[&str],
+                &count(|e| e.cases),
+                &column(|e| e.dice_sum),
+                &count(|e| e.probabilistic_cases),
+                &column(|e| e.soft_dice_sum),
+                &column(|e| e.ece_sum),
+                hour,
+                hour > Utc::now() - rollups::HOURLY_KEPT
             )
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query!(
-            "UPDATE results SET latest = false
-             WHERE case_id = $1 AND model = $3 AND model_version = $4 AND latest AND id <> $2",
-            inputs.case_id,
-            result_id,
-            inputs.model,
-            inputs.model_version
-        )
-        .execute(&mut *tx)
-        .await?;
-        let entries = rollups::entries(outcome);
-        let column = |f: fn(&rollups::Entry) -> f64| entries.iter().map(f).collect::<Vec<f64>>();
-        let count = |f: fn(&rollups::Entry) -> i64| entries.iter().map(f).collect::<Vec<i64>>();
-        let structures: Vec<&str> = entries.iter().map(|e| e.structure.as_str()).collect();
-        let hour = rollups::hour(inputs.observed_at);
-        sqlx::query!(
-            "WITH entries AS (
-                 SELECT * FROM unnest($5::text[], $6::bigint[], $7::float8[], $8::bigint[], $9::float8[], $10::float8[])
-                 AS u (structure, cases, dice_sum, probabilistic_cases, soft_dice_sum, ece_sum)),
-             daily AS (
-                 INSERT INTO dice_daily (day, model, model_version, site, structure, cases, dice_sum,
-                                         probabilistic_cases, soft_dice_sum, ece_sum)
-                 SELECT $1, $2, $3, $4, structure, cases, dice_sum, probabilistic_cases, soft_dice_sum, ece_sum
-                 FROM entries
-                 ON CONFLICT (day, model, model_version, site, structure) DO UPDATE
-                 SET cases = dice_daily.cases + excluded.cases, dice_sum = dice_daily.dice_sum + excluded.dice_sum,
-                     probabilistic_cases = dice_daily.probabilistic_cases + excluded.probabilistic_cases,
-                     soft_dice_sum = dice_daily.soft_dice_sum + excluded.soft_dice_sum,
-                     ece_sum = dice_daily.ece_sum + excluded.ece_sum)
-             INSERT INTO dice_hourly (hour, model, model_version, site, structure, cases, dice_sum,
-                                      probabilistic_cases, soft_dice_sum, ece_sum)
-             SELECT $11, $2, $3, $4, structure, cases, dice_sum, probabilistic_cases, soft_dice_sum, ece_sum
-             FROM entries WHERE $12
-             ON CONFLICT (hour, model, model_version, site, structure) DO UPDATE
-             SET cases = dice_hourly.cases + excluded.cases, dice_sum = dice_hourly.dice_sum + excluded.dice_sum,
-                 probabilistic_cases = dice_hourly.probabilistic_cases + excluded.probabilistic_cases,
-                 soft_dice_sum = dice_hourly.soft_dice_sum + excluded.soft_dice_sum,
-                 ece_sum = dice_hourly.ece_sum + excluded.ece_sum",
-            rollups::day(inputs.observed_at),
-            inputs.model,
-            inputs.model_version,
-            inputs.site,
-            &structures as &[&str],
-            &count(|e| e.cases),
-            &column(|e| e.dice_sum),
-            &count(|e| e.probabilistic_cases),
-            &column(|e| e.soft_dice_sum),
-            &column(|e| e.ece_sum),
-            hour,
-            hour > Utc::now() - rollups::HOURLY_KEPT
-        )
-        .execute(&mut *tx)
-        .await?;
+        readers::store_agreement(&mut tx, job.id, inputs, agreement).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -22,6 +22,7 @@ mod jobs;
 mod keys;
 mod partitions;
 mod probabilistic;
+mod readers;
 mod results;
 mod retention;
 mod rollups;
@@ -43,6 +44,7 @@ pub use gates::NewGateDecision;
 pub use history::{StoredStep, StoredUpdate, StreamHistory};
 pub use jobs::{ClaimedJob, JobInputs};
 pub use keys::{KEY_CACHE_TTL, KeyInfo, Principal, Role, hash_secret};
+pub use readers::{ReaderReference, StructureAgreement};
 pub use results::CaseFilter;
 pub use uploads::{
     ModelBoundExceeded, ModelBounds, NewSegmentation, PartnerGrid, SegRole, Source, StoredUpload,

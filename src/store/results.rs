@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
+use super::readers::CaseReaders;
 use super::{Result, Store, StoreError, probabilistic};
 use crate::metrics::{Counts, Overlap, StructureMetrics, generalized_dice, overlap, volume_errors};
 use crate::views::{
@@ -206,7 +207,7 @@ impl Store {
         };
         let revisions = sqlx::query_as!(
             Revision,
-            r#"SELECT role, revision, format, model, model_version, received_at,
+            r#"SELECT role, revision, format, model, model_version, reader, received_at,
                       NOT EXISTS (SELECT 1 FROM segmentation_contents c WHERE c.segmentation_id = s.id) AS "purged!"
                FROM segmentations s WHERE case_id = $1 ORDER BY received_at, role, revision"#,
             case_id
@@ -235,6 +236,7 @@ impl Store {
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let mut structures = Store::structures(pool, &ids, None).await?;
         let mut lesions = Store::lesions(pool, &ids).await?;
+        let readers = Store::case_readers(pool, case_id).await?;
         let results = rows
             .into_iter()
             .map(|r| LatestResult {
@@ -248,7 +250,7 @@ impl Store {
             })
             .collect();
         Ok(Some(assemble_case(
-            site, case_key, revisions, jobs, results,
+            site, case_key, revisions, jobs, results, readers,
         )))
     }
 
@@ -385,14 +387,15 @@ fn job_status(job: Option<&VersionJob>, predicted: bool) -> (CaseStatus, Option<
 }
 
 /// A case from its rows: revisions in received order, the latest job and the
-/// latest result of each model version. The case's own status and result are
-/// its newest job's and newest result's.
+/// latest result and readers' agreement of each model version. The case's own
+/// status and result are its newest job's and newest result's.
 pub(super) fn assemble_case(
     site: &str,
     case_key: &str,
     revisions: Vec<Revision>,
     jobs: Vec<VersionJob>,
     mut results: Vec<LatestResult>,
+    mut readers: CaseReaders,
 ) -> CaseView {
     let has_prediction = revisions.iter().any(|r| r.role == "prediction");
     let (status, reason) = job_status(jobs.iter().max_by_key(|j| j.id), has_prediction);
@@ -422,6 +425,9 @@ pub(super) fn assemble_case(
                     generalized_dice: result.and_then(|r| case_generalized_dice(&r.structures)),
                     structures: result.map(|r| r.structures.clone()).unwrap_or_default(),
                     lesions: result.map(|r| r.lesions.clone()).unwrap_or_default(),
+                    readers: readers
+                        .remove(&(model.clone(), version.clone()))
+                        .unwrap_or_default(),
                 });
             }
         }

@@ -80,6 +80,12 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         sqlx::query!(
+            "DELETE FROM reader_agreement WHERE case_id = ANY($1)",
+            &cases
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query!(
             "DELETE FROM segmentation_contents
              WHERE segmentation_id IN (SELECT id FROM segmentations WHERE case_id = ANY($1))",
             &cases

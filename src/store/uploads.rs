@@ -330,12 +330,16 @@ impl Store {
         )
         .execute(&mut *tx)
         .await?;
-        // A prediction pairs with the latest reference; a reference with the
-        // latest prediction of each model version (shadow mode).
+        // A prediction pairs with the primary reader's (the reader of the
+        // case's first reference) latest reference; a reference (of any
+        // reader) with the latest prediction of each model version (shadow
+        // mode).
         let partners = sqlx::query_as!(
             Partner,
             "SELECT DISTINCT ON (model, model_version) id, model, model_version, structures
-             FROM segmentations WHERE case_id = $1 AND role = $2
+             FROM segmentations s WHERE case_id = $1 AND role = $2
+               AND (role = 'prediction' OR reader = (SELECT f.reader FROM segmentations f
+                    WHERE f.case_id = s.case_id AND f.role = 'reference' ORDER BY f.revision LIMIT 1))
              ORDER BY model, model_version, revision DESC",
             case_id,
             new.role.other().as_str()

@@ -30,7 +30,13 @@ pub async fn feed(store: Store, config: Arc<Config>) {
     let mut feeder = Feeder::default();
     loop {
         match store
-            .feed_drift(&mut feeder, &settings, lateness, BATCH)
+            .feed_drift(
+                &mut feeder,
+                &settings,
+                lateness,
+                BATCH,
+                config.drift.exclude_ambiguous,
+            )
             .await
         {
             Ok(n) if n as i64 == BATCH => continue,

@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-pub use score::{ScoreError, inflate, score};
+pub use score::{JobUploads, ScoreError, inflate, score};
 
 use crate::compute::Compute;
 use crate::config::Config;
@@ -293,33 +293,56 @@ impl Workers {
                 );
             }
         };
+        // The job's reference is the primary reader's (the reader of the
+        // case's first reference) unless another reader's arrival enqueued it:
+        // then it only updates the readers' agreement.
+        let references = match self.store.reader_references(inputs.case_id).await {
+            Ok(references) => references,
+            Err(e) => return transient(e),
+        };
+        let primary = references
+            .first()
+            .is_none_or(|r| r.reader == inputs.reference_reader);
+        let readers: Vec<_> = references
+            .into_iter()
+            .filter_map(|r| Some((r.reader, r.content?, r.voxels)))
+            .collect();
+        let readers_voxels: i64 = readers.iter().map(|r| r.2).sum();
+        let uploads = JobUploads {
+            prediction,
+            reference: primary.then_some(reference),
+            readers: match readers.len() {
+                0 | 1 => Vec::new(),
+                _ => readers.into_iter().map(|(r, c, _)| (r, c)).collect(),
+            },
+        };
         let settings = Settings {
             surface: self.config.scoring.surface,
             tolerance_mm: self.config.scoring.default_tolerance_mm,
         };
         let limits = self.config.limits.decode();
         let max_stored = self.config.limits.stored_bytes();
+        let budget = (inputs.voxels + readers_voxels) as u64;
         let scored = self
             .compute
-            .run(inputs.voxels as u64, move || {
-                score(
-                    &prediction,
-                    &reference,
-                    schema.as_ref(),
-                    settings,
-                    &limits,
-                    max_stored,
-                )
+            .run(budget, move || {
+                score(&uploads, schema.as_ref(), settings, &limits, max_stored)
             })
             .await;
-        let outcome = match scored {
-            Ok(Ok(outcome)) => outcome,
+        let (outcome, agreement) = match scored {
+            Ok(Ok(scored)) => scored,
             Ok(Err(e)) => return Handled::Failed(FailureReason::from(&e), e.to_string()),
             Err(panic) => return Handled::Failed(FailureReason::Internal, panic.to_string()),
         };
-        match self.store.complete_job(job, &inputs, &outcome).await {
+        match self
+            .store
+            .complete_job(job, &inputs, outcome.as_ref(), &agreement)
+            .await
+        {
             Ok(true) => {
-                self.metrics.record_scored(&inputs, &outcome);
+                if let Some(outcome) = &outcome {
+                    self.metrics.record_scored(&inputs, outcome);
+                }
                 Handled::Done
             }
             Ok(false) => Handled::LeaseLost,

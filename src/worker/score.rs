@@ -4,14 +4,20 @@ use std::io::Read;
 
 use flate2::read::MultiGzDecoder;
 
+use std::collections::BTreeSet;
+
+use rayon::prelude::*;
+
+use crate::compare::readers::{DEFAULT_AMBIGUOUS_BELOW, label_agreement};
 use crate::formats::{self, FormatError, Limits};
 use crate::metrics::case::{CaseScore, LesionScore};
 use crate::metrics::lesions::lesion_metrics;
 use crate::metrics::pairing::{self, PairingError, Request};
 use crate::metrics::probabilistic::{DEFAULT_BINS, ProbabilityError, score_segments};
-use crate::metrics::{Settings, StructureMetrics};
+use crate::metrics::{Settings, StructureMetrics, structure_name};
 use crate::schema::Schema;
-use crate::volume::Segmentation;
+use crate::store::StructureAgreement;
+use crate::volume::{Labels, Segmentation};
 
 /// Why a job cannot be scored. Every variant is permanent: retrying the same
 /// bytes gives the same answer.
@@ -44,33 +50,73 @@ pub fn inflate(stored: &[u8], limit: u64) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// Decodes and scores a prediction against a reference, with the
-/// probabilistic scores of a FRACTIONAL PROBABILITY SEG prediction.
+/// The stored uploads a job needs, gzip-compressed.
+pub struct JobUploads {
+    pub prediction: Vec<u8>,
+    /// The job's reference when it is the primary reader's, so the job makes
+    /// a result; `None` for a job that only updates the readers' agreement.
+    pub reference: Option<Vec<u8>>,
+    /// Every reader's latest reference, the primary reader first, when the
+    /// case has two readers or more (else empty).
+    pub readers: Vec<(String, Vec<u8>)>,
+}
+
+/// What a job computed: its result, and the readers' agreement.
+pub type JobScore = (Option<CaseScore>, Vec<StructureAgreement>);
+
+/// Decodes the uploads (each once, in parallel), scores the prediction
+/// against the reference if given (with the probabilistic scores of a
+/// FRACTIONAL PROBABILITY SEG prediction), and computes the readers' agreement.
 pub fn score(
-    prediction: &[u8],
-    reference: &[u8],
+    uploads: &JobUploads,
     schema: Option<&Schema>,
     settings: Settings,
     limits: &Limits,
     max_stored: u64,
-) -> Result<CaseScore, ScoreError> {
+) -> Result<JobScore, ScoreError> {
     let decode = |stored: &[u8], role: &'static str| {
         let bytes = inflate(stored, max_stored).map_err(ScoreError::Stored)?;
         formats::decode(&bytes, limits).map_err(|source| ScoreError::Format { role, source })
     };
-    let (p, r) = rayon::join(
-        || decode(prediction, "prediction"),
-        || decode(reference, "reference"),
+    let ((p, r), readers) = rayon::join(
+        || {
+            rayon::join(
+                || decode(&uploads.prediction, "prediction"),
+                || uploads.reference.as_deref().map(|r| decode(r, "reference")),
+            )
+        },
+        || {
+            uploads
+                .readers
+                .par_iter()
+                .map(|(_, stored)| decode(stored, "reference"))
+                .collect::<Result<Vec<_>, _>>()
+        },
     );
-    let (p, r) = (p?, r?);
+    let p = p?;
+    let case = r
+        .transpose()?
+        .map(|r| measure(&p, &r, schema, settings))
+        .transpose()?;
+    let names: Vec<String> = uploads.readers.iter().map(|(n, _)| n.clone()).collect();
+    Ok((case, agreement(&p, &names, &readers?, schema)))
+}
+
+/// Scores a decoded prediction against a decoded reference.
+fn measure(
+    p: &Segmentation,
+    r: &Segmentation,
+    schema: Option<&Schema>,
+    settings: Settings,
+) -> Result<CaseScore, ScoreError> {
     let request = Request {
         schema,
         labels: None,
         settings,
     };
-    let evaluation = pairing::evaluate(&p, &r, &request)?;
+    let evaluation = pairing::evaluate(p, r, &request)?;
     // FRACTIONAL PROBABILITY segments of a SEG prediction; None for the rest.
-    let probabilistic = score_segments(&p, &r, &evaluation, DEFAULT_BINS)?;
+    let probabilistic = score_segments(p, r, &evaluation, DEFAULT_BINS)?;
     let tolerance = |m: &StructureMetrics| {
         let def = schema.and_then(|s| {
             m.label
@@ -84,8 +130,63 @@ pub fn score(
     for (scored, probabilistic) in case.structures.iter_mut().zip(probabilistic) {
         scored.probabilistic = probabilistic;
     }
-    case.lesions = lesions(&p, &r, schema);
+    case.lesions = lesions(p, r, schema);
     Ok(case)
+}
+
+/// The readers' agreement with each other and with the prediction on every
+/// label any of them draws, named as results name it (the schema's name, else
+/// `label_N`). Only where the prediction and every reader's reference are
+/// label maps on one grid, as for lesion-wise metrics: otherwise, and with
+/// fewer than two readers, none.
+fn agreement(
+    pred: &Segmentation,
+    names: &[String],
+    readers: &[Segmentation],
+    schema: Option<&Schema>,
+) -> Vec<StructureAgreement> {
+    let Segmentation::LabelMap(pred) = pred else {
+        return Vec::new();
+    };
+    let maps: Vec<&Labels> = readers
+        .iter()
+        .filter_map(|r| match r {
+            Segmentation::LabelMap(r) if r.grid == pred.grid => Some(&r.labels),
+            _ => None,
+        })
+        .collect();
+    if maps.len() < 2 || maps.len() != readers.len() {
+        return Vec::new();
+    }
+    let mut present = BTreeSet::new();
+    for labels in maps.iter().copied().chain([&pred.labels]) {
+        present.extend(labels_of(labels));
+    }
+    present
+        .into_par_iter()
+        .filter_map(|label| {
+            let def = schema.and_then(|s| s.by_label(label));
+            let below = def.map_or(DEFAULT_AMBIGUOUS_BELOW, |d| d.ambiguous_below());
+            let agreement = label_agreement(&pred.labels, &maps, label, below).ok()?;
+            Some(StructureAgreement {
+                structure: def.map_or_else(
+                    || structure_name(None, None, Some(label)),
+                    |d| d.name.clone(),
+                ),
+                readers: names.to_vec(),
+                agreement,
+            })
+        })
+        .collect()
+}
+
+/// The labels other than background a label map uses.
+fn labels_of(labels: &Labels) -> Vec<u16> {
+    let mut seen = vec![false; usize::from(u16::MAX) + 1];
+    for i in 0..labels.len() {
+        seen[usize::from(labels.get(i))] = true;
+    }
+    (1..=u16::MAX).filter(|&l| seen[usize::from(l)]).collect()
 }
 
 /// Lesion-wise metrics of the schema's multi-instance structures (with their

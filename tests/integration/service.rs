@@ -557,6 +557,7 @@ async fn api_document_docs_and_health() {
         "/v1/sites/{site}/cases",
         "/v1/models/{model}/versions/{version}/structures",
         "/v1/models/{model}/compare",
+        "/v1/models/{model}/readers",
         "/v1/models/{model}/versions/{version}/gate",
         "/v1/models/{model}/versions/{version}/gates",
         "/v1/models/{model}/versions/{version}/baseline",

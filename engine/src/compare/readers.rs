@@ -14,6 +14,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::{Counts, overlap};
+use crate::volume::Labels;
+
 /// Inter-reader Dice below which a case is ambiguous, unless the schema says otherwise.
 pub const DEFAULT_AMBIGUOUS_BELOW: f64 = 0.75;
 
@@ -60,55 +63,116 @@ impl CaseAgreement {
     }
 }
 
-/// Dice of two masks on the same voxels; 1 when both are empty.
-pub fn dice(a: &[bool], b: &[bool]) -> f64 {
-    let (mut both, mut total) = (0u64, 0u64);
-    for (&x, &y) in a.iter().zip(b) {
-        both += u64::from(x && y);
-        total += u64::from(x) + u64::from(y);
-    }
-    if total == 0 {
-        1.0
-    } else {
-        2.0 * both as f64 / total as f64
-    }
-}
-
-/// Strict-majority consensus: labelled where more than half the readers label.
-pub fn consensus(readers: &[&[bool]]) -> Vec<bool> {
-    let voxels = readers.first().map_or(0, |r| r.len());
-    (0..voxels)
-        .map(|i| 2 * readers.iter().filter(|r| r[i]).count() > readers.len())
-        .collect()
-}
-
 /// Agreement of the readers' masks with each other and with the AI's.
 pub fn agreement(
     ai: &[bool],
     readers: &[&[bool]],
     ambiguous_below: f64,
 ) -> Result<CaseAgreement, ReadersError> {
-    if readers.len() < 2 {
-        return Err(ReadersError::TooFewReaders(readers.len()));
+    same_size(ai.len(), readers.iter().map(|r| r.len()))?;
+    agreement_by(
+        ai.len(),
+        readers.len(),
+        |i| ai[i],
+        |r, i| readers[r][i],
+        ambiguous_below,
+    )
+}
+
+/// Agreement on one label of label maps on the same voxels: a voxel is in
+/// the structure where its label is `label`.
+pub fn label_agreement(
+    ai: &Labels,
+    readers: &[&Labels],
+    label: u16,
+    ambiguous_below: f64,
+) -> Result<CaseAgreement, ReadersError> {
+    same_size(ai.len(), readers.iter().map(|r| r.len()))?;
+    agreement_by(
+        ai.len(),
+        readers.len(),
+        |i| ai.get(i) == label,
+        |r, i| readers[r].get(i) == label,
+        ambiguous_below,
+    )
+}
+
+/// Every reader's mask has the AI's `expected` voxels.
+fn same_size(
+    expected: usize,
+    mut readers: impl Iterator<Item = usize>,
+) -> Result<(), ReadersError> {
+    match readers.find(|&found| found != expected) {
+        Some(found) => Err(ReadersError::SizeMismatch { expected, found }),
+        None => Ok(()),
     }
-    if let Some(r) = readers.iter().find(|r| r.len() != ai.len()) {
-        return Err(ReadersError::SizeMismatch {
-            expected: ai.len(),
-            found: r.len(),
-        });
+}
+
+/// Agreement from each voxel's membership (`ai(i)`, `reader(r, i)` for
+/// voxels `0..voxels`), in one pass that only counts: the Dice of each pair
+/// comes from its voxel counts through [`overlap`], as every stored Dice does.
+fn agreement_by(
+    voxels: usize,
+    readers: usize,
+    ai: impl Fn(usize) -> bool,
+    reader: impl Fn(usize, usize) -> bool,
+    ambiguous_below: f64,
+) -> Result<CaseAgreement, ReadersError> {
+    if readers < 2 {
+        return Err(ReadersError::TooFewReaders(readers));
     }
+    let mut on = vec![false; readers];
+    let (mut ai_count, mut consensus, mut ai_and_consensus) = (0u64, 0u64, 0u64);
+    let mut count = vec![0u64; readers];
+    let mut with_ai = vec![0u64; readers];
+    // both[r * readers + s] for r < s: voxels readers r and s both label.
+    let mut both = vec![0u64; readers * readers];
+    for i in 0..voxels {
+        let a = ai(i);
+        let mut votes = 0;
+        for (r, slot) in on.iter_mut().enumerate() {
+            *slot = reader(r, i);
+            votes += usize::from(*slot);
+        }
+        ai_count += u64::from(a);
+        if votes == 0 {
+            continue;
+        }
+        for r in (0..readers).filter(|&r| on[r]) {
+            count[r] += 1;
+            with_ai[r] += u64::from(a);
+            for s in (r + 1..readers).filter(|&s| on[s]) {
+                both[r * readers + s] += 1;
+            }
+        }
+        // Strict majority: more than half the readers.
+        if 2 * votes > readers {
+            consensus += 1;
+            ai_and_consensus += u64::from(a);
+        }
+    }
+    let dice = |pred_voxels, ref_voxels, tp| {
+        overlap(Counts {
+            pred_voxels,
+            ref_voxels,
+            tp,
+        })
+        .dice
+    };
     let mut pairs = Vec::new();
-    for (i, a) in readers.iter().enumerate() {
-        for b in &readers[i + 1..] {
-            pairs.push(dice(a, b));
+    for r in 0..readers {
+        for s in r + 1..readers {
+            pairs.push(dice(count[r], count[s], both[r * readers + s]));
         }
     }
     let inter_reader_dice = mean(&pairs);
     Ok(CaseAgreement {
-        readers: readers.len(),
+        readers,
         inter_reader_dice,
-        ai_vs_reader: readers.iter().map(|r| dice(ai, r)).collect(),
-        ai_vs_consensus: dice(ai, &consensus(readers)),
+        ai_vs_reader: (0..readers)
+            .map(|r| dice(ai_count, count[r], with_ai[r]))
+            .collect(),
+        ai_vs_consensus: dice(ai_count, consensus, ai_and_consensus),
         ambiguous: inter_reader_dice < ambiguous_below,
     })
 }
@@ -167,19 +231,64 @@ mod tests {
 
     #[test]
     fn dice_counts_overlap_and_is_one_for_two_empty_masks() {
-        // {0,1,2,3} vs {2,3,4,5}: 2·2 / (4 + 4) = 0.5.
-        close(dice(&mask(8, &[0, 1, 2, 3]), &mask(8, &[2, 3, 4, 5])), 0.5);
-        close(dice(&mask(4, &[]), &mask(4, &[])), 1.0);
-        close(dice(&mask(4, &[1]), &mask(4, &[])), 0.0);
+        // AI {0,1,2,3} against readers {2,3,4,5} twice: 2·2 / (4 + 4) = 0.5.
+        let r = mask(8, &[2, 3, 4, 5]);
+        let a = agreement(&mask(8, &[0, 1, 2, 3]), &[&r, &r], 0.75).unwrap();
+        close(a.ai_vs_reader[0], 0.5);
+        // Everything empty: every Dice is 1; one side empty: 0.
+        let none = mask(4, &[]);
+        let a = agreement(&none, &[&none, &none], 0.75).unwrap();
+        close(a.inter_reader_dice, 1.0);
+        close(a.ai_vs_consensus, 1.0);
+        let a = agreement(&mask(4, &[1]), &[&none, &none], 0.75).unwrap();
+        close(a.ai_vs_reader[0], 0.0);
     }
 
     #[test]
     fn consensus_is_a_strict_majority() {
         let (a, b, c) = (mask(4, &[0, 1]), mask(4, &[1, 2]), mask(4, &[1, 3]));
-        // Three readers: voxel 1 has 3 votes; 0, 2, 3 one each.
-        assert_eq!(consensus(&[&a, &b, &c]), mask(4, &[1]));
+        // Three readers: voxel 1 has 3 votes; 0, 2, 3 one each, so an AI
+        // labelling voxel 1 alone is the consensus.
+        let ai = mask(4, &[1]);
+        close(
+            agreement(&ai, &[&a, &b, &c], 0.75).unwrap().ai_vs_consensus,
+            1.0,
+        );
         // Two readers: a 1–1 tie is not a majority, so only the intersection.
-        assert_eq!(consensus(&[&a, &b]), mask(4, &[1]));
+        close(
+            agreement(&ai, &[&a, &b], 0.75).unwrap().ai_vs_consensus,
+            1.0,
+        );
+        // Two of three readers labelling voxel 0 is a majority.
+        let d = mask(4, &[0, 1]);
+        let ag = agreement(&mask(4, &[0, 1]), &[&a, &d, &c], 0.75).unwrap();
+        close(ag.ai_vs_consensus, 1.0);
+    }
+
+    #[test]
+    fn label_maps_agree_on_one_label_at_a_time() {
+        // Label 1 as in the two-reader case below, label 2 identical everywhere.
+        let r1 = Labels::U8(vec![1, 1, 1, 1, 1, 0, 2, 2]);
+        let r2 = Labels::U16(vec![0, 1, 1, 1, 1, 1, 2, 2]);
+        let ai = Labels::U8(vec![1, 1, 1, 1, 1, 0, 2, 0]);
+        let one = label_agreement(&ai, &[&r1, &r2], 1, 0.75).unwrap();
+        // Readers: 4 shared of 5 + 5: 0.8. AI = reader 1 on label 1.
+        close(one.inter_reader_dice, 0.8);
+        close(one.ai_vs_reader[0], 1.0);
+        close(one.ai_vs_reader[1], 0.8);
+        // Consensus {1,2,3,4}: 2·4 / (5 + 4).
+        close(one.ai_vs_consensus, 8.0 / 9.0);
+        let two = label_agreement(&ai, &[&r1, &r2], 2, 0.75).unwrap();
+        close(two.inter_reader_dice, 1.0);
+        close(two.mean_ai_vs_reader(), 2.0 / 3.0);
+        assert!(!two.within_variability());
+        assert_eq!(
+            label_agreement(&ai, &[&r1, &Labels::U8(vec![0; 3])], 1, 0.75),
+            Err(ReadersError::SizeMismatch {
+                expected: 8,
+                found: 3
+            })
+        );
     }
 
     #[test]

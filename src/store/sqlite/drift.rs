@@ -1,7 +1,7 @@
 //! Baselines, stream states, detector history and incidents, for the pure
 //! drift feed (`drift::feed`), as in the PostgreSQL store.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::SqliteConnection;
@@ -476,6 +476,7 @@ impl Lite {
         settings: &FeedSettings,
         lateness: std::time::Duration,
         batch: i64,
+        exclude_ambiguous: bool,
     ) -> Result<usize> {
         let mut tx = self.reader.begin().await.map_err(classify)?;
         let scored_before =
@@ -495,17 +496,28 @@ impl Lite {
         }
         let ids = json(&rows.iter().map(|r| r.0).collect::<Vec<_>>())?;
         let mut dice: BTreeMap<i64, Vec<(String, f64)>> = BTreeMap::new();
-        let structures: Vec<(i64, String, f64)> = sqlx::query_as(
-            "SELECT result_id, structure, dice FROM structure_results
-             WHERE result_id IN (SELECT value FROM json_each($1)) AND (pred_voxels > 0 OR ref_voxels > 0) AND dice IS NOT NULL
-             ORDER BY result_id, position",
+        let mut ambiguous = BTreeSet::new();
+        let structures: Vec<(i64, String, f64, bool)> = sqlx::query_as(
+            "SELECT s.result_id, s.structure, s.dice,
+                    $2 AND EXISTS (SELECT 1 FROM results r JOIN reader_agreement a
+                                     ON a.case_id = r.case_id AND a.model = r.model AND a.model_version = r.model_version
+                                   WHERE r.id = s.result_id AND a.structure = s.structure AND a.ambiguous)
+             FROM structure_results s
+             WHERE s.result_id IN (SELECT value FROM json_each($1)) AND (s.pred_voxels > 0 OR s.ref_voxels > 0)
+               AND s.dice IS NOT NULL
+             ORDER BY s.result_id, s.position",
         )
         .bind(&ids)
+        .bind(exclude_ambiguous)
         .fetch_all(&mut *tx)
         .await
         .map_err(classify)?;
-        for (result_id, structure, value) in structures {
-            dice.entry(result_id).or_default().push((structure, value));
+        for (result_id, structure, value, is_ambiguous) in structures {
+            if is_ambiguous {
+                ambiguous.insert(result_id);
+            } else {
+                dice.entry(result_id).or_default().push((structure, value));
+            }
         }
         let cases: Vec<ScoredCase> = rows
             .into_iter()
@@ -517,7 +529,8 @@ impl Lite {
                     model,
                     model_version,
                     observed_at,
-                    mean_dice,
+                    // A case with an ambiguous structure leaves the mean-Dice streams.
+                    mean_dice: mean_dice.filter(|_| !ambiguous.contains(&result_id)),
                 },
             )
             .collect();

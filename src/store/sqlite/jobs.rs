@@ -6,10 +6,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::{Lite, at, classify, days_ago, json, now, parse};
+use sqlx::{Sqlite, Transaction};
+
+use super::{Lite, at, classify, days_ago, json, now, parse, readers};
 use crate::metrics::case::CaseScore;
 use crate::store::Result;
 use crate::store::jobs::{ClaimedJob, JobInputs, finite, stored_name};
+use crate::store::readers::StructureAgreement;
 use crate::store::{probabilistic, rollups};
 
 /// `after` from now, as stored.
@@ -64,6 +67,8 @@ impl Lite {
             String,
             String,
             String,
+            i64,
+            String,
             Option<Vec<u8>>,
             Option<Vec<u8>>,
             i64,
@@ -73,7 +78,7 @@ impl Lite {
             DateTime<Utc>,
         );
         let r: Row = sqlx::query_as(
-            "SELECT j.case_id, c.site, c.case_key, p.model, p.model_version, pc.content, rc.content,
+            "SELECT j.case_id, c.site, c.case_key, p.model, p.model_version, p.id, r.reader, pc.content, rc.content,
                     p.voxels + r.voxels, s.schema, p.acquisition, r.acquisition, p.observed_at
              FROM jobs j
              JOIN cases c ON c.id = j.case_id
@@ -89,8 +94,8 @@ impl Lite {
         .await
         .map_err(classify)?;
         // The reference's acquisition fields win, as with jsonb `||`.
-        let mut acquisition: serde_json::Value = parse("acquisition", &r.9)?;
-        let reference: serde_json::Map<String, serde_json::Value> = parse("acquisition", &r.10)?;
+        let mut acquisition: serde_json::Value = parse("acquisition", &r.11)?;
+        let reference: serde_json::Map<String, serde_json::Value> = parse("acquisition", &r.12)?;
         if let Some(merged) = acquisition.as_object_mut() {
             merged.extend(reference);
         }
@@ -100,12 +105,14 @@ impl Lite {
             case_key: r.2,
             model: r.3,
             model_version: r.4,
-            prediction: r.5,
-            reference: r.6,
-            voxels: r.7,
-            schema: r.8.map(|s| parse("schema", &s)).transpose()?,
+            prediction_id: r.5,
+            reference_reader: r.6,
+            prediction: r.7,
+            reference: r.8,
+            voxels: r.9,
+            schema: r.10.map(|s| parse("schema", &s)).transpose()?,
             acquisition,
-            observed_at: r.11,
+            observed_at: r.13,
         })
     }
 
@@ -114,7 +121,8 @@ impl Lite {
         &self,
         job: &ClaimedJob,
         inputs: &JobInputs,
-        outcome: &CaseScore,
+        outcome: Option<&CaseScore>,
+        agreement: &[StructureAgreement],
     ) -> Result<bool> {
         let mut tx = self.begin().await?;
         let finished = now();
@@ -131,126 +139,10 @@ impl Lite {
         if done.rows_affected() != 1 {
             return Ok(false);
         }
-        let grid = serde_json::json!({
-            "shape": outcome.grid.shape_vec(),
-            "spacing_mm": outcome.grid.spacing_vec(),
-        });
-        let result_id: i64 = sqlx::query_scalar(
-            "INSERT INTO results (job_id, case_id, site, model, model_version, surface, grid, mean_dice, acquisition,
-                                  observed_at, scored_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
-        )
-        .bind(job.id)
-        .bind(inputs.case_id)
-        .bind(&inputs.site)
-        .bind(&inputs.model)
-        .bind(&inputs.model_version)
-        .bind(outcome.surface.as_str())
-        .bind(json(&grid)?)
-        .bind(outcome.mean_dice)
-        .bind(json(&inputs.acquisition)?)
-        .bind(at(inputs.observed_at))
-        .bind(&finished)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(classify)?;
-        for (position, scored) in outcome.structures.iter().enumerate() {
-            let m = &scored.metrics;
-            let (soft_dice, brier, ece, reliability) =
-                probabilistic::columns(scored.probabilistic.as_ref())?;
-            sqlx::query(
-                "INSERT INTO structure_results (result_id, position, structure, label, code, name, pred_voxels,
-                     ref_voxels, tp, pred_volume_ml, ref_volume_ml, dice, hd_mm, hd95_mm, assd_mm, masd_mm, nsd,
-                     tolerance_mm, soft_dice, brier, ece, reliability)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-                     $19, $20, $21, $22)",
-            )
-            .bind(result_id)
-            .bind(position as i32)
-            .bind(&scored.name)
-            .bind(m.label.map(i32::from))
-            .bind(&m.code)
-            .bind(stored_name(m.name.as_deref(), &scored.name))
-            .bind(m.pred_voxels as i64)
-            .bind(m.ref_voxels as i64)
-            .bind(m.tp as i64)
-            .bind(m.pred_volume_ml)
-            .bind(m.ref_volume_ml)
-            .bind(finite(m.dice))
-            .bind(finite(m.hd_mm))
-            .bind(finite(m.hd95_mm))
-            .bind(finite(m.assd_mm))
-            .bind(finite(m.masd_mm))
-            .bind(finite(m.nsd))
-            .bind(scored.tolerance_mm)
-            .bind(soft_dice)
-            .bind(brier)
-            .bind(ece)
-            .bind(reliability)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
+        if let Some(outcome) = outcome {
+            store_result(&mut tx, job, inputs, outcome, &finished).await?;
         }
-        for scored in &outcome.lesions {
-            sqlx::query(
-                "INSERT INTO lesion_results (result_id, structure, metrics) VALUES ($1, $2, $3)",
-            )
-            .bind(result_id)
-            .bind(&scored.structure)
-            .bind(json(&scored.metrics)?)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        }
-        // One writer at a time: the newest result of each model version is the
-        // only one of that version flagged latest.
-        sqlx::query(
-            "UPDATE results SET latest = 0
-             WHERE case_id = $1 AND model = $3 AND model_version = $4 AND latest AND id <> $2",
-        )
-        .bind(inputs.case_id)
-        .bind(result_id)
-        .bind(&inputs.model)
-        .bind(&inputs.model_version)
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
-        let day = rollups::day(inputs.observed_at)
-            .format("%Y-%m-%d")
-            .to_string();
-        let hour = rollups::hour(inputs.observed_at);
-        let hourly = hour > Utc::now() - rollups::HOURLY_KEPT;
-        for entry in rollups::entries(outcome) {
-            let mut buckets = vec![("dice_daily", "day", day.clone())];
-            if hourly {
-                buckets.push(("dice_hourly", "hour", at(hour)));
-            }
-            for (table, bucket, value) in buckets {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "INSERT INTO {table} ({bucket}, model, model_version, site, structure, cases, dice_sum,
-                                          probabilistic_cases, soft_dice_sum, ece_sum)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                     ON CONFLICT ({bucket}, model, model_version, site, structure) DO UPDATE
-                     SET cases = cases + excluded.cases, dice_sum = dice_sum + excluded.dice_sum,
-                         probabilistic_cases = probabilistic_cases + excluded.probabilistic_cases,
-                         soft_dice_sum = soft_dice_sum + excluded.soft_dice_sum,
-                         ece_sum = ece_sum + excluded.ece_sum"
-                )))
-                .bind(value)
-                .bind(&inputs.model)
-                .bind(&inputs.model_version)
-                .bind(&inputs.site)
-                .bind(&entry.structure)
-                .bind(entry.cases)
-                .bind(entry.dice_sum)
-                .bind(entry.probabilistic_cases)
-                .bind(entry.soft_dice_sum)
-                .bind(entry.ece_sum)
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?;
-            }
-        }
+        readers::store_agreement(&mut tx, job.id, inputs, agreement).await?;
         tx.commit().await.map_err(classify)?;
         Ok(true)
     }
@@ -333,4 +225,135 @@ impl Lite {
             .map_err(classify)?;
         Ok(done.rows_affected())
     }
+}
+
+/// Stores a job's result, its structures, lesions and Dice rollups.
+async fn store_result(
+    tx: &mut Transaction<'static, Sqlite>,
+    job: &ClaimedJob,
+    inputs: &JobInputs,
+    outcome: &CaseScore,
+    finished: &str,
+) -> Result<()> {
+    let grid = serde_json::json!({
+        "shape": outcome.grid.shape_vec(),
+        "spacing_mm": outcome.grid.spacing_vec(),
+    });
+    let result_id: i64 = sqlx::query_scalar(
+        "INSERT INTO results (job_id, case_id, site, model, model_version, surface, grid, mean_dice, acquisition,
+                              observed_at, scored_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+    )
+    .bind(job.id)
+    .bind(inputs.case_id)
+    .bind(&inputs.site)
+    .bind(&inputs.model)
+    .bind(&inputs.model_version)
+    .bind(outcome.surface.as_str())
+    .bind(json(&grid)?)
+    .bind(outcome.mean_dice)
+    .bind(json(&inputs.acquisition)?)
+    .bind(at(inputs.observed_at))
+    .bind(finished)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(classify)?;
+    for (position, scored) in outcome.structures.iter().enumerate() {
+        let m = &scored.metrics;
+        let (soft_dice, brier, ece, reliability) =
+            probabilistic::columns(scored.probabilistic.as_ref())?;
+        sqlx::query(
+            "INSERT INTO structure_results (result_id, position, structure, label, code, name, pred_voxels,
+                 ref_voxels, tp, pred_volume_ml, ref_volume_ml, dice, hd_mm, hd95_mm, assd_mm, masd_mm, nsd,
+                 tolerance_mm, soft_dice, brier, ece, reliability)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+                 $19, $20, $21, $22)",
+        )
+        .bind(result_id)
+        .bind(position as i32)
+        .bind(&scored.name)
+        .bind(m.label.map(i32::from))
+        .bind(&m.code)
+        .bind(stored_name(m.name.as_deref(), &scored.name))
+        .bind(m.pred_voxels as i64)
+        .bind(m.ref_voxels as i64)
+        .bind(m.tp as i64)
+        .bind(m.pred_volume_ml)
+        .bind(m.ref_volume_ml)
+        .bind(finite(m.dice))
+        .bind(finite(m.hd_mm))
+        .bind(finite(m.hd95_mm))
+        .bind(finite(m.assd_mm))
+        .bind(finite(m.masd_mm))
+        .bind(finite(m.nsd))
+        .bind(scored.tolerance_mm)
+        .bind(soft_dice)
+        .bind(brier)
+        .bind(ece)
+        .bind(reliability)
+        .execute(&mut **tx)
+        .await
+        .map_err(classify)?;
+    }
+    for scored in &outcome.lesions {
+        sqlx::query(
+            "INSERT INTO lesion_results (result_id, structure, metrics) VALUES ($1, $2, $3)",
+        )
+        .bind(result_id)
+        .bind(&scored.structure)
+        .bind(json(&scored.metrics)?)
+        .execute(&mut **tx)
+        .await
+        .map_err(classify)?;
+    }
+    // One writer at a time: the newest result of each model version is the
+    // only one of that version flagged latest.
+    sqlx::query(
+        "UPDATE results SET latest = 0
+         WHERE case_id = $1 AND model = $3 AND model_version = $4 AND latest AND id <> $2",
+    )
+    .bind(inputs.case_id)
+    .bind(result_id)
+    .bind(&inputs.model)
+    .bind(&inputs.model_version)
+    .execute(&mut **tx)
+    .await
+    .map_err(classify)?;
+    let day = rollups::day(inputs.observed_at)
+        .format("%Y-%m-%d")
+        .to_string();
+    let hour = rollups::hour(inputs.observed_at);
+    let hourly = hour > Utc::now() - rollups::HOURLY_KEPT;
+    for entry in rollups::entries(outcome) {
+        let mut buckets = vec![("dice_daily", "day", day.clone())];
+        if hourly {
+            buckets.push(("dice_hourly", "hour", at(hour)));
+        }
+        for (table, bucket, value) in buckets {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO {table} ({bucket}, model, model_version, site, structure, cases, dice_sum,
+                                      probabilistic_cases, soft_dice_sum, ece_sum)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 ON CONFLICT ({bucket}, model, model_version, site, structure) DO UPDATE
+                 SET cases = cases + excluded.cases, dice_sum = dice_sum + excluded.dice_sum,
+                     probabilistic_cases = probabilistic_cases + excluded.probabilistic_cases,
+                     soft_dice_sum = soft_dice_sum + excluded.soft_dice_sum,
+                     ece_sum = ece_sum + excluded.ece_sum"
+            )))
+            .bind(value)
+            .bind(&inputs.model)
+            .bind(&inputs.model_version)
+            .bind(&inputs.site)
+            .bind(&entry.structure)
+            .bind(entry.cases)
+            .bind(entry.dice_sum)
+            .bind(entry.probabilistic_cases)
+            .bind(entry.soft_dice_sum)
+            .bind(entry.ece_sum)
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
+        }
+    }
+    Ok(())
 }

@@ -13,6 +13,7 @@ mod drift;
 mod gates;
 mod history;
 mod jobs;
+mod readers;
 mod results;
 mod retention;
 mod uploads;

@@ -72,11 +72,12 @@ impl Lite {
             String,
             Option<String>,
             Option<String>,
+            Option<String>,
             DateTime<Utc>,
             bool,
         );
         let revisions: Vec<RevisionRow> = sqlx::query_as(
-            "SELECT role, revision, format, model, model_version, received_at,
+            "SELECT role, revision, format, model, model_version, reader, received_at,
                     NOT EXISTS (SELECT 1 FROM segmentation_contents c WHERE c.segmentation_id = s.id)
              FROM segmentations s WHERE case_id = $1 ORDER BY received_at, role, revision",
         )
@@ -87,14 +88,17 @@ impl Lite {
         let revisions = revisions
             .into_iter()
             .map(
-                |(role, revision, format, model, model_version, received_at, purged)| Revision {
-                    role,
-                    revision,
-                    format,
-                    model,
-                    model_version,
-                    received_at,
-                    purged,
+                |(role, revision, format, model, model_version, reader, received_at, purged)| {
+                    Revision {
+                        role,
+                        revision,
+                        format,
+                        model,
+                        model_version,
+                        reader,
+                        received_at,
+                        purged,
+                    }
                 },
             )
             .collect();
@@ -133,6 +137,7 @@ impl Lite {
         let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
         let mut structures = self.structures(&ids, None).await?;
         let mut lesions = self.lesions(&ids).await?;
+        let readers = self.case_readers(case_id).await?;
         let results = rows
             .into_iter()
             .map(
@@ -148,7 +153,7 @@ impl Lite {
             )
             .collect();
         Ok(Some(assemble_case(
-            site, case_key, revisions, jobs, results,
+            site, case_key, revisions, jobs, results, readers,
         )))
     }
 

@@ -43,6 +43,7 @@ impl Lite {
             format!("DELETE FROM structure_results WHERE {of_results}"),
             format!("DELETE FROM results WHERE {of_cases}"),
             format!("DELETE FROM jobs WHERE {of_cases}"),
+            format!("DELETE FROM reader_agreement WHERE {of_cases}"),
             format!(
                 "DELETE FROM segmentation_contents WHERE segmentation_id IN (SELECT id FROM segmentations WHERE {of_cases})"
             ),

@@ -188,15 +188,19 @@ impl Lite {
         .execute(&mut *tx)
         .await
         .map_err(classify)?;
-        // A prediction pairs with the latest reference; a reference with the
-        // latest prediction of each model version (shadow mode).
+        // A prediction pairs with the primary reader's latest reference; a
+        // reference (of any reader) with the latest prediction of each model
+        // version (shadow mode).
         type Partner = (i64, Option<String>, Option<String>, String);
         let partners: Vec<Partner> = sqlx::query_as(
             "SELECT id, model, model_version, structures FROM segmentations s
              WHERE case_id = $1 AND role = $2
                AND revision = (SELECT max(revision) FROM segmentations t
                                WHERE t.case_id = s.case_id AND t.role = s.role
-                                 AND t.model IS s.model AND t.model_version IS s.model_version)
+                                 AND t.model IS s.model AND t.model_version IS s.model_version
+                                 AND t.reader IS s.reader)
+               AND (role = 'prediction' OR reader = (SELECT f.reader FROM segmentations f
+                    WHERE f.case_id = s.case_id AND f.role = 'reference' ORDER BY f.revision LIMIT 1))
              ORDER BY model, model_version",
         )
         .bind(case_id)

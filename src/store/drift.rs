@@ -182,11 +182,11 @@ impl Store {
         let pool = postgres_or!(self, lite => lite.first_scored(model, version, cases));
         let rows = sqlx::query!(
             r#"WITH first AS (
-                   SELECT DISTINCT ON (case_id) id, case_id, observed_at FROM results
+                   SELECT DISTINCT ON (case_id) id, case_id, observed_at, scored_at FROM results
                    WHERE model = $1 AND model_version = $2 ORDER BY case_id, id)
                SELECT f.id, s.structure, s.dice AS "dice!"
-               FROM (SELECT id, observed_at FROM first ORDER BY observed_at, id LIMIT $3) f
-               JOIN structure_results s ON s.result_id = f.id
+               FROM (SELECT id, observed_at, scored_at FROM first ORDER BY observed_at, id LIMIT $3) f
+               JOIN structure_results s ON s.result_id = f.id AND s.scored_at = f.scored_at
                WHERE (s.pred_voxels > 0 OR s.ref_voxels > 0) AND s.dice IS NOT NULL
                ORDER BY f.observed_at, f.id"#,
             model,
@@ -476,7 +476,8 @@ async fn postgres_strata(
         let rows = sqlx::query!(
             r#"WITH cases AS (
                    SELECT r.acquisition, CASE WHEN $4 = 'all' THEN r.mean_dice ELSE s.dice END AS dice
-                   FROM results r LEFT JOIN structure_results s ON s.result_id = r.id AND s.structure = $4
+                   FROM results r LEFT JOIN structure_results s
+                       ON s.result_id = r.id AND s.scored_at = r.scored_at AND s.structure = $4
                    WHERE r.model = $2 AND r.model_version = $3 AND ($1 = 'all' OR r.site = $1) AND r.observed_at >= $5
                      AND ($4 = 'all' OR ((s.pred_voxels > 0 OR s.ref_voxels > 0) AND s.dice IS NOT NULL))),
                attributes AS (
@@ -697,7 +698,7 @@ impl Store {
             return Ok(0);
         }
         let rows = sqlx::query!(
-            "SELECT id, site, model, model_version, mean_dice, observed_at FROM results
+            "SELECT id, site, model, model_version, mean_dice, observed_at, scored_at FROM results
              WHERE drift_pending AND scored_at <= now() - make_interval(secs => $1)
              ORDER BY observed_at, id LIMIT $2 FOR UPDATE",
             lateness.as_secs_f64(),
@@ -709,11 +710,17 @@ impl Store {
             return Ok(0);
         }
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        // The results' months, so that only their partitions are read.
+        let scored: BTreeMap<i64, DateTime<Utc>> =
+            rows.iter().map(|r| (r.id, r.scored_at)).collect();
+        let months: Vec<DateTime<Utc>> = scored.values().copied().collect();
         let mut dice: BTreeMap<i64, Vec<(String, f64)>> = BTreeMap::new();
         for r in sqlx::query!(
             r#"SELECT result_id, structure, dice AS "dice!" FROM structure_results
-               WHERE result_id = ANY($1) AND (pred_voxels > 0 OR ref_voxels > 0) AND dice IS NOT NULL ORDER BY result_id, position"#,
-            &ids
+               WHERE result_id = ANY($1) AND scored_at = ANY($2)
+                 AND (pred_voxels > 0 OR ref_voxels > 0) AND dice IS NOT NULL ORDER BY result_id, position"#,
+            &ids,
+            &months
         )
         .fetch_all(&mut *tx)
         .await?
@@ -794,7 +801,7 @@ impl Store {
         for (key, record) in streams.iter().filter(|(_, r)| r.changed) {
             save_stream(&mut tx, key, record).await?;
         }
-        super::history::save(&mut tx, &updates).await?;
+        super::history::save(&mut tx, &updates, &scored).await?;
         for ((model, version), context) in &mut contexts {
             for incident in context.incidents.open.iter_mut().filter(|i| i.changed) {
                 save_incident(&mut tx, model, version, incident).await?;

@@ -126,19 +126,24 @@ pub(super) const STRUCTURE_COLUMNS: &str = "result_id, structure, label, code, n
 impl Store {
     /// The structures of stored results (only `only` if given), in stored
     /// order, by result: one query for a whole listing.
+    /// `scored` holds the results' `scored_at`, so that only their month
+    /// partitions are read.
     async fn structures(
         pool: &sqlx::PgPool,
         result_ids: &[i64],
+        scored: &[DateTime<Utc>],
         only: Option<&str>,
     ) -> Result<HashMap<i64, Vec<StructureMetrics>>> {
         let rows = sqlx::query_as!(
             StructureRow,
             r#"SELECT result_id, structure, label, code, name, pred_voxels, ref_voxels, tp,
                       pred_volume_ml, ref_volume_ml, dice, hd_mm, hd95_mm, assd_mm, masd_mm, nsd
-               FROM structure_results WHERE result_id = ANY($1) AND ($2::text IS NULL OR structure = $2)
+               FROM structure_results
+               WHERE result_id = ANY($1) AND scored_at = ANY($3) AND ($2::text IS NULL OR structure = $2)
                ORDER BY result_id, position"#,
             result_ids,
-            only
+            only,
+            scored
         )
         .fetch_all(pool)
         .await
@@ -147,15 +152,17 @@ impl Store {
     }
 
     /// The lesion-wise structures of stored results, by result: one query
-    /// for every version's result of a case.
+    /// for every version's result of a case (`scored` as for `structures`).
     async fn lesions(
         pool: &sqlx::PgPool,
         result_ids: &[i64],
+        scored: &[DateTime<Utc>],
     ) -> Result<HashMap<i64, Vec<CaseLesions>>> {
         let rows = sqlx::query!(
             "SELECT result_id, structure, metrics FROM lesion_results
-             WHERE result_id = ANY($1) ORDER BY result_id, structure",
-            result_ids
+             WHERE result_id = ANY($1) AND scored_at = ANY($2) ORDER BY result_id, structure",
+            result_ids,
+            scored
         )
         .fetch_all(pool)
         .await
@@ -213,8 +220,9 @@ impl Store {
         .await
         .map_err(StoreError::classify)?;
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        let mut structures = Store::structures(pool, &ids, None).await?;
-        let mut lesions = Store::lesions(pool, &ids).await?;
+        let scored: Vec<DateTime<Utc>> = rows.iter().map(|r| r.scored_at).collect();
+        let mut structures = Store::structures(pool, &ids, &scored, None).await?;
+        let mut lesions = Store::lesions(pool, &ids, &scored).await?;
         let results = rows
             .into_iter()
             .map(|r| LatestResult {
@@ -272,7 +280,8 @@ impl Store {
                 ListedResult,
                 r#"SELECT r.id AS "id!", c.case_key, r.model AS "model!", r.model_version AS "model_version!",
                           r.scored_at AS "scored_at!", r.mean_dice
-                   FROM (SELECT r.*, s.dice FROM structure_results s JOIN results r ON r.id = s.result_id
+                   FROM (SELECT r.*, s.dice FROM structure_results s
+                         JOIN results r ON r.id = s.result_id AND r.scored_at = s.scored_at
                          WHERE s.structure = $10 AND s.site = $1 AND r.latest
                            AND ($2::text IS NULL OR r.model_version = $2)
                            AND ($3::timestamptz IS NULL OR r.scored_at >= $3)
@@ -300,7 +309,9 @@ impl Store {
         }
         .map_err(StoreError::classify)?;
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        let mut structures = Store::structures(pool, &ids, filter.structure.as_deref()).await?;
+        let scored: Vec<DateTime<Utc>> = rows.iter().map(|r| r.scored_at).collect();
+        let mut structures =
+            Store::structures(pool, &ids, &scored, filter.structure.as_deref()).await?;
         Ok(rows
             .into_iter()
             .map(|r| CaseSummary {

@@ -121,11 +121,16 @@ FROM detector_history_unpartitioned d JOIN results_unpartitioned r ON r.id = d.r
 DROP TABLE detector_history_unpartitioned, lesion_results_unpartitioned, structure_results_unpartitioned,
            results_unpartitioned;
 
+-- The view exposes the structure rows' scored_at, so that a time filter on it
+-- skips their other months. It joins on result_id alone: with scored_at also
+-- equal, PostgreSQL takes the two equalities as independent, expects a few
+-- rows from the join, and sorts every row of the window instead of walking
+-- the Dice index to the panel's limit (5.9 s instead of 9 ms at 5M).
 CREATE VIEW case_structure_results AS
 SELECT s.site, c.case_key, r.model, r.model_version, s.structure,
        s.dice, s.hd95_mm, s.nsd, s.scored_at, 'scored'::text AS status
 FROM results r
 JOIN cases c ON c.id = r.case_id
-JOIN structure_results s ON s.result_id = r.id AND s.scored_at = r.scored_at
+JOIN structure_results s ON s.result_id = r.id
 WHERE r.latest;
 ANALYZE results, structure_results, lesion_results, detector_history;

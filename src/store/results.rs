@@ -247,7 +247,9 @@ impl Store {
         // Dice order up to the limit: `results_latest_site` by mean Dice,
         // `structure_results_site` by a structure (on the structure rows' copy
         // of the site; the few results that are no longer their case's latest
-        // are skipped on the join). Case keys are joined to the page only.
+        // are skipped on the join). Case keys are joined to the page only. The
+        // join is on the result id alone (as in `case_structure_results`): with
+        // `scored_at` too, PostgreSQL expects a few rows and sorts them all.
         let rows = match &filter.structure {
             None => sqlx::query_as!(
                 ListedResult,
@@ -280,8 +282,7 @@ impl Store {
                 ListedResult,
                 r#"SELECT r.id AS "id!", c.case_key, r.model AS "model!", r.model_version AS "model_version!",
                           r.scored_at AS "scored_at!", r.mean_dice
-                   FROM (SELECT r.*, s.dice FROM structure_results s
-                         JOIN results r ON r.id = s.result_id AND r.scored_at = s.scored_at
+                   FROM (SELECT r.*, s.dice FROM structure_results s JOIN results r ON r.id = s.result_id
                          WHERE s.structure = $10 AND s.site = $1 AND r.latest
                            AND ($2::text IS NULL OR r.model_version = $2)
                            AND ($3::timestamptz IS NULL OR r.scored_at >= $3)

@@ -44,6 +44,9 @@ pub struct Metrics {
     pub jobs_running: IntGauge,
     /// Quality gauges, refreshed from the database: (rolling window in days, gauge).
     pub rolling_dice_ratio: Vec<(u32, GaugeVec)>,
+    /// Rolling soft Dice and ECE of structures with probabilistic scores:
+    /// (window in days, soft Dice gauge, ECE gauge), windows as above.
+    pub rolling_probabilistic: Vec<(u32, GaugeVec, GaugeVec)>,
     pub rolling_cases_7d: IntGaugeVec,
     pub dice_baseline_ratio: GaugeVec,
     pub dice_baseline_p05_ratio: GaugeVec,
@@ -141,6 +144,16 @@ impl Metrics {
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             registrar.add(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
         };
+        // A rolling mean gauge: `segwatch_rolling_{family}_{days}d_ratio`.
+        let rolling = |family: &str, what: &str, cases: &str, days: u32| {
+            gauge_vec(
+                &format!("segwatch_rolling_{family}_{days}d_ratio"),
+                &format!(
+                    "Mean {what} of cases in the last {days} days{cases}; site=\"all\" pools every site."
+                ),
+                &STREAM,
+            )
+        };
         let build_info = int_gauge_vec(
             "segwatch_build_info",
             "segwatch version, always 1.",
@@ -215,15 +228,15 @@ impl Metrics {
             ),
             rolling_dice_ratio: rolling_windows_days
                 .iter()
+                .map(|&days| (days, rolling("dice", "Dice", "", days)))
+                .collect(),
+            rolling_probabilistic: rolling_windows_days
+                .iter()
                 .map(|&days| {
-                    let metric = gauge_vec(
-                        &format!("segwatch_rolling_dice_{days}d_ratio"),
-                        &format!(
-                            "Mean Dice of cases in the last {days} days; site=\"all\" pools every site."
-                        ),
-                        &STREAM,
-                    );
-                    (days, metric)
+                    let kept = " whose prediction kept probabilities of the structure";
+                    let soft_dice = rolling("soft_dice", "soft Dice", kept, days);
+                    let ece = rolling("ece", "expected calibration error (15 bins)", kept, days);
+                    (days, soft_dice, ece)
                 })
                 .collect(),
             rolling_cases_7d: int_gauge_vec(
@@ -423,15 +436,15 @@ pub async fn refresh(
     // once, so a refresh takes about its slowest query, not their sum.
     let windows = futures_util::future::try_join_all(metrics.rolling_dice_ratio.iter().map(
         |(days, gauge)| async move {
-            let rows = store.rolling_dice(*days as i32).await?;
-            Ok::<_, crate::store::StoreError>((*days, gauge, rows))
+            let rolling = store.rolling_means(*days as i32).await?;
+            Ok::<_, crate::store::StoreError>((*days, gauge, rolling))
         },
     ));
     let (windows, detectors) =
         tokio::try_join!(windows, store.detector_states(drift.retire_after_days))?;
     let site_structures: std::collections::HashSet<_> = windows
         .iter()
-        .flat_map(|(_, _, rows)| rows)
+        .flat_map(|(_, _, rolling)| &rolling.dice)
         .filter(|(site, _, _, structure, _, _)| site_structure(site, structure))
         .map(|(site, model, version, structure, _, _)| (site, model, version, structure))
         .collect();
@@ -447,9 +460,9 @@ pub async fn refresh(
     // structure stream of a reduced network only what is always kept.
     let detailed = |site: &str, structure: &str| !reduced || !site_structure(site, structure);
     metrics.rolling_cases_7d.reset();
-    for (days, gauge, rows) in &windows {
+    for (days, gauge, rolling) in &windows {
         gauge.reset();
-        for (site, model, version, structure, mean, cases) in rows {
+        for (site, model, version, structure, mean, cases) in &rolling.dice {
             let labels = [
                 site.as_str(),
                 model.as_str(),
@@ -466,6 +479,20 @@ pub async fn refresh(
                 }
             } else if detailed(site, structure) {
                 gauge.with_label_values(&labels).set(*mean);
+            }
+        }
+    }
+    // Soft Dice and ECE streams follow their Dice streams' detail rule.
+    for ((days, _, rolling), (_, soft_dice, ece)) in
+        windows.iter().zip(&metrics.rolling_probabilistic)
+    {
+        for (gauge, rows) in [(soft_dice, &rolling.soft_dice), (ece, &rolling.ece)] {
+            gauge.reset();
+            for (site, model, version, structure, mean, _) in rows {
+                if *days == 7 || detailed(site, structure) {
+                    let labels = [site, model, version, structure].map(String::as_str);
+                    gauge.with_label_values(&labels).set(*mean);
+                }
             }
         }
     }

@@ -7,6 +7,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::metrics::StructureMetrics;
+use crate::metrics::probabilistic::{Probabilistic, ReliabilityBin};
 
 /// Where a case stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
@@ -47,8 +48,7 @@ pub struct CaseView {
     /// Generalized Dice score over the latest result's structures (weights
     /// 1 / reference voxels², as MONAI's `GeneralizedDiceScore`).
     pub generalized_dice: Option<f64>,
-    #[schema(value_type = Vec<Object>)]
-    pub structures: Vec<StructureMetrics>,
+    pub structures: Vec<StructureView>,
     /// Lesion-wise metrics of the latest result's multi-instance structures.
     pub lesions: Vec<CaseLesions>,
     /// Each model version with a prediction for the case (shadow mode: several),
@@ -71,9 +71,48 @@ pub struct VersionView {
     pub scored_at: Option<DateTime<Utc>>,
     pub mean_dice: Option<f64>,
     pub generalized_dice: Option<f64>,
-    #[schema(value_type = Vec<Object>)]
-    pub structures: Vec<StructureMetrics>,
+    pub structures: Vec<StructureView>,
     pub lesions: Vec<CaseLesions>,
+}
+
+/// One structure of a stored result: the fields of an entry of `eval`'s JSON
+/// `structures` (docs/metrics.md), then its probabilistic scores, as `eval`'s
+/// `probabilistic` entries give them. These are null when the prediction kept
+/// no probabilities for the structure (anything but a FRACTIONAL PROBABILITY
+/// SEG segment); Brier and ECE are also null if not finite.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StructureView {
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub metrics: StructureMetrics,
+    /// Soft Dice, 2·Σp·g / (Σp + Σg); 1 when both sums are 0.
+    pub soft_dice: Option<f64>,
+    /// Brier score: mean of (p − g)² over the grid.
+    pub brier: Option<f64>,
+    /// Expected calibration error over `ece_bins` equal-width bins.
+    pub ece: Option<f64>,
+    /// Equal-width bins of the ECE (15).
+    pub ece_bins: Option<usize>,
+    /// Reliability-diagram data: `ece_bins` + 1 bins (the last for p = 1), each
+    /// with `lower`, `upper`, `count`, `mean_probability`, `observed_frequency`.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub reliability: Option<Vec<ReliabilityBin>>,
+}
+
+impl StructureView {
+    /// A structure's view from its metrics and probabilistic scores.
+    pub fn new(metrics: StructureMetrics, probabilistic: Option<Probabilistic>) -> StructureView {
+        let finite = |v: f64| v.is_finite().then_some(v);
+        let p = probabilistic.as_ref();
+        StructureView {
+            metrics,
+            soft_dice: p.map(|p| p.soft_dice),
+            brier: p.and_then(|p| finite(p.brier)),
+            ece: p.and_then(|p| finite(p.ece)),
+            ece_bins: p.map(|p| p.ece_bins),
+            reliability: probabilistic.map(|p| p.reliability),
+        }
+    }
 }
 
 /// One multi-instance structure of a scored case, lesion by lesion: the
@@ -95,8 +134,7 @@ pub struct CaseSummary {
     pub model_version: String,
     pub scored_at: DateTime<Utc>,
     pub mean_dice: Option<f64>,
-    #[schema(value_type = Vec<Object>)]
-    pub structures: Vec<StructureMetrics>,
+    pub structures: Vec<StructureView>,
 }
 
 /// One structure's sample in a baseline.

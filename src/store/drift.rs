@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 
-use super::rollups::{self, WindowStart, WindowSum};
+use super::rollups::{Rolling, WindowStart, WindowSum};
 use super::{Result, Store, StoreError};
 use crate::drift::feed::{
     FeedSettings, Feeder, ScoredCase, StreamKey, StreamRecord, VersionContext,
@@ -386,19 +386,16 @@ impl Store {
             .collect())
     }
 
-    /// Rolling mean Dice and case counts per stream over the last `days`
-    /// (sites and pooled, structures and mean), from the rollups (see
-    /// [`WindowStart`]): (site, model, version, structure, mean, cases).
-    pub async fn rolling_dice(
-        &self,
-        days: i32,
-    ) -> Result<Vec<(String, String, String, String, f64, i64)>> {
+    /// Rolling means and case counts per stream over the last `days`, from
+    /// the rollups (see [`WindowStart`]): of Dice (sites and pooled, structures
+    /// and mean), and of soft Dice and ECE (structures with probabilistic scores).
+    pub async fn rolling_means(&self, days: i32) -> Result<Rolling> {
         let start = WindowStart::of(days, Utc::now());
         let sums = match &self.db {
             super::Db::Postgres(pg) => postgres_rolling_sums(&pg.pool, start).await?,
             super::Db::Sqlite(lite) => lite.rolling_sums(start).await?,
         };
-        Ok(rollups::with_pooled(sums))
+        Ok(Rolling::of(&sums))
     }
 
     /// Unix time of the latest accepted upload per site and role.
@@ -438,7 +435,7 @@ impl Store {
     }
 }
 
-/// Dice sums and case counts per site stream over a rolling window.
+/// Sums and case counts per site stream over a rolling window.
 async fn postgres_rolling_sums(pool: &sqlx::PgPool, start: WindowStart) -> Result<Vec<WindowSum>> {
     let (hour, day) = match start {
         WindowStart::Hour(hour) => (Some(hour), None),
@@ -449,11 +446,17 @@ async fn postgres_rolling_sums(pool: &sqlx::PgPool, start: WindowStart) -> Resul
     sqlx::query_as!(
         WindowSum,
         r#"WITH recent AS (
-               SELECT site, model, model_version, structure, cases, dice_sum FROM dice_hourly WHERE hour >= $1
+               SELECT site, model, model_version, structure, cases, dice_sum, probabilistic_cases,
+                      soft_dice_sum, ece_sum
+               FROM dice_hourly WHERE hour >= $1
                UNION ALL
-               SELECT site, model, model_version, structure, cases, dice_sum FROM dice_daily WHERE day >= $2)
+               SELECT site, model, model_version, structure, cases, dice_sum, probabilistic_cases,
+                      soft_dice_sum, ece_sum
+               FROM dice_daily WHERE day >= $2)
            SELECT site AS "site!", model AS "model!", model_version AS "model_version!", structure AS "structure!",
-                  sum(dice_sum) AS "dice_sum!", sum(cases)::bigint AS "cases!"
+                  sum(dice_sum) AS "dice_sum!", sum(cases)::bigint AS "cases!",
+                  sum(soft_dice_sum) AS "soft_dice_sum!", sum(ece_sum) AS "ece_sum!",
+                  sum(probabilistic_cases)::bigint AS "probabilistic_cases!"
            FROM recent GROUP BY site, model, model_version, structure"#,
         hour,
         day

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::{Result, Store, StoreError, rollups};
+use super::{Result, Store, StoreError, probabilistic, rollups};
 use crate::metrics::case::{CaseScore, LesionScore};
 
 /// A job this worker holds a lease on.
@@ -187,10 +187,14 @@ impl Store {
         let (result_id, scored_at) = (result.id, result.scored_at);
         for (position, scored) in outcome.structures.iter().enumerate() {
             let (structure, m, tolerance) = (&scored.name, &scored.metrics, scored.tolerance_mm);
+            let (soft_dice, brier, ece, reliability) =
+                probabilistic::columns(scored.probabilistic.as_ref())?;
             sqlx::query!(
                 "INSERT INTO structure_results (result_id, position, structure, label, code, name, pred_voxels, ref_voxels, tp,
-                     pred_volume_ml, ref_volume_ml, dice, hd_mm, hd95_mm, assd_mm, masd_mm, nsd, tolerance_mm, site, scored_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+                     pred_volume_ml, ref_volume_ml, dice, hd_mm, hd95_mm, assd_mm, masd_mm, nsd, tolerance_mm, site,
+                     soft_dice, brier, ece, reliability, scored_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
+                     $20, $21, $22, $23, $24)",
                 result_id,
                 position as i32,
                 structure,
@@ -210,6 +214,10 @@ impl Store {
                 finite(m.nsd),
                 tolerance,
                 inputs.site,
+                soft_dice,
+                brier,
+                ece,
+                reliability,
                 scored_at
             )
             .execute(&mut *tx)
@@ -236,26 +244,44 @@ impl Store {
         )
         .execute(&mut *tx)
         .await?;
-        let (structures, dice): (Vec<String>, Vec<f64>) =
-            rollups::entries(outcome).into_iter().unzip();
+        let entries = rollups::entries(outcome);
+        let column = |f: fn(&rollups::Entry) -> f64| entries.iter().map(f).collect::<Vec<f64>>();
+        let count = |f: fn(&rollups::Entry) -> i64| entries.iter().map(f).collect::<Vec<i64>>();
+        let structures: Vec<&str> = entries.iter().map(|e| e.structure.as_str()).collect();
         let hour = rollups::hour(inputs.observed_at);
         sqlx::query!(
-            "WITH entries AS (SELECT * FROM unnest($5::text[], $6::float8[]) AS u (structure, dice)),
+            "WITH entries AS (
+                 SELECT * FROM unnest($5::text[], $6::bigint[], $7::float8[], $8::bigint[], $9::float8[], $10::float8[])
+                 AS u (structure, cases, dice_sum, probabilistic_cases, soft_dice_sum, ece_sum)),
              daily AS (
-                 INSERT INTO dice_daily (day, model, model_version, site, structure, cases, dice_sum)
-                 SELECT $1, $2, $3, $4, structure, 1, dice FROM entries
+                 INSERT INTO dice_daily (day, model, model_version, site, structure, cases, dice_sum,
+                                         probabilistic_cases, soft_dice_sum, ece_sum)
+                 SELECT $1, $2, $3, $4, structure, cases, dice_sum, probabilistic_cases, soft_dice_sum, ece_sum
+                 FROM entries
                  ON CONFLICT (day, model, model_version, site, structure) DO UPDATE
-                 SET cases = dice_daily.cases + 1, dice_sum = dice_daily.dice_sum + excluded.dice_sum)
-             INSERT INTO dice_hourly (hour, model, model_version, site, structure, cases, dice_sum)
-             SELECT $7, $2, $3, $4, structure, 1, dice FROM entries WHERE $8
+                 SET cases = dice_daily.cases + excluded.cases, dice_sum = dice_daily.dice_sum + excluded.dice_sum,
+                     probabilistic_cases = dice_daily.probabilistic_cases + excluded.probabilistic_cases,
+                     soft_dice_sum = dice_daily.soft_dice_sum + excluded.soft_dice_sum,
+                     ece_sum = dice_daily.ece_sum + excluded.ece_sum)
+             INSERT INTO dice_hourly (hour, model, model_version, site, structure, cases, dice_sum,
+                                      probabilistic_cases, soft_dice_sum, ece_sum)
+             SELECT $11, $2, $3, $4, structure, cases, dice_sum, probabilistic_cases, soft_dice_sum, ece_sum
+             FROM entries WHERE $12
              ON CONFLICT (hour, model, model_version, site, structure) DO UPDATE
-             SET cases = dice_hourly.cases + 1, dice_sum = dice_hourly.dice_sum + excluded.dice_sum",
+             SET cases = dice_hourly.cases + excluded.cases, dice_sum = dice_hourly.dice_sum + excluded.dice_sum,
+                 probabilistic_cases = dice_hourly.probabilistic_cases + excluded.probabilistic_cases,
+                 soft_dice_sum = dice_hourly.soft_dice_sum + excluded.soft_dice_sum,
+                 ece_sum = dice_hourly.ece_sum + excluded.ece_sum",
             rollups::day(inputs.observed_at),
             inputs.model,
             inputs.model_version,
             inputs.site,
-            &structures,
-            &dice,
+            &structures as &[&str],
+            &count(|e| e.cases),
+            &column(|e| e.dice_sum),
+            &count(|e| e.probabilistic_cases),
+            &column(|e| e.soft_dice_sum),
+            &column(|e| e.ece_sum),
             hour,
             hour > Utc::now() - rollups::HOURLY_KEPT
         )

@@ -21,6 +21,7 @@ mod history;
 mod jobs;
 mod keys;
 mod partitions;
+mod probabilistic;
 mod results;
 mod retention;
 mod rollups;

@@ -4,9 +4,11 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
-use super::{Result, Store, StoreError};
+use super::{Result, Store, StoreError, probabilistic};
 use crate::metrics::{Counts, Overlap, StructureMetrics, generalized_dice, overlap, volume_errors};
-use crate::views::{CaseLesions, CaseStatus, CaseSummary, CaseView, Revision, VersionView};
+use crate::views::{
+    CaseLesions, CaseStatus, CaseSummary, CaseView, Revision, StructureView, VersionView,
+};
 
 /// Which scored cases to list, worst first.
 #[derive(Debug, Clone, Default)]
@@ -27,7 +29,8 @@ pub struct CaseFilter {
 /// A `structure_results` row, as both backends read it. The rows keep the
 /// voxel counts and Dice; the empty side, fp, fn, IoU, precision and recall
 /// are derived on read by the engine's own computation ([`Counts::empty`],
-/// [`overlap`]), and a NULL name is the structure's.
+/// [`overlap`]), and a NULL name is the structure's. The probabilistic
+/// columns are [`probabilistic`]'s.
 #[derive(Debug, sqlx::FromRow)]
 pub(super) struct StructureRow {
     pub result_id: i64,
@@ -46,9 +49,25 @@ pub(super) struct StructureRow {
     pub assd_mm: Option<f64>,
     pub masd_mm: Option<f64>,
     pub nsd: Option<f64>,
+    pub soft_dice: Option<f64>,
+    pub brier: Option<f64>,
+    pub ece: Option<f64>,
+    pub reliability: Option<String>,
 }
 
 impl StructureRow {
+    /// The structure as the API shows it.
+    pub(super) fn into_view(mut self) -> Result<StructureView> {
+        let columns = (
+            self.soft_dice,
+            self.brier,
+            self.ece,
+            self.reliability.take(),
+        );
+        let probabilistic = probabilistic::read(columns)?;
+        Ok(StructureView::new(self.into_metrics(), probabilistic))
+    }
+
     /// The metrics the row was stored from (NULL back to NaN).
     pub(super) fn into_metrics(self) -> StructureMetrics {
         let nan = |v: Option<f64>| v.unwrap_or(f64::NAN);
@@ -98,15 +117,15 @@ impl StructureRow {
 }
 
 /// Structure rows (ordered by result, then position) grouped by result.
-pub(super) fn by_result(rows: Vec<StructureRow>) -> HashMap<i64, Vec<StructureMetrics>> {
-    let mut grouped: HashMap<i64, Vec<StructureMetrics>> = HashMap::new();
+pub(super) fn by_result(rows: Vec<StructureRow>) -> Result<HashMap<i64, Vec<StructureView>>> {
+    let mut grouped: HashMap<i64, Vec<StructureView>> = HashMap::new();
     for row in rows {
         grouped
             .entry(row.result_id)
             .or_default()
-            .push(row.into_metrics());
+            .push(row.into_view()?);
     }
-    grouped
+    Ok(grouped)
 }
 
 /// A listed result, before its structures are added.
@@ -121,7 +140,7 @@ struct ListedResult {
 
 /// The columns of [`StructureRow`], for the embedded store's queries.
 pub(super) const STRUCTURE_COLUMNS: &str = "result_id, structure, label, code, name, pred_voxels, ref_voxels, tp, \
-    pred_volume_ml, ref_volume_ml, dice, hd_mm, hd95_mm, assd_mm, masd_mm, nsd";
+    pred_volume_ml, ref_volume_ml, dice, hd_mm, hd95_mm, assd_mm, masd_mm, nsd, soft_dice, brier, ece, reliability";
 
 impl Store {
     /// The structures of stored results (only `only` if given), in stored
@@ -133,11 +152,12 @@ impl Store {
         result_ids: &[i64],
         scored: &[DateTime<Utc>],
         only: Option<&str>,
-    ) -> Result<HashMap<i64, Vec<StructureMetrics>>> {
+    ) -> Result<HashMap<i64, Vec<StructureView>>> {
         let rows = sqlx::query_as!(
             StructureRow,
             r#"SELECT result_id, structure, label, code, name, pred_voxels, ref_voxels, tp,
-                      pred_volume_ml, ref_volume_ml, dice, hd_mm, hd95_mm, assd_mm, masd_mm, nsd
+                      pred_volume_ml, ref_volume_ml, dice, hd_mm, hd95_mm, assd_mm, masd_mm, nsd,
+                      soft_dice, brier, ece, reliability
                FROM structure_results
                WHERE result_id = ANY($1) AND scored_at = ANY($3) AND ($2::text IS NULL OR structure = $2)
                ORDER BY result_id, position"#,
@@ -148,7 +168,7 @@ impl Store {
         .fetch_all(pool)
         .await
         .map_err(StoreError::classify)?;
-        Ok(by_result(rows))
+        by_result(rows)
     }
 
     /// The lesion-wise structures of stored results, by result: one query
@@ -346,8 +366,14 @@ pub(super) struct LatestResult {
     pub model_version: String,
     pub scored_at: DateTime<Utc>,
     pub mean_dice: Option<f64>,
-    pub structures: Vec<StructureMetrics>,
+    pub structures: Vec<StructureView>,
     pub lesions: Vec<CaseLesions>,
+}
+
+/// The generalized Dice score of a result's structures.
+fn case_generalized_dice(structures: &[StructureView]) -> Option<f64> {
+    let metrics: Vec<StructureMetrics> = structures.iter().map(|s| s.metrics.clone()).collect();
+    generalized_dice(&metrics)
 }
 
 /// The latest job of a model version's predictions in a case.
@@ -405,7 +431,7 @@ pub(super) fn assemble_case(
                     reason,
                     scored_at: result.map(|r| r.scored_at),
                     mean_dice: result.and_then(|r| r.mean_dice),
-                    generalized_dice: result.and_then(|r| generalized_dice(&r.structures)),
+                    generalized_dice: result.and_then(|r| case_generalized_dice(&r.structures)),
                     structures: result.map(|r| r.structures.clone()).unwrap_or_default(),
                     lesions: result.map(|r| r.lesions.clone()).unwrap_or_default(),
                 });
@@ -428,7 +454,7 @@ pub(super) fn assemble_case(
         model_version: prediction.and_then(|p| p.model_version.clone()),
         scored_at,
         mean_dice,
-        generalized_dice: scored_at.and(generalized_dice(&structures)),
+        generalized_dice: scored_at.and(case_generalized_dice(&structures)),
         structures,
         lesions,
         versions,
@@ -439,13 +465,16 @@ pub(super) fn assemble_case(
 #[cfg(test)]
 mod tests {
     use super::StructureRow;
+    use crate::metrics::probabilistic::{Probabilistic, SoftTally};
     use crate::metrics::surface::Surface;
     use crate::metrics::{Counts, Settings, StructureMetrics, score_structure};
     use crate::store::jobs::{finite, stored_name};
+    use crate::store::probabilistic;
     use crate::volume::Grid;
 
     /// The row the worker stores for `m`, as `complete_job` binds it.
-    fn stored(structure: &str, m: &StructureMetrics) -> StructureRow {
+    fn stored(structure: &str, m: &StructureMetrics, p: Option<&Probabilistic>) -> StructureRow {
+        let (soft_dice, brier, ece, reliability) = probabilistic::columns(p).unwrap();
         StructureRow {
             result_id: 1,
             structure: structure.to_owned(),
@@ -463,6 +492,10 @@ mod tests {
             assd_mm: finite(m.assd_mm),
             masd_mm: finite(m.masd_mm),
             nsd: finite(m.nsd),
+            soft_dice,
+            brier,
+            ece,
+            reliability,
         }
     }
 
@@ -506,7 +539,7 @@ mod tests {
                     name: name.map(str::to_owned),
                     ..score_structure(counts, &none, &none, &grid, &Settings::default())
                 };
-                let read = stored("liver", &scored).into_metrics();
+                let read = stored("liver", &scored, None).into_metrics();
                 let what = format!("{counts:?} {name:?}");
                 assert_eq!(bits(&read), bits(&scored), "{what}");
                 assert_eq!(
@@ -522,5 +555,56 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn probabilistic_columns_read_back_the_scores_bit_for_bit() {
+        let grid = Grid::axis_aligned([4, 4, 4], [1.0; 3], 3);
+        let m = score_structure(
+            Counts {
+                pred_voxels: 3,
+                ref_voxels: 4,
+                tp: 2,
+            },
+            &Surface::default(),
+            &Surface::default(),
+            &grid,
+            &Settings::default(),
+        );
+        // Probabilities k/255 (as an 8-bit FRACTIONAL SEG stores them) and
+        // thirds: sums and means with no exact binary value, empty bins, p = 1.
+        let mut tally = SoftTally::new(15).unwrap();
+        for (i, p) in [1.0 / 3.0, 2.0 / 3.0, 17.0 / 255.0, 254.0 / 255.0, 1.0, 0.1]
+            .into_iter()
+            .enumerate()
+        {
+            tally.add(p, i % 2 == 0).unwrap();
+        }
+        let scores = tally.finish(64, 5).unwrap();
+        let row = stored("liver", &m, Some(&scores));
+        assert!(row.reliability.as_ref().unwrap().len() < 400, "compact");
+        let view = row.into_view().unwrap();
+        assert_eq!(view.soft_dice, Some(scores.soft_dice));
+        assert_eq!(view.brier, Some(scores.brier));
+        assert_eq!(view.ece, Some(scores.ece));
+        assert_eq!(view.ece_bins, Some(15));
+        assert_eq!(view.reliability.as_ref(), Some(&scores.reliability));
+        // Without probabilities every column is NULL, and reads back null.
+        let plain = stored("liver", &m, None);
+        assert_eq!(
+            (
+                plain.soft_dice,
+                plain.brier,
+                plain.ece,
+                plain.reliability.is_some()
+            ),
+            (None, None, None, false)
+        );
+        let view = plain.into_view().unwrap();
+        assert_eq!((view.soft_dice, view.ece_bins), (None, None));
+        assert!(view.reliability.is_none());
+        let read: Option<Probabilistic> =
+            probabilistic::read(probabilistic::columns(Some(&scores)).unwrap()).unwrap();
+        assert_eq!(read, Some(scores));
     }
 }

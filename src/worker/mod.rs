@@ -18,6 +18,7 @@ use crate::compute::Compute;
 use crate::config::Config;
 use crate::metrics::Settings;
 use crate::metrics::pairing::PairingError;
+use crate::metrics::probabilistic::ProbabilityError;
 use crate::schema::Schema;
 use crate::store::{ClaimedJob, JOBS_CHANNEL, Store, StoreError};
 use crate::telemetry::Metrics;
@@ -98,6 +99,8 @@ impl From<&ScoreError> for FailureReason {
                 FailureReason::GridMismatch
             }
             ScoreError::Pairing(PairingError::Unknown(_)) => FailureReason::UnknownStructure,
+            ScoreError::Probability(ProbabilityError::Grid(_)) => FailureReason::GridMismatch,
+            ScoreError::Probability(_) => FailureReason::InvalidFile,
         }
     }
 }
@@ -348,6 +351,14 @@ mod tests {
         );
         let stored = ScoreError::Stored("anything at all".into());
         assert_eq!(FailureReason::from(&stored), FailureReason::InvalidFile);
+        let probabilities =
+            ScoreError::Probability(ProbabilityError::Grid(GridMismatch::Dims(3, 2)));
+        assert_eq!(
+            FailureReason::from(&probabilities),
+            FailureReason::GridMismatch
+        );
+        let over = ScoreError::Probability(ProbabilityError::OutOfRange { value: 1.5 });
+        assert_eq!(FailureReason::from(&over), FailureReason::InvalidFile);
         let labels: std::collections::BTreeSet<_> =
             FailureReason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(labels.len(), FailureReason::ALL.len());

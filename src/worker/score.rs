@@ -8,6 +8,7 @@ use crate::formats::{self, FormatError, Limits};
 use crate::metrics::case::{CaseScore, LesionScore};
 use crate::metrics::lesions::lesion_metrics;
 use crate::metrics::pairing::{self, PairingError, Request};
+use crate::metrics::probabilistic::{DEFAULT_BINS, ProbabilityError, score_segments};
 use crate::metrics::{Settings, StructureMetrics};
 use crate::schema::Schema;
 use crate::volume::Segmentation;
@@ -24,6 +25,8 @@ pub enum ScoreError {
     },
     #[error(transparent)]
     Pairing(#[from] PairingError),
+    #[error("prediction probabilities: {0}")]
+    Probability(#[from] ProbabilityError),
     #[error("{0}")]
     Stored(String),
 }
@@ -41,7 +44,8 @@ pub fn inflate(stored: &[u8], limit: u64) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// Decodes and scores a prediction against a reference.
+/// Decodes and scores a prediction against a reference, with the
+/// probabilistic scores of a FRACTIONAL PROBABILITY SEG prediction.
 pub fn score(
     prediction: &[u8],
     reference: &[u8],
@@ -65,6 +69,8 @@ pub fn score(
         settings,
     };
     let evaluation = pairing::evaluate(&p, &r, &request)?;
+    // FRACTIONAL PROBABILITY segments of a SEG prediction; None for the rest.
+    let probabilistic = score_segments(&p, &r, &evaluation, DEFAULT_BINS)?;
     let tolerance = |m: &StructureMetrics| {
         let def = schema.and_then(|s| {
             m.label
@@ -75,6 +81,9 @@ pub fn score(
             .unwrap_or(settings.tolerance_mm)
     };
     let mut case = CaseScore::new(evaluation, settings.surface, tolerance);
+    for (scored, probabilistic) in case.structures.iter_mut().zip(probabilistic) {
+        scored.probabilistic = probabilistic;
+    }
     case.lesions = lesions(&p, &r, schema);
     Ok(case)
 }

@@ -17,6 +17,7 @@ mod leases;
 mod metrics_detail;
 mod nifti_files;
 mod probabilistic;
+mod probabilistic_service;
 mod properties;
 mod readers;
 mod reference;

@@ -10,7 +10,7 @@ use crate::service::cubes;
 use segwatch::store::Role;
 
 /// The exposition's sample lines of one family (without `# ` lines).
-fn samples<'a>(text: &'a str, family: &str) -> Vec<&'a str> {
+pub(crate) fn samples<'a>(text: &'a str, family: &str) -> Vec<&'a str> {
     let prefix = format!("{family}{{");
     text.lines().filter(|l| l.starts_with(&prefix)).collect()
 }
@@ -31,7 +31,7 @@ async fn score(app: &TestApp, site: &str, case: &str) {
 }
 
 /// Scrapes until `wanted` appears (gauges refresh every second).
-async fn metrics_with(app: &TestApp, wanted: &str) -> String {
+pub(crate) async fn metrics_with(app: &TestApp, wanted: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let text = app.metrics().await;

@@ -575,6 +575,20 @@ async fn api_document_docs_and_health() {
     ] {
         assert!(spec["paths"][path].is_object(), "{path} missing");
     }
+    // A case's structures: eval's fields and the nullable probabilistic ones.
+    let schemas = &spec["components"]["schemas"];
+    let structures = &schemas["CaseView"]["properties"]["structures"]["items"]["$ref"];
+    assert_eq!(structures, "#/components/schemas/StructureView");
+    let properties = schemas["StructureView"]["allOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|part| part["properties"].as_object())
+        .unwrap();
+    for field in ["soft_dice", "brier", "ece", "ece_bins", "reliability"] {
+        let types = properties[field]["type"].as_array().unwrap();
+        assert!(types.contains(&Value::from("null")), "{field}: {types:?}");
+    }
     let docs = app.client.get(app.url("/docs")).send().await.unwrap();
     assert_eq!(docs.status(), 200);
     assert!(docs.text().await.unwrap().contains("openapi"));

@@ -205,7 +205,7 @@ async fn an_upgrade_keeps_scored_cases_and_fills_the_rollups_from_them() {
 
     // The service reads them.
     for days in [1, 7] {
-        let rolling = store.rolling_dice(days).await.unwrap();
+        let rolling = store.rolling_means(days).await.unwrap().dice;
         let liver = rolling
             .iter()
             .find(|r| r.0 == "a" && r.3 == "liver")
@@ -229,14 +229,21 @@ async fn an_upgrade_keeps_scored_cases_and_fills_the_rollups_from_them() {
     assert_eq!(order, vec![("c2", Some(0.6)), ("c1", Some(0.9))]);
     assert_eq!(listed[1].structures.len(), 2);
     // The dropped columns read back as stored, derived from the counts.
-    let liver = &listed[1].structures[0];
+    // Rows stored before the probabilistic columns existed read back without.
+    assert!(
+        listed[1]
+            .structures
+            .iter()
+            .all(|s| s.soft_dice.is_none() && s.ece.is_none() && s.reliability.is_none())
+    );
+    let liver = &listed[1].structures[0].metrics;
     assert_eq!(liver.name.as_deref(), Some("liver"));
     assert_eq!((liver.empty, liver.fp, liver.fn_), (Empty::None, 1, 2));
     assert_eq!(
         (liver.iou, liver.precision, liver.recall),
         (0.4, 2.0 / 3.0, 0.5)
     );
-    let lesion = &listed[1].structures[1];
+    let lesion = &listed[1].structures[1].metrics;
     assert_eq!(lesion.name.as_deref(), Some("Lesion"));
     assert_eq!((lesion.empty, lesion.fp, lesion.fn_), (Empty::Both, 0, 0));
     assert_eq!(
@@ -256,7 +263,7 @@ async fn an_upgrade_keeps_scored_cases_and_fills_the_rollups_from_them() {
         .unwrap();
     let dice: Vec<(&str, Option<f64>)> = by_liver
         .iter()
-        .map(|c| (c.case.as_str(), Some(c.structures[0].dice)))
+        .map(|c| (c.case.as_str(), Some(c.structures[0].metrics.dice)))
         .collect();
     assert_eq!(dice, vec![("c2", Some(0.5)), ("c1", Some(0.85))]);
     assert_eq!(store.last_uploads().await.unwrap().len(), 2);
@@ -476,7 +483,8 @@ async fn an_upgrade_to_monthly_results_partitions_keeps_every_row_in_its_month()
     else {
         return;
     };
-    db.migrate_to(17).await;
+    // The schema just before migration 0020.
+    db.migrate_to(19).await;
     // Case 1 scored 100 days ago, case 2 now; each result with a structure, a lesion-wise and
     // a detector-history row.
     let times = [

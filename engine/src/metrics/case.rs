@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::lesions::LesionMetrics;
 use super::pairing::Evaluation;
+use super::probabilistic::Probabilistic;
 use super::strata::lesions_by_band;
 use super::{StructureMetrics, SurfaceMode, mean_dice};
 use crate::volume::Grid;
@@ -52,6 +53,9 @@ pub struct ScoredStructure {
     pub metrics: StructureMetrics,
     /// The NSD tolerance it was scored with, in mm.
     pub tolerance_mm: f64,
+    /// Its probabilistic scores, when the prediction kept its probabilities
+    /// (a FRACTIONAL PROBABILITY SEG segment); None otherwise.
+    pub probabilistic: Option<Probabilistic>,
 }
 
 impl CaseScore {
@@ -70,6 +74,7 @@ impl CaseScore {
                 tolerance_mm: tolerance_mm(&metrics),
                 name,
                 metrics,
+                probabilistic: None,
             })
             .collect();
         CaseScore {

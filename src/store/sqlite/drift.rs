@@ -385,14 +385,16 @@ impl Lite {
         Ok(gauges)
     }
 
-    /// Dice sums and case counts per site stream over a rolling window.
+    /// Sums and case counts per site stream over a rolling window.
     pub async fn rolling_sums(&self, start: WindowStart) -> Result<Vec<WindowSum>> {
         let (table, bucket, from) = match start {
             WindowStart::Hour(hour) => ("dice_hourly", "hour", at(hour)),
             WindowStart::Day(day) => ("dice_daily", "day", day.format("%Y-%m-%d").to_string()),
         };
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT site, model, model_version, structure, sum(dice_sum) AS dice_sum, sum(cases) AS cases
+            "SELECT site, model, model_version, structure, sum(dice_sum) AS dice_sum, sum(cases) AS cases,
+                    sum(soft_dice_sum) AS soft_dice_sum, sum(ece_sum) AS ece_sum,
+                    sum(probabilistic_cases) AS probabilistic_cases
              FROM {table} WHERE {bucket} >= $1 GROUP BY site, model, model_version, structure"
         )))
         .bind(from)

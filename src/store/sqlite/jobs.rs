@@ -10,7 +10,7 @@ use super::{Lite, at, classify, days_ago, json, now, parse};
 use crate::metrics::case::CaseScore;
 use crate::store::Result;
 use crate::store::jobs::{ClaimedJob, JobInputs, finite, stored_name};
-use crate::store::rollups;
+use crate::store::{probabilistic, rollups};
 
 /// `after` from now, as stored.
 fn from_now(after: Duration) -> String {
@@ -156,11 +156,14 @@ impl Lite {
         .map_err(classify)?;
         for (position, scored) in outcome.structures.iter().enumerate() {
             let m = &scored.metrics;
+            let (soft_dice, brier, ece, reliability) =
+                probabilistic::columns(scored.probabilistic.as_ref())?;
             sqlx::query(
                 "INSERT INTO structure_results (result_id, position, structure, label, code, name, pred_voxels,
                      ref_voxels, tp, pred_volume_ml, ref_volume_ml, dice, hd_mm, hd95_mm, assd_mm, masd_mm, nsd,
-                     tolerance_mm)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+                     tolerance_mm, soft_dice, brier, ece, reliability)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+                     $19, $20, $21, $22)",
             )
             .bind(result_id)
             .bind(position as i32)
@@ -180,6 +183,10 @@ impl Lite {
             .bind(finite(m.masd_mm))
             .bind(finite(m.nsd))
             .bind(scored.tolerance_mm)
+            .bind(soft_dice)
+            .bind(brier)
+            .bind(ece)
+            .bind(reliability)
             .execute(&mut *tx)
             .await
             .map_err(classify)?;
@@ -213,24 +220,32 @@ impl Lite {
             .to_string();
         let hour = rollups::hour(inputs.observed_at);
         let hourly = hour > Utc::now() - rollups::HOURLY_KEPT;
-        for (structure, dice) in rollups::entries(outcome) {
+        for entry in rollups::entries(outcome) {
             let mut buckets = vec![("dice_daily", "day", day.clone())];
             if hourly {
                 buckets.push(("dice_hourly", "hour", at(hour)));
             }
             for (table, bucket, value) in buckets {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "INSERT INTO {table} ({bucket}, model, model_version, site, structure, cases, dice_sum)
-                     VALUES ($1, $2, $3, $4, $5, 1, $6)
+                    "INSERT INTO {table} ({bucket}, model, model_version, site, structure, cases, dice_sum,
+                                          probabilistic_cases, soft_dice_sum, ece_sum)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                      ON CONFLICT ({bucket}, model, model_version, site, structure) DO UPDATE
-                     SET cases = cases + 1, dice_sum = dice_sum + excluded.dice_sum"
+                     SET cases = cases + excluded.cases, dice_sum = dice_sum + excluded.dice_sum,
+                         probabilistic_cases = probabilistic_cases + excluded.probabilistic_cases,
+                         soft_dice_sum = soft_dice_sum + excluded.soft_dice_sum,
+                         ece_sum = ece_sum + excluded.ece_sum"
                 )))
                 .bind(value)
                 .bind(&inputs.model)
                 .bind(&inputs.model_version)
                 .bind(&inputs.site)
-                .bind(&structure)
-                .bind(dice)
+                .bind(&entry.structure)
+                .bind(entry.cases)
+                .bind(entry.dice_sum)
+                .bind(entry.probabilistic_cases)
+                .bind(entry.soft_dice_sum)
+                .bind(entry.ece_sum)
                 .execute(&mut *tx)
                 .await
                 .map_err(classify)?;

@@ -5,13 +5,12 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 
 use super::{Lite, at, classify, json, parse};
-use crate::metrics::StructureMetrics;
 use crate::store::Result;
 use crate::store::results::{
     CaseFilter, LatestResult, STRUCTURE_COLUMNS, StructureRow, VersionJob, assemble_case,
     by_result, case_lesions,
 };
-use crate::views::{CaseLesions, CaseSummary, CaseView, Revision};
+use crate::views::{CaseLesions, CaseSummary, CaseView, Revision, StructureView};
 
 impl Lite {
     /// See `Store::structures`: ids passed as one JSON array.
@@ -19,7 +18,7 @@ impl Lite {
         &self,
         result_ids: &[i64],
         only: Option<&str>,
-    ) -> Result<HashMap<i64, Vec<StructureMetrics>>> {
+    ) -> Result<HashMap<i64, Vec<StructureView>>> {
         let sql = format!(
             "SELECT {STRUCTURE_COLUMNS} FROM structure_results
              WHERE result_id IN (SELECT value FROM json_each($1)) AND ($2 IS NULL OR structure = $2)
@@ -31,7 +30,7 @@ impl Lite {
             .fetch_all(&self.reader)
             .await
             .map_err(classify)?;
-        Ok(by_result(rows))
+        by_result(rows)
     }
 
     /// See `Store::lesions`: ids passed as one JSON array.

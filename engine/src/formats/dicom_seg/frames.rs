@@ -144,6 +144,15 @@ impl<'a> Seg<'a> {
         for (f, &z) in slices.iter().enumerate() {
             self.nonzero_pixels(&data, f, &mut values)?;
             for &(i, v) in &values {
+                // A fractional value is a fraction of MaximumFractionalValue
+                // (PS3.3 C.8.20.2.3): a larger one is no fraction at all.
+                if self.kind == SegKind::Fractional && v > self.max_fraction {
+                    return Err(FormatError::Value(format!(
+                        "frame {} stores the value {v}, above MaximumFractionalValue {}",
+                        f + 1,
+                        self.max_fraction
+                    )));
+                }
                 let p = BoundingBox::point(at(i, z));
                 if self.probability {
                     let slot = *known

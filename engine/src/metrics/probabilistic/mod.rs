@@ -167,12 +167,15 @@ impl SoftTally {
         let reliability = bins
             .iter()
             .enumerate()
-            .map(|(k, b)| ReliabilityBin {
-                lower: k as f64 / last as f64,
-                upper: (k + 1).min(last) as f64 / last as f64,
-                count: b.count,
-                mean_probability: (b.count > 0).then(|| b.sum_p / b.count as f64),
-                observed_frequency: (b.count > 0).then(|| b.positives as f64 / b.count as f64),
+            .map(|(k, b)| {
+                let (lower, upper) = ReliabilityBin::edges(k, last);
+                ReliabilityBin {
+                    lower,
+                    upper,
+                    count: b.count,
+                    mean_probability: (b.count > 0).then(|| b.sum_p / b.count as f64),
+                    observed_frequency: (b.count > 0).then(|| b.positives as f64 / b.count as f64),
+                }
             })
             .collect();
         Ok(Probabilistic {
@@ -216,6 +219,17 @@ pub struct ReliabilityBin {
     pub mean_probability: Option<f64>,
     /// Share of those voxels in the reference; None when the bin is empty.
     pub observed_frequency: Option<f64>,
+}
+
+impl ReliabilityBin {
+    /// `lower` and `upper` of bin `k` of a diagram of `bins` equal-width bins
+    /// (bin `bins` being p = 1).
+    pub fn edges(k: usize, bins: usize) -> (f64, f64) {
+        (
+            k as f64 / bins as f64,
+            (k + 1).min(bins) as f64 / bins as f64,
+        )
+    }
 }
 
 #[cfg(test)]

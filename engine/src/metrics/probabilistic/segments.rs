@@ -33,12 +33,13 @@ pub fn score_segments(
     evaluation: &Evaluation,
     bins: usize,
 ) -> Result<Vec<Option<Probabilistic>>, ProbabilityError> {
-    let Segmentation::Segments {
-        grid: pred_grid,
-        segments,
-    } = pred
-    else {
-        return Ok(vec![None; evaluation.structures.len()]);
+    let (pred_grid, segments) = match pred {
+        Segmentation::Segments { grid, segments }
+            if segments.iter().any(|seg| seg.probabilities.is_some()) =>
+        {
+            (grid, segments)
+        }
+        _ => return Ok(vec![None; evaluation.structures.len()]),
     };
     let grid = &evaluation.grid;
     let map = pred_grid.map_onto(grid)?;
@@ -92,12 +93,6 @@ fn feed(
     for (i, &v) in fractions.values.iter().enumerate() {
         if v == 0 {
             continue;
-        }
-        if u16::from(v) > fractions.max {
-            return Err(ProbabilityError::Reference(format!(
-                "a stored value {v} exceeds MaximumFractionalValue {}",
-                fractions.max
-            )));
         }
         let local = [
             i % extent[0],

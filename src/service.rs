@@ -174,19 +174,24 @@ const CASE_PURGE_BATCH: i64 = 500;
 /// Every hour, in a task of its own and in batches: drops the stored files of
 /// segmentations past retention (whole months where it can, creating the
 /// coming months' partitions) and hourly Dice buckets the 1-day window no
-/// longer reads, then cases past the results retention and incidents past
-/// theirs, where those are set.
+/// longer reads, then, where those retentions are set, whole months of results
+/// past the results retention, cases past it and incidents past theirs.
 async fn purge_expired(store: Store, config: Arc<Config>, metrics: Metrics) {
     let mut tick = every(PURGE_PERIOD);
     loop {
         tick.tick().await;
         let started = std::time::Instant::now();
-        // Whole months of stored files first (and the coming months'
+        // Whole months of stored files and results first (and the coming months'
         // partitions created), then the rest in batches.
         let mut purged = 0;
-        let outcome = match store.maintain_partitions(config.retention_days).await {
-            Ok(n) => {
-                purged += n;
+        let mut results = 0;
+        let outcome = match store
+            .maintain_partitions(config.retention_days, config.results_retention_days)
+            .await
+        {
+            Ok(dropped) => {
+                purged += dropped.files;
+                results = dropped.results;
                 loop {
                     match store.purge_scored(config.retention_days, PURGE_BATCH).await {
                         Ok(n) => {
@@ -237,6 +242,12 @@ async fn purge_expired(store: Store, config: Arc<Config>, metrics: Metrics) {
             info!(
                 purged,
                 "dropped stored files of segmentations past retention"
+            );
+        }
+        if results > 0 {
+            info!(
+                results,
+                "dropped whole months of results past the results retention"
             );
         }
         if cases > 0 {

@@ -49,13 +49,14 @@ SELECT id, id, id, site, model, 'v1', 'boundary_voxel',
        observed_at, observed_at + interval '1 hour 1 minute', false, true
 FROM synth;
 
--- The name is the structure's, so stored as NULL (as the worker stores it).
+-- The name is the structure's, so stored as NULL (as the worker stores it);
+-- scored_at is the result's (the month partition key, migration 0020).
 INSERT INTO structure_results (result_id, position, structure, label, pred_voxels, ref_voxels, tp,
                                pred_volume_ml, ref_volume_ml, dice, hd_mm, hd95_mm, assd_mm, masd_mm, nsd,
-                               tolerance_mm, site)
+                               tolerance_mm, site, scored_at)
 SELECT s.id, k - 1, 'structure' || lpad(k::text, 2, '0'), k,
        100000, 100000, round(100000 * pg_temp.dice(s.id, k)), 96.0, 96.0, pg_temp.dice(s.id, k),
-       12.5, 4.2, 1.1, 1.2, 0.93, 2.0, s.site
+       12.5, 4.2, 1.1, 1.2, 0.93, 2.0, s.site, s.observed_at + interval '1 hour 1 minute'
 FROM synth s CROSS JOIN generate_series(1, :structures) k;
 
 \o /dev/null
@@ -68,13 +69,13 @@ SELECT setval(pg_get_serial_sequence('results', 'id'), :cases);
 -- What the worker upserts with each result, and ingest with each upload.
 INSERT INTO dice_daily (day, model, model_version, site, structure, cases, dice_sum)
 SELECT (r.observed_at AT TIME ZONE 'UTC')::date, r.model, r.model_version, r.site, s.structure, count(*), sum(s.dice)
-FROM results r JOIN structure_results s ON s.result_id = r.id GROUP BY 1, 2, 3, 4, 5
+FROM results r JOIN structure_results s ON s.result_id = r.id AND s.scored_at = r.scored_at GROUP BY 1, 2, 3, 4, 5
 UNION ALL
 SELECT (observed_at AT TIME ZONE 'UTC')::date, model, model_version, site, 'all', count(*), sum(mean_dice)
 FROM results GROUP BY 1, 2, 3, 4;
 INSERT INTO dice_hourly (hour, model, model_version, site, structure, cases, dice_sum)
 SELECT date_trunc('hour', r.observed_at), r.model, r.model_version, r.site, s.structure, count(*), sum(s.dice)
-FROM results r JOIN structure_results s ON s.result_id = r.id
+FROM results r JOIN structure_results s ON s.result_id = r.id AND s.scored_at = r.scored_at
 WHERE r.observed_at > now() - interval '2 days' GROUP BY 1, 2, 3, 4, 5
 UNION ALL
 SELECT date_trunc('hour', observed_at), model, model_version, site, 'all', count(*), sum(mean_dice)

@@ -182,11 +182,11 @@ impl Store {
         let pool = postgres_or!(self, lite => lite.first_scored(model, version, cases));
         let rows = sqlx::query!(
             r#"WITH first AS (
-                   SELECT DISTINCT ON (case_id) id, case_id, observed_at FROM results
+                   SELECT DISTINCT ON (case_id) id, case_id, observed_at, scored_at FROM results
                    WHERE model = $1 AND model_version = $2 ORDER BY case_id, id)
                SELECT f.id, s.structure, s.dice AS "dice!"
-               FROM (SELECT id, observed_at FROM first ORDER BY observed_at, id LIMIT $3) f
-               JOIN structure_results s ON s.result_id = f.id
+               FROM (SELECT id, observed_at, scored_at FROM first ORDER BY observed_at, id LIMIT $3) f
+               JOIN structure_results s ON s.result_id = f.id AND s.scored_at = f.scored_at
                WHERE (s.pred_voxels > 0 OR s.ref_voxels > 0) AND s.dice IS NOT NULL
                ORDER BY f.observed_at, f.id"#,
             model,
@@ -479,7 +479,8 @@ async fn postgres_strata(
         let rows = sqlx::query!(
             r#"WITH cases AS (
                    SELECT r.acquisition, CASE WHEN $4 = 'all' THEN r.mean_dice ELSE s.dice END AS dice
-                   FROM results r LEFT JOIN structure_results s ON s.result_id = r.id AND s.structure = $4
+                   FROM results r LEFT JOIN structure_results s
+                       ON s.result_id = r.id AND s.scored_at = r.scored_at AND s.structure = $4
                    WHERE r.model = $2 AND r.model_version = $3 AND ($1 = 'all' OR r.site = $1) AND r.observed_at >= $5
                      AND ($4 = 'all' OR ((s.pred_voxels > 0 OR s.ref_voxels > 0) AND s.dice IS NOT NULL))),
                attributes AS (
@@ -701,7 +702,7 @@ impl Store {
             return Ok(0);
         }
         let rows = sqlx::query!(
-            "SELECT id, site, model, model_version, mean_dice, observed_at FROM results
+            "SELECT id, site, model, model_version, mean_dice, observed_at, scored_at FROM results
              WHERE drift_pending AND scored_at <= now() - make_interval(secs => $1)
              ORDER BY observed_at, id LIMIT $2 FOR UPDATE",
             lateness.as_secs_f64(),
@@ -713,17 +714,24 @@ impl Store {
             return Ok(0);
         }
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        // The results' months, so that only their partitions are read.
+        let scored: BTreeMap<i64, DateTime<Utc>> =
+            rows.iter().map(|r| (r.id, r.scored_at)).collect();
+        let months: Vec<DateTime<Utc>> = scored.values().copied().collect();
         let mut dice: BTreeMap<i64, Vec<(String, f64)>> = BTreeMap::new();
         let mut ambiguous = BTreeSet::new();
         for r in sqlx::query!(
             r#"SELECT s.result_id, s.structure, s.dice AS "dice!",
-                      $2 AND EXISTS (SELECT 1 FROM results r JOIN reader_agreement a
+                      $3 AND EXISTS (SELECT 1 FROM results r JOIN reader_agreement a
                                        ON a.case_id = r.case_id AND a.model = r.model AND a.model_version = r.model_version
-                                     WHERE r.id = s.result_id AND a.structure = s.structure AND a.ambiguous) AS "ambiguous!"
+                                     WHERE r.id = s.result_id AND r.scored_at = s.scored_at
+                                       AND a.structure = s.structure AND a.ambiguous) AS "ambiguous!"
                FROM structure_results s
-               WHERE s.result_id = ANY($1) AND (s.pred_voxels > 0 OR s.ref_voxels > 0) AND s.dice IS NOT NULL
+               WHERE s.result_id = ANY($1) AND s.scored_at = ANY($2)
+                 AND (s.pred_voxels > 0 OR s.ref_voxels > 0) AND s.dice IS NOT NULL
                ORDER BY s.result_id, s.position"#,
             &ids,
+            &months,
             exclude_ambiguous
         )
         .fetch_all(&mut *tx)
@@ -810,7 +818,7 @@ impl Store {
         for (key, record) in streams.iter().filter(|(_, r)| r.changed) {
             save_stream(&mut tx, key, record).await?;
         }
-        super::history::save(&mut tx, &updates).await?;
+        super::history::save(&mut tx, &updates, &scored).await?;
         for ((model, version), context) in &mut contexts {
             for incident in context.incidents.open.iter_mut().filter(|i| i.changed) {
                 save_incident(&mut tx, model, version, incident).await?;

@@ -177,9 +177,10 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         if let Some(outcome) = outcome {
-            let result_id = sqlx::query_scalar!(
+            // Its rows carry its scored_at, the month partition key (migration 0020).
+            let result = sqlx::query!(
                 "INSERT INTO results (job_id, case_id, site, model, model_version, surface, grid, mean_dice, acquisition, observed_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id, scored_at",
                 job.id,
                 inputs.case_id,
                 inputs.site,
@@ -196,16 +197,18 @@ impl Store {
             )
             .fetch_one(&mut *tx)
             .await?;
+            let (result_id, scored_at) = (result.id, result.scored_at);
             for (position, scored) in outcome.structures.iter().enumerate() {
-                let (structure, m, tolerance) = (&scored.name, &scored.metrics, scored.tolerance_mm);
+                let (structure, m, tolerance) =
+                    (&scored.name, &scored.metrics, scored.tolerance_mm);
                 let (soft_dice, brier, ece, reliability) =
                     probabilistic::columns(scored.probabilistic.as_ref())?;
                 sqlx::query!(
                     "INSERT INTO structure_results (result_id, position, structure, label, code, name, pred_voxels, ref_voxels, tp,
                          pred_volume_ml, ref_volume_ml, dice, hd_mm, hd95_mm, assd_mm, masd_mm, nsd, tolerance_mm, site,
-                         soft_dice, brier, ece, reliability)
+                         soft_dice, brier, ece, reliability, scored_at)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-                         $20, $21, $22, $23)",
+                         $20, $21, $22, $23, $24)",
                     result_id,
                     position as i32,
                     structure,
@@ -228,17 +231,19 @@ impl Store {
                     soft_dice,
                     brier,
                     ece,
-                    reliability
+                    reliability,
+                    scored_at
                 )
                 .execute(&mut *tx)
                 .await?;
             }
             for scored in &outcome.lesions {
                 sqlx::query!(
-                    "INSERT INTO lesion_results (result_id, structure, metrics) VALUES ($1, $2, $3)",
+                    "INSERT INTO lesion_results (result_id, structure, metrics, scored_at) VALUES ($1, $2, $3, $4)",
                     result_id,
                     scored.structure,
-                    lesion_json(scored)?
+                    lesion_json(scored)?,
+                    scored_at
                 )
                 .execute(&mut *tx)
                 .await?;
@@ -254,7 +259,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             let entries = rollups::entries(outcome);
-            let column = |f: fn(&rollups::Entry) -> f64| entries.iter().map(f).collect::<Vec<f64>>();
+            let column =
+                |f: fn(&rollups::Entry) -> f64| entries.iter().map(f).collect::<Vec<f64>>();
             let count = |f: fn(&rollups::Entry) -> i64| entries.iter().map(f).collect::<Vec<i64>>();
             let structures: Vec<&str> = entries.iter().map(|e| e.structure.as_str()).collect();
             let hour = rollups::hour(inputs.observed_at);

@@ -44,6 +44,7 @@ pub use gates::NewGateDecision;
 pub use history::{StoredStep, StoredUpdate, StreamHistory};
 pub use jobs::{ClaimedJob, JobInputs};
 pub use keys::{KEY_CACHE_TTL, KeyInfo, Principal, Role, hash_secret};
+pub use partitions::DroppedMonths;
 pub use readers::{ReaderReference, StructureAgreement};
 pub use results::CaseFilter;
 pub use uploads::{

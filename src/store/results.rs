@@ -146,9 +146,12 @@ pub(super) const STRUCTURE_COLUMNS: &str = "result_id, structure, label, code, n
 impl Store {
     /// The structures of stored results (only `only` if given), in stored
     /// order, by result: one query for a whole listing.
+    /// `scored` holds the results' `scored_at`, so that only their month
+    /// partitions are read.
     async fn structures(
         pool: &sqlx::PgPool,
         result_ids: &[i64],
+        scored: &[DateTime<Utc>],
         only: Option<&str>,
     ) -> Result<HashMap<i64, Vec<StructureView>>> {
         let rows = sqlx::query_as!(
@@ -156,10 +159,12 @@ impl Store {
             r#"SELECT result_id, structure, label, code, name, pred_voxels, ref_voxels, tp,
                       pred_volume_ml, ref_volume_ml, dice, hd_mm, hd95_mm, assd_mm, masd_mm, nsd,
                       soft_dice, brier, ece, reliability
-               FROM structure_results WHERE result_id = ANY($1) AND ($2::text IS NULL OR structure = $2)
+               FROM structure_results
+               WHERE result_id = ANY($1) AND scored_at = ANY($3) AND ($2::text IS NULL OR structure = $2)
                ORDER BY result_id, position"#,
             result_ids,
-            only
+            only,
+            scored
         )
         .fetch_all(pool)
         .await
@@ -168,15 +173,17 @@ impl Store {
     }
 
     /// The lesion-wise structures of stored results, by result: one query
-    /// for every version's result of a case.
+    /// for every version's result of a case (`scored` as for `structures`).
     async fn lesions(
         pool: &sqlx::PgPool,
         result_ids: &[i64],
+        scored: &[DateTime<Utc>],
     ) -> Result<HashMap<i64, Vec<CaseLesions>>> {
         let rows = sqlx::query!(
             "SELECT result_id, structure, metrics FROM lesion_results
-             WHERE result_id = ANY($1) ORDER BY result_id, structure",
-            result_ids
+             WHERE result_id = ANY($1) AND scored_at = ANY($2) ORDER BY result_id, structure",
+            result_ids,
+            scored
         )
         .fetch_all(pool)
         .await
@@ -234,8 +241,9 @@ impl Store {
         .await
         .map_err(StoreError::classify)?;
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        let mut structures = Store::structures(pool, &ids, None).await?;
-        let mut lesions = Store::lesions(pool, &ids).await?;
+        let scored: Vec<DateTime<Utc>> = rows.iter().map(|r| r.scored_at).collect();
+        let mut structures = Store::structures(pool, &ids, &scored, None).await?;
+        let mut lesions = Store::lesions(pool, &ids, &scored).await?;
         let readers = Store::case_readers(pool, case_id).await?;
         let results = rows
             .into_iter()
@@ -261,7 +269,9 @@ impl Store {
         // Dice order up to the limit: `results_latest_site` by mean Dice,
         // `structure_results_site` by a structure (on the structure rows' copy
         // of the site; the few results that are no longer their case's latest
-        // are skipped on the join). Case keys are joined to the page only.
+        // are skipped on the join). Case keys are joined to the page only. The
+        // join is on the result id alone (as in `case_structure_results`): with
+        // `scored_at` too, PostgreSQL expects a few rows and sorts them all.
         let rows = match &filter.structure {
             None => sqlx::query_as!(
                 ListedResult,
@@ -322,7 +332,9 @@ impl Store {
         }
         .map_err(StoreError::classify)?;
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        let mut structures = Store::structures(pool, &ids, filter.structure.as_deref()).await?;
+        let scored: Vec<DateTime<Utc>> = rows.iter().map(|r| r.scored_at).collect();
+        let mut structures =
+            Store::structures(pool, &ids, &scored, filter.structure.as_deref()).await?;
         Ok(rows
             .into_iter()
             .map(|r| CaseSummary {

@@ -32,15 +32,16 @@ impl Store {
         sqlx::query_as!(
             VersionDice,
             r#"WITH chosen AS (
-                   SELECT max(id) AS id FROM results
-                   WHERE model = $1 AND model_version = $2 AND ($3::text IS NULL OR site = $3)
-                     AND ($5::timestamptz IS NULL OR scored_at >= $5)
-                   GROUP BY case_id ORDER BY max(id) DESC LIMIT $4)
+                   SELECT id, case_id, scored_at FROM (
+                       SELECT DISTINCT ON (case_id) id, case_id, scored_at FROM results
+                       WHERE model = $1 AND model_version = $2 AND ($3::text IS NULL OR site = $3)
+                         AND ($5::timestamptz IS NULL OR scored_at >= $5)
+                       ORDER BY case_id, id DESC) newest
+                   ORDER BY id DESC LIMIT $4)
                SELECT c.site, c.case_key, s.structure, s.dice AS "dice!"
                FROM chosen f
-               JOIN results r ON r.id = f.id
-               JOIN cases c ON c.id = r.case_id
-               JOIN structure_results s ON s.result_id = r.id
+               JOIN cases c ON c.id = f.case_id
+               JOIN structure_results s ON s.result_id = f.id AND s.scored_at = f.scored_at
                WHERE (s.pred_voxels > 0 OR s.ref_voxels > 0) AND s.dice IS NOT NULL"#,
             model,
             version,

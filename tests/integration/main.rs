@@ -13,6 +13,7 @@ mod drift;
 mod drift_api;
 mod gate;
 mod history;
+mod leases;
 mod metrics_detail;
 mod nifti_files;
 mod probabilistic;

@@ -1,7 +1,7 @@
 //! Retention of cases and incidents past their configured days, on both stores.
 
 use chrono::{Datelike, Duration, Months, NaiveDate, Utc};
-use segwatch::store::Role;
+use segwatch::store::{DroppedMonths, Role};
 
 use crate::common::{TestApp, TestDb, read_fixture};
 
@@ -21,16 +21,18 @@ async fn count(db: &TestDb, table: &str, column: &str, ids: &str) -> i64 {
 }
 
 /// A lesion-wise and a detector-history row for a result, as the worker and
-/// the drift feed leave them.
+/// the drift feed leave them (on PostgreSQL with the result's `scored_at`).
 async fn history_rows(db: &TestDb, result: i64) {
+    let scored = if db.is_postgres() { ", scored_at" } else { "" };
     db.execute(&format!(
-        "INSERT INTO lesion_results (result_id, structure, metrics) VALUES ({result}, 'mets', '{{}}')"
+        "INSERT INTO lesion_results (result_id, structure, metrics{scored})
+         SELECT id, 'mets', '{{}}'{scored} FROM results WHERE id = {result}"
     ))
     .await;
     let arrays = if db.is_postgres() { "'{}'" } else { "'[]'" };
     db.execute(&format!(
-        "INSERT INTO detector_history (result_id, fed_at, pairs, parameters, t, flags, vals)
-         VALUES ({result}, '{}', 1, {arrays}, {arrays}, {arrays}, {arrays})",
+        "INSERT INTO detector_history (result_id, fed_at, pairs, parameters, t, flags, vals{scored})
+         SELECT id, '{}', 1, {arrays}, {arrays}, {arrays}, {arrays}{scored} FROM results WHERE id = {result}",
         days_ago(0)
     ))
     .await;
@@ -210,12 +212,76 @@ async fn stored_files(db: &TestDb, first: i64, paired: bool, when: &str) {
 /// The partition of the month starting on `month` and its bounds, as the
 /// service names them.
 fn month_partition(month: NaiveDate) -> (String, String, String) {
+    table_month("segmentation_contents", month)
+}
+
+/// The partition of `table` for the month starting on `month` and its bounds.
+fn table_month(table: &str, month: NaiveDate) -> (String, String, String) {
     let next = month + Months::new(1);
     (
-        format!("segmentation_contents_{}", month.format("%Y_%m")),
+        format!("{table}_{}", month.format("%Y_%m")),
         format!("{month}T00:00:00Z"),
         format!("{next}T00:00:00Z"),
     )
+}
+
+/// The tables partitioned by the month of their result's `scored_at`.
+const RESULT_TABLES: [&str; 4] = [
+    "results",
+    "structure_results",
+    "lesion_results",
+    "detector_history",
+];
+
+/// Job `job`'s result (id `job`), scored at `when`, with a structure, a
+/// lesion-wise and a detector-history row (PostgreSQL).
+async fn scored_result(db: &TestDb, job: i64, when: &str, drift_pending: bool) {
+    db.execute(&format!(
+        "INSERT INTO results (id, job_id, case_id, site, model, model_version, surface, grid, mean_dice,
+                              observed_at, scored_at, drift_pending)
+         SELECT id, id, case_id, 's', 'm', 'v1', 'voxel', '{{}}', 0.5, '{when}', '{when}', {drift_pending}
+         FROM jobs WHERE id = {job}"
+    ))
+    .await;
+    db.execute(&format!(
+        "INSERT INTO structure_results (result_id, position, structure, pred_voxels, ref_voxels, tp,
+                                        pred_volume_ml, ref_volume_ml, dice, tolerance_mm, site, scored_at)
+         VALUES ({job}, 0, 'liver', 1, 1, 1, 1, 1, 1, 1, 's', '{when}')"
+    ))
+    .await;
+    history_rows(db, job).await;
+}
+
+/// Each table's result ids and the partition each row is in.
+async fn result_partitions(db: &TestDb) -> Vec<Vec<(i64, String)>> {
+    let mut tables = Vec::new();
+    for table in RESULT_TABLES {
+        let id = if table == "results" {
+            "id"
+        } else {
+            "result_id"
+        };
+        tables.push(
+            db.rows(&format!(
+                "SELECT {id}, tableoid::regclass::text FROM {table} ORDER BY {id}"
+            ))
+            .await,
+        );
+    }
+    tables
+}
+
+/// The rows of `result_partitions` for `(result, month)`: a month's suffix
+/// or "default".
+fn placed(rows: &[(i64, &str)]) -> Vec<Vec<(i64, String)>> {
+    RESULT_TABLES
+        .iter()
+        .map(|table| {
+            rows.iter()
+                .map(|&(id, month)| (id, format!("{table}_{month}")))
+                .collect()
+        })
+        .collect()
 }
 
 /// Stored files and the partition each is in ("" on the embedded store).
@@ -253,7 +319,9 @@ async fn stored_files_of_scored_jobs_past_retention_go_and_the_others_stay() {
     // As the hourly purge runs: whole months, then batches. PostgreSQL drops
     // the old month's partition and deletes nothing row by row; the embedded
     // store deletes the same files in its batches.
-    let months = store.maintain_partitions(30).await.unwrap();
+    let dropped = store.maintain_partitions(30, 0).await.unwrap();
+    assert_eq!(dropped.results, 0);
+    let months = dropped.files;
     let batches = store.purge_scored(30, 10).await.unwrap();
     assert_eq!(months + batches, 2);
     let kept: Vec<i64> = files(&db).await.into_iter().map(|(id, _)| id).collect();
@@ -295,19 +363,114 @@ async fn a_month_without_its_partition_gets_one_with_the_files_the_default_took(
     let this_month = Utc::now().date_naive().with_day(1).unwrap();
     let (name, ..) = month_partition(this_month);
     db.execute(&format!("DROP TABLE {name}")).await;
+    // Nor results (a referenced partition is detached before it is dropped).
+    for table in &RESULT_TABLES[1..] {
+        let (child, ..) = table_month(table, this_month);
+        db.execute(&format!("DROP TABLE {child}")).await;
+    }
+    let (results, ..) = table_month("results", this_month);
+    db.execute(&format!("ALTER TABLE results DETACH PARTITION {results}"))
+        .await;
+    db.execute(&format!("DROP TABLE {results}")).await;
     stored_files(&db, 1, true, &days_ago(0)).await;
+    scored_result(&db, 1, &days_ago(0), false).await;
     let default = "segmentation_contents_default".to_owned();
     assert_eq!(files(&db).await, [(1, default.clone()), (2, default)]);
-    assert_eq!(store.maintain_partitions(30).await.unwrap(), 0);
+    assert_eq!(result_partitions(&db).await, placed(&[(1, "default")]));
+    assert_eq!(
+        store.maintain_partitions(30, 0).await.unwrap(),
+        DroppedMonths::default()
+    );
     assert_eq!(files(&db).await, [(1, name.clone()), (2, name)]);
+    let month = this_month.format("%Y_%m").to_string();
+    assert_eq!(result_partitions(&db).await, placed(&[(1, &month)]));
     // This month and the next two have partitions; running again changes nothing.
     for later in 0..3 {
-        let (name, ..) = month_partition(this_month + Months::new(later));
-        let exists: Option<String> = db
+        for table in ["segmentation_contents"].iter().chain(&RESULT_TABLES) {
+            let (name, ..) = table_month(table, this_month + Months::new(later));
+            let exists: Option<String> = db
+                .scalar(&format!("SELECT to_regclass('{name}')::text"))
+                .await;
+            assert_eq!(exists.as_deref(), Some(name.as_str()));
+        }
+    }
+    assert_eq!(
+        store.maintain_partitions(30, 0).await.unwrap(),
+        DroppedMonths::default()
+    );
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_month_of_results_past_retention_goes_whole_and_active_cases_keep_theirs() {
+    let Some(db) = TestDb::postgres_only(
+        "a_month_of_results_past_retention_goes_whole_and_active_cases_keep_theirs",
+    )
+    .await
+    else {
+        return;
+    };
+    let store = db.store();
+    store.migrate().await.unwrap();
+    // As the service created it when that month was ahead.
+    let old_month = (Utc::now() - Duration::days(100))
+        .date_naive()
+        .with_day(1)
+        .unwrap();
+    for table in RESULT_TABLES {
+        let (name, from, to) = table_month(table, old_month);
+        db.execute(&format!(
+            "CREATE TABLE {name} PARTITION OF {table} FOR VALUES FROM ('{from}') TO ('{to}')"
+        ))
+        .await;
+    }
+    let (old, now) = (days_ago(100), days_ago(0));
+    // Cases 1, 3 and 5 scored 100 days ago; 3 has had an upload since and 5
+    // a result not yet fed to the detectors; case 7 was scored now.
+    for (job, when, drift_pending) in [
+        (1, &old, false),
+        (3, &old, false),
+        (5, &old, true),
+        (7, &now, false),
+    ] {
+        stored_files(&db, job, true, when).await;
+        scored_result(&db, job, when, drift_pending).await;
+    }
+    db.execute(&format!(
+        "INSERT INTO segmentations (id, case_id, role, revision, sha256, format, content_bytes, voxels, grid,
+                                    reader, observed_at, received_at)
+         VALUES (9, 3, 'reference', 2, decode('09', 'hex'), 'nifti', 1, 8, '{{}}', 'default', '{now}', '{now}')"
+    ))
+    .await;
+    let month = old_month.format("%Y_%m").to_string();
+    let this_month = Utc::now().format("%Y_%m").to_string();
+    let before = placed(&[(1, &month), (3, &month), (5, &month), (7, &this_month)]);
+    assert_eq!(result_partitions(&db).await, before);
+    // Results kept for ever (no results retention): the month stays.
+    assert_eq!(store.maintain_partitions(30, 0).await.unwrap().results, 0);
+    assert_eq!(result_partitions(&db).await, before);
+    // Kept 60 days: the month goes whole, case 1's result with it; the results
+    // of the active cases 3 and 5 move to DEFAULT with all their rows.
+    assert_eq!(store.maintain_partitions(30, 60).await.unwrap().results, 1);
+    for table in RESULT_TABLES {
+        let (name, ..) = table_month(table, old_month);
+        let gone: Option<String> = db
             .scalar(&format!("SELECT to_regclass('{name}')::text"))
             .await;
-        assert_eq!(exists.as_deref(), Some(name.as_str()));
+        assert_eq!(gone, None, "{table}");
     }
-    assert_eq!(store.maintain_partitions(30).await.unwrap(), 0);
+    assert_eq!(
+        result_partitions(&db).await,
+        placed(&[(3, "default"), (5, "default"), (7, &this_month)])
+    );
+    let kept: Vec<(i64, bool)> = db
+        .rows("SELECT id, drift_pending FROM results ORDER BY id")
+        .await;
+    assert_eq!(kept, [(3, false), (5, true), (7, false)]);
+    // Case 1, left without results, goes with the case purge; running again
+    // drops nothing more.
+    assert_eq!(store.purge_expired_cases(60, 10).await.unwrap(), 1);
+    assert_eq!(count(&db, "cases", "id", "1, 3, 5, 7").await, 3);
+    assert_eq!(store.maintain_partitions(30, 60).await.unwrap().results, 0);
     db.drop_db().await;
 }

@@ -458,3 +458,105 @@ async fn an_upgrade_to_shadow_mode_keeps_uploads_and_flags_each_versions_latest_
     assert_eq!(case.mean_dice, Some(0.9));
     db.drop_db().await;
 }
+
+/// Every row of the tables migration 0020 partitions, as JSON text without
+/// the `scored_at` the rows of results' rows gain, in a fixed order.
+async fn history_rows(db: &TestDb) -> Vec<(String,)> {
+    db.rows(
+        "SELECT (to_jsonb(r))::text FROM (SELECT * FROM results ORDER BY id) r
+         UNION ALL SELECT (to_jsonb(s) - 'scored_at')::text
+         FROM (SELECT * FROM structure_results ORDER BY result_id, structure) s
+         UNION ALL SELECT (to_jsonb(l) - 'scored_at')::text
+         FROM (SELECT * FROM lesion_results ORDER BY result_id, structure) l
+         UNION ALL SELECT (to_jsonb(h) - 'scored_at')::text
+         FROM (SELECT * FROM detector_history ORDER BY result_id) h",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn an_upgrade_to_monthly_results_partitions_keeps_every_row_in_its_month() {
+    let Some(db) = TestDb::postgres_only(
+        "an_upgrade_to_monthly_results_partitions_keeps_every_row_in_its_month",
+    )
+    .await
+    else {
+        return;
+    };
+    // The schema just before migration 0020.
+    db.migrate_to(19).await;
+    // Case 1 scored 100 days ago, case 2 now; each result with a structure, a lesion-wise and
+    // a detector-history row.
+    let times = [
+        at(Utc::now() - Duration::days(100)),
+        at(Utc::now() - Duration::hours(1)),
+    ];
+    for (case, when) in [1, 2].into_iter().zip(&times) {
+        let (prediction, reference) = (case * 2 - 1, case * 2);
+        let statements = format!(
+            "INSERT INTO cases (id, site, case_key, created_at) VALUES ({case}, 'a', 'c{case}', '{when}');
+             INSERT INTO segmentations (id, case_id, role, revision, sha256, format, content_bytes, voxels, grid,
+                                        model, model_version, reader, observed_at, received_at)
+             VALUES ({prediction}, {case}, 'prediction', 1, decode('0{prediction}', 'hex'), 'nifti', 1, 8, '{{}}',
+                     'm', 'v1', NULL, '{when}', '{when}'),
+                    ({reference}, {case}, 'reference', 1, decode('0{reference}', 'hex'), 'nifti', 1, 8, '{{}}',
+                     NULL, NULL, 'default', '{when}', '{when}');
+             INSERT INTO jobs (id, case_id, prediction_id, reference_id, status, attempts, run_after, created_at)
+             VALUES ({case}, {case}, {prediction}, {reference}, 'done', 1, '{when}', '{when}');
+             INSERT INTO results (id, job_id, case_id, site, model, model_version, surface, grid, mean_dice,
+                                  acquisition, observed_at, scored_at, drift_pending)
+             VALUES ({case}, {case}, {case}, 'a', 'm', 'v1', 'voxel', '{{}}', 0.{case}, '{{\"protocol\": \"p\"}}',
+                     '{when}', '{when}', false);
+             INSERT INTO structure_results (result_id, position, structure, pred_voxels, ref_voxels, tp,
+                                            pred_volume_ml, ref_volume_ml, dice, tolerance_mm, site)
+             VALUES ({case}, 0, 'liver', 3, 4, 2, 0.3, 0.4, 0.{case}, 1, 'a'),
+                    ({case}, 1, 'spleen', 0, 0, 0, 0, 0, NULL, 1, 'a');
+             INSERT INTO lesion_results (result_id, structure, metrics) VALUES ({case}, 'mets', '{{\"lesions\": 2}}');
+             INSERT INTO detector_history (result_id, fed_at, pairs, parameters, t, flags, vals)
+             VALUES ({case}, '{when}', 3, '{{1}}', '{{{case}}}', '{{0}}', '{{0.5,1,2}}')"
+        );
+        for statement in statements.split(";\n") {
+            db.execute(statement).await;
+        }
+    }
+    let before = history_rows(&db).await;
+    assert_eq!(before.len(), 2 + 4 + 2 + 2);
+
+    db.store().migrate().await.unwrap();
+    assert_eq!(history_rows(&db).await, before);
+    // Each row is in its result's month: the migration made a partition for
+    // every month of the history.
+    let (old, month) = (
+        (Utc::now() - Duration::days(100)).format("%Y_%m"),
+        Utc::now().format("%Y_%m"),
+    );
+    for (table, id) in [
+        ("results", "id"),
+        ("structure_results", "result_id"),
+        ("lesion_results", "result_id"),
+        ("detector_history", "result_id"),
+    ] {
+        let placed: Vec<(i64, String)> = db
+            .rows(&format!(
+                "SELECT DISTINCT {id}, tableoid::regclass::text FROM {table} ORDER BY 1"
+            ))
+            .await;
+        assert_eq!(
+            placed,
+            [
+                (1, format!("{table}_{old}")),
+                (2, format!("{table}_{month}"))
+            ]
+        );
+    }
+    // The view reads both, and new results keep numbering from the sequence.
+    let view: i64 = db
+        .scalar("SELECT count(*) FROM case_structure_results")
+        .await;
+    assert_eq!(view, 4);
+    let sequence: Option<String> = db
+        .scalar("SELECT pg_get_serial_sequence('results', 'id')")
+        .await;
+    assert_eq!(sequence.as_deref(), Some("public.results_id_seq"));
+    db.drop_db().await;
+}

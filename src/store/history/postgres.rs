@@ -1,6 +1,9 @@
 //! The detector history on PostgreSQL: a feed's steps written in a few
 //! statements, and one stream read back for audit.
 
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 
 use super::{
@@ -12,10 +15,12 @@ use crate::drift::feed::{StreamKey, StreamUpdate};
 use crate::store::{ALL, Result, Store, StoreError};
 
 /// Stores a feed's history and the latest detector states: a few statements
-/// per feed, whatever its number of cases.
+/// per feed, whatever its number of cases. `scored` maps each fed result to
+/// its `scored_at`, which its history row carries (the month partition key).
 pub(in crate::store) async fn save(
     tx: &mut Transaction<'_, Postgres>,
     updates: &[StreamUpdate],
+    scored: &BTreeMap<i64, DateTime<Utc>>,
 ) -> Result<()> {
     if updates.is_empty() {
         return Ok(());
@@ -65,11 +70,22 @@ pub(in crate::store) async fn save(
     let set_ids: Vec<i32> = of_update.iter().map(|&n| ids[n]).collect();
     let batch = HistoryBatch::new(updates, &set_ids);
     let vals: Vec<f32> = batch.vals.iter().map(|v| v.unwrap_or(f32::NAN)).collect();
+    let scored_at = batch
+        .result_ids
+        .iter()
+        .map(|id| {
+            scored
+                .get(id)
+                .copied()
+                .ok_or_else(|| StoreError::Corrupt(format!("no scored_at for fed result {id}")))
+        })
+        .collect::<Result<Vec<DateTime<Utc>>>>()?;
     sqlx::query!(
-        "INSERT INTO detector_history (result_id, pairs, parameters, t, flags, vals)
-         SELECT r.id, r.pairs, ($5::int4[])[r.lo:r.hi], ($6::int4[])[r.lo:r.hi], ($7::int2[])[r.lo:r.hi],
+        "INSERT INTO detector_history (result_id, scored_at, pairs, parameters, t, flags, vals)
+         SELECT r.id, r.scored_at, r.pairs, ($5::int4[])[r.lo:r.hi], ($6::int4[])[r.lo:r.hi], ($7::int2[])[r.lo:r.hi],
                 ($8::float4[])[(r.lo - 1) * $9 + 1:r.hi * $9]
-         FROM unnest($1::int8[], $2::int4[], $3::int4[], $4::int4[]) AS r(id, pairs, lo, hi)",
+         FROM unnest($1::int8[], $2::int4[], $3::int4[], $4::int4[], $10::timestamptz[])
+             AS r(id, pairs, lo, hi, scored_at)",
         &batch.result_ids,
         &batch.pairs,
         &batch.lo,
@@ -78,7 +94,8 @@ pub(in crate::store) async fn save(
         &batch.t,
         &batch.flags,
         &vals,
-        SLOTS as i32
+        SLOTS as i32,
+        &scored_at
     )
     .execute(&mut **tx)
     .await?;
@@ -167,8 +184,9 @@ impl Store {
             r#"SELECT h.result_id, r.observed_at, h.pairs, h.parameters, h.t, h.flags, h.vals,
                       CASE WHEN $4 = 'all' THEN r.mean_dice ELSE s.dice END AS dice
                FROM detector_history h
-               JOIN results r ON r.id = h.result_id
-               LEFT JOIN structure_results s ON s.result_id = h.result_id AND s.structure = $4
+               JOIN results r ON r.id = h.result_id AND r.scored_at = h.scored_at
+               LEFT JOIN structure_results s
+                      ON s.result_id = h.result_id AND s.scored_at = h.scored_at AND s.structure = $4
                WHERE r.model = $1 AND r.model_version = $2 AND ($3 = 'all' OR r.site = $3)
                  AND h.parameters && $5::int4[]
                LIMIT $6"#,

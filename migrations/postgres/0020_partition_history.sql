@@ -1,8 +1,20 @@
--- PROTOTYPE (not wired into the service): results and the rows that hang off
--- them partitioned by month of the result's scored_at (UTC).
--- Key: scored_at, copied into structure_results, lesion_results and
--- detector_history, so one result's rows all live in the same month and a
--- month is dropped child tables first, then results.
+-- Results and the rows that hang off them partitioned by month of the
+-- result's scored_at (UTC), so that the results retention drops a month of
+-- idle cases as whole partitions (Store::maintain_partitions) and time filters
+-- skip other months. scored_at is copied into structure_results,
+-- lesion_results and detector_history, so one result's rows all live in the
+-- same month; each child's foreign key is (result_id, scored_at) and follows
+-- an update of the result's scored_at (ON UPDATE CASCADE moves them together).
+-- Partitions are named <table>_YYYY_MM; this migration creates one for every
+-- month from the oldest result's (or last month) to two months ahead, so that
+-- existing history too is dropped by whole months, and a DEFAULT partition per
+-- table takes rows of any month without one (the results a month drop keeps,
+-- and any scored while no service ran to create their month).
+--
+-- PostgreSQL needs the partition key in every unique index: results.job_id is
+-- no longer UNIQUE (a plain index replaces it); one result per job rests on
+-- the job's lease, which complete_job takes by moving the job from running to
+-- done in the same transaction that stores the result.
 DROP VIEW case_structure_results;
 
 ALTER TABLE results RENAME TO results_unpartitioned;
@@ -56,7 +68,7 @@ CREATE TABLE structure_results (
     LIKE structure_results_unpartitioned INCLUDING DEFAULTS INCLUDING CONSTRAINTS,
     scored_at timestamptz NOT NULL,
     PRIMARY KEY (result_id, structure, scored_at),
-    FOREIGN KEY (result_id, scored_at) REFERENCES results (id, scored_at)
+    FOREIGN KEY (result_id, scored_at) REFERENCES results (id, scored_at) ON UPDATE CASCADE
 ) PARTITION BY RANGE (scored_at);
 CREATE INDEX structure_results_site ON structure_results (site, dice);
 CREATE INDEX structure_results_worst ON structure_results (dice) WHERE dice IS NOT NULL;
@@ -65,14 +77,14 @@ CREATE TABLE lesion_results (
     LIKE lesion_results_unpartitioned INCLUDING DEFAULTS INCLUDING CONSTRAINTS,
     scored_at timestamptz NOT NULL,
     PRIMARY KEY (result_id, structure, scored_at),
-    FOREIGN KEY (result_id, scored_at) REFERENCES results (id, scored_at)
+    FOREIGN KEY (result_id, scored_at) REFERENCES results (id, scored_at) ON UPDATE CASCADE
 ) PARTITION BY RANGE (scored_at);
 
 CREATE TABLE detector_history (
     LIKE detector_history_unpartitioned INCLUDING DEFAULTS INCLUDING CONSTRAINTS,
     scored_at timestamptz NOT NULL,
     PRIMARY KEY (result_id, scored_at),
-    FOREIGN KEY (result_id, scored_at) REFERENCES results (id, scored_at)
+    FOREIGN KEY (result_id, scored_at) REFERENCES results (id, scored_at) ON UPDATE CASCADE
 ) PARTITION BY RANGE (scored_at);
 
 DO $$
@@ -83,7 +95,9 @@ BEGIN
     FOREACH t IN ARRAY ARRAY['results', 'structure_results', 'lesion_results', 'detector_history'] LOOP
         EXECUTE format('CREATE TABLE %I PARTITION OF %I DEFAULT', t || '_default', t);
         FOR month IN
-            SELECT generate_series(date_trunc('month', now() AT TIME ZONE 'UTC') - interval '1 month',
+            SELECT generate_series(least(date_trunc('month', now() AT TIME ZONE 'UTC') - interval '1 month',
+                                         (SELECT date_trunc('month', min(scored_at) AT TIME ZONE 'UTC')
+                                          FROM results_unpartitioned)),
                                    date_trunc('month', now() AT TIME ZONE 'UTC') + interval '2 months',
                                    interval '1 month')
         LOOP
@@ -107,11 +121,16 @@ FROM detector_history_unpartitioned d JOIN results_unpartitioned r ON r.id = d.r
 DROP TABLE detector_history_unpartitioned, lesion_results_unpartitioned, structure_results_unpartitioned,
            results_unpartitioned;
 
+-- The view exposes the structure rows' scored_at, so that a time filter on it
+-- skips their other months. It joins on result_id alone: with scored_at also
+-- equal, PostgreSQL takes the two equalities as independent, expects a few
+-- rows from the join, and sorts every row of the window instead of walking
+-- the Dice index to the panel's limit (5.9 s instead of 9 ms at 5M).
 CREATE VIEW case_structure_results AS
 SELECT s.site, c.case_key, r.model, r.model_version, s.structure,
        s.dice, s.hd95_mm, s.nsd, s.scored_at, 'scored'::text AS status
 FROM results r
 JOIN cases c ON c.id = r.case_id
-JOIN structure_results s ON s.result_id = r.id AND s.scored_at = r.scored_at
+JOIN structure_results s ON s.result_id = r.id
 WHERE r.latest;
 ANALYZE results, structure_results, lesion_results, detector_history;

@@ -159,6 +159,21 @@ impl TestDb {
         rows.pop().unwrap().0
     }
 
+    /// Makes every case idle for `days`: created, uploaded and scored that
+    /// long ago, and already fed to the drift detectors.
+    pub async fn age_every_case(&self, days: i64) {
+        let then = (chrono::Utc::now() - chrono::Duration::days(days))
+            .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+            .to_string();
+        for statement in [
+            format!("UPDATE cases SET created_at = '{then}'"),
+            format!("UPDATE segmentations SET received_at = '{then}'"),
+            format!("UPDATE results SET scored_at = '{then}', drift_pending = false"),
+        ] {
+            self.execute(&statement).await;
+        }
+    }
+
     /// Runs a statement written in SQL both backends accept.
     pub async fn execute(&self, sql: &str) {
         let sql = sqlx::AssertSqlSafe(sql.to_owned());

@@ -149,16 +149,7 @@ async fn retention_takes_the_probabilistic_scores_with_their_case() {
     let stored = "SELECT count(*) FROM structure_results WHERE soft_dice IS NOT NULL
                   AND brier IS NOT NULL AND ece IS NOT NULL AND reliability IS NOT NULL";
     assert_eq!(db.scalar::<i64>(stored).await, 4);
-    let then = (chrono::Utc::now() - chrono::Duration::days(100))
-        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
-        .to_string();
-    for statement in [
-        format!("UPDATE cases SET created_at = '{then}'"),
-        format!("UPDATE segmentations SET received_at = '{then}'"),
-        format!("UPDATE results SET scored_at = '{then}', drift_pending = false"),
-    ] {
-        db.execute(&statement).await;
-    }
+    db.age_every_case(100).await;
     assert_eq!(app.store.purge_expired_cases(31, 10).await.unwrap(), 1);
     assert_eq!(db.scalar::<i64>(stored).await, 0);
     app.finish().await;

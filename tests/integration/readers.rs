@@ -431,16 +431,7 @@ async fn the_agreement_of_a_purged_case_goes_with_it() {
     readers_then_ai(&app, &key, "old").await;
     let rows: i64 = app.db.scalar("SELECT count(*) FROM reader_agreement").await;
     assert_eq!(rows, 2);
-    let then = (chrono::Utc::now() - chrono::Duration::days(100))
-        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
-        .to_string();
-    for statement in [
-        format!("UPDATE cases SET created_at = '{then}'"),
-        format!("UPDATE segmentations SET received_at = '{then}'"),
-        format!("UPDATE results SET scored_at = '{then}', drift_pending = false"),
-    ] {
-        app.db.execute(&statement).await;
-    }
+    app.db.age_every_case(100).await;
     assert_eq!(app.store.purge_expired_cases(31, 10).await.unwrap(), 1);
     let rows: i64 = app.db.scalar("SELECT count(*) FROM reader_agreement").await;
     assert_eq!(rows, 0);

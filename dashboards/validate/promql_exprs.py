@@ -11,7 +11,8 @@ or the target's own, is Prometheus) one JSON object is printed:
 so that an end-to-end test can send each `expr` to a real Prometheus
 (/api/v1/query or /api/v1/query_range) and assert that it parses and returns data.
 "sparse": true marks queries over series that exist only after something happened
-(ALERTS, segwatch_jobs_failed_total, segwatch_drift_incident_open) and have no
+(ALERTS, segwatch_jobs_failed_total, segwatch_drift_incident_open, lesion counters,
+the rolling soft Dice and ECE of probabilistic predictions) and have no
 `or vector(...)` fallback: those may return no data on a quiet system.
 
 Template variables ($var, ${var}, ${var:format}, [[var]]) are replaced by
@@ -61,6 +62,8 @@ SPARSE_METRICS = (
     "segwatch_jobs_failed_total",
     "segwatch_drift_incident_open",
     "segwatch_lesions_detected_total",
+    # Only structures scored from probabilistic predictions have these.
+    *(f"segwatch_rolling_{m}_{w}_ratio" for m in ("soft_dice", "ece") for w in ("1d", "7d", "30d")),
 )
 FALLBACK_RE = re.compile(r"\bor\s+vector\s*\(")
 

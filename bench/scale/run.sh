@@ -7,6 +7,8 @@
 # one model version's scoring throughput on that history.
 #
 #   bench/scale/run.sh STRUCTURE_RESULTS [SPAN_DAYS]
+#   SEGWATCH_SCALE_POPULATE_ONLY=1 bench/scale/run.sh ...   # fill only
+#   SEGWATCH_SCALE_REUSE=1 bench/scale/run.sh ...           # measure a filled one
 #
 # The span defaults to the target network's rate, 60,000 cases (900,000
 # structure results) a day. Needs psql and a release build; the database
@@ -25,13 +27,24 @@ port=${PORT:-18093}
 [ -x "$bin" ] || cargo build --release --locked
 export SEGWATCH_DATABASE_URL=$url
 
-psql "$admin" -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
-"$bin" migrate >/dev/null
-echo "populating $cases cases ($structure_results structure results) over $span days" >&2
-start=$(date +%s)
-psql "$url" -q -v cases="$cases" -v span_days="$span" -v sites=$sites -v models=$models \
-    -v structures=$structures -f bench/scale/populate.sql
-echo "populated in $(($(date +%s) - start)) s" >&2
+populate() {
+    psql "$admin" -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
+    "$bin" migrate >/dev/null
+    echo "populating $cases cases ($structure_results structure results) over $span days" >&2
+    local start
+    start=$(date +%s)
+    psql "$url" -q -v cases="$cases" -v span_days="$span" -v sites=$sites -v models=$models \
+        -v structures=$structures -f bench/scale/populate.sql
+    echo "populated in $(($(date +%s) - start)) s" >&2
+}
+# SEGWATCH_SCALE_POPULATE_ONLY=1 fills the database and stops, so that a large
+# history can be written while the machine is busy; SEGWATCH_SCALE_REUSE=1
+# then measures that database (its newest day is then older than "now", which
+# only lengthens the first purge's backlog by the time in between).
+if [ "${SEGWATCH_SCALE_REUSE:-0}" != 1 ]; then
+    populate
+    [ "${SEGWATCH_SCALE_POPULATE_ONLY:-0}" = 1 ] && exit 0
+fi
 key=$("$bin" keys create --role read --label scale-bench)
 admin_key=$("$bin" keys create --role admin --label scale-bench)
 

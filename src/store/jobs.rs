@@ -30,6 +30,8 @@ pub struct JobInputs {
     pub model_version: String,
     /// The prediction's segmentation.
     pub prediction_id: i64,
+    /// The reference's segmentation.
+    pub reference_id: i64,
     /// The reference's reader: the case's primary reader's makes a result,
     /// another reader's only updates the agreement of the readers.
     pub reference_reader: String,
@@ -109,7 +111,7 @@ impl Store {
         let pool = postgres_or!(self, lite => lite.job_inputs(job));
         let r = sqlx::query!(
             r#"SELECT j.case_id, c.site, c.case_key, p.model AS "model!", p.model_version AS "model_version!",
-                      p.id AS prediction_id, r.reader AS "reference_reader!", pc.content AS "prediction?", rc.content AS "reference?", p.voxels + r.voxels AS "voxels!",
+                      p.id AS prediction_id, r.id AS reference_id, r.reader AS "reference_reader!", pc.content AS "prediction?", rc.content AS "reference?", p.voxels + r.voxels AS "voxels!",
                       s.schema AS "schema?", p.acquisition || r.acquisition AS "acquisition!",
                       p.observed_at
                FROM jobs j
@@ -132,6 +134,7 @@ impl Store {
             model: r.model,
             model_version: r.model_version,
             prediction_id: r.prediction_id,
+            reference_id: r.reference_id,
             reference_reader: r.reference_reader,
             prediction: r.prediction,
             reference: r.reference,

@@ -14,8 +14,11 @@ use crate::views::{ReaderAgreement, ReaderDice};
 /// A reader's latest reference of a case.
 #[derive(Debug, Clone)]
 pub struct ReaderReference {
+    /// The segmentation's id.
+    pub id: i64,
     pub reader: String,
-    /// gzip-compressed upload; None once purged.
+    /// gzip-compressed upload, read only where the job needs it (see
+    /// [`Store::reader_references`]); None once purged.
     pub content: Option<Vec<u8>>,
     pub voxels: i64,
 }
@@ -157,18 +160,24 @@ pub(super) async fn store_agreement(
 impl Store {
     /// The latest reference of each reader of a case, the primary reader's
     /// (the reader of the case's first reference) first, then by each
-    /// reader's first upload.
-    pub async fn reader_references(&self, case_id: i64) -> Result<Vec<ReaderReference>> {
-        let pool = postgres_or!(self, lite => lite.reader_references(case_id));
+    /// reader's first upload. Contents are read only when the case has two
+    /// readers or more, and never for `held` (the job's own reference, which
+    /// the caller has already read).
+    pub async fn reader_references(&self, case_id: i64, held: i64) -> Result<Vec<ReaderReference>> {
+        let pool = postgres_or!(self, lite => lite.reader_references(case_id, held));
         let rows = sqlx::query!(
-            r#"SELECT s.reader AS "reader!", c.content AS "content?", s.voxels
+            r#"SELECT s.id, s.reader AS "reader!", s.voxels,
+                      CASE WHEN s.id <> $2 AND (SELECT count(DISTINCT o.reader) FROM segmentations o
+                                                WHERE o.case_id = s.case_id AND o.role = 'reference') > 1
+                           THEN c.content END AS "content?"
                FROM segmentations s LEFT JOIN segmentation_contents c ON c.segmentation_id = s.id
                WHERE s.case_id = $1 AND s.role = 'reference'
                  AND s.revision = (SELECT max(l.revision) FROM segmentations l
                                    WHERE l.case_id = s.case_id AND l.role = 'reference' AND l.reader = s.reader)
                ORDER BY (SELECT min(f.revision) FROM segmentations f
                          WHERE f.case_id = s.case_id AND f.role = 'reference' AND f.reader = s.reader)"#,
-            case_id
+            case_id,
+            held
         )
         .fetch_all(pool)
         .await
@@ -176,6 +185,7 @@ impl Store {
         Ok(rows
             .into_iter()
             .map(|r| ReaderReference {
+                id: r.id,
                 reader: r.reader,
                 content: r.content,
                 voxels: r.voxels,

@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-pub use score::{JobUploads, ScoreError, inflate, score};
+pub use score::{JobUploads, ReaderUpload, ScoreError, inflate, score};
 
 use crate::compute::Compute;
 use crate::config::Config;
@@ -296,25 +296,35 @@ impl Workers {
         // The job's reference is the primary reader's (the reader of the
         // case's first reference) unless another reader's arrival enqueued it:
         // then it only updates the readers' agreement.
-        let references = match self.store.reader_references(inputs.case_id).await {
+        let references = match self
+            .store
+            .reader_references(inputs.case_id, inputs.reference_id)
+            .await
+        {
             Ok(references) => references,
             Err(e) => return transient(e),
         };
-        let primary = references
+        let makes_result = references
             .first()
             .is_none_or(|r| r.reader == inputs.reference_reader);
-        let readers: Vec<_> = references
+        // The job's reference is already loaded (and counted in its voxels).
+        let mut readers: Vec<_> = references
             .into_iter()
-            .filter_map(|r| Some((r.reader, r.content?, r.voxels)))
+            .filter_map(|r| match r.content {
+                _ if r.id == inputs.reference_id => Some((r.reader, ReaderUpload::JobReference, 0)),
+                Some(content) => Some((r.reader, ReaderUpload::Stored(content), r.voxels)),
+                None => None,
+            })
             .collect();
+        if readers.len() < 2 {
+            readers.clear();
+        }
         let readers_voxels: i64 = readers.iter().map(|r| r.2).sum();
         let uploads = JobUploads {
             prediction,
-            reference: primary.then_some(reference),
-            readers: match readers.len() {
-                0 | 1 => Vec::new(),
-                _ => readers.into_iter().map(|(r, c, _)| (r, c)).collect(),
-            },
+            reference,
+            makes_result,
+            readers: readers.into_iter().map(|(r, u, _)| (r, u)).collect(),
         };
         let settings = Settings {
             surface: self.config.scoring.surface,

@@ -53,20 +53,30 @@ pub fn inflate(stored: &[u8], limit: u64) -> Result<Vec<u8>, String> {
 /// The stored uploads a job needs, gzip-compressed.
 pub struct JobUploads {
     pub prediction: Vec<u8>,
-    /// The job's reference when it is the primary reader's, so the job makes
-    /// a result; `None` for a job that only updates the readers' agreement.
-    pub reference: Option<Vec<u8>>,
+    pub reference: Vec<u8>,
+    /// The job's reference is the primary reader's, so the job makes a
+    /// result; otherwise it only updates the readers' agreement.
+    pub makes_result: bool,
     /// Every reader's latest reference, the primary reader first, when the
     /// case has two readers or more (else empty).
-    pub readers: Vec<(String, Vec<u8>)>,
+    pub readers: Vec<(String, ReaderUpload)>,
+}
+
+/// A reader's latest reference, as a job gets it.
+pub enum ReaderUpload {
+    /// The job's own reference: decoded once, for both uses.
+    JobReference,
+    /// Another upload, gzip-compressed.
+    Stored(Vec<u8>),
 }
 
 /// What a job computed: its result, and the readers' agreement.
 pub type JobScore = (Option<CaseScore>, Vec<StructureAgreement>);
 
 /// Decodes the uploads (each once, in parallel), scores the prediction
-/// against the reference if given (with the probabilistic scores of a
-/// FRACTIONAL PROBABILITY SEG prediction), and computes the readers' agreement.
+/// against the reference when the job makes a result (with the probabilistic
+/// scores of a FRACTIONAL PROBABILITY SEG prediction), and computes the
+/// readers' agreement.
 pub fn score(
     uploads: &JobUploads,
     schema: Option<&Schema>,
@@ -78,28 +88,43 @@ pub fn score(
         let bytes = inflate(stored, max_stored).map_err(ScoreError::Stored)?;
         formats::decode(&bytes, limits).map_err(|source| ScoreError::Format { role, source })
     };
-    let ((p, r), readers) = rayon::join(
+    let reference_needed = uploads.makes_result
+        || uploads
+            .readers
+            .iter()
+            .any(|(_, u)| matches!(u, ReaderUpload::JobReference));
+    let ((p, r), others) = rayon::join(
         || {
             rayon::join(
                 || decode(&uploads.prediction, "prediction"),
-                || uploads.reference.as_deref().map(|r| decode(r, "reference")),
+                || reference_needed.then(|| decode(&uploads.reference, "reference")),
             )
         },
         || {
             uploads
                 .readers
                 .par_iter()
-                .map(|(_, stored)| decode(stored, "reference"))
+                .map(|(_, upload)| match upload {
+                    ReaderUpload::Stored(stored) => decode(stored, "reference").map(Some),
+                    ReaderUpload::JobReference => Ok(None),
+                })
                 .collect::<Result<Vec<_>, _>>()
         },
     );
     let p = p?;
-    let case = r
-        .transpose()?
-        .map(|r| measure(&p, &r, schema, settings))
-        .transpose()?;
+    let r = r.transpose()?;
+    let others = others?;
+    let case = match &r {
+        Some(r) if uploads.makes_result => Some(measure(&p, r, schema, settings)?),
+        _ => None,
+    };
+    // The job's own reference stands in for its reader's entry.
+    let readers: Vec<&Segmentation> = others
+        .iter()
+        .filter_map(|other| other.as_ref().or(r.as_ref()))
+        .collect();
     let names: Vec<String> = uploads.readers.iter().map(|(n, _)| n.clone()).collect();
-    Ok((case, agreement(&p, &names, &readers?, schema)))
+    Ok((case, agreement(&p, &names, &readers, schema)))
 }
 
 /// Scores a decoded prediction against a decoded reference.
@@ -142,7 +167,7 @@ fn measure(
 fn agreement(
     pred: &Segmentation,
     names: &[String],
-    readers: &[Segmentation],
+    readers: &[&Segmentation],
     schema: Option<&Schema>,
 ) -> Vec<StructureAgreement> {
     let Segmentation::LabelMap(pred) = pred else {

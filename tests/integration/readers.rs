@@ -189,6 +189,53 @@ fn ai_vs_reader(a: &Value) -> Vec<(String, f64)> {
         .collect()
 }
 
+/// A job reads other readers' references only when they are compared, and
+/// never its own reference a second time.
+#[tokio::test]
+async fn reader_references_are_read_only_for_agreement() {
+    let app = TestApp::start().await;
+    let key = app.key(Role::Ingest, Some("s")).await;
+    assert_eq!(
+        reference(&app, &key, "c1", Some("r1"), &first_reader())
+            .await
+            .0,
+        202
+    );
+    let case: i64 = app.db.scalar("SELECT id FROM cases").await;
+    let first: i64 = app
+        .db
+        .scalar("SELECT id FROM segmentations WHERE reader = 'r1'")
+        .await;
+    // One reader: nothing to compare, so no content is read, held or not.
+    for held in [first, 0] {
+        let one = app.store.reader_references(case, held).await.unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!((one[0].id, one[0].content.is_none()), (first, true));
+    }
+    assert_eq!(
+        reference(&app, &key, "c1", Some("r2"), &second_reader())
+            .await
+            .0,
+        202
+    );
+    let second: i64 = app
+        .db
+        .scalar("SELECT id FROM segmentations WHERE reader = 'r2'")
+        .await;
+    // Two readers: the other reader's reference is read, the held one not.
+    let two = app.store.reader_references(case, first).await.unwrap();
+    let read: Vec<(&str, i64, bool)> = two
+        .iter()
+        .map(|r| (r.reader.as_str(), r.id, r.content.is_some()))
+        .collect();
+    assert_eq!(read, [("r1", first, false), ("r2", second, true)]);
+    let two = app.store.reader_references(case, second).await.unwrap();
+    assert_eq!(
+        (two[0].content.is_some(), two[1].content.is_some()),
+        (true, false)
+    );
+}
+
 #[tokio::test]
 async fn a_second_reader_adds_agreement_and_the_first_stays_the_reference_of_results() {
     let app = TestApp::start().await;

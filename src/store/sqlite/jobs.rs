@@ -68,6 +68,7 @@ impl Lite {
             String,
             String,
             i64,
+            i64,
             String,
             Option<Vec<u8>>,
             Option<Vec<u8>>,
@@ -78,7 +79,7 @@ impl Lite {
             DateTime<Utc>,
         );
         let r: Row = sqlx::query_as(
-            "SELECT j.case_id, c.site, c.case_key, p.model, p.model_version, p.id, r.reader, pc.content, rc.content,
+            "SELECT j.case_id, c.site, c.case_key, p.model, p.model_version, p.id, r.id, r.reader, pc.content, rc.content,
                     p.voxels + r.voxels, s.schema, p.acquisition, r.acquisition, p.observed_at
              FROM jobs j
              JOIN cases c ON c.id = j.case_id
@@ -94,8 +95,8 @@ impl Lite {
         .await
         .map_err(classify)?;
         // The reference's acquisition fields win, as with jsonb `||`.
-        let mut acquisition: serde_json::Value = parse("acquisition", &r.11)?;
-        let reference: serde_json::Map<String, serde_json::Value> = parse("acquisition", &r.12)?;
+        let mut acquisition: serde_json::Value = parse("acquisition", &r.12)?;
+        let reference: serde_json::Map<String, serde_json::Value> = parse("acquisition", &r.13)?;
         if let Some(merged) = acquisition.as_object_mut() {
             merged.extend(reference);
         }
@@ -106,13 +107,14 @@ impl Lite {
             model: r.3,
             model_version: r.4,
             prediction_id: r.5,
-            reference_reader: r.6,
-            prediction: r.7,
-            reference: r.8,
-            voxels: r.9,
-            schema: r.10.map(|s| parse("schema", &s)).transpose()?,
+            reference_id: r.6,
+            reference_reader: r.7,
+            prediction: r.8,
+            reference: r.9,
+            voxels: r.10,
+            schema: r.11.map(|s| parse("schema", &s)).transpose()?,
             acquisition,
-            observed_at: r.13,
+            observed_at: r.14,
         })
     }
 

@@ -69,9 +69,12 @@ pub(super) async fn store_agreement(
 
 impl Lite {
     /// See [`crate::store::Store::reader_references`].
-    pub async fn reader_references(&self, case_id: i64) -> Result<Vec<ReaderReference>> {
-        let rows: Vec<(String, Option<Vec<u8>>, i64)> = sqlx::query_as(
-            "SELECT s.reader, c.content, s.voxels
+    pub async fn reader_references(&self, case_id: i64, held: i64) -> Result<Vec<ReaderReference>> {
+        let rows: Vec<(i64, String, i64, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT s.id, s.reader, s.voxels,
+                    CASE WHEN s.id <> $2 AND (SELECT count(DISTINCT o.reader) FROM segmentations o
+                                              WHERE o.case_id = s.case_id AND o.role = 'reference') > 1
+                         THEN c.content END
              FROM segmentations s LEFT JOIN segmentation_contents c ON c.segmentation_id = s.id
              WHERE s.case_id = $1 AND s.role = 'reference'
                AND s.revision = (SELECT max(l.revision) FROM segmentations l
@@ -80,12 +83,14 @@ impl Lite {
                        WHERE f.case_id = s.case_id AND f.role = 'reference' AND f.reader = s.reader)",
         )
         .bind(case_id)
+        .bind(held)
         .fetch_all(&self.reader)
         .await
         .map_err(classify)?;
         Ok(rows
             .into_iter()
-            .map(|(reader, content, voxels)| ReaderReference {
+            .map(|(id, reader, voxels, content)| ReaderReference {
+                id,
                 reader,
                 content,
                 voxels,

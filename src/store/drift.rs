@@ -34,7 +34,7 @@ pub struct OpenIncident {
 }
 
 /// A detector's current state, for metrics.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DetectorRow {
     pub site: String,
     pub model: String,

@@ -460,56 +460,43 @@ mod tests {
         }
     }
 
-    /// Feeds 60 cases whose ECE is `ece`; the incidents opened.
-    fn incidents_after_ece(ece: f64) -> Vec<Incident> {
+    /// Feeds 60 cases whose `metric` of `structure` is `value` to a version
+    /// watching it; the (structure, metric) of the incidents opened.
+    fn incidents_after(structure: &str, metric: Metric, value: f64) -> Vec<(String, Metric)> {
         let mut contexts = BTreeMap::from([(
             ("m".to_owned(), "v".to_owned()),
-            context(&[("liver", Metric::Ece)]),
+            context(&[(structure, metric)]),
         )]);
         let cases: Vec<ScoredCase> = (0..60)
-            .map(|i| case(i, vec![("liver", Metric::Ece, ece)]))
+            .map(|i| case(i, vec![(structure, metric, value)]))
             .collect();
         let mut streams = BTreeMap::new();
         Feeder::default().feed(&settings(), &cases, &mut streams, &mut contexts, 0);
         contexts
             .into_values()
             .flat_map(|c| c.incidents.open)
+            .map(|i| (i.stream.structure, i.stream.metric))
             .collect()
     }
 
     #[test]
     fn a_rise_of_ece_alarms_and_a_fall_does_not() {
         // The baseline's ECE spans 0.02 to 0.06: 0.09 is worse than all of it.
-        let worse = incidents_after_ece(0.09);
-        assert_eq!(worse.len(), 1);
-        assert_eq!(worse[0].stream.metric, Metric::Ece);
-        assert_eq!(worse[0].stream.structure, "liver");
+        assert_eq!(
+            incidents_after("liver", Metric::Ece, 0.09),
+            [("liver".to_owned(), Metric::Ece)]
+        );
         // Better calibration than every baseline case is no drift.
-        assert!(incidents_after_ece(0.005).is_empty());
+        assert!(incidents_after("liver", Metric::Ece, 0.005).is_empty());
     }
 
     #[test]
     fn a_drop_of_lesion_sensitivity_alarms_and_a_rise_does_not() {
-        let incidents = |sensitivity: f64| {
-            let mut contexts = BTreeMap::from([(
-                ("m".to_owned(), "v".to_owned()),
-                context(&[("mets", Metric::LesionSensitivity)]),
-            )]);
-            let cases: Vec<ScoredCase> = (0..60)
-                .map(|i| case(i, vec![("mets", Metric::LesionSensitivity, sensitivity)]))
-                .collect();
-            let mut streams = BTreeMap::new();
-            Feeder::default().feed(&settings(), &cases, &mut streams, &mut contexts, 0);
-            contexts
-                .into_values()
-                .flat_map(|c| c.incidents.open)
-                .map(|i| (i.stream.structure, i.stream.metric))
-                .collect::<Vec<_>>()
-        };
+        // The baseline's sensitivity spans 0.6 to 1.
         assert_eq!(
-            incidents(0.5),
+            incidents_after("mets", Metric::LesionSensitivity, 0.5),
             [("mets".to_owned(), Metric::LesionSensitivity)]
         );
-        assert!(incidents(1.0).is_empty());
+        assert!(incidents_after("mets", Metric::LesionSensitivity, 1.0).is_empty());
     }
 }

@@ -361,53 +361,14 @@ impl Lite {
 
     /// See [`crate::store::Store::detector_states`].
     pub async fn detector_states(&self, days: u32) -> Result<Vec<DetectorRow>> {
-        type Row = (
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            f64,
-            f64,
-            bool,
-        );
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT site, model, model_version, structure, metric, detector, statistic, limit_value, alarm
-             FROM detector_state WHERE updated_at > $1",
+        sqlx::query_as(
+            r#"SELECT site, model, model_version, structure, metric, detector, statistic, limit_value AS "limit", alarm
+               FROM detector_state WHERE updated_at > $1"#,
         )
         .bind(at(Utc::now() - chrono::Duration::days(i64::from(days))))
         .fetch_all(&self.reader)
         .await
-        .map_err(classify)?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(
-                    site,
-                    model,
-                    model_version,
-                    structure,
-                    metric,
-                    detector,
-                    statistic,
-                    limit,
-                    alarm,
-                )| {
-                    DetectorRow {
-                        site,
-                        model,
-                        model_version,
-                        structure,
-                        metric,
-                        detector,
-                        statistic,
-                        limit,
-                        alarm,
-                    }
-                },
-            )
-            .collect())
+        .map_err(classify)
     }
 
     /// Active baselines: (model, version, summary).

@@ -52,7 +52,7 @@ def load_contract():
 CONTRACT_METRICS, CONTRACT_HISTOGRAMS = load_contract()
 PROMETHEUS_METRICS = {"up", "ALERTS"}
 CONTRACT_LABELS = {"site", "model", "model_version", "structure", "detector", "incident", "role",
-                   "reason", "route", "version", "band"}
+                   "reason", "route", "version", "band", "metric"}
 # Labels Prometheus itself adds: le (histograms), job/instance (targets),
 # alertname/alertstate (ALERTS).  site_version is computed by label_join in a query.
 OTHER_LABELS = {"le", "job", "instance", "alertname", "alertstate", "site_version"}

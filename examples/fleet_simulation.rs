@@ -119,7 +119,10 @@ fn run(args: &Args, seed: u64) -> Outcome {
         baseline_id: 1,
         samples: samples
             .into_iter()
-            .map(|(k, v)| (k, Baseline::new(v).expect("valid baseline")))
+            .map(|(k, v)| {
+                let sample = Baseline::new(v).expect("valid baseline");
+                ((segwatch::drift::Metric::Dice, k), sample)
+            })
             .collect(),
         ..VersionContext::default()
     };
@@ -161,6 +164,7 @@ fn run(args: &Args, seed: u64) -> Outcome {
                     observed_at: start + Duration::days(day as i64) + Duration::minutes(minutes),
                     mean_dice: Some(dice.iter().sum::<f64>() / dice.len() as f64),
                     structures: names.iter().cloned().zip(dice).collect(),
+                    watched: Vec::new(),
                 });
             }
         }
@@ -195,6 +199,7 @@ fn run(args: &Args, seed: u64) -> Outcome {
         let drifted = segwatch::drift::incident::StreamId {
             site: format!("site{site}"),
             structure: format!("s{structure}"),
+            metric: segwatch::drift::Metric::Dice,
         };
         for i in &incidents {
             let days = (i.observed_at - start).num_seconds() as f64 / 86_400.0 - day as f64;

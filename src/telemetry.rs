@@ -56,6 +56,13 @@ pub struct Metrics {
     pub drift_alarm: IntGaugeVec,
     /// 1 per open incident, labelled with its opening stream and detector.
     pub drift_incident_open: IntGaugeVec,
+    /// As `drift_statistic`, `drift_limit`, `drift_alarm` and
+    /// `drift_incident_open`, for streams of the other metrics a schema
+    /// watches (lesion sensitivity, ECE), with a `metric` label.
+    pub drift_metric_statistic: GaugeVec,
+    pub drift_metric_limit: GaugeVec,
+    pub drift_metric_alarm: IntGaugeVec,
+    pub drift_metric_incident_open: IntGaugeVec,
     pub drift_false_alert_budget_per_month: Gauge,
     pub drift_streams_active: IntGauge,
     pub drift_target_run_length_seconds: Gauge,
@@ -82,6 +89,15 @@ const STREAM: [&str; 4] = ["site", "model", "model_version", "structure"];
 /// A stream's labels and a lesion size band (`metrics::strata::band_name`).
 const LESION_BAND: [&str; 5] = ["site", "model", "model_version", "structure", "band"];
 const DETECTOR: [&str; 5] = ["site", "model", "model_version", "structure", "detector"];
+/// A detector's labels with the metric its stream watches.
+const METRIC_DETECTOR: [&str; 6] = [
+    "site",
+    "model",
+    "model_version",
+    "structure",
+    "metric",
+    "detector",
+];
 const BASELINE: [&str; 3] = ["model", "model_version", "structure"];
 
 /// Registers collectors and records each family's name and type.
@@ -278,6 +294,26 @@ impl Metrics {
                 "segwatch_drift_incident_open",
                 "1 for each open drift incident, labelled with the stream and detector that opened it.",
                 &["incident", "site", "model", "model_version", "structure", "detector"],
+            ),
+            drift_metric_statistic: gauge_vec(
+                "segwatch_drift_metric_statistic",
+                "Latest statistic of each drift detector of a lesion-sensitivity or ECE stream (ECE streams watch 1 - ECE).",
+                &METRIC_DETECTOR,
+            ),
+            drift_metric_limit: gauge_vec(
+                "segwatch_drift_metric_limit",
+                "Alarm limit of each drift detector of a lesion-sensitivity or ECE stream.",
+                &METRIC_DETECTOR,
+            ),
+            drift_metric_alarm: int_gauge_vec(
+                "segwatch_drift_metric_alarm",
+                "1 while a drift detector of a lesion-sensitivity or ECE stream is in alarm.",
+                &METRIC_DETECTOR,
+            ),
+            drift_metric_incident_open: int_gauge_vec(
+                "segwatch_drift_metric_incident_open",
+                "1 for each open lesion-sensitivity or ECE drift incident, labelled with the stream and detector that opened it.",
+                &["incident", "site", "model", "model_version", "structure", "metric", "detector"],
             ),
             drift_false_alert_budget_per_month: registrar.add(Gauge::new(
                     "segwatch_drift_false_alert_budget_per_month",
@@ -519,46 +555,60 @@ pub async fn refresh(
             .with_label_values(&labels)
             .set(b.p25);
     }
-    metrics.drift_statistic.reset();
-    metrics.drift_limit.reset();
+    for family in [&metrics.drift_statistic, &metrics.drift_limit] {
+        family.reset();
+    }
     metrics.drift_alarm.reset();
+    metrics.drift_metric_statistic.reset();
+    metrics.drift_metric_limit.reset();
+    metrics.drift_metric_alarm.reset();
     for d in detectors {
-        let labels = [
-            d.site.as_str(),
-            d.model.as_str(),
-            d.model_version.as_str(),
-            d.structure.as_str(),
-            d.detector.as_str(),
-        ];
+        let dice = d.metric == crate::drift::Metric::Dice.as_str();
+        let (statistic, limit, alarm) = if dice {
+            (
+                &metrics.drift_statistic,
+                &metrics.drift_limit,
+                &metrics.drift_alarm,
+            )
+        } else {
+            (
+                &metrics.drift_metric_statistic,
+                &metrics.drift_metric_limit,
+                &metrics.drift_metric_alarm,
+            )
+        };
+        let labels: Vec<&str> = [&d.site, &d.model, &d.model_version, &d.structure]
+            .into_iter()
+            .chain((!dice).then_some(&d.metric))
+            .chain([&d.detector])
+            .map(String::as_str)
+            .collect();
         if detailed(&d.site, &d.structure) {
-            metrics
-                .drift_statistic
-                .with_label_values(&labels)
-                .set(d.statistic);
-            metrics.drift_limit.with_label_values(&labels).set(d.limit);
-            metrics
-                .drift_alarm
-                .with_label_values(&labels)
-                .set(d.alarm as i64);
+            statistic.with_label_values(&labels).set(d.statistic);
+            limit.with_label_values(&labels).set(d.limit);
+            alarm.with_label_values(&labels).set(d.alarm as i64);
         } else if d.alarm {
             // Only an alarm in progress, which a dashboard can still point at.
-            metrics.drift_alarm.with_label_values(&labels).set(1);
+            alarm.with_label_values(&labels).set(1);
         }
     }
     metrics.drift_incident_open.reset();
+    metrics.drift_metric_incident_open.reset();
     for i in store.open_incidents().await? {
         let id = i.id.to_string();
-        metrics
-            .drift_incident_open
-            .with_label_values(&[
-                id.as_str(),
-                i.site.as_str(),
-                i.model.as_str(),
-                i.model_version.as_str(),
-                i.structure.as_str(),
-                i.detector.as_str(),
-            ])
-            .set(1);
+        let dice = i.metric == crate::drift::Metric::Dice.as_str();
+        let labels: Vec<&str> = [&id, &i.site, &i.model, &i.model_version, &i.structure]
+            .into_iter()
+            .chain((!dice).then_some(&i.metric))
+            .chain([&i.detector])
+            .map(String::as_str)
+            .collect();
+        let family = if dice {
+            &metrics.drift_incident_open
+        } else {
+            &metrics.drift_metric_incident_open
+        };
+        family.with_label_values(&labels).set(1);
     }
     let (streams, pairs) = store.active_streams().await?;
     metrics.drift_streams_active.set(streams);

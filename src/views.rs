@@ -171,7 +171,11 @@ pub struct CaseSummary {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct BaselineStructure {
     pub structure: String,
+    /// `dice`, `lesion_sensitivity` or `ece`.
+    pub metric: String,
     pub cases: usize,
+    /// Mean, and the worse tail's 5 % and 25 % points, in the metric's units
+    /// (for ECE, where lower is better, its 95th and 75th percentiles).
     pub mean: f64,
     pub p05: f64,
     pub p25: f64,
@@ -239,6 +243,8 @@ pub struct IncidentView {
     pub model: String,
     pub model_version: String,
     pub structure: String,
+    /// What its streams watch: `dice`, `lesion_sensitivity` or `ece`.
+    pub metric: String,
     pub detector: String,
     pub opened_at: DateTime<Utc>,
     /// Case time of the opening alarm.
@@ -298,7 +304,7 @@ pub struct HistoryStep {
     /// Cases fed to the stream since its baseline started, this one included.
     pub t: u32,
     pub late: bool,
-    /// The Dice the stream was fed.
+    /// The score the stream was fed: Dice, lesion sensitivity, or 1 − ECE.
     pub dice: f64,
     /// The target in-control run length it was fed under, in cases.
     pub target_cases: f64,

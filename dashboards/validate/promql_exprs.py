@@ -11,7 +11,8 @@ or the target's own, is Prometheus) one JSON object is printed:
 so that an end-to-end test can send each `expr` to a real Prometheus
 (/api/v1/query or /api/v1/query_range) and assert that it parses and returns data.
 "sparse": true marks queries over series that exist only after something happened
-(ALERTS, segwatch_jobs_failed_total, segwatch_drift_incident_open, lesion counters,
+(ALERTS, segwatch_jobs_failed_total, segwatch_drift_incident_open and the drift
+families of other metrics, lesion counters,
 the rolling soft Dice and ECE of probabilistic predictions) and have no
 `or vector(...)` fallback: those may return no data on a quiet system.
 
@@ -61,6 +62,8 @@ SPARSE_METRICS = (
     "ALERTS",
     "segwatch_jobs_failed_total",
     "segwatch_drift_incident_open",
+    # Only structures whose schema lists drift_metrics have these.
+    *(f"segwatch_drift_metric_{f}" for f in ("statistic", "limit", "alarm", "incident_open")),
     "segwatch_lesions_detected_total",
     # Only structures scored from probabilistic predictions have these.
     *(f"segwatch_rolling_{m}_{w}_ratio" for m in ("soft_dice", "ece") for w in ("1d", "7d", "30d")),

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::drift::Metric;
 use crate::metrics::lesions::{LesionSettings, Matching};
 
 /// Default NSD tolerance when a structure does not set one, in mm.
@@ -59,6 +60,10 @@ pub struct StructureDef {
     /// (default: 26-connectivity, IoU ≥ 0.5); needs `instances`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lesion_matching: Option<LesionSettings>,
+    /// Metrics the drift module watches besides Dice (always watched):
+    /// `lesion_sensitivity` (needs `instances`) and `ece`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift_metrics: Vec<Metric>,
 }
 
 impl StructureDef {
@@ -181,6 +186,9 @@ impl Schema {
                     err(format!("{what}: lesion_matching {problem}"))
                 })?;
             }
+            if let Some(problem) = drift_metrics_problem(s) {
+                return err(format!("{what}: drift_metrics {problem}"));
+            }
             for other in &self.structures[..i] {
                 if s.label.is_some() && s.label == other.label {
                     return err(format!(
@@ -213,6 +221,23 @@ impl Schema {
             .iter()
             .find(|s| s.code.as_deref() == Some(code))
     }
+}
+
+/// What is wrong with a structure's drift metrics, if anything.
+fn drift_metrics_problem(s: &StructureDef) -> Option<String> {
+    for (i, metric) in s.drift_metrics.iter().enumerate() {
+        match metric {
+            Metric::Dice => return Some("need not list dice: it is always watched".into()),
+            Metric::LesionSensitivity if !s.instances => {
+                return Some("lesion_sensitivity needs \"instances\": true".into());
+            }
+            _ if s.drift_metrics[..i].contains(metric) => {
+                return Some(format!("list {metric} twice"));
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// What is wrong with a structure's lesion settings, if anything.
@@ -369,6 +394,18 @@ mod tests {
                 "threshold",
             ),
             (
+                r#"{"structures": [{"label": 1, "name": "x", "drift_metrics": ["lesion_sensitivity"]}]}"#,
+                "structure 1 (\"x\"): drift_metrics lesion_sensitivity needs \"instances\": true",
+            ),
+            (
+                r#"{"structures": [{"label": 1, "name": "x", "drift_metrics": ["dice"]}]}"#,
+                "always watched",
+            ),
+            (
+                r#"{"structures": [{"label": 1, "name": "x", "drift_metrics": ["ece", "ece"]}]}"#,
+                "list ece twice",
+            ),
+            (
                 r#"{"structures": [{"label": 1, "name": "a"}, {"label": 1, "name": "b"}]}"#,
                 "label 1 is listed twice",
             ),
@@ -382,6 +419,28 @@ mod tests {
             assert!(err.to_string().contains(problem), "{json}: {err}");
         }
         assert!(serde_json::from_str::<Schema>(r#"{"structures": [], "extra": 1}"#).is_err());
+        let unknown = r#"{"structures": [{"label": 1, "name": "x", "drift_metrics": ["recall"]}]}"#;
+        assert!(serde_json::from_str::<Schema>(unknown).is_err());
+    }
+
+    #[test]
+    fn drift_metrics_are_opt_in_per_structure() {
+        let s: Schema = serde_json::from_str(
+            r#"{"structures": [{"label": 1, "name": "liver", "drift_metrics": ["ece"]},
+                {"label": 2, "name": "mets", "instances": true, "drift_metrics": ["lesion_sensitivity", "ece"]},
+                {"label": 3, "name": "spleen"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(s.validate(), Ok(()));
+        let metrics: Vec<&[Metric]> = s.structures.iter().map(|s| &s.drift_metrics[..]).collect();
+        assert_eq!(
+            metrics,
+            [
+                &[Metric::Ece][..],
+                &[Metric::LesionSensitivity, Metric::Ece],
+                &[]
+            ]
+        );
     }
 
     #[test]

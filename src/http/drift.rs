@@ -14,8 +14,9 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Auth;
 use super::problem::{Problem, json_object};
 use super::{AppState, valid_key};
-use crate::drift::Baseline;
-use crate::store::{ALL, Role};
+use crate::drift::incident::StreamId;
+use crate::drift::{Baseline, Metric};
+use crate::store::{ALL, CaseValues, Role, Samples};
 use crate::views::{BaselineInfo, HistoryAudit, IncidentView, Stratum};
 
 /// A baseline upload: one entry per validation case, structure name → Dice.
@@ -27,6 +28,12 @@ pub struct BaselineUpload {
     pub description: Option<String>,
     #[schema(value_type = Vec<Object>)]
     pub cases: Vec<BTreeMap<String, f64>>,
+    /// Samples of the other metrics drift can watch (`lesion_sensitivity`,
+    /// `ece`): metric → structure → per-case values (at least 100 each; ECE
+    /// as scored, lower is better).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub metrics: BTreeMap<Metric, BTreeMap<String, Vec<f64>>>,
 }
 
 /// Freezing a baseline from live cases.
@@ -42,34 +49,74 @@ pub struct FreezeRequest {
 /// Most cases a baseline can be frozen from.
 const MAX_FREEZE_CASES: i64 = 100_000;
 
-/// Per-structure samples and the per-case mean (structure `all`).
-fn samples(cases: &[BTreeMap<String, f64>]) -> Result<BTreeMap<String, Baseline>, Problem> {
-    let invalid =
-        |detail: String| Problem::bad_request("invalid-baseline", "Invalid baseline", detail);
-    let mut by_structure: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+fn invalid(detail: String) -> Problem {
+    Problem::bad_request("invalid-baseline", "Invalid baseline", detail)
+}
+
+/// Per-structure Dice samples and the per-case mean (structure `all`), and
+/// the samples of other metrics (`others`, values as scored). Every sample
+/// needs at least [`crate::drift::MIN_BASELINE`] values in 0..=1.
+fn samples(
+    cases: &[BTreeMap<String, f64>],
+    others: BTreeMap<(Metric, String), Vec<f64>>,
+) -> Result<Samples, Problem> {
+    let mut by_stream: BTreeMap<(Metric, String), Vec<f64>> = BTreeMap::new();
     for case in cases {
         for (structure, &dice) in case {
-            valid_key("structure", structure).map_err(|p| invalid(p.detail))?;
-            by_structure
-                .entry(structure.clone())
+            by_stream
+                .entry((Metric::Dice, structure.clone()))
                 .or_default()
                 .push(dice);
         }
         if !case.is_empty() {
             let mean = case.values().sum::<f64>() / case.len() as f64;
-            by_structure.entry(ALL.into()).or_default().push(mean);
+            by_stream
+                .entry((Metric::Dice, ALL.into()))
+                .or_default()
+                .push(mean);
         }
     }
-    if by_structure.is_empty() {
+    if by_stream.is_empty() {
         return Err(invalid("no cases".into()));
     }
-    by_structure
+    by_stream.extend(others);
+    by_stream
         .into_iter()
-        .map(|(structure, values)| {
-            let baseline =
-                Baseline::new(values).map_err(|e| invalid(format!("{structure}: {e}")))?;
-            Ok((structure, baseline))
+        .map(|((metric, structure), values)| {
+            valid_key("structure", &structure).map_err(|p| invalid(p.detail))?;
+            let what = match metric {
+                Metric::Dice => structure.clone(),
+                _ => format!("{structure} {metric}"),
+            };
+            if let Some(v) = values.iter().find(|v| !(0.0..=1.0).contains(*v)) {
+                return Err(invalid(format!("{what}: {v} is not between 0 and 1")));
+            }
+            let scores = values.into_iter().map(|v| metric.score(v)).collect();
+            let baseline = Baseline::new(scores).map_err(|e| invalid(format!("{what}: {e}")))?;
+            Ok(((metric, structure), baseline))
         })
+        .collect()
+}
+
+/// The other metrics' samples of the first scored cases: those the schema
+/// watches, with at least [`crate::drift::MIN_BASELINE`] values (a sample
+/// too small for a baseline is left out, and its stream does not start).
+fn watched_samples(
+    cases: &[CaseValues],
+    schema: Option<&crate::schema::Schema>,
+) -> BTreeMap<(Metric, String), Vec<f64>> {
+    let watched: Vec<(Metric, String)> = schema
+        .iter()
+        .flat_map(|s| &s.structures)
+        .flat_map(|d| d.drift_metrics.iter().map(|m| (*m, d.name.clone())))
+        .collect();
+    watched
+        .into_iter()
+        .map(|key| {
+            let values: Vec<f64> = cases.iter().filter_map(|c| c.get(&key).copied()).collect();
+            (key, values)
+        })
+        .filter(|(_, values)| values.len() >= crate::drift::MIN_BASELINE)
         .collect()
 }
 
@@ -93,7 +140,19 @@ pub async fn put_baseline(
             .into_iter()
             .chain(upload.description.as_deref()),
     )?;
-    let samples = samples(&upload.cases)?;
+    if upload.metrics.contains_key(&Metric::Dice) {
+        return Err(invalid("Dice values go in cases, not in metrics".into()));
+    }
+    let others = upload
+        .metrics
+        .into_iter()
+        .flat_map(|(metric, structures)| {
+            structures
+                .into_iter()
+                .map(move |(structure, values)| ((metric, structure), values))
+        })
+        .collect();
+    let samples = samples(&upload.cases, others)?;
     let info = app
         .store
         .create_baseline(
@@ -122,8 +181,6 @@ pub async fn freeze_baseline(
     auth.admin()?;
     valid_key("model", &model)?;
     valid_key("model_version", &version)?;
-    let invalid =
-        |detail: String| Problem::bad_request("invalid-baseline", "Invalid baseline", detail);
     let request: FreezeRequest = json_object(&body).map_err(invalid)?;
     let allowed = crate::drift::MIN_BASELINE as i64..=MAX_FREEZE_CASES;
     if request.cases.fract() != 0.0 || !allowed.contains(&(request.cases as i64)) {
@@ -153,7 +210,18 @@ pub async fn freeze_baseline(
             ),
         ));
     }
-    let samples = samples(&cases)?;
+    let schema = app.store.schema(&model, &version).await?;
+    let others = watched_samples(&cases, schema.as_ref());
+    let dice: Vec<BTreeMap<String, f64>> = cases
+        .iter()
+        .map(|case| {
+            case.iter()
+                .filter(|((metric, _), _)| *metric == Metric::Dice)
+                .map(|((_, structure), value)| (structure.clone(), *value))
+                .collect()
+        })
+        .collect();
+    let samples = samples(&dice, others)?;
     let source = format!("first {} scored cases", cases.len());
     let info = app
         .store
@@ -292,8 +360,11 @@ pub async fn history(
         .stream_history(
             &incident.model,
             &incident.model_version,
-            &incident.site,
-            &incident.structure,
+            &StreamId {
+                site: incident.site.clone(),
+                structure: incident.structure.clone(),
+                metric: Metric::parse(&incident.metric).unwrap_or_default(),
+            },
             MAX_REPLAYED_CASES,
         )
         .await?
@@ -309,7 +380,7 @@ pub async fn history(
 }
 
 #[utoipa::path(get, path = "/v1/incidents/{id}/strata", tag = "drift", params(("id" = i64, Path)),
-    responses((status = 200, body = Vec<Stratum>, description = "acquisition strata of the stream's recent cases, largest Dice drop first"),
+    responses((status = 200, body = Vec<Stratum>, description = "acquisition strata of the stream's recent cases, largest Dice drop first (Dice whatever the incident's metric)"),
         (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn strata(
@@ -325,7 +396,7 @@ pub async fn strata(
         .and_then(|b| {
             b.structures
                 .into_iter()
-                .find(|s| s.structure == incident.structure)
+                .find(|s| s.structure == incident.structure && s.metric == Metric::Dice.as_str())
         })
         .ok_or_else(|| Problem::not_found("the stream has no active baseline"))?;
     let since = incident.observed_at - Duration::days(7);

@@ -12,7 +12,7 @@ use crate::drift::feed::{
     FeedSettings, Feeder, ScoredCase, StreamKey, StreamRecord, VersionContext,
 };
 use crate::drift::incident::{Evidence, Incident, Incidents, StreamId};
-use crate::drift::{Baseline, Detector, StreamState};
+use crate::drift::{Baseline, Detector, Metric, StreamState};
 use crate::views::{BaselineInfo, BaselineStructure, IncidentStream, IncidentView, Stratum};
 
 /// The stream key used for pooled sites and for a site's mean Dice.
@@ -29,32 +29,89 @@ pub struct OpenIncident {
     pub model: String,
     pub model_version: String,
     pub structure: String,
+    pub metric: String,
     pub detector: String,
 }
 
 /// A detector's current state, for metrics.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DetectorRow {
     pub site: String,
     pub model: String,
     pub model_version: String,
     pub structure: String,
+    pub metric: String,
     pub detector: String,
     pub statistic: f64,
     pub limit: f64,
     pub alarm: bool,
 }
 
-/// What the API shows of one structure's baseline sample.
-pub(super) fn summary(structure: &str, baseline: &Baseline) -> BaselineStructure {
+/// Baseline samples of a model version: (metric, structure or `all`) →
+/// sample of scores ([`Metric::score`]).
+pub type Samples = BTreeMap<(Metric, String), Baseline>;
+
+/// What the API shows of one structure's baseline sample, in the metric's
+/// own units (quantiles of the worse tail: for ECE its 95th and 75th
+/// percentiles).
+pub(super) fn summary(metric: Metric, structure: &str, baseline: &Baseline) -> BaselineStructure {
     BaselineStructure {
         structure: structure.to_owned(),
+        metric: metric.as_str().to_owned(),
         cases: baseline.len(),
-        mean: baseline.mean(),
-        p05: baseline.quantile(0.05),
-        p25: baseline.quantile(0.25),
+        mean: metric.value(baseline.mean()),
+        p05: metric.value(baseline.quantile(0.05)),
+        p25: metric.value(baseline.quantile(0.25)),
         note: crate::drift::baseline_note(baseline),
     }
+}
+
+/// A stored sample (values as scored) as the detectors see it.
+pub(super) fn sample_of(metric: Metric, values: Vec<f64>) -> Result<Baseline> {
+    Baseline::new(values.into_iter().map(|v| metric.score(v)).collect())
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// A sample's values as stored: as scored, not as scores.
+pub(super) fn stored_values(metric: Metric, baseline: &Baseline) -> Vec<f64> {
+    baseline.values().iter().map(|&v| metric.value(v)).collect()
+}
+
+/// A metric name read from the database.
+pub(super) fn parse_metric(name: &str) -> Result<Metric> {
+    Metric::parse(name).ok_or_else(|| StoreError::Corrupt(format!("drift metric {name}")))
+}
+
+/// Per-case values of the first scored cases: (metric, structure) → value
+/// as scored. Dice of structures empty on both sides, ECE without
+/// probabilities and lesion sensitivity without reference lesions are left out.
+pub type CaseValues = BTreeMap<(Metric, String), f64>;
+
+/// Adds one structure's values of a case to `case`.
+pub(super) fn add_values(
+    case: &mut CaseValues,
+    structure: &str,
+    dice: Option<f64>,
+    ece: Option<f64>,
+    sensitivity: Option<f64>,
+) {
+    for (metric, value) in [
+        (Metric::Dice, dice),
+        (Metric::Ece, ece),
+        (Metric::LesionSensitivity, sensitivity),
+    ] {
+        if let Some(value) = value.filter(|v| v.is_finite()) {
+            case.insert((metric, structure.to_owned()), value);
+        }
+    }
+}
+
+/// Lesion-wise sensitivity of a stored `lesion_results` row: detected over
+/// reference lesions; None without reference lesions.
+pub(super) fn lesion_sensitivity(metrics: &serde_json::Value) -> Option<f64> {
+    let count = |field: &str| metrics.get(field).and_then(serde_json::Value::as_f64);
+    let reference = count("ref_instances").filter(|&n| n > 0.0)?;
+    Some(count("tp")? / reference)
 }
 
 impl Store {
@@ -67,7 +124,7 @@ impl Store {
         source: &str,
         description: Option<&str>,
         created_by: &str,
-        samples: &BTreeMap<String, Baseline>,
+        samples: &Samples,
     ) -> Result<BaselineInfo> {
         let pool = postgres_or!(self, lite => lite.create_baseline(model, version, source, description, created_by, samples));
         let mut tx = pool.begin().await.map_err(StoreError::classify)?;
@@ -93,12 +150,13 @@ impl Store {
         )
         .fetch_one(&mut *tx)
         .await?;
-        for (structure, baseline) in samples {
+        for ((metric, structure), baseline) in samples {
             sqlx::query!(
-                "INSERT INTO baseline_samples (baseline_id, structure, dice) VALUES ($1, $2, $3)",
+                "INSERT INTO baseline_samples (baseline_id, structure, metric, dice) VALUES ($1, $2, $3, $4)",
                 row.id,
                 structure,
-                baseline.values()
+                metric.as_str(),
+                &stored_values(*metric, baseline)
             )
             .execute(&mut *tx)
             .await?;
@@ -135,7 +193,10 @@ impl Store {
             description: description.map(str::to_owned),
             created_by: created_by.into(),
             created_at: row.created_at,
-            structures: samples.iter().map(|(s, b)| summary(s, b)).collect(),
+            structures: samples
+                .iter()
+                .map(|((m, s), b)| summary(*m, s, b))
+                .collect(),
         })
     }
 
@@ -167,27 +228,33 @@ impl Store {
             description: row.description,
             created_by: row.created_by,
             created_at: row.created_at,
-            structures: samples.iter().map(|(s, b)| summary(s, b)).collect(),
+            structures: samples
+                .iter()
+                .map(|((m, s), b)| summary(*m, s, b))
+                .collect(),
         }))
     }
 
-    /// Per-case Dice of the first `cases` scored cases of a model version, by case
-    /// time: structure → Dice (cases empty on both sides left out).
+    /// Per-case values of the first `cases` scored cases of a model version,
+    /// by case time (see [`CaseValues`]; cases without any left out).
     pub async fn first_scored(
         &self,
         model: &str,
         version: &str,
         cases: i64,
-    ) -> Result<Vec<BTreeMap<String, f64>>> {
+    ) -> Result<Vec<CaseValues>> {
         let pool = postgres_or!(self, lite => lite.first_scored(model, version, cases));
         let rows = sqlx::query!(
             r#"WITH first AS (
                    SELECT DISTINCT ON (case_id) id, case_id, observed_at, scored_at FROM results
                    WHERE model = $1 AND model_version = $2 ORDER BY case_id, id)
-               SELECT f.id, s.structure, s.dice AS "dice!"
+               SELECT f.id, s.structure,
+                      CASE WHEN s.pred_voxels > 0 OR s.ref_voxels > 0 THEN s.dice END AS dice,
+                      s.ece, l.metrics AS "lesions?"
                FROM (SELECT id, observed_at, scored_at FROM first ORDER BY observed_at, id LIMIT $3) f
                JOIN structure_results s ON s.result_id = f.id AND s.scored_at = f.scored_at
-               WHERE (s.pred_voxels > 0 OR s.ref_voxels > 0) AND s.dice IS NOT NULL
+               LEFT JOIN lesion_results l
+                      ON l.result_id = f.id AND l.scored_at = f.scored_at AND l.structure = s.structure
                ORDER BY f.observed_at, f.id"#,
             model,
             version,
@@ -196,16 +263,21 @@ impl Store {
         .fetch_all(pool)
         .await
         .map_err(StoreError::classify)?;
-        let mut by_case: Vec<(i64, BTreeMap<String, f64>)> = Vec::new();
+        let mut by_case: Vec<(i64, CaseValues)> = Vec::new();
         for r in rows {
-            match by_case.last_mut() {
-                Some((id, map)) if *id == r.id => {
-                    map.insert(r.structure, r.dice);
-                }
-                _ => by_case.push((r.id, BTreeMap::from([(r.structure, r.dice)]))),
+            if by_case.last().is_none_or(|(id, _)| *id != r.id) {
+                by_case.push((r.id, CaseValues::new()));
+            }
+            if let Some((_, case)) = by_case.last_mut() {
+                let sensitivity = r.lesions.as_ref().and_then(lesion_sensitivity);
+                add_values(case, &r.structure, r.dice, r.ece, sensitivity);
             }
         }
-        Ok(by_case.into_iter().map(|(_, m)| m).collect())
+        Ok(by_case
+            .into_iter()
+            .map(|(_, m)| m)
+            .filter(|m| !m.is_empty())
+            .collect())
     }
 
     /// Incidents, newest first: open ones only unless `all`; those touching
@@ -243,7 +315,7 @@ impl Store {
         let pool = postgres_or!(self, lite => lite.incident_views(ids));
         let rows = sqlx::query_as!(
             IncidentRow,
-            r#"SELECT id, site, model, model_version, structure, detector, opened_at, observed_at, last_alarm_at,
+            r#"SELECT id, site, model, model_version, structure, metric, detector, opened_at, observed_at, last_alarm_at,
                       statistic, limit_value, acknowledged_at, acknowledged_by, note, resolved_at, resolution
                FROM incidents WHERE id = ANY($1) ORDER BY id DESC"#,
             ids
@@ -303,7 +375,7 @@ impl Store {
         let pool = postgres_or!(self, lite => lite.open_incidents());
         sqlx::query_as!(
             OpenIncident,
-            "SELECT id, site, model, model_version, structure, detector FROM incidents WHERE resolved_at IS NULL"
+            "SELECT id, site, model, model_version, structure, metric, detector FROM incidents WHERE resolved_at IS NULL"
         )
         .fetch_all(pool)
         .await
@@ -358,7 +430,7 @@ impl Store {
         let pool = postgres_or!(self, lite => lite.detector_states(days));
         sqlx::query_as!(
             DetectorRow,
-            r#"SELECT site, model, model_version, structure, detector, statistic, limit_value AS "limit", alarm
+            r#"SELECT site, model, model_version, structure, metric, detector, statistic, limit_value AS "limit", alarm
                FROM detector_state WHERE updated_at > now() - make_interval(days => $1)"#,
             days as i32
         )
@@ -367,12 +439,12 @@ impl Store {
         .map_err(StoreError::classify)
     }
 
-    /// Active baselines: (model, version, structure, mean, p05, p25).
+    /// Active Dice baselines: (model, version, summary).
     pub async fn baseline_gauges(&self) -> Result<Vec<(String, String, BaselineStructure)>> {
         let pool = postgres_or!(self, lite => lite.baseline_gauges());
         let rows = sqlx::query!(
             "SELECT b.model, b.model_version, s.structure, s.dice FROM baselines b
-             JOIN baseline_samples s ON s.baseline_id = b.id WHERE b.active"
+             JOIN baseline_samples s ON s.baseline_id = b.id WHERE b.active AND s.metric = 'dice'"
         )
         .fetch_all(pool)
         .await
@@ -381,7 +453,8 @@ impl Store {
             .into_iter()
             .filter_map(|r| {
                 let baseline = Baseline::new(r.dice).ok()?;
-                Some((r.model, r.model_version, summary(&r.structure, &baseline)))
+                let summary = summary(Metric::Dice, &r.structure, &baseline);
+                Some((r.model, r.model_version, summary))
             })
             .collect())
     }
@@ -518,6 +591,33 @@ async fn postgres_strata(
     }
 }
 
+/// The watched metrics' values of the results being fed, as scored.
+#[derive(Debug, Default)]
+pub(super) struct WatchedValues(BTreeMap<i64, Vec<(String, Metric, f64)>>);
+
+impl WatchedValues {
+    /// Adds a structure's ECE and lesion sensitivity of a result, if any.
+    pub(super) fn add(
+        &mut self,
+        result_id: i64,
+        structure: &str,
+        ece: Option<f64>,
+        sensitivity: Option<f64>,
+    ) {
+        let values = self.0.entry(result_id).or_default();
+        for (metric, value) in [(Metric::Ece, ece), (Metric::LesionSensitivity, sensitivity)] {
+            if let Some(value) = value.filter(|v| v.is_finite()) {
+                values.push((structure.to_owned(), metric, value));
+            }
+        }
+    }
+
+    /// The values of a result, removed.
+    pub(super) fn take(&mut self, result_id: i64) -> Vec<(String, Metric, f64)> {
+        self.0.remove(&result_id).unwrap_or_default()
+    }
+}
+
 /// An `incidents` row, as both backends read it.
 #[derive(Debug, sqlx::FromRow)]
 pub(super) struct IncidentRow {
@@ -526,6 +626,7 @@ pub(super) struct IncidentRow {
     pub model: String,
     pub model_version: String,
     pub structure: String,
+    pub metric: String,
     pub detector: String,
     pub opened_at: DateTime<Utc>,
     pub observed_at: DateTime<Utc>,
@@ -576,6 +677,7 @@ pub(super) fn assemble_incidents(
             model: r.model,
             model_version: r.model_version,
             structure: r.structure,
+            metric: r.metric,
             detector: r.detector,
             opened_at: r.opened_at,
             observed_at: r.observed_at,
@@ -592,7 +694,7 @@ pub(super) fn assemble_incidents(
 }
 
 /// Failure thresholds by structure from a model version's schema (none without one).
-pub(super) fn failure_thresholds(schema: Option<crate::schema::Schema>) -> BTreeMap<String, f64> {
+pub(super) fn failure_thresholds(schema: Option<&crate::schema::Schema>) -> BTreeMap<String, f64> {
     schema
         .map(|s| {
             s.structures
@@ -603,12 +705,25 @@ pub(super) fn failure_thresholds(schema: Option<crate::schema::Schema>) -> BTree
         .unwrap_or_default()
 }
 
+/// The (structure, metric) pairs besides Dice a model version's schema
+/// watches (none without one).
+pub(super) fn watched_metrics(
+    schema: Option<&crate::schema::Schema>,
+) -> BTreeSet<(String, Metric)> {
+    schema
+        .iter()
+        .flat_map(|s| &s.structures)
+        .flat_map(|d| d.drift_metrics.iter().map(|m| (d.name.clone(), *m)))
+        .collect()
+}
+
 /// An open incident's row, as the drift feed reads it.
 #[derive(Debug, sqlx::FromRow)]
 pub(super) struct OpenIncidentRow {
     pub id: i64,
     pub site: String,
     pub structure: String,
+    pub metric: String,
     pub detector: String,
     pub observed_at: DateTime<Utc>,
     pub last_alarm_at: DateTime<Utc>,
@@ -650,6 +765,7 @@ impl OpenIncidentRow {
             stream: StreamId {
                 site: self.site,
                 structure: self.structure,
+                metric: parse_metric(&self.metric)?,
             },
             detector,
             observed_at: self.observed_at,
@@ -665,9 +781,9 @@ impl OpenIncidentRow {
 async fn load_samples<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     baseline_id: i64,
-) -> Result<BTreeMap<String, Baseline>> {
+) -> Result<Samples> {
     let rows = sqlx::query!(
-        "SELECT structure, dice FROM baseline_samples WHERE baseline_id = $1",
+        "SELECT structure, metric, dice FROM baseline_samples WHERE baseline_id = $1",
         baseline_id
     )
     .fetch_all(executor)
@@ -675,8 +791,8 @@ async fn load_samples<'e>(
     .map_err(StoreError::classify)?;
     rows.into_iter()
         .map(|r| {
-            let b = Baseline::new(r.dice).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            Ok((r.structure, b))
+            let metric = parse_metric(&r.metric)?;
+            Ok(((metric, r.structure), sample_of(metric, r.dice)?))
         })
         .collect()
 }
@@ -720,6 +836,7 @@ impl Store {
         let months: Vec<DateTime<Utc>> = scored.values().copied().collect();
         let mut dice: BTreeMap<i64, Vec<(String, f64)>> = BTreeMap::new();
         let mut ambiguous = BTreeSet::new();
+        let mut ambiguous_structures = BTreeSet::new();
         for r in sqlx::query!(
             r#"SELECT s.result_id, s.structure, s.dice AS "dice!",
                       $3 AND EXISTS (SELECT 1 FROM results r JOIN reader_agreement a
@@ -739,8 +856,27 @@ impl Store {
         {
             if r.ambiguous {
                 ambiguous.insert(r.result_id);
+                ambiguous_structures.insert((r.result_id, r.structure));
             } else {
                 dice.entry(r.result_id).or_default().push((r.structure, r.dice));
+            }
+        }
+        let mut watched = WatchedValues::default();
+        for r in sqlx::query!(
+            r#"SELECT s.result_id, s.structure, s.ece, l.metrics AS "lesions?"
+               FROM structure_results s
+               LEFT JOIN lesion_results l
+                      ON l.result_id = s.result_id AND l.scored_at = s.scored_at AND l.structure = s.structure
+               WHERE s.result_id = ANY($1) AND s.scored_at = ANY($2) AND (s.ece IS NOT NULL OR l.metrics IS NOT NULL)"#,
+            &ids,
+            &months
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            if !ambiguous_structures.contains(&(r.result_id, r.structure.clone())) {
+                let sensitivity = r.lesions.as_ref().and_then(lesion_sensitivity);
+                watched.add(r.result_id, &r.structure, r.ece, sensitivity);
             }
         }
         let cases: Vec<ScoredCase> = rows
@@ -754,6 +890,7 @@ impl Store {
                 observed_at: r.observed_at,
                 // A case with an ambiguous structure leaves the mean-Dice streams.
                 mean_dice: r.mean_dice.filter(|_| !ambiguous.contains(&r.id)),
+                watched: watched.take(r.id),
             })
             .collect();
         let mut contexts = BTreeMap::new();
@@ -768,7 +905,7 @@ impl Store {
         let mut streams = BTreeMap::new();
         for (model, version) in contexts.keys() {
             for r in sqlx::query!(
-                "SELECT site, structure, baseline_id, state, pairs FROM drift_streams
+                "SELECT site, structure, metric, baseline_id, state, pairs FROM drift_streams
                  WHERE model = $1 AND model_version = $2 FOR UPDATE",
                 model,
                 version
@@ -784,6 +921,7 @@ impl Store {
                     stream: StreamId {
                         site: r.site,
                         structure: r.structure,
+                        metric: parse_metric(&r.metric)?,
                     },
                 };
                 let record = StreamRecord {
@@ -871,13 +1009,13 @@ async fn version_context(
     )
     .fetch_optional(&mut **tx)
     .await?;
-    let failure_thresholds = failure_thresholds(
-        schema.and_then(|s| serde_json::from_value::<crate::schema::Schema>(s).ok()),
-    );
+    let schema = schema.and_then(|s| serde_json::from_value::<crate::schema::Schema>(s).ok());
+    let failure_thresholds = failure_thresholds(schema.as_ref());
+    let watched = watched_metrics(schema.as_ref());
     let mut open = Vec::new();
     for r in sqlx::query_as!(
         OpenIncidentRow,
-        "SELECT id, site, structure, detector, observed_at, last_alarm_at, statistic, limit_value FROM incidents
+        "SELECT id, site, structure, metric, detector, observed_at, last_alarm_at, statistic, limit_value FROM incidents
          WHERE model = $1 AND model_version = $2 AND resolved_at IS NULL ORDER BY id FOR UPDATE",
         model,
         version
@@ -898,6 +1036,7 @@ async fn version_context(
         baseline_id,
         samples,
         failure_thresholds,
+        watched,
         incidents: Incidents { open },
         closed: Vec::new(),
     }))
@@ -912,9 +1051,9 @@ async fn save_stream(
         serde_json::to_value(&record.state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let latest = record.state.latest_at.unwrap_or_else(Utc::now);
     sqlx::query!(
-        "INSERT INTO drift_streams (model, model_version, site, structure, baseline_id, state, pairs, latest_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-         ON CONFLICT (model, model_version, site, structure) DO UPDATE
+        "INSERT INTO drift_streams (model, model_version, site, structure, baseline_id, state, pairs, latest_at, metric)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT (model, model_version, site, structure, metric) DO UPDATE
          SET baseline_id = $5, state = $6, pairs = $7, latest_at = $8, updated_at = now()",
         key.model,
         key.model_version,
@@ -923,7 +1062,8 @@ async fn save_stream(
         record.baseline_id,
         state,
         record.pairs as i32,
-        latest
+        latest,
+        key.stream.metric.as_str()
     )
     .execute(&mut **tx)
     .await?;
@@ -950,8 +1090,8 @@ async fn save_incident(
         }
         None => {
             let id = sqlx::query_scalar!(
-                "INSERT INTO incidents (site, model, model_version, structure, detector, observed_at, last_alarm_at, statistic, limit_value)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+                "INSERT INTO incidents (site, model, model_version, structure, detector, observed_at, last_alarm_at, statistic, limit_value, metric)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
                 incident.stream.site,
                 model,
                 version,
@@ -960,7 +1100,8 @@ async fn save_incident(
                 incident.observed_at,
                 incident.last_alarm_at,
                 if incident.statistic.is_finite() { incident.statistic } else { 0.0 },
-                incident.limit
+                incident.limit,
+                incident.stream.metric.as_str()
             )
             .fetch_one(&mut **tx)
             .await?;

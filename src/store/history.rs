@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use super::{Result, StoreError};
 use crate::drift::feed::{Parameters, StreamKey, StreamUpdate};
 use crate::drift::replay::{ReplayCase, ReplayStep, first_alarm, replay};
-use crate::drift::{Baseline, Detector, Update};
+use crate::drift::{Baseline, Detector, Metric, Update};
 use crate::views::{HistoryAudit, HistoryStep, HistoryValue};
 
 mod postgres;
@@ -382,6 +382,21 @@ pub(super) fn assemble(
 }
 
 /// A statistic as `detector_state` keeps it (0 when undefined).
+/// The score a history row's stream was fed: its stored value (Dice, mean
+/// Dice or ECE), or the lesion sensitivity of its stored lesion results, as
+/// the detectors saw it ([`Metric::score`]).
+pub(super) fn fed_score(
+    metric: Metric,
+    value: Option<f64>,
+    lesions: Option<&serde_json::Value>,
+) -> Option<f64> {
+    let value = match metric {
+        Metric::LesionSensitivity => lesions.and_then(super::drift::lesion_sensitivity),
+        Metric::Dice | Metric::Ece => value,
+    };
+    value.map(|v| metric.score(v))
+}
+
 pub(super) fn finite(statistic: f64) -> f64 {
     if statistic.is_finite() {
         statistic

@@ -36,6 +36,7 @@ fn schema_of(pair: &Value) -> Option<Schema> {
             instances: false,
             volume_bands_ml: None,
             lesion_matching: None,
+            drift_metrics: Vec::new(),
         })
         .collect();
     Some(Schema {

@@ -125,7 +125,12 @@ async fn a_drift_opens_one_incident_that_strata_explain_and_ack_keeps_open() {
     let mean = app
         .db
         .store()
-        .stream_history("simnet", "1.0", "site2", "all", 1_000)
+        .stream_history(
+            "simnet",
+            "1.0",
+            &segwatch::drift::incident::StreamId::dice("site2", "all"),
+            1_000,
+        )
         .await
         .unwrap()
         .unwrap();

@@ -20,7 +20,12 @@ async fn an_incident_replays_from_the_stored_history() {
     let history = app
         .db
         .store()
-        .stream_history("simnet", "1.0", site, structure, 1_000)
+        .stream_history(
+            "simnet",
+            "1.0",
+            &segwatch::drift::incident::StreamId::dice(site, structure),
+            1_000,
+        )
         .await
         .unwrap()
         .expect("the alerting stream has a history");
@@ -30,7 +35,12 @@ async fn an_incident_replays_from_the_stored_history() {
     let refused = app
         .db
         .store()
-        .stream_history("simnet", "1.0", site, structure, expected_cases - 1)
+        .stream_history(
+            "simnet",
+            "1.0",
+            &segwatch::drift::incident::StreamId::dice(site, structure),
+            expected_cases - 1,
+        )
         .await;
     assert!(
         matches!(refused, Err(segwatch::store::StoreError::HistoryTooLong { limit }) if limit == expected_cases - 1),

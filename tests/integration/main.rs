@@ -11,6 +11,7 @@ mod dicom_seg;
 mod dicomweb;
 mod drift;
 mod drift_api;
+mod drift_metrics;
 mod gate;
 mod history;
 mod leases;

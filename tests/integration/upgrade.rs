@@ -360,7 +360,12 @@ async fn detector_history_moved(db: &TestDb, store: &Store) {
     assert_eq!((rows, sets), (1, 3));
     for (site, structure, late, t, steps) in old_streams() {
         let history = store
-            .stream_history("m", "v1", site, structure, 1_000)
+            .stream_history(
+                "m",
+                "v1",
+                &segwatch::drift::incident::StreamId::dice(site, structure),
+                1_000,
+            )
             .await
             .unwrap()
             .unwrap();

@@ -62,7 +62,8 @@ impl Detector {
 /// One scored case of a stream.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Observation {
-    /// The case's Dice for the stream's structure (or its per-case mean), in [0, 1].
+    /// The case's Dice for the stream's structure (or its per-case mean), or
+    /// the score of the stream's other metric ([`super::Metric::score`]), in [0, 1].
     pub dice: f64,
     /// Case time.
     pub at: DateTime<Utc>,

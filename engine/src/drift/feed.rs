@@ -2,7 +2,7 @@
 //! the service's drift task. The store loads what this needs and persists what
 //! it changes; nothing here does I/O.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
@@ -10,11 +10,12 @@ use serde::{Deserialize, Serialize};
 
 use super::incident::{ALL, Incident, Incidents, StreamId};
 use super::{
-    Baseline, Design, Detector, Observation, RunLengthTarget, StreamProfile, StreamState, Update,
+    Baseline, Design, Detector, Metric, Observation, RunLengthTarget, StreamProfile, StreamState,
+    Update,
 };
 
 /// One scored case: its Dice per structure (structures empty on both sides
-/// left out) and its mean.
+/// left out), its mean, and the other metrics its schema watches.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScoredCase {
     /// Stored id of the evaluation result the case comes from.
@@ -31,6 +32,10 @@ pub struct ScoredCase {
     pub structures: Vec<(String, f64)>,
     /// Mean Dice over `structures`; None when there is none.
     pub mean_dice: Option<f64>,
+    /// (structure, metric, value) of the other metrics the schema watches, as
+    /// scored (ECE as is, not its complement); a case without a value for
+    /// one (no reference lesion, no probabilities) leaves it out.
+    pub watched: Vec<(String, Metric, f64)>,
 }
 
 /// A stream of the deployment.
@@ -62,10 +67,14 @@ pub struct StreamRecord {
 pub struct VersionContext {
     /// Stored id of the version's active baseline.
     pub baseline_id: i64,
-    /// Structure (or "all" for the per-case mean) → sample.
-    pub samples: BTreeMap<String, Baseline>,
-    /// Structure → failure threshold.
+    /// (metric, structure or "all" for the per-case mean) → sample of
+    /// scores ([`Metric::score`]: the complement of ECE).
+    pub samples: BTreeMap<(Metric, String), Baseline>,
+    /// Structure → Dice failure threshold.
     pub failure_thresholds: BTreeMap<String, f64>,
+    /// (structure, metric) pairs besides Dice the schema watches: other
+    /// metrics feed streams only there (and where the baseline has a sample).
+    pub watched: BTreeSet<(String, Metric)>,
     /// The version's open incidents, updated as cases alarm.
     pub incidents: Incidents,
     /// Incidents closed while feeding, with the case time that closed them.
@@ -125,6 +134,7 @@ pub struct StreamUpdate {
 struct DesignKey {
     baseline_id: i64,
     structure: String,
+    metric: Metric,
     target_bits: u64,
     window_scale: i32,
     threshold_bits: u64,
@@ -184,19 +194,27 @@ impl Feeder {
             let Some(context) = contexts.get_mut(&version) else {
                 continue;
             };
+            let dice = case
+                .structures
+                .iter()
+                .map(|(structure, dice)| (structure.as_str(), Metric::Dice, *dice));
+            let mean = case.mean_dice.map(|mean| (ALL, Metric::Dice, mean));
+            let watched = case
+                .watched
+                .iter()
+                .filter(|(structure, metric, _)| {
+                    context.watched.contains(&(structure.clone(), *metric))
+                })
+                .map(|(structure, metric, value)| (structure.as_str(), *metric, *value));
             let mut inputs: Vec<(StreamId, f64)> = Vec::new();
-            for (structure, dice) in &case.structures {
-                if context.samples.contains_key(structure) && dice.is_finite() {
+            for (structure, metric, value) in dice.chain(mean).chain(watched) {
+                let sampled = context
+                    .samples
+                    .contains_key(&(metric, structure.to_owned()));
+                if sampled && value.is_finite() {
                     for site in [case.site.as_str(), ALL] {
-                        inputs.push((stream_id(site, structure), *dice));
+                        inputs.push((stream_id(site, structure, metric), metric.score(value)));
                     }
-                }
-            }
-            if let Some(mean) = case.mean_dice.filter(|m| m.is_finite())
-                && context.samples.contains_key(ALL)
-            {
-                for site in [case.site.as_str(), ALL] {
-                    inputs.push((stream_id(site, ALL), mean));
                 }
             }
             // Every stream of the case joins the budget before any is fed, so
@@ -230,18 +248,20 @@ impl Feeder {
                     active_pairs += record.pairs;
                 }
             }
-            for (stream, dice) in inputs {
+            for (stream, score) in inputs {
                 let key = StreamKey {
                     model: case.model.clone(),
                     model_version: case.model_version.clone(),
                     stream: stream.clone(),
                 };
-                let baseline = &context.samples[&stream.structure];
-                let threshold = context
-                    .failure_thresholds
-                    .get(&stream.structure)
-                    .copied()
-                    .unwrap_or(settings.default_failure_threshold);
+                let baseline = &context.samples[&(stream.metric, stream.structure.clone())];
+                let threshold = stream.metric.failure_score(
+                    context
+                        .failure_thresholds
+                        .get(&stream.structure)
+                        .copied()
+                        .unwrap_or(settings.default_failure_threshold),
+                );
                 let Some(record) = streams.get_mut(&key) else {
                     continue;
                 };
@@ -255,7 +275,7 @@ impl Feeder {
                     self.parameters(context.baseline_id, &stream, baseline, &profile, target);
                 let late = record.state.is_late(case.observed_at);
                 let observation = Observation {
-                    dice,
+                    dice: score,
                     at: case.observed_at,
                 };
                 let updates = record
@@ -298,6 +318,7 @@ impl Feeder {
         let key = DesignKey {
             baseline_id,
             structure: stream.structure.clone(),
+            metric: stream.metric,
             target_bits: target.to_bits(),
             window_scale: window_scale(profile.cases_per_day),
             threshold_bits: profile.failure_threshold.to_bits(),
@@ -312,9 +333,170 @@ impl Feeder {
     }
 }
 
-fn stream_id(site: &str, structure: &str) -> StreamId {
+fn stream_id(site: &str, structure: &str, metric: Metric) -> StreamId {
     StreamId {
         site: site.to_owned(),
         structure: structure.to_owned(),
+        metric,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drift::incident::ALL;
+
+    fn settings() -> FeedSettings {
+        FeedSettings {
+            target: RunLengthTarget::Arl0 { cases: 2000.0 },
+            incident_hold: Duration::days(3),
+            default_failure_threshold: 0.5,
+        }
+    }
+
+    /// A sample of `values` as the detectors see them ([`Metric::score`]).
+    fn sample(metric: Metric, values: impl Iterator<Item = f64>) -> Baseline {
+        Baseline::new(values.map(|v| metric.score(v)).collect()).unwrap()
+    }
+
+    fn context(watched: &[(&str, Metric)]) -> VersionContext {
+        let spread = |lo: f64, hi: f64| (0..200).map(move |i| lo + (hi - lo) * i as f64 / 199.0);
+        VersionContext {
+            baseline_id: 1,
+            samples: BTreeMap::from([
+                (
+                    (Metric::Dice, "mets".into()),
+                    sample(Metric::Dice, spread(0.5, 0.9)),
+                ),
+                (
+                    (Metric::LesionSensitivity, "mets".into()),
+                    sample(Metric::LesionSensitivity, spread(0.6, 1.0)),
+                ),
+                (
+                    (Metric::LesionSensitivity, "nodules".into()),
+                    sample(Metric::LesionSensitivity, spread(0.6, 1.0)),
+                ),
+                (
+                    (Metric::Ece, "liver".into()),
+                    sample(Metric::Ece, spread(0.02, 0.06)),
+                ),
+            ]),
+            watched: watched.iter().map(|(s, m)| (s.to_string(), *m)).collect(),
+            ..VersionContext::default()
+        }
+    }
+
+    fn case(i: i64, watched: Vec<(&str, Metric, f64)>) -> ScoredCase {
+        ScoredCase {
+            result_id: i,
+            site: "a".into(),
+            model: "m".into(),
+            model_version: "v".into(),
+            observed_at: DateTime::<Utc>::from_timestamp(1_700_000_000 + 3600 * i, 0).unwrap(),
+            structures: vec![("mets".into(), 0.7)],
+            mean_dice: None,
+            watched: watched
+                .into_iter()
+                .map(|(s, m, v)| (s.to_owned(), m, v))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn other_metrics_feed_only_structures_the_schema_watches_and_the_baseline_samples() {
+        let mut contexts = BTreeMap::from([(
+            ("m".to_owned(), "v".to_owned()),
+            context(&[
+                ("mets", Metric::LesionSensitivity),
+                ("liver", Metric::Ece),
+                ("liver", Metric::LesionSensitivity),
+            ]),
+        )]);
+        let mut streams = BTreeMap::new();
+        let values = vec![
+            ("mets", Metric::LesionSensitivity, 0.5),
+            // Sampled, not watched.
+            ("nodules", Metric::LesionSensitivity, 0.5),
+            ("liver", Metric::Ece, 0.03),
+            // Watched, not sampled.
+            ("liver", Metric::LesionSensitivity, 1.0),
+            ("liver", Metric::Ece, f64::NAN),
+        ];
+        let fed = Feeder::default().feed(
+            &settings(),
+            &[case(0, values)],
+            &mut streams,
+            &mut contexts,
+            0,
+        );
+        let mut keys: Vec<(String, String, Metric)> = streams
+            .keys()
+            .map(|k| {
+                (
+                    k.stream.site.clone(),
+                    k.stream.structure.clone(),
+                    k.stream.metric,
+                )
+            })
+            .collect();
+        keys.sort();
+        let want = |site: &str, structure: &str, metric| (site.into(), structure.into(), metric);
+        assert_eq!(
+            keys,
+            [
+                want("a", "liver", Metric::Ece),
+                want("a", "mets", Metric::Dice),
+                want("a", "mets", Metric::LesionSensitivity),
+                want(ALL, "liver", Metric::Ece),
+                want(ALL, "mets", Metric::Dice),
+                want(ALL, "mets", Metric::LesionSensitivity),
+            ]
+        );
+        assert_eq!(fed.len(), 6);
+        // Each stream's failure threshold is its metric's, in score units.
+        for update in &fed {
+            let threshold = update.key.stream.metric.failure_score(0.5);
+            assert_eq!(update.parameters.failure_threshold, threshold);
+        }
+    }
+
+    /// Feeds 60 cases whose `metric` of `structure` is `value` to a version
+    /// watching it; the (structure, metric) of the incidents opened.
+    fn incidents_after(structure: &str, metric: Metric, value: f64) -> Vec<(String, Metric)> {
+        let mut contexts = BTreeMap::from([(
+            ("m".to_owned(), "v".to_owned()),
+            context(&[(structure, metric)]),
+        )]);
+        let cases: Vec<ScoredCase> = (0..60)
+            .map(|i| case(i, vec![(structure, metric, value)]))
+            .collect();
+        let mut streams = BTreeMap::new();
+        Feeder::default().feed(&settings(), &cases, &mut streams, &mut contexts, 0);
+        contexts
+            .into_values()
+            .flat_map(|c| c.incidents.open)
+            .map(|i| (i.stream.structure, i.stream.metric))
+            .collect()
+    }
+
+    #[test]
+    fn a_rise_of_ece_alarms_and_a_fall_does_not() {
+        // The baseline's ECE spans 0.02 to 0.06: 0.09 is worse than all of it.
+        assert_eq!(
+            incidents_after("liver", Metric::Ece, 0.09),
+            [("liver".to_owned(), Metric::Ece)]
+        );
+        // Better calibration than every baseline case is no drift.
+        assert!(incidents_after("liver", Metric::Ece, 0.005).is_empty());
+    }
+
+    #[test]
+    fn a_drop_of_lesion_sensitivity_alarms_and_a_rise_does_not() {
+        // The baseline's sensitivity spans 0.6 to 1.
+        assert_eq!(
+            incidents_after("mets", Metric::LesionSensitivity, 0.5),
+            [("mets".to_owned(), Metric::LesionSensitivity)]
+        );
+        assert!(incidents_after("mets", Metric::LesionSensitivity, 1.0).is_empty());
     }
 }

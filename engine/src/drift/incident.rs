@@ -12,7 +12,7 @@
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Detector, Update};
+use super::{Detector, Metric, Update};
 
 /// The site of a pooled stream and the structure of a per-case mean stream.
 pub const ALL: &str = "all";
@@ -24,13 +24,30 @@ pub struct StreamId {
     pub site: String,
     /// Structure name, or [`ALL`] for the per-case mean Dice.
     pub structure: String,
+    /// What the stream watches (per-case mean streams watch Dice).
+    #[serde(default)]
+    pub metric: Metric,
 }
 
 impl StreamId {
-    /// Whether a change seen on one stream would also move the other.
+    /// The Dice stream of a site (or [`ALL`]) and structure (or [`ALL`]).
+    pub fn dice(site: &str, structure: &str) -> StreamId {
+        StreamId {
+            site: site.to_owned(),
+            structure: structure.to_owned(),
+            metric: Metric::Dice,
+        }
+    }
+
+    /// Whether a change seen on one stream would also move the other. Streams
+    /// of different metrics are never related: an incident is about one
+    /// metric, so Dice incidents stay what they were before other metrics
+    /// were watched.
     pub fn related(&self, other: &StreamId) -> bool {
         let overlaps = |a: &str, b: &str| a == b || a == ALL || b == ALL;
-        overlaps(&self.site, &other.site) && overlaps(&self.structure, &other.structure)
+        self.metric == other.metric
+            && overlaps(&self.site, &other.site)
+            && overlaps(&self.structure, &other.structure)
     }
 }
 
@@ -139,6 +156,7 @@ mod tests {
         StreamId {
             site: site.into(),
             structure: structure.into(),
+            metric: Metric::Dice,
         }
     }
 
@@ -178,6 +196,15 @@ mod tests {
         incidents.alarm(&id("site1", "spleen"), &alarm(Detector::Cusum), t0);
         assert_eq!(incidents.open.len(), 2);
         assert!(!id("site1", "spleen").related(&id("site3", ALL)));
+        // The same site's lesion sensitivity is another incident.
+        let sensitivity = StreamId {
+            metric: Metric::LesionSensitivity,
+            ..id("site3", "liver")
+        };
+        assert!(!sensitivity.related(&id("site3", "liver")));
+        incidents.alarm(&sensitivity, &alarm(Detector::PitEwma), t0);
+        assert_eq!(incidents.open.len(), 3);
+        assert_eq!(incidents.open[2].stream.metric, Metric::LesionSensitivity);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod detectors;
 pub mod feed;
 pub mod incident;
 pub mod limits;
+pub mod metric;
 pub mod plan;
 pub mod replay;
 
@@ -18,6 +19,7 @@ pub use detectors::{
     Design, Detector, DetectorState, Observation, StreamProfile, StreamState, Update,
 };
 pub use limits::RunLengthTarget;
+pub use metric::Metric;
 
 /// Smallest baseline sample accepted.
 pub const MIN_BASELINE: usize = 100;

@@ -99,7 +99,10 @@ mod tests {
         let baseline = Baseline::new((0..200).map(|i| 0.8 + i as f64 / 1000.0).collect()).unwrap();
         let context = VersionContext {
             baseline_id: 1,
-            samples: BTreeMap::from([("liver".to_owned(), baseline.clone())]),
+            samples: BTreeMap::from([(
+                (crate::drift::Metric::Dice, "liver".to_owned()),
+                baseline.clone(),
+            )]),
             ..VersionContext::default()
         };
         let mut contexts = BTreeMap::from([(("m".to_owned(), "v".to_owned()), context)]);
@@ -122,6 +125,7 @@ mod tests {
                     observed_at: t0 + Duration::hours(2 * i - late),
                     structures: vec![("liver".into(), 0.8 + (i * 37 % 200) as f64 / 1000.0 - drop)],
                     mean_dice: None,
+                    watched: Vec::new(),
                 }
             })
             .collect();

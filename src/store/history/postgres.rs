@@ -7,11 +7,12 @@ use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 
 use super::{
-    HistoryBatch, HistoryRow, SLOTS, StreamHistory, assemble, finite, latest_states,
+    HistoryBatch, HistoryRow, SLOTS, StreamHistory, assemble, fed_score, finite, latest_states,
     parameter_sets, parse_sets,
 };
-use crate::drift::Baseline;
 use crate::drift::feed::{StreamKey, StreamUpdate};
+use crate::drift::incident::StreamId;
+use crate::store::drift::sample_of;
 use crate::store::{ALL, Result, Store, StoreError};
 
 /// Stores a feed's history and the latest detector states: a few statements
@@ -33,33 +34,36 @@ pub(in crate::store) async fn save(
         .iter()
         .map(|s| s.key.stream.structure.as_str())
         .collect();
+    let metrics: Vec<&str> = sets.iter().map(|s| s.key.stream.metric.as_str()).collect();
     let baselines: Vec<i64> = sets.iter().map(|s| s.baseline_id).collect();
     let texts: Vec<&str> = sets.iter().map(|s| s.json.as_str()).collect();
     // New sets come back from the insert, known ones from the table (the
     // statement's snapshot does not see its own inserts).
     let found = sqlx::query!(
         r#"WITH i AS (
-               SELECT m, v, s, st, b, p::jsonb AS p, n
-               FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[])
-                   WITH ORDINALITY AS i(m, v, s, st, b, p, n)),
+               SELECT m, v, s, st, b, p::jsonb AS p, me, n
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::text[])
+                   WITH ORDINALITY AS i(m, v, s, st, b, p, me, n)),
            ins AS (
-               INSERT INTO detector_parameters (model, model_version, site, structure, baseline_id, parameters)
-               SELECT m, v, s, st, b, p FROM i
-               ON CONFLICT (model, model_version, site, structure, baseline_id, md5(parameters::text)) DO NOTHING
-               RETURNING id, model, model_version, site, structure, baseline_id, parameters)
+               INSERT INTO detector_parameters (model, model_version, site, structure, baseline_id, parameters, metric)
+               SELECT m, v, s, st, b, p, me FROM i
+               ON CONFLICT (model, model_version, site, structure, metric, baseline_id, md5(parameters::text)) DO NOTHING
+               RETURNING id, model, model_version, site, structure, metric, baseline_id, parameters)
            SELECT i.n AS "n!", coalesce(ins.id, old.id) AS "id!"
            FROM i
-           LEFT JOIN ins ON (ins.model, ins.model_version, ins.site, ins.structure, ins.baseline_id, ins.parameters)
-                          = (i.m, i.v, i.s, i.st, i.b, i.p)
+           LEFT JOIN ins ON (ins.model, ins.model_version, ins.site, ins.structure, ins.metric, ins.baseline_id, ins.parameters)
+                          = (i.m, i.v, i.s, i.st, i.me, i.b, i.p)
            LEFT JOIN detector_parameters old
-                  ON (old.model, old.model_version, old.site, old.structure, old.baseline_id, md5(old.parameters::text))
-                   = (i.m, i.v, i.s, i.st, i.b, md5(i.p::text))"#,
+                  ON (old.model, old.model_version, old.site, old.structure, old.metric, old.baseline_id,
+                      md5(old.parameters::text))
+                   = (i.m, i.v, i.s, i.st, i.me, i.b, md5(i.p::text))"#,
         &models as &[&str],
         &versions as &[&str],
         &sites as &[&str],
         &structures as &[&str],
         &baselines,
-        &texts as &[&str]
+        &texts as &[&str],
+        &metrics as &[&str]
     )
     .fetch_all(&mut **tx)
     .await?;
@@ -108,10 +112,10 @@ async fn save_states(tx: &mut Transaction<'_, Postgres>, updates: &[StreamUpdate
         |f: fn(&StreamKey) -> &str| states.iter().map(|(k, _, _)| f(k)).collect::<Vec<_>>();
     let detectors: Vec<&str> = states.iter().map(|(_, _, u)| u.detector.as_str()).collect();
     sqlx::query!(
-        "INSERT INTO detector_state (site, model, model_version, structure, detector, baseline_id, t, statistic, limit_value, alarm)
+        "INSERT INTO detector_state (site, model, model_version, structure, detector, baseline_id, t, statistic, limit_value, alarm, metric)
          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int4[],
-                              $8::float8[], $9::float8[], $10::bool[])
-         ON CONFLICT (site, model, model_version, structure, detector) DO UPDATE
+                              $8::float8[], $9::float8[], $10::bool[], $11::text[])
+         ON CONFLICT (site, model, model_version, structure, metric, detector) DO UPDATE
          SET baseline_id = EXCLUDED.baseline_id, t = EXCLUDED.t, statistic = EXCLUDED.statistic,
              limit_value = EXCLUDED.limit_value, alarm = EXCLUDED.alarm, updated_at = now()",
         &column(|k| k.stream.site.as_str()) as &[&str],
@@ -123,7 +127,8 @@ async fn save_states(tx: &mut Transaction<'_, Postgres>, updates: &[StreamUpdate
         &states.iter().map(|(_, _, u)| u.t as i32).collect::<Vec<_>>(),
         &states.iter().map(|(_, _, u)| finite(u.statistic)).collect::<Vec<_>>(),
         &states.iter().map(|(_, _, u)| u.limit).collect::<Vec<_>>(),
-        &states.iter().map(|(_, _, u)| u.alarm).collect::<Vec<_>>()
+        &states.iter().map(|(_, _, u)| u.alarm).collect::<Vec<_>>(),
+        &column(|k| k.stream.metric.as_str()) as &[&str]
     )
     .execute(&mut **tx)
     .await?;
@@ -131,25 +136,27 @@ async fn save_states(tx: &mut Transaction<'_, Postgres>, updates: &[StreamUpdate
 }
 
 impl Store {
-    /// The stored history of one stream (site or `all`, structure or `all`)
-    /// under the latest baseline it ran on; None if it never ran.
+    /// The stored history of one stream (site or `all`, structure or `all`,
+    /// metric) under the latest baseline it ran on; None if it never ran.
     /// [`StoreError::HistoryTooLong`] beyond `max_cases` cases, read no further.
     pub async fn stream_history(
         &self,
         model: &str,
         version: &str,
-        site: &str,
-        structure: &str,
+        stream: &StreamId,
         max_cases: usize,
     ) -> Result<Option<StreamHistory>> {
-        let pool = postgres_or!(self, lite => lite.stream_history(model, version, site, structure, max_cases));
+        let pool =
+            postgres_or!(self, lite => lite.stream_history(model, version, stream, max_cases));
+        let (site, structure, metric) = (&stream.site, &stream.structure, stream.metric);
         let Some(baseline_id) = sqlx::query_scalar!(
             "SELECT max(baseline_id) FROM detector_parameters
-             WHERE model = $1 AND model_version = $2 AND site = $3 AND structure = $4",
+             WHERE model = $1 AND model_version = $2 AND site = $3 AND structure = $4 AND metric = $5",
             model,
             version,
             site,
-            structure
+            structure,
+            metric.as_str()
         )
         .fetch_one(pool)
         .await
@@ -159,12 +166,14 @@ impl Store {
         };
         let sets = sqlx::query!(
             "SELECT id, parameters FROM detector_parameters
-             WHERE model = $1 AND model_version = $2 AND site = $3 AND structure = $4 AND baseline_id = $5",
+             WHERE model = $1 AND model_version = $2 AND site = $3 AND structure = $4 AND baseline_id = $5
+               AND metric = $6",
             model,
             version,
             site,
             structure,
-            baseline_id
+            baseline_id,
+            metric.as_str()
         )
         .fetch_all(pool)
         .await
@@ -172,21 +181,26 @@ impl Store {
         let sets = parse_sets(sets.into_iter().map(|r| (r.id, r.parameters)).collect())?;
         let ids: Vec<i32> = sets.keys().copied().collect();
         let sample = sqlx::query_scalar!(
-            "SELECT dice FROM baseline_samples WHERE baseline_id = $1 AND structure = $2",
+            "SELECT dice FROM baseline_samples WHERE baseline_id = $1 AND structure = $2 AND metric = $3",
             baseline_id,
-            structure
+            structure,
+            metric.as_str()
         )
         .fetch_one(pool)
         .await
         .map_err(StoreError::classify)?;
-        let baseline = Baseline::new(sample).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let baseline = sample_of(metric, sample)?;
         let rows = sqlx::query!(
             r#"SELECT h.result_id, r.observed_at, h.pairs, h.parameters, h.t, h.flags, h.vals,
-                      CASE WHEN $4 = 'all' THEN r.mean_dice ELSE s.dice END AS dice
+                      CASE WHEN $4 = 'all' THEN r.mean_dice WHEN $7 = 'ece' THEN s.ece ELSE s.dice END AS value,
+                      l.metrics AS "lesions?"
                FROM detector_history h
                JOIN results r ON r.id = h.result_id AND r.scored_at = h.scored_at
                LEFT JOIN structure_results s
                       ON s.result_id = h.result_id AND s.scored_at = h.scored_at AND s.structure = $4
+               LEFT JOIN lesion_results l
+                      ON $7 = 'lesion_sensitivity' AND l.result_id = h.result_id AND l.scored_at = h.scored_at
+                         AND l.structure = $4
                WHERE r.model = $1 AND r.model_version = $2 AND ($3 = 'all' OR r.site = $3)
                  AND h.parameters && $5::int4[]
                LIMIT $6"#,
@@ -195,7 +209,8 @@ impl Store {
             site,
             structure,
             &ids,
-            max_cases as i64 + 1
+            max_cases as i64 + 1,
+            metric.as_str()
         )
         .fetch_all(pool)
         .await
@@ -205,7 +220,7 @@ impl Store {
             .map(|r| HistoryRow {
                 result_id: r.result_id,
                 observed_at: r.observed_at,
-                dice: r.dice,
+                dice: fed_score(metric, r.value, r.lesions.as_ref()),
                 pairs: r.pairs,
                 parameters: r.parameters,
                 t: r.t,
@@ -220,7 +235,7 @@ impl Store {
         assemble(
             baseline_id,
             baseline,
-            structure == ALL,
+            *structure == ALL,
             &sets,
             rows,
             max_cases,

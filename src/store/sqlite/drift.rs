@@ -11,13 +11,15 @@ use crate::drift::feed::{
     FeedSettings, Feeder, ScoredCase, StreamKey, StreamRecord, VersionContext,
 };
 use crate::drift::incident::{Incident, Incidents, StreamId};
-use crate::drift::{Baseline, StreamState};
+use crate::drift::{Baseline, Metric, StreamState};
+use crate::store::Result;
 use crate::store::drift::{
-    DetectorRow, EvidenceRow, IncidentRow, IncidentStreamRow, NotifiedAlert, OpenIncident,
-    OpenIncidentRow, assemble_incidents, failure_thresholds, summary,
+    CaseValues, DetectorRow, EvidenceRow, IncidentRow, IncidentStreamRow, NotifiedAlert,
+    OpenIncident, OpenIncidentRow, Samples, WatchedValues, add_values, assemble_incidents,
+    failure_thresholds, lesion_sensitivity, parse_metric, sample_of, stored_values, summary,
+    watched_metrics,
 };
 use crate::store::rollups::{WindowStart, WindowSum};
-use crate::store::{Result, StoreError};
 use crate::views::{BaselineInfo, BaselineStructure, IncidentView, Stratum};
 
 /// Streams count as active while their latest case is this recent, relative
@@ -42,24 +44,27 @@ async fn active_since(
         .map(|t| at(t - chrono::Duration::days(ACTIVE_STREAM_DAYS))))
 }
 
-/// The baseline samples of a baseline, by structure.
-async fn load_samples(
-    conn: &mut SqliteConnection,
-    baseline_id: i64,
-) -> Result<BTreeMap<String, Baseline>> {
-    let rows: Vec<(String, String)> =
-        sqlx::query_as("SELECT structure, dice FROM baseline_samples WHERE baseline_id = $1")
-            .bind(baseline_id)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(classify)?;
+/// The baseline samples of a baseline, by metric and structure.
+async fn load_samples(conn: &mut SqliteConnection, baseline_id: i64) -> Result<Samples> {
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT structure, metric, dice FROM baseline_samples WHERE baseline_id = $1",
+    )
+    .bind(baseline_id)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(classify)?;
     rows.into_iter()
-        .map(|(structure, dice)| {
+        .map(|(structure, metric, dice)| {
+            let metric = parse_metric(&metric)?;
             let values: Vec<f64> = parse("baseline sample", &dice)?;
-            let b = Baseline::new(values).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            Ok((structure, b))
+            Ok(((metric, structure), sample_of(metric, values)?))
         })
         .collect()
+}
+
+/// Stored lesion results (JSON text), parsed.
+fn lesions_json(text: Option<&str>) -> Option<serde_json::Value> {
+    text.and_then(|t| serde_json::from_str(t).ok())
 }
 
 impl Lite {
@@ -71,7 +76,7 @@ impl Lite {
         source: &str,
         description: Option<&str>,
         created_by: &str,
-        samples: &BTreeMap<String, Baseline>,
+        samples: &Samples,
     ) -> Result<BaselineInfo> {
         let mut tx = self.begin().await?;
         let created = now();
@@ -98,13 +103,14 @@ impl Lite {
         .fetch_one(&mut *tx)
         .await
         .map_err(classify)?;
-        for (structure, baseline) in samples {
+        for ((metric, structure), baseline) in samples {
             sqlx::query(
-                "INSERT INTO baseline_samples (baseline_id, structure, dice) VALUES ($1, $2, $3)",
+                "INSERT INTO baseline_samples (baseline_id, structure, metric, dice) VALUES ($1, $2, $3, $4)",
             )
             .bind(id)
             .bind(structure)
-            .bind(json(&baseline.values())?)
+            .bind(metric.as_str())
+            .bind(json(&stored_values(*metric, baseline))?)
             .execute(&mut *tx)
             .await
             .map_err(classify)?;
@@ -138,7 +144,10 @@ impl Lite {
             description: description.map(str::to_owned),
             created_by: created_by.into(),
             created_at,
-            structures: samples.iter().map(|(s, b)| summary(s, b)).collect(),
+            structures: samples
+                .iter()
+                .map(|((m, s), b)| summary(*m, s, b))
+                .collect(),
         })
     }
 
@@ -172,7 +181,10 @@ impl Lite {
             description,
             created_by,
             created_at,
-            structures: samples.iter().map(|(s, b)| summary(s, b)).collect(),
+            structures: samples
+                .iter()
+                .map(|((m, s), b)| summary(*m, s, b))
+                .collect(),
         }))
     }
 
@@ -182,16 +194,18 @@ impl Lite {
         model: &str,
         version: &str,
         cases: i64,
-    ) -> Result<Vec<BTreeMap<String, f64>>> {
-        let rows: Vec<(i64, String, f64)> = sqlx::query_as(
+    ) -> Result<Vec<CaseValues>> {
+        type Row = (i64, String, Option<f64>, Option<f64>, Option<String>);
+        let rows: Vec<Row> = sqlx::query_as(
             "WITH first AS (
                  SELECT min(id) AS id FROM results WHERE model = $1 AND model_version = $2 GROUP BY case_id),
              chosen AS (
                  SELECT r.id, r.observed_at FROM first JOIN results r ON r.id = first.id
                  ORDER BY r.observed_at, r.id LIMIT $3)
-             SELECT f.id, s.structure, s.dice
+             SELECT f.id, s.structure, CASE WHEN s.pred_voxels > 0 OR s.ref_voxels > 0 THEN s.dice END,
+                    s.ece, l.metrics
              FROM chosen f JOIN structure_results s ON s.result_id = f.id
-             WHERE (s.pred_voxels > 0 OR s.ref_voxels > 0) AND s.dice IS NOT NULL
+             LEFT JOIN lesion_results l ON l.result_id = f.id AND l.structure = s.structure
              ORDER BY f.observed_at, f.id",
         )
         .bind(model)
@@ -200,16 +214,23 @@ impl Lite {
         .fetch_all(&self.reader)
         .await
         .map_err(classify)?;
-        let mut by_case: Vec<(i64, BTreeMap<String, f64>)> = Vec::new();
-        for (id, structure, dice) in rows {
-            match by_case.last_mut() {
-                Some((last, map)) if *last == id => {
-                    map.insert(structure, dice);
-                }
-                _ => by_case.push((id, BTreeMap::from([(structure, dice)]))),
+        let mut by_case: Vec<(i64, CaseValues)> = Vec::new();
+        for (id, structure, dice, ece, lesions) in rows {
+            if by_case.last().is_none_or(|(last, _)| *last != id) {
+                by_case.push((id, CaseValues::new()));
+            }
+            if let Some((_, case)) = by_case.last_mut() {
+                let sensitivity = lesions_json(lesions.as_deref())
+                    .as_ref()
+                    .and_then(lesion_sensitivity);
+                add_values(case, &structure, dice, ece, sensitivity);
             }
         }
-        Ok(by_case.into_iter().map(|(_, m)| m).collect())
+        Ok(by_case
+            .into_iter()
+            .map(|(_, m)| m)
+            .filter(|m| !m.is_empty())
+            .collect())
     }
 
     /// See [`crate::store::Store::incidents`].
@@ -232,7 +253,7 @@ impl Lite {
     pub async fn incident_views(&self, ids: &[i64]) -> Result<Vec<IncidentView>> {
         let ids = json(&ids)?;
         let rows: Vec<IncidentRow> = sqlx::query_as(
-            "SELECT id, site, model, model_version, structure, detector, opened_at, observed_at, last_alarm_at,
+            "SELECT id, site, model, model_version, structure, metric, detector, opened_at, observed_at, last_alarm_at,
                     statistic, limit_value, acknowledged_at, acknowledged_by, note, resolved_at, resolution
              FROM incidents WHERE id IN (SELECT value FROM json_each($1)) ORDER BY id DESC",
         )
@@ -271,8 +292,8 @@ impl Lite {
 
     /// Open incidents, for metrics.
     pub async fn open_incidents(&self) -> Result<Vec<OpenIncident>> {
-        let rows: Vec<(i64, String, String, String, String, String)> = sqlx::query_as(
-            "SELECT id, site, model, model_version, structure, detector FROM incidents WHERE resolved_at IS NULL",
+        let rows: Vec<(i64, String, String, String, String, String, String)> = sqlx::query_as(
+            "SELECT id, site, model, model_version, structure, metric, detector FROM incidents WHERE resolved_at IS NULL",
         )
         .fetch_all(&self.reader)
         .await
@@ -280,12 +301,13 @@ impl Lite {
         Ok(rows
             .into_iter()
             .map(
-                |(id, site, model, model_version, structure, detector)| OpenIncident {
+                |(id, site, model, model_version, structure, metric, detector)| OpenIncident {
                     id,
                     site,
                     model,
                     model_version,
                     structure,
+                    metric,
                     detector,
                 },
             )
@@ -339,39 +361,21 @@ impl Lite {
 
     /// See [`crate::store::Store::detector_states`].
     pub async fn detector_states(&self, days: u32) -> Result<Vec<DetectorRow>> {
-        type Row = (String, String, String, String, String, f64, f64, bool);
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT site, model, model_version, structure, detector, statistic, limit_value, alarm FROM detector_state
-             WHERE updated_at > $1",
+        sqlx::query_as(
+            r#"SELECT site, model, model_version, structure, metric, detector, statistic, limit_value AS "limit", alarm
+               FROM detector_state WHERE updated_at > $1"#,
         )
         .bind(at(Utc::now() - chrono::Duration::days(i64::from(days))))
         .fetch_all(&self.reader)
         .await
-        .map_err(classify)?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(site, model, model_version, structure, detector, statistic, limit, alarm)| {
-                    DetectorRow {
-                        site,
-                        model,
-                        model_version,
-                        structure,
-                        detector,
-                        statistic,
-                        limit,
-                        alarm,
-                    }
-                },
-            )
-            .collect())
+        .map_err(classify)
     }
 
     /// Active baselines: (model, version, summary).
     pub async fn baseline_gauges(&self) -> Result<Vec<(String, String, BaselineStructure)>> {
         let rows: Vec<(String, String, String, String)> = sqlx::query_as(
             "SELECT b.model, b.model_version, s.structure, s.dice FROM baselines b
-             JOIN baseline_samples s ON s.baseline_id = b.id WHERE b.active",
+             JOIN baseline_samples s ON s.baseline_id = b.id WHERE b.active AND s.metric = 'dice'",
         )
         .fetch_all(&self.reader)
         .await
@@ -379,7 +383,7 @@ impl Lite {
         let mut gauges = Vec::with_capacity(rows.len());
         for (model, version, structure, dice) in rows {
             if let Ok(baseline) = Baseline::new(parse("baseline sample", &dice)?) {
-                gauges.push((model, version, summary(&structure, &baseline)));
+                gauges.push((model, version, summary(Metric::Dice, &structure, &baseline)));
             }
         }
         Ok(gauges)
@@ -497,6 +501,7 @@ impl Lite {
         let ids = json(&rows.iter().map(|r| r.0).collect::<Vec<_>>())?;
         let mut dice: BTreeMap<i64, Vec<(String, f64)>> = BTreeMap::new();
         let mut ambiguous = BTreeSet::new();
+        let mut ambiguous_structures = BTreeSet::new();
         let structures: Vec<(i64, String, f64, bool)> = sqlx::query_as(
             "SELECT s.result_id, s.structure, s.dice,
                     $2 AND EXISTS (SELECT 1 FROM results r JOIN reader_agreement a
@@ -515,8 +520,28 @@ impl Lite {
         for (result_id, structure, value, is_ambiguous) in structures {
             if is_ambiguous {
                 ambiguous.insert(result_id);
+                ambiguous_structures.insert((result_id, structure));
             } else {
                 dice.entry(result_id).or_default().push((structure, value));
+            }
+        }
+        let mut watched = WatchedValues::default();
+        let others: Vec<(i64, String, Option<f64>, Option<String>)> = sqlx::query_as(
+            "SELECT s.result_id, s.structure, s.ece, l.metrics
+             FROM structure_results s
+             LEFT JOIN lesion_results l ON l.result_id = s.result_id AND l.structure = s.structure
+             WHERE s.result_id IN (SELECT value FROM json_each($1)) AND (s.ece IS NOT NULL OR l.metrics IS NOT NULL)",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(classify)?;
+        for (result_id, structure, ece, lesions) in others {
+            if !ambiguous_structures.contains(&(result_id, structure.clone())) {
+                let sensitivity = lesions_json(lesions.as_deref())
+                    .as_ref()
+                    .and_then(lesion_sensitivity);
+                watched.add(result_id, &structure, ece, sensitivity);
             }
         }
         let cases: Vec<ScoredCase> = rows
@@ -531,6 +556,7 @@ impl Lite {
                     observed_at,
                     // A case with an ambiguous structure leaves the mean-Dice streams.
                     mean_dice: mean_dice.filter(|_| !ambiguous.contains(&result_id)),
+                    watched: watched.take(result_id),
                 },
             )
             .collect();
@@ -545,8 +571,8 @@ impl Lite {
         }
         let mut streams = BTreeMap::new();
         for (model, version) in contexts.keys() {
-            let rows: Vec<(String, String, i64, String, i64)> = sqlx::query_as(
-                "SELECT site, structure, baseline_id, state, pairs FROM drift_streams
+            let rows: Vec<(String, String, String, i64, String, i64)> = sqlx::query_as(
+                "SELECT site, structure, metric, baseline_id, state, pairs FROM drift_streams
                  WHERE model = $1 AND model_version = $2",
             )
             .bind(model)
@@ -554,11 +580,15 @@ impl Lite {
             .fetch_all(&mut *tx)
             .await
             .map_err(classify)?;
-            for (site, structure, baseline_id, state, pairs) in rows {
+            for (site, structure, metric, baseline_id, state, pairs) in rows {
                 let key = StreamKey {
                     model: model.clone(),
                     model_version: version.clone(),
-                    stream: StreamId { site, structure },
+                    stream: StreamId {
+                        site,
+                        structure,
+                        metric: parse_metric(&metric)?,
+                    },
                 };
                 let record = StreamRecord {
                     baseline_id,
@@ -694,9 +724,11 @@ async fn version_context(
     .fetch_optional(&mut *conn)
     .await
     .map_err(classify)?;
-    let failure_thresholds = failure_thresholds(schema.and_then(|s| serde_json::from_str(&s).ok()));
+    let schema: Option<crate::schema::Schema> = schema.and_then(|s| serde_json::from_str(&s).ok());
+    let failure_thresholds = failure_thresholds(schema.as_ref());
+    let watched = watched_metrics(schema.as_ref());
     let rows: Vec<OpenIncidentRow> = sqlx::query_as(
-        "SELECT id, site, structure, detector, observed_at, last_alarm_at, statistic, limit_value FROM incidents
+        "SELECT id, site, structure, metric, detector, observed_at, last_alarm_at, statistic, limit_value FROM incidents
          WHERE model = $1 AND model_version = $2 AND resolved_at IS NULL ORDER BY id",
     )
     .bind(model)
@@ -719,6 +751,7 @@ async fn version_context(
         baseline_id,
         samples,
         failure_thresholds,
+        watched,
         incidents: Incidents { open },
         closed: Vec::new(),
     }))
@@ -732,9 +765,10 @@ async fn save_stream(
 ) -> Result<()> {
     let latest = record.state.latest_at.unwrap_or_else(Utc::now);
     sqlx::query(
-        "INSERT INTO drift_streams (model, model_version, site, structure, baseline_id, state, pairs, latest_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         ON CONFLICT (model, model_version, site, structure) DO UPDATE
+        "INSERT INTO drift_streams (model, model_version, site, structure, baseline_id, state, pairs, latest_at, updated_at,
+                                   metric)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (model, model_version, site, structure, metric) DO UPDATE
          SET baseline_id = $5, state = $6, pairs = $7, latest_at = $8, updated_at = $9",
     )
     .bind(&key.model)
@@ -746,6 +780,7 @@ async fn save_stream(
     .bind(record.pairs as i64)
     .bind(at(latest))
     .bind(written)
+    .bind(key.stream.metric.as_str())
     .execute(&mut *conn)
     .await
     .map_err(classify)?;
@@ -773,8 +808,8 @@ async fn save_incident(
         None => {
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO incidents (site, model, model_version, structure, detector, opened_at, observed_at,
-                                        last_alarm_at, statistic, limit_value)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+                                        last_alarm_at, statistic, limit_value, metric)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
             )
             .bind(&incident.stream.site)
             .bind(model)
@@ -790,6 +825,7 @@ async fn save_incident(
                 0.0
             })
             .bind(incident.limit)
+            .bind(incident.stream.metric.as_str())
             .fetch_one(&mut *conn)
             .await
             .map_err(classify)?;

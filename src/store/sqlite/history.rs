@@ -5,13 +5,14 @@ use chrono::{DateTime, Utc};
 use sqlx::SqliteConnection;
 
 use super::{Lite, classify, json, parse};
-use crate::drift::Baseline;
 use crate::drift::feed::StreamUpdate;
+use crate::drift::incident::StreamId;
+use crate::store::drift::sample_of;
 use crate::store::history::{
-    HistoryBatch, HistoryRow, StreamHistory, assemble, finite, latest_states, parameter_sets,
-    parse_sets,
+    HistoryBatch, HistoryRow, StreamHistory, assemble, fed_score, finite, latest_states,
+    parameter_sets, parse_sets,
 };
-use crate::store::{ALL, Result, StoreError};
+use crate::store::{ALL, Result};
 
 /// Stores a feed's history and the latest detector states at `written`.
 pub(super) async fn save(
@@ -24,9 +25,10 @@ pub(super) async fn save(
     for set in &sets {
         let key = set.key;
         let id: i32 = sqlx::query_scalar(
-            "INSERT INTO detector_parameters (model, model_version, site, structure, baseline_id, parameters, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (model, model_version, site, structure, baseline_id, parameters)
+            "INSERT INTO detector_parameters (model, model_version, site, structure, baseline_id, parameters, created_at,
+                                              metric)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (model, model_version, site, structure, metric, baseline_id, parameters)
              DO UPDATE SET created_at = created_at RETURNING id",
         )
         .bind(&key.model)
@@ -36,6 +38,7 @@ pub(super) async fn save(
         .bind(set.baseline_id)
         .bind(&set.json)
         .bind(written)
+        .bind(key.stream.metric.as_str())
         .fetch_one(&mut *conn)
         .await
         .map_err(classify)?;
@@ -63,9 +66,9 @@ pub(super) async fn save(
     for (key, baseline_id, u) in latest_states(updates) {
         sqlx::query(
             "INSERT INTO detector_state (site, model, model_version, structure, detector, baseline_id, t, statistic,
-                                         limit_value, alarm, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-             ON CONFLICT (site, model, model_version, structure, detector) DO UPDATE
+                                         limit_value, alarm, updated_at, metric)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             ON CONFLICT (site, model, model_version, structure, metric, detector) DO UPDATE
              SET baseline_id = $6, t = $7, statistic = $8, limit_value = $9, alarm = $10, updated_at = $11",
         )
         .bind(&key.stream.site)
@@ -79,6 +82,7 @@ pub(super) async fn save(
         .bind(u.limit)
         .bind(u.alarm)
         .bind(written)
+        .bind(key.stream.metric.as_str())
         .execute(&mut *conn)
         .await
         .map_err(classify)?;
@@ -95,6 +99,7 @@ type Row = (
     String,
     String,
     String,
+    Option<String>,
 );
 
 impl Lite {
@@ -103,18 +108,19 @@ impl Lite {
         &self,
         model: &str,
         version: &str,
-        site: &str,
-        structure: &str,
+        stream: &StreamId,
         max_cases: usize,
     ) -> Result<Option<StreamHistory>> {
+        let (site, structure, metric) = (&stream.site, &stream.structure, stream.metric);
         let Some(baseline_id): Option<i64> = sqlx::query_scalar(
             "SELECT max(baseline_id) FROM detector_parameters
-             WHERE model = $1 AND model_version = $2 AND site = $3 AND structure = $4",
+             WHERE model = $1 AND model_version = $2 AND site = $3 AND structure = $4 AND metric = $5",
         )
         .bind(model)
         .bind(version)
         .bind(site)
         .bind(structure)
+        .bind(metric.as_str())
         .fetch_one(&self.reader)
         .await
         .map_err(classify)?
@@ -123,13 +129,15 @@ impl Lite {
         };
         let sets: Vec<(i32, String)> = sqlx::query_as(
             "SELECT id, parameters FROM detector_parameters
-             WHERE model = $1 AND model_version = $2 AND site = $3 AND structure = $4 AND baseline_id = $5",
+             WHERE model = $1 AND model_version = $2 AND site = $3 AND structure = $4 AND baseline_id = $5
+               AND metric = $6",
         )
         .bind(model)
         .bind(version)
         .bind(site)
         .bind(structure)
         .bind(baseline_id)
+        .bind(metric.as_str())
         .fetch_all(&self.reader)
         .await
         .map_err(classify)?;
@@ -139,22 +147,25 @@ impl Lite {
                 .collect::<Result<_>>()?,
         )?;
         let sample: String = sqlx::query_scalar(
-            "SELECT dice FROM baseline_samples WHERE baseline_id = $1 AND structure = $2",
+            "SELECT dice FROM baseline_samples WHERE baseline_id = $1 AND structure = $2 AND metric = $3",
         )
         .bind(baseline_id)
         .bind(structure)
+        .bind(metric.as_str())
         .fetch_one(&self.reader)
         .await
         .map_err(classify)?;
-        let baseline = Baseline::new(parse("baseline sample", &sample)?)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let baseline = sample_of(metric, parse("baseline sample", &sample)?)?;
         let ids = json(&sets.keys().collect::<Vec<_>>())?;
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT h.result_id, r.observed_at, CASE WHEN $4 = 'all' THEN r.mean_dice ELSE s.dice END,
-                    h.pairs, h.parameters, h.t, h.flags, h.vals
+            "SELECT h.result_id, r.observed_at,
+                    CASE WHEN $4 = 'all' THEN r.mean_dice WHEN $7 = 'ece' THEN s.ece ELSE s.dice END,
+                    h.pairs, h.parameters, h.t, h.flags, h.vals, l.metrics
              FROM detector_history h
              JOIN results r ON r.id = h.result_id
              LEFT JOIN structure_results s ON s.result_id = h.result_id AND s.structure = $4
+             LEFT JOIN lesion_results l
+                    ON $7 = 'lesion_sensitivity' AND l.result_id = h.result_id AND l.structure = $4
              WHERE r.model = $1 AND r.model_version = $2 AND ($3 = 'all' OR r.site = $3)
                AND EXISTS (SELECT 1 FROM json_each(h.parameters) p WHERE p.value IN (SELECT value FROM json_each($5)))
              LIMIT $6",
@@ -165,28 +176,32 @@ impl Lite {
         .bind(structure)
         .bind(&ids)
         .bind(max_cases as i64 + 1)
+        .bind(metric.as_str())
         .fetch_all(&self.reader)
         .await
         .map_err(classify)?;
         let rows = rows
             .into_iter()
-            .map(|(result_id, observed_at, dice, pairs, p, t, flags, vals)| {
-                Ok(HistoryRow {
-                    result_id,
-                    observed_at,
-                    dice,
-                    pairs,
-                    parameters: parse("detector history", &p)?,
-                    t: parse("detector history", &t)?,
-                    flags: parse("detector history", &flags)?,
-                    vals: parse("detector history", &vals)?,
-                })
-            })
+            .map(
+                |(result_id, observed_at, value, pairs, p, t, flags, vals, lesions)| {
+                    let lesions = lesions.and_then(|l| serde_json::from_str(&l).ok());
+                    Ok(HistoryRow {
+                        result_id,
+                        observed_at,
+                        dice: fed_score(metric, value, lesions.as_ref()),
+                        pairs,
+                        parameters: parse("detector history", &p)?,
+                        t: parse("detector history", &t)?,
+                        flags: parse("detector history", &flags)?,
+                        vals: parse("detector history", &vals)?,
+                    })
+                },
+            )
             .collect::<Result<Vec<_>>>()?;
         assemble(
             baseline_id,
             baseline,
-            structure == ALL,
+            *structure == ALL,
             &sets,
             rows,
             max_cases,

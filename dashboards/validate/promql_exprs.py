@@ -11,9 +11,10 @@ or the target's own, is Prometheus) one JSON object is printed:
 so that an end-to-end test can send each `expr` to a real Prometheus
 (/api/v1/query or /api/v1/query_range) and assert that it parses and returns data.
 "sparse": true marks queries over series that exist only after something happened
-(ALERTS, segwatch_jobs_failed_total, segwatch_drift_incident_open, lesion counters,
-the rolling soft Dice and ECE of probabilistic predictions) and have no
-`or vector(...)` fallback: those may return no data on a quiet system.
+(ALERTS, segwatch_jobs_failed_total, segwatch_drift_incident_open) and have no
+`or vector(...)` fallback: those may return no data on a quiet system. The lesion
+counters and the rolling soft Dice and ECE are not sparse: the end-to-end fleet
+(`simulate --lesions --probabilities-at site3`) always has them.
 
 Template variables ($var, ${var}, ${var:format}, [[var]]) are replaced by
   - the value given with --var NAME=VALUE (repeatable; VALUE may be a comma-separated
@@ -61,9 +62,6 @@ SPARSE_METRICS = (
     "ALERTS",
     "segwatch_jobs_failed_total",
     "segwatch_drift_incident_open",
-    "segwatch_lesions_detected_total",
-    # Only structures scored from probabilistic predictions have these.
-    *(f"segwatch_rolling_{m}_{w}_ratio" for m in ("soft_dice", "ece") for w in ("1d", "7d", "30d")),
 )
 FALLBACK_RE = re.compile(r"\bor\s+vector\s*\(")
 

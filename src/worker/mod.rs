@@ -267,7 +267,7 @@ impl Workers {
             );
         }
         let transient = |e: StoreError| Handled::Retry(e.to_string());
-        let inputs = match self.store.job_inputs(job).await {
+        let mut inputs = match self.store.job_inputs(job).await {
             Ok(inputs) => inputs,
             Err(e) => return transient(e),
         };
@@ -315,6 +315,7 @@ impl Workers {
                 0 | 1 => Vec::new(),
                 _ => readers.into_iter().map(|(r, c, _)| (r, c)).collect(),
             },
+            probabilities: inputs.probabilities.take(),
         };
         let settings = Settings {
             surface: self.config.scoring.surface,

@@ -9,14 +9,16 @@ use std::collections::BTreeSet;
 use rayon::prelude::*;
 
 use crate::compare::readers::{DEFAULT_AMBIGUOUS_BELOW, label_agreement};
-use crate::formats::{self, FormatError, Limits};
+use crate::formats::{self, FormatError, Limits, probability_nifti};
 use crate::metrics::case::{CaseScore, LesionScore};
 use crate::metrics::lesions::lesion_metrics;
-use crate::metrics::pairing::{self, PairingError, Request};
-use crate::metrics::probabilistic::{DEFAULT_BINS, ProbabilityError, score_segments};
+use crate::metrics::pairing::{self, Evaluation, PairingError, Request};
+use crate::metrics::probabilistic::{
+    DEFAULT_BINS, LabelMapScorer, Probabilistic, ProbabilityError, score_segments,
+};
 use crate::metrics::{Settings, StructureMetrics, structure_name};
 use crate::schema::Schema;
-use crate::store::StructureAgreement;
+use crate::store::{StoredProbabilities, StructureAgreement};
 use crate::volume::{Labels, Segmentation};
 
 /// Why a job cannot be scored. Every variant is permanent: retrying the same
@@ -59,6 +61,8 @@ pub struct JobUploads {
     /// Every reader's latest reference, the primary reader first, when the
     /// case has two readers or more (else empty).
     pub readers: Vec<(String, Vec<u8>)>,
+    /// The prediction's probabilities, if it was sent with a float NIfTI of them.
+    pub probabilities: Option<StoredProbabilities>,
 }
 
 /// What a job computed: its result, and the readers' agreement.
@@ -66,7 +70,8 @@ pub type JobScore = (Option<CaseScore>, Vec<StructureAgreement>);
 
 /// Decodes the uploads (each once, in parallel), scores the prediction
 /// against the reference if given (with the probabilistic scores of a
-/// FRACTIONAL PROBABILITY SEG prediction), and computes the readers' agreement.
+/// FRACTIONAL PROBABILITY SEG prediction, or of the probability map sent with
+/// a NIfTI prediction), and computes the readers' agreement.
 pub fn score(
     uploads: &JobUploads,
     schema: Option<&Schema>,
@@ -96,7 +101,10 @@ pub fn score(
     let p = p?;
     let case = r
         .transpose()?
-        .map(|r| measure(&p, &r, schema, settings))
+        .map(|r| {
+            let probabilities = uploads.probabilities.as_ref().map(|p| (p, limits));
+            measure(&p, &r, schema, settings, probabilities)
+        })
         .transpose()?;
     let names: Vec<String> = uploads.readers.iter().map(|(n, _)| n.clone()).collect();
     Ok((case, agreement(&p, &names, &readers?, schema)))
@@ -108,6 +116,7 @@ fn measure(
     r: &Segmentation,
     schema: Option<&Schema>,
     settings: Settings,
+    probabilities: Option<(&StoredProbabilities, &Limits)>,
 ) -> Result<CaseScore, ScoreError> {
     let request = Request {
         schema,
@@ -115,8 +124,12 @@ fn measure(
         settings,
     };
     let evaluation = pairing::evaluate(p, r, &request)?;
-    // FRACTIONAL PROBABILITY segments of a SEG prediction; None for the rest.
-    let probabilistic = score_segments(p, r, &evaluation, DEFAULT_BINS)?;
+    // The probability map sent with the prediction, else FRACTIONAL
+    // PROBABILITY segments of a SEG prediction; None for the rest.
+    let probabilistic = match probabilities {
+        Some((stored, limits)) => score_map(p, r, &evaluation, stored, limits)?,
+        None => score_segments(p, r, &evaluation, DEFAULT_BINS)?,
+    };
     let tolerance = |m: &StructureMetrics| {
         let def = schema.and_then(|s| {
             m.label
@@ -132,6 +145,44 @@ fn measure(
     }
     case.lesions = lesions(p, r, schema);
     Ok(case)
+}
+
+/// Scores a stored probability map (a float NIfTI on the prediction's grid,
+/// one channel per label of `stored.labels`) against a label-map reference,
+/// moved onto the prediction's grid as pairing moves it: each structure of
+/// the evaluation gets its label's channel, if there is one. Against a DICOM
+/// SEG reference, none.
+fn score_map(
+    pred: &Segmentation,
+    reference: &Segmentation,
+    evaluation: &Evaluation,
+    stored: &StoredProbabilities,
+    limits: &Limits,
+) -> Result<Vec<Option<Probabilistic>>, ScoreError> {
+    let (Segmentation::LabelMap(pred), Segmentation::LabelMap(reference)) = (pred, reference)
+    else {
+        return Ok(vec![None; evaluation.structures.len()]);
+    };
+    let moved;
+    let reference = if reference.grid.check_same(&pred.grid).is_ok() {
+        reference
+    } else {
+        moved = reference
+            .reoriented_onto(&pred.grid)
+            .map_err(ProbabilityError::from)?;
+        &moved
+    };
+    let mut scorer = LabelMapScorer::new(reference, &stored.labels, DEFAULT_BINS)?;
+    probability_nifti::decode(&stored.content, limits, &mut scorer)?;
+    let mut scores: Vec<Option<Probabilistic>> = scorer.finish()?.into_iter().map(Some).collect();
+    Ok(evaluation
+        .structures
+        .iter()
+        .map(|s| {
+            let channel = stored.labels.iter().position(|&l| Some(l) == s.label)?;
+            scores[channel].take()
+        })
+        .collect())
 }
 
 /// The readers' agreement with each other and with the prediction on every

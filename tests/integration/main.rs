@@ -18,6 +18,7 @@ mod metrics_detail;
 mod nifti_files;
 mod probabilistic;
 mod probabilistic_service;
+mod probability_upload;
 mod properties;
 mod readers;
 mod reference;

@@ -10,9 +10,9 @@ use sqlx::{Sqlite, Transaction};
 
 use super::{Lite, at, classify, days_ago, json, now, parse, readers};
 use crate::metrics::case::CaseScore;
-use crate::store::Result;
 use crate::store::jobs::{ClaimedJob, JobInputs, finite, stored_name};
 use crate::store::readers::StructureAgreement;
+use crate::store::{Result, StoredProbabilities};
 use crate::store::{probabilistic, rollups};
 
 /// `after` from now, as stored.
@@ -76,10 +76,13 @@ impl Lite {
             String,
             String,
             DateTime<Utc>,
+            Option<Vec<u8>>,
+            Option<String>,
         );
         let r: Row = sqlx::query_as(
             "SELECT j.case_id, c.site, c.case_key, p.model, p.model_version, p.id, r.reader, pc.content, rc.content,
-                    p.voxels + r.voxels, s.schema, p.acquisition, r.acquisition, p.observed_at
+                    p.voxels + r.voxels, s.schema, p.acquisition, r.acquisition, p.observed_at,
+                    pc.probabilities, pc.probability_labels
              FROM jobs j
              JOIN cases c ON c.id = j.case_id
              JOIN segmentations p ON p.id = j.prediction_id
@@ -109,6 +112,7 @@ impl Lite {
             reference_reader: r.6,
             prediction: r.7,
             reference: r.8,
+            probabilities: StoredProbabilities::from_columns(r.14, r.15)?,
             voxels: r.9,
             schema: r.10.map(|s| parse("schema", &s)).transpose()?,
             acquisition,

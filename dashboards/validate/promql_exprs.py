@@ -14,7 +14,7 @@ so that an end-to-end test can send each `expr` to a real Prometheus
 (ALERTS, segwatch_jobs_failed_total, segwatch_drift_incident_open) and have no
 `or vector(...)` fallback: those may return no data on a quiet system. The lesion
 counters and the rolling soft Dice and ECE are not sparse: the end-to-end fleet
-(`simulate --lesions --probabilities-at site3`) always has them.
+(`simulate --lesions 1 --probabilities-at site3`) always has them.
 
 Template variables ($var, ${var}, ${var:format}, [[var]]) are replaced by
   - the value given with --var NAME=VALUE (repeatable; VALUE may be a comma-separated

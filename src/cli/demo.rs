@@ -130,7 +130,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             shadow_worse: Vec::new(),
             second_reader: false,
             reader_disagrees: Vec::new(),
-            lesions: false,
+            lesions: None,
             probabilities_at: Vec::new(),
         };
         let total = super::simulate::simulate(uploads).await?;

@@ -42,7 +42,7 @@ DRIFT_DAY, DRIFT_SITE, DRIFT_STRUCTURE = 20, "site3", "liver"
 DRIFT = f"day{DRIFT_DAY}:{DRIFT_SITE}:{DRIFT_STRUCTURE}:0.10"
 # Lesions in every case; probabilities from the drifted site, whose panels the
 # dashboard check shows.
-LESIONS, PROBABILITIES_SITE = "liver_lesion", DRIFT_SITE
+LESIONS, LESION_SHARE, PROBABILITIES_SITE = "liver_lesion", 1, DRIFT_SITE
 SITES, DAYS, PER_DAY, SEED = 3, 30, 8, 1
 # The drift detectors are fed in case-time order once results are this old (s).
 LATENESS_SECS = 2
@@ -183,7 +183,7 @@ def main():
                      + dt.timedelta(days=DRIFT_DAY))
         subprocess.run([segwatch, "simulate", "--url", base, "--key", admin, "--sites", str(SITES), "--days", str(DAYS),
                         "--cases-per-day", str(PER_DAY), "--seed", str(SEED), "--drift-at", DRIFT, "--concurrency", "1",
-                        "--lesions", "--probabilities-at", PROBABILITIES_SITE], check=True)
+                        "--lesions", str(LESION_SHARE), "--probabilities-at", PROBABILITIES_SITE], check=True)
         total = SITES * DAYS * PER_DAY
 
         def all_scored():

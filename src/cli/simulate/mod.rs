@@ -154,16 +154,25 @@ pub struct SimulateArgs {
     #[arg(long = "reader-disagrees", requires = "second_reader")]
     pub(super) reader_disagrees: Vec<ShadowShift>,
     /// A sixth structure, `liver_lesion` (label 6, multi-instance in the
-    /// schema and in the baseline): 1 to 4 small lesions in every case's liver,
-    /// each found, partly found or missed by the prediction, now and then
-    /// beside a false-positive lesion.
-    #[arg(long)]
-    pub(super) lesions: bool,
+    /// schema and in the baseline), in this share of the cases (0.05 to 1): 1 to 4
+    /// small lesions in the liver, each found, partly found or missed by the
+    /// prediction, now and then beside a false-positive lesion.
+    #[arg(long, value_parser = share)]
+    pub(super) lesions: Option<f64>,
     /// A site whose predictions are sent with their probabilities, repeatable:
     /// siteK (a float NIfTI, one channel per structure, as multipart/form-data),
     /// so its structures get soft Dice, Brier and ECE.
     #[arg(long = "probabilities-at", value_parser = site_number)]
     pub(super) probabilities_at: Vec<u32>,
+}
+
+/// A share from 0.05 to 1 (the baseline takes validation cases until 100
+/// have lesions).
+fn share(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| (0.05..=1.0).contains(v))
+        .ok_or_else(|| format!("{s}: expected a share from 0.05 to 1, e.g. 0.25"))
 }
 
 /// `siteK` as K.
@@ -402,17 +411,21 @@ fn nifti(labels: Vec<u8>) -> Vec<u8> {
     )
 }
 
-/// The lesion Dice of `n` cases of the in-control model, for the baseline.
-fn lesion_baseline(rng: &mut StdRng, n: usize) -> Vec<f64> {
-    (0..n)
-        .map(|_| {
-            let mut labels = reference(rng);
-            let found = lesions::add_to_reference(rng, &mut labels);
-            let mut prediction = labels.clone();
-            lesions::add_to_prediction(rng, &labels, &mut prediction, &found);
-            lesions::dice(&prediction, &labels)
-        })
-        .collect()
+/// Whether the next case has lesions, drawn with the lesions' generator.
+fn has_lesions(rng: &mut StdRng, share: Option<f64>) -> bool {
+    share.is_some_and(|share| rng.random::<f64>() < share)
+}
+
+/// The lesion Dice of a validation case of the in-control model: None for a
+/// case without lesions (empty on both sides, so no Dice).
+fn baseline_lesion_dice(rng: &mut StdRng, share: Option<f64>) -> Option<f64> {
+    has_lesions(rng, share).then(|| {
+        let mut labels = reference(rng);
+        let found = lesions::add_to_reference(rng, &mut labels);
+        let mut prediction = labels.clone();
+        lesions::add_to_prediction(rng, &labels, &mut prediction, &found);
+        lesions::dice(&prediction, &labels)
+    })
 }
 
 pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
@@ -458,7 +471,7 @@ pub(super) async fn simulate(args: SimulateArgs) -> anyhow::Result<usize> {
         .iter()
         .map(|o| json!({"label": o.label, "name": o.name, "tolerance_mm": 2.0}))
         .collect();
-    if args.lesions {
+    if args.lesions.is_some() {
         structures.push(json!({"label": lesions::LABEL, "name": lesions::NAME, "tolerance_mm": 2.0, "instances": true}));
     }
     let schema = json!({"structures": structures, "unknown_labels": "reject"});
@@ -466,7 +479,7 @@ pub(super) async fn simulate(args: SimulateArgs) -> anyhow::Result<usize> {
     let channel_labels: Vec<u8> = STRUCTURES
         .iter()
         .map(|o| o.label)
-        .chain(args.lesions.then_some(lesions::LABEL))
+        .chain(args.lesions.map(|_| lesions::LABEL))
         .collect();
     for version in std::iter::once(&args.model_version).chain(&args.shadow_version) {
         send(
@@ -487,22 +500,27 @@ pub(super) async fn simulate(args: SimulateArgs) -> anyhow::Result<usize> {
     // same with or without them.
     let mut rng = StdRng::seed_from_u64(args.seed);
     let mut lesion_rng = StdRng::seed_from_u64(args.seed ^ 0x1e51_0000_0000_0000);
-    let lesion_dice = match args.lesions {
-        true => lesion_baseline(&mut lesion_rng, 200),
-        false => Vec::new(),
-    };
-    let cases: Vec<Value> = (0..200)
-        .map(|k| {
-            let mut case: serde_json::Map<String, Value> = STRUCTURES
-                .iter()
-                .map(|o| (o.name.to_owned(), json!(draw_dice(&mut rng, o, 0.0))))
-                .collect();
-            if let Some(dice) = lesion_dice.get(k) {
-                case.insert(lesions::NAME.into(), json!(dice));
-            }
-            Value::Object(case)
-        })
-        .collect();
+    // With lesions in a share of the cases, validation cases go on (their
+    // organs from a generator of their own) until 100 have lesions, the least
+    // a baseline takes per structure.
+    let mut extra_rng = StdRng::seed_from_u64(args.seed ^ 0xba5e_0000_0000_0000);
+    let (mut cases, mut lesioned) = (Vec::new(), 0);
+    while cases.len() < 200 || (args.lesions.is_some() && lesioned < 100) {
+        let organs = if cases.len() < 200 {
+            &mut rng
+        } else {
+            &mut extra_rng
+        };
+        let mut case: serde_json::Map<String, Value> = STRUCTURES
+            .iter()
+            .map(|o| (o.name.to_owned(), json!(draw_dice(organs, o, 0.0))))
+            .collect();
+        if let Some(dice) = baseline_lesion_dice(&mut lesion_rng, args.lesions) {
+            case.insert(lesions::NAME.into(), json!(dice));
+            lesioned += 1;
+        }
+        cases.push(Value::Object(case));
+    }
     let baseline = json!({"source": "simulated validation set", "cases": cases});
     send(
         client
@@ -539,12 +557,13 @@ pub(super) async fn simulate(args: SimulateArgs) -> anyhow::Result<usize> {
                     })
                     .collect();
                 let mut reference = reference(&mut rng);
-                let found = match args.lesions {
+                let lesioned = has_lesions(&mut lesion_rng, args.lesions);
+                let found = match lesioned {
                     true => lesions::add_to_reference(&mut lesion_rng, &mut reference),
                     false => Vec::new(),
                 };
                 let mut prediction = prediction(&mut rng, &reference, &dice);
-                if args.lesions {
+                if lesioned {
                     lesions::add_to_prediction(
                         &mut lesion_rng,
                         &reference,

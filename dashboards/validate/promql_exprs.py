@@ -12,9 +12,10 @@ so that an end-to-end test can send each `expr` to a real Prometheus
 (/api/v1/query or /api/v1/query_range) and assert that it parses and returns data.
 "sparse": true marks queries over series that exist only after something happened
 (ALERTS, segwatch_jobs_failed_total, segwatch_drift_incident_open and the drift
-families of other metrics, lesion counters,
-the rolling soft Dice and ECE of probabilistic predictions) and have no
-`or vector(...)` fallback: those may return no data on a quiet system.
+families of other metrics) and have no `or vector(...)` fallback: those may return no
+data on a quiet system. The lesion counters and the rolling soft Dice and ECE are not
+sparse: the end-to-end fleet (`simulate --lesions 1 --probabilities-at site3`) always
+has them.
 
 Template variables ($var, ${var}, ${var:format}, [[var]]) are replaced by
   - the value given with --var NAME=VALUE (repeatable; VALUE may be a comma-separated
@@ -56,17 +57,13 @@ UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y":
 RE2_SPECIAL = set("\\.+*?()|[]{}^$")
 # Series that exist only once something happened (an alert fired, a job failed, a
 # drift incident is open): a query over them may legitimately return no data on a
-# healthy, quiet system, unless it falls back to a constant (`or vector(0)`). Lesion
-# counters exist only for models whose schema has multi-instance structures.
+# healthy, quiet system, unless it falls back to a constant (`or vector(0)`).
 SPARSE_METRICS = (
     "ALERTS",
     "segwatch_jobs_failed_total",
     "segwatch_drift_incident_open",
     # Only structures whose schema lists drift_metrics have these.
     *(f"segwatch_drift_metric_{f}" for f in ("statistic", "limit", "alarm", "incident_open")),
-    "segwatch_lesions_detected_total",
-    # Only structures scored from probabilistic predictions have these.
-    *(f"segwatch_rolling_{m}_{w}_ratio" for m in ("soft_dice", "ece") for w in ("1d", "7d", "30d")),
 )
 FALLBACK_RE = re.compile(r"\bor\s+vector\s*\(")
 

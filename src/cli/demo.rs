@@ -130,6 +130,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             shadow_worse: Vec::new(),
             second_reader: false,
             reader_disagrees: Vec::new(),
+            lesions: None,
+            probabilities_at: Vec::new(),
         };
         let total = super::simulate::simulate(uploads).await?;
         wait_until_fed(&store, total).await?;

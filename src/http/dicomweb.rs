@@ -161,7 +161,7 @@ async fn stow(
             .push(&chunk[..within])
             .map_err(|detail| after_stored(invalid_multipart(detail), &outcomes))?;
         for part in parts {
-            let outcome = store_part(&app, &site, study.as_deref(), part)
+            let outcome = store_part(&app, &site, study.as_deref(), part.content)
                 .await
                 .map_err(|p| after_stored(p, &outcomes))?;
             let reason = match &outcome {
@@ -449,6 +449,7 @@ async fn store_part(
         // Stored keyed-hashed like the UIDs in the stored file; the same instance
         // hashes the same way, so storing stays idempotent on it.
         sop_instance_uid: Some(hash_uid(&sop_uid, &uid_key(&app.config))),
+        probabilities: None,
     };
     let decoded = Decoded {
         segmentation: image.into_segmentation(),

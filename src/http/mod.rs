@@ -9,6 +9,7 @@ mod drift;
 mod gate;
 mod models;
 mod multipart;
+mod prediction_form;
 pub mod problem;
 mod readers;
 mod uploads;
@@ -30,6 +31,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_scalar::{Scalar, Servable};
 
+pub use prediction_form::form_body;
 pub use problem::Problem;
 pub use uploads::ACQUISITION_HEADER;
 

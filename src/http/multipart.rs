@@ -1,7 +1,8 @@
-//! Incremental splitting of a `multipart/related` body into its parts as the
-//! bytes arrive, so a STOW-RS request holds one part in memory, not the whole
-//! body. Written here because the multipart crates parse form-data, not
-//! multipart/related; the framing (RFC 2046) is a delimiter search.
+//! Incremental splitting of a multipart body into its parts as the bytes
+//! arrive, so a STOW-RS request holds one part in memory, not the whole body.
+//! Written here because the multipart crates parse form-data, not
+//! multipart/related; the framing (RFC 2046) is a delimiter search, the same
+//! for the `multipart/form-data` of a prediction with its probabilities.
 
 use bytes::{Buf, Bytes, BytesMut};
 use memchr::memmem::Finder;
@@ -24,8 +25,15 @@ enum Phase {
     Closed,
 }
 
-/// Splits a multipart body, fed chunk by chunk, into part contents (headers
-/// dropped). Boundaries longer than RFC 2046's 70 characters are accepted:
+/// One part of a multipart body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// The header block, without the blank line that ends it.
+    pub headers: Bytes,
+    pub content: Bytes,
+}
+
+/// Splits a multipart body, fed chunk by chunk, into its parts. Boundaries longer than RFC 2046's 70 characters are accepted:
 /// Orthanc sends 73.
 pub struct PartSplitter {
     delimiter: Finder<'static>,
@@ -34,6 +42,8 @@ pub struct PartSplitter {
     /// Bytes at the start of `buffer` already searched without a match.
     searched: usize,
     phase: Phase,
+    /// The headers of the part being read.
+    headers: Bytes,
 }
 
 impl PartSplitter {
@@ -46,14 +56,34 @@ impl PartSplitter {
             buffer: BytesMut::new(),
             searched: 0,
             phase: Phase::Preamble,
+            headers: Bytes::new(),
         }
     }
 
     /// Adds the next bytes of the body; returns the parts they complete.
-    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Bytes>, String> {
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Part>, String> {
         if self.phase != Phase::Closed {
             self.buffer.extend_from_slice(chunk);
         }
+        self.split()
+    }
+
+    /// Splits a whole body already in memory; its parts share its bytes
+    /// (no copy) when nothing else holds them.
+    pub fn push_whole(&mut self, body: Bytes) -> Result<Vec<Part>, String> {
+        if self.buffer.is_empty() && self.phase != Phase::Closed {
+            self.buffer = body
+                .try_into_mut()
+                .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+            self.searched = 0;
+            self.split()
+        } else {
+            self.push(&body)
+        }
+    }
+
+    /// The parts the buffered bytes complete.
+    fn split(&mut self) -> Result<Vec<Part>, String> {
         let mut parts = Vec::new();
         loop {
             match self.phase {
@@ -87,11 +117,15 @@ impl PartSplitter {
                 }
                 Phase::Headers => {
                     if self.buffer.starts_with(b"\r\n") {
+                        self.headers = Bytes::new();
                         self.consume(2, Phase::Content);
                         continue;
                     }
                     match memchr::memmem::find(&self.buffer, b"\r\n\r\n") {
-                        Some(end) => self.consume(end + 4, Phase::Content),
+                        Some(end) => {
+                            self.headers = self.buffer.split_to(end).freeze();
+                            self.consume(4, Phase::Content);
+                        }
                         None if self.buffer.len() > MAX_PART_HEADERS => {
                             return Err(format!(
                                 "a part's headers are longer than {MAX_PART_HEADERS} bytes"
@@ -108,7 +142,10 @@ impl PartSplitter {
                         } else {
                             at
                         };
-                        parts.push(self.buffer.split_to(end).freeze());
+                        parts.push(Part {
+                            headers: std::mem::take(&mut self.headers),
+                            content: self.buffer.split_to(end).freeze(),
+                        });
                         self.consume(at - end + self.delimiter_len, Phase::AfterDelimiter);
                     }
                     None => return Ok(parts),
@@ -155,6 +192,13 @@ mod tests {
 
     /// Splits `body` fed in chunks of `chunk` bytes.
     fn split(body: &[u8], boundary: &str, chunk: usize) -> Result<Vec<Bytes>, String> {
+        Ok(split_parts(body, boundary, chunk)?
+            .into_iter()
+            .map(|p| p.content)
+            .collect())
+    }
+
+    fn split_parts(body: &[u8], boundary: &str, chunk: usize) -> Result<Vec<Part>, String> {
         let mut splitter = PartSplitter::new(boundary);
         let mut parts = Vec::new();
         for piece in body.chunks(chunk.max(1)) {
@@ -162,6 +206,21 @@ mod tests {
         }
         splitter.finish()?;
         Ok(parts)
+    }
+
+    #[test]
+    fn keeps_each_part_s_headers() {
+        let body = b"--B\r\nContent-Disposition: form-data; name=\"labels\"\r\nContent-Type: application/octet-stream\r\n\r\nab\r\n--B\r\n\r\ncd\r\n--B--\r\n";
+        for chunk in [1, 5, body.len()] {
+            let parts = split_parts(body, "B", chunk).unwrap();
+            assert_eq!(
+                parts[0].headers,
+                Bytes::from_static(b"Content-Disposition: form-data; name=\"labels\"\r\nContent-Type: application/octet-stream")
+            );
+            assert_eq!(parts[0].content, Bytes::from_static(b"ab"));
+            assert_eq!(parts[1].headers, Bytes::new());
+            assert_eq!(parts[1].content, Bytes::from_static(b"cd"));
+        }
     }
 
     #[test]

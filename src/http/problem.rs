@@ -7,8 +7,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::formats::FormatError;
-use crate::ingest::IngestError;
+use crate::ingest::{IngestError, ProbabilitiesError};
 use crate::metrics::pairing::PairingError;
+use crate::metrics::probabilistic::ProbabilityError;
 use crate::store::{ModelBoundExceeded, StoreError};
 
 /// A problem answer.
@@ -184,6 +185,7 @@ impl From<IngestError> for Problem {
             IngestError::Compute(e) => e.into(),
             IngestError::Format(e) => e.into(),
             IngestError::Pairing(e) => e.into(),
+            IngestError::Probabilities(e) => probabilities_problem(e, detail),
             IngestError::TooManyStructures { .. } => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "too-many-structures",
@@ -213,6 +215,46 @@ impl From<IngestError> for Problem {
                 Problem::new(StatusCode::UNPROCESSABLE_ENTITY, kind, title, detail)
             }
         }
+    }
+}
+
+/// The problem of a probability map refused at ingest: a slug of its own for
+/// each way it can fail to fit its labels; a file it cannot read is
+/// `invalid-probabilities`, whatever the reason (the detail says it).
+fn probabilities_problem(err: ProbabilitiesError, detail: String) -> Problem {
+    let unprocessable =
+        |slug, title| Problem::new(StatusCode::UNPROCESSABLE_ENTITY, slug, title, &*detail);
+    match err {
+        ProbabilitiesError::NotLabelMap => unprocessable(
+            "probabilities-need-label-map",
+            "Probabilities need a NIfTI label map",
+        ),
+        ProbabilitiesError::Invalid(e) => match e {
+            ProbabilityError::Format(FormatError::TooLarge(_)) => Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                "Probabilities too large",
+                &*detail,
+            ),
+            ProbabilityError::Format(FormatError::Value(_))
+            | ProbabilityError::OutOfRange { .. } => {
+                unprocessable("probabilities-out-of-range", "Probability out of range")
+            }
+            ProbabilityError::Grid(_) => unprocessable(
+                "probabilities-grid-mismatch",
+                "Probabilities on another grid than the labels",
+            ),
+            ProbabilityError::Channels { .. } => unprocessable(
+                "probabilities-channels",
+                "One probability channel per structure",
+            ),
+            ProbabilityError::Format(_)
+            | ProbabilityError::Bins(_)
+            | ProbabilityError::Counts(_)
+            | ProbabilityError::Reference(_) => {
+                unprocessable("invalid-probabilities", "Unreadable probability map")
+            }
+        },
     }
 }
 

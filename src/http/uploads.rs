@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Auth;
+use super::prediction_form::{self, form_boundary};
 use super::problem::Problem;
 use super::{AppState, valid_key};
 use crate::ids::{DEFAULT_READER, check_reader};
@@ -95,6 +96,21 @@ struct PredictionQuery {
     observed_at: Option<DateTime<Utc>>,
 }
 
+/// A prediction with its probabilities (`multipart/form-data`).
+#[derive(ToSchema)]
+#[allow(dead_code)] // read by the OpenAPI derive only
+struct PredictionForm {
+    /// The label NIfTI or DICOM SEG, as a single-body upload sends it.
+    #[schema(value_type = String, format = Binary, min_length = 1)]
+    labels: Vec<u8>,
+    /// A float32 or float64 NIfTI on the labels' grid with every value from 0
+    /// to 1: one channel along the fourth dimension per structure, in the
+    /// order of the model version's schema (its structures with a label), or
+    /// without a schema the labels the prediction draws, ascending.
+    #[schema(value_type = Option<String>, format = Binary)]
+    probabilities: Option<Vec<u8>>,
+}
+
 /// The answer to an accepted upload.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UploadAccepted {
@@ -110,7 +126,8 @@ pub struct UploadAccepted {
 
 #[utoipa::path(put, path = "/v1/sites/{site}/cases/{case}/prediction", tag = "uploads",
     params(("site" = String, Path, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$"), ("case" = String, Path, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$", description = "pseudonymous case key"), PredictionQuery),
-    request_body(content = super::FileBody, description = "NIfTI (.nii/.nii.gz) or DICOM SEG", content_type = "application/octet-stream"),
+    request_body(content((super::FileBody = "application/octet-stream"), (PredictionForm = "multipart/form-data")),
+        description = "NIfTI (.nii/.nii.gz) or DICOM SEG; or, to have probabilities scored too, multipart/form-data with the label file as part `labels` and a float NIfTI of probabilities as part `probabilities`"),
     responses((status = 202, body = UploadAccepted, description = "stored"), (status = 200, body = UploadAccepted, description = "already stored"),
         (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)),
@@ -268,7 +285,19 @@ async fn accept(
             (None, None, Some(reader))
         }
     };
-    check_content_type(headers)?;
+    let boundary = form_boundary(headers)?;
+    match (&boundary, role) {
+        (None, _) => check_content_type(headers)?,
+        (Some(_), SegRole::Reference) => {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+                "multipart/form-data carries a prediction with its probabilities; send a reference as the file itself (application/octet-stream)",
+            ));
+        }
+        (Some(_), SegRole::Prediction) => {}
+    }
     let acquisition = acquisition(&query, headers)?;
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -297,6 +326,16 @@ async fn accept(
             "the request body must be the segmentation file",
         ));
     }
+    let (body, probabilities) = match boundary {
+        Some(boundary) => {
+            let parts = app
+                .compute
+                .run(0, move || prediction_form::split(body, &boundary))
+                .await??;
+            (parts.labels, parts.probabilities)
+        }
+        None => (body, None),
+    };
     let ingested = ingest(
         app.services(),
         Upload {
@@ -309,6 +348,7 @@ async fn accept(
             acquisition,
             observed_at: query.observed_at,
             sop_instance_uid: None,
+            probabilities,
         },
         body,
         None,

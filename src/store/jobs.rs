@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::readers::{self, StructureAgreement};
-use super::{Result, Store, StoreError, probabilistic, rollups};
+use super::{Result, Store, StoreError, StoredProbabilities, probabilistic, rollups};
 use crate::metrics::case::{CaseScore, LesionScore};
 
 /// A job this worker holds a lease on.
@@ -38,6 +38,8 @@ pub struct JobInputs {
     /// gzip-compressed uploads; None once purged.
     pub prediction: Option<Vec<u8>>,
     pub reference: Option<Vec<u8>>,
+    /// The prediction's probabilities, if it was sent with a float NIfTI of them.
+    pub probabilities: Option<StoredProbabilities>,
     pub voxels: i64,
     /// The model version's structure schema, if one is set.
     pub schema: Option<Value>,
@@ -111,7 +113,8 @@ impl Store {
         let pool = postgres_or!(self, lite => lite.job_inputs(job));
         let r = sqlx::query!(
             r#"SELECT j.case_id, c.site, c.case_key, p.model AS "model!", p.model_version AS "model_version!",
-                      p.id AS prediction_id, r.id AS reference_id, r.reader AS "reference_reader!", pc.content AS "prediction?", rc.content AS "reference?", p.voxels + r.voxels AS "voxels!",
+                      p.id AS prediction_id, r.id AS reference_id, r.reader AS "reference_reader!", pc.content AS "prediction?", rc.content AS "reference?",
+                      pc.probabilities, pc.probability_labels, p.voxels + r.voxels AS "voxels!",
                       s.schema AS "schema?", p.acquisition || r.acquisition AS "acquisition!",
                       p.observed_at
                FROM jobs j
@@ -138,6 +141,10 @@ impl Store {
             reference_reader: r.reference_reader,
             prediction: r.prediction,
             reference: r.reference,
+            probabilities: StoredProbabilities::from_columns(
+                r.probabilities,
+                r.probability_labels,
+            )?,
             voxels: r.voxels,
             schema: r.schema,
             acquisition: r.acquisition,

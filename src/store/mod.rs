@@ -45,6 +45,7 @@ pub use history::{StoredStep, StoredUpdate, StreamHistory};
 pub use jobs::{ClaimedJob, JobInputs};
 pub use keys::{KEY_CACHE_TTL, KeyInfo, Principal, Role, hash_secret};
 pub use partitions::DroppedMonths;
+pub use probabilistic::StoredProbabilities;
 pub use readers::{ReaderReference, StructureAgreement};
 pub use results::CaseFilter;
 pub use uploads::{

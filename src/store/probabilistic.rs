@@ -68,3 +68,33 @@ pub(super) fn read(columns: Columns) -> Result<Option<Probabilistic>> {
         reliability,
     }))
 }
+
+/// A prediction's probability map as stored beside its file (uploaded with
+/// it as a float NIfTI): NULL columns for every other upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredProbabilities {
+    /// The float NIfTI, de-identified and gzip-compressed.
+    pub content: Vec<u8>,
+    /// The label of each channel, in the file's order.
+    pub labels: Vec<u16>,
+}
+
+impl StoredProbabilities {
+    /// The channels' labels as stored: a JSON array.
+    pub(super) fn labels_text(&self) -> String {
+        serde_json::Value::from(self.labels.clone()).to_string()
+    }
+
+    /// The probabilities kept in the columns `content` and `labels`, if any.
+    pub(super) fn from_columns(
+        content: Option<Vec<u8>>,
+        labels: Option<String>,
+    ) -> Result<Option<StoredProbabilities>> {
+        let (Some(content), Some(labels)) = (content, labels) else {
+            return Ok(None);
+        };
+        let labels = serde_json::from_str(&labels)
+            .map_err(|e| StoreError::Corrupt(format!("probability channel labels: {e}")))?;
+        Ok(Some(StoredProbabilities { content, labels }))
+    }
+}

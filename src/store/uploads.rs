@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{JOBS_CHANNEL, Result, Store, StoreError};
+use super::{JOBS_CHANNEL, Result, Store, StoreError, StoredProbabilities};
 
 /// Which side of a case a segmentation is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +58,8 @@ pub struct NewSegmentation {
     pub sop_instance_uid: Option<String>,
     /// Keys of the structures it holds ([`crate::volume::Segmentation::structure_keys`]).
     pub structures: Vec<String>,
+    /// A prediction's probabilities, sent with it as a float NIfTI.
+    pub probabilities: Option<StoredProbabilities>,
 }
 
 /// What storing an upload did.
@@ -323,10 +325,14 @@ impl Store {
         )
         .fetch_one(&mut *tx)
         .await?;
+        let probabilities = new.probabilities.as_ref();
         sqlx::query!(
-            "INSERT INTO segmentation_contents (segmentation_id, received_at, content) VALUES ($1, now(), $2)",
+            "INSERT INTO segmentation_contents (segmentation_id, received_at, content, probabilities, probability_labels)
+             VALUES ($1, now(), $2, $3, $4)",
             id,
-            new.content
+            new.content,
+            probabilities.map(|p| p.content.as_slice()),
+            probabilities.map(StoredProbabilities::labels_text)
         )
         .execute(&mut *tx)
         .await?;

@@ -267,7 +267,7 @@ impl Workers {
             );
         }
         let transient = |e: StoreError| Handled::Retry(e.to_string());
-        let inputs = match self.store.job_inputs(job).await {
+        let mut inputs = match self.store.job_inputs(job).await {
             Ok(inputs) => inputs,
             Err(e) => return transient(e),
         };
@@ -325,6 +325,7 @@ impl Workers {
             reference,
             makes_result,
             readers: readers.into_iter().map(|(r, u, _)| (r, u)).collect(),
+            probabilities: inputs.probabilities.take(),
         };
         let settings = Settings {
             surface: self.config.scoring.surface,

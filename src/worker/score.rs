@@ -9,14 +9,16 @@ use std::collections::BTreeSet;
 use rayon::prelude::*;
 
 use crate::compare::readers::{DEFAULT_AMBIGUOUS_BELOW, label_agreement};
-use crate::formats::{self, FormatError, Limits};
+use crate::formats::{self, FormatError, Limits, probability_nifti};
 use crate::metrics::case::{CaseScore, LesionScore};
 use crate::metrics::lesions::lesion_metrics;
-use crate::metrics::pairing::{self, PairingError, Request};
-use crate::metrics::probabilistic::{DEFAULT_BINS, ProbabilityError, score_segments};
+use crate::metrics::pairing::{self, Evaluation, PairingError, Request};
+use crate::metrics::probabilistic::{
+    DEFAULT_BINS, LabelMapScorer, Probabilistic, ProbabilityError, score_segments,
+};
 use crate::metrics::{Settings, StructureMetrics, structure_name};
 use crate::schema::Schema;
-use crate::store::StructureAgreement;
+use crate::store::{StoredProbabilities, StructureAgreement};
 use crate::volume::{Labels, Segmentation};
 
 /// Why a job cannot be scored. Every variant is permanent: retrying the same
@@ -60,6 +62,8 @@ pub struct JobUploads {
     /// Every reader's latest reference, the primary reader first, when the
     /// case has two readers or more (else empty).
     pub readers: Vec<(String, ReaderUpload)>,
+    /// The prediction's probabilities, if it was sent with a float NIfTI of them.
+    pub probabilities: Option<StoredProbabilities>,
 }
 
 /// A reader's latest reference, as a job gets it.
@@ -75,8 +79,8 @@ pub type JobScore = (Option<CaseScore>, Vec<StructureAgreement>);
 
 /// Decodes the uploads (each once, in parallel), scores the prediction
 /// against the reference when the job makes a result (with the probabilistic
-/// scores of a FRACTIONAL PROBABILITY SEG prediction), and computes the
-/// readers' agreement.
+/// scores of a FRACTIONAL PROBABILITY SEG prediction, or of the probability map
+/// sent with a NIfTI prediction), and computes the readers' agreement.
 pub fn score(
     uploads: &JobUploads,
     schema: Option<&Schema>,
@@ -115,7 +119,10 @@ pub fn score(
     let r = r.transpose()?;
     let others = others?;
     let case = match &r {
-        Some(r) if uploads.makes_result => Some(measure(&p, r, schema, settings)?),
+        Some(r) if uploads.makes_result => {
+            let probabilities = uploads.probabilities.as_ref().map(|p| (p, limits));
+            Some(measure(&p, r, schema, settings, probabilities)?)
+        }
         _ => None,
     };
     // The job's own reference stands in for its reader's entry.
@@ -133,6 +140,7 @@ fn measure(
     r: &Segmentation,
     schema: Option<&Schema>,
     settings: Settings,
+    probabilities: Option<(&StoredProbabilities, &Limits)>,
 ) -> Result<CaseScore, ScoreError> {
     let request = Request {
         schema,
@@ -140,8 +148,12 @@ fn measure(
         settings,
     };
     let evaluation = pairing::evaluate(p, r, &request)?;
-    // FRACTIONAL PROBABILITY segments of a SEG prediction; None for the rest.
-    let probabilistic = score_segments(p, r, &evaluation, DEFAULT_BINS)?;
+    // The probability map sent with the prediction, else FRACTIONAL
+    // PROBABILITY segments of a SEG prediction; None for the rest.
+    let probabilistic = match probabilities {
+        Some((stored, limits)) => score_map(p, r, &evaluation, stored, limits)?,
+        None => score_segments(p, r, &evaluation, DEFAULT_BINS)?,
+    };
     let tolerance = |m: &StructureMetrics| {
         let def = schema.and_then(|s| {
             m.label
@@ -157,6 +169,44 @@ fn measure(
     }
     case.lesions = lesions(p, r, schema);
     Ok(case)
+}
+
+/// Scores a stored probability map (a float NIfTI on the prediction's grid,
+/// one channel per label of `stored.labels`) against a label-map reference,
+/// moved onto the prediction's grid as pairing moves it: each structure of
+/// the evaluation gets its label's channel, if there is one. Against a DICOM
+/// SEG reference, none.
+fn score_map(
+    pred: &Segmentation,
+    reference: &Segmentation,
+    evaluation: &Evaluation,
+    stored: &StoredProbabilities,
+    limits: &Limits,
+) -> Result<Vec<Option<Probabilistic>>, ScoreError> {
+    let (Segmentation::LabelMap(pred), Segmentation::LabelMap(reference)) = (pred, reference)
+    else {
+        return Ok(vec![None; evaluation.structures.len()]);
+    };
+    let moved;
+    let reference = if reference.grid.check_same(&pred.grid).is_ok() {
+        reference
+    } else {
+        moved = reference
+            .reoriented_onto(&pred.grid)
+            .map_err(ProbabilityError::from)?;
+        &moved
+    };
+    let mut scorer = LabelMapScorer::new(reference, &stored.labels, DEFAULT_BINS)?;
+    probability_nifti::decode(&stored.content, limits, &mut scorer)?;
+    let mut scores: Vec<Option<Probabilistic>> = scorer.finish()?.into_iter().map(Some).collect();
+    Ok(evaluation
+        .structures
+        .iter()
+        .map(|s| {
+            let channel = stored.labels.iter().position(|&l| Some(l) == s.label)?;
+            scores[channel].take()
+        })
+        .collect())
 }
 
 /// The readers' agreement with each other and with the prediction on every

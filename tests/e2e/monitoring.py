@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """End to end monitoring test: segwatch and Postgres running, a real Prometheus
 scraping segwatch with the repository's rules loaded, `segwatch simulate` over 30
-days at 3 sites with one drift injected (site3, liver, -0.10 Dice from day 20).
+days at 3 sites with one drift injected (site3, liver, -0.10 Dice from day 20),
+liver lesions in every case and site3's predictions sent with their probabilities.
 Asserts that
 
   * `GET /v1/incidents?state=all` holds exactly one incident whose primary stream or
@@ -14,6 +15,8 @@ Asserts that
   * Prometheus shows SegwatchQualityIncidentSite (SegwatchQualityIncidentPooled if
     the primary stream is pooled) pending or firing for that incident, and no
     quality alert for any other incident;
+  * /metrics counts site3's liver lesions, and has the rolling soft Dice and ECE of
+    site3's structures and of no other site's;
   * every PromQL expression of the dashboards parses and returns data.
 
 Usage: monitoring.py --segwatch target/debug/segwatch [--admin-url postgres://...]
@@ -37,6 +40,9 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DRIFT_DAY, DRIFT_SITE, DRIFT_STRUCTURE = 20, "site3", "liver"
 DRIFT = f"day{DRIFT_DAY}:{DRIFT_SITE}:{DRIFT_STRUCTURE}:0.10"
+# Lesions in every case; probabilities from the drifted site, whose panels the
+# dashboard check shows.
+LESIONS, LESION_SHARE, PROBABILITIES_SITE = "liver_lesion", 1, DRIFT_SITE
 SITES, DAYS, PER_DAY, SEED = 3, 30, 8, 1
 # The drift detectors are fed in case-time order once results are this old (s).
 LATENESS_SECS = 2
@@ -176,7 +182,8 @@ def main():
         day_start = (dt.datetime.fromtimestamp(started, dt.timezone.utc) - dt.timedelta(days=DAYS)
                      + dt.timedelta(days=DRIFT_DAY))
         subprocess.run([segwatch, "simulate", "--url", base, "--key", admin, "--sites", str(SITES), "--days", str(DAYS),
-                        "--cases-per-day", str(PER_DAY), "--seed", str(SEED), "--drift-at", DRIFT, "--concurrency", "1"], check=True)
+                        "--cases-per-day", str(PER_DAY), "--seed", str(SEED), "--drift-at", DRIFT, "--concurrency", "1",
+                        "--lesions", str(LESION_SHARE), "--probabilities-at", PROBABILITIES_SITE], check=True)
         total = SITES * DAYS * PER_DAY
 
         def all_scored():
@@ -196,6 +203,23 @@ def main():
             failures.append(f"promtool check metrics: {lint.stdout}{lint.stderr}")
         else:
             print("promtool check metrics: clean")
+
+        # Lesions and probabilistic scores, from segwatch's own exposition.
+        lesions = [v for l, v in metric_samples(exposition, "segwatch_lesions_reference_total")
+                   if l["site"] == PROBABILITIES_SITE and l["structure"] == LESIONS]
+        detected = [v for l, v in metric_samples(exposition, "segwatch_lesions_detected_total")
+                    if l["site"] == PROBABILITIES_SITE and l["structure"] == LESIONS]
+        print(f"{PROBABILITIES_SITE} {LESIONS}: {sum(detected):g} of {sum(lesions):g} reference lesions detected")
+        if not 0 < sum(detected) < sum(lesions):
+            failures.append(f"/metrics: {sum(detected)} of {sum(lesions)} lesions detected at {PROBABILITIES_SITE}, "
+                            f"want some but not all")
+        for family in ("segwatch_rolling_soft_dice_7d_ratio", "segwatch_rolling_ece_7d_ratio"):
+            sites = {l["site"] for l, _ in metric_samples(exposition, family)}
+            structures = {l["structure"] for l, _ in metric_samples(exposition, family) if l["site"] == PROBABILITIES_SITE}
+            print(f"{family}: sites {sorted(sites)}, {len(structures)} structures at {PROBABILITIES_SITE}")
+            if sites != {PROBABILITIES_SITE, "all"} or DRIFT_STRUCTURE not in structures or LESIONS not in structures:
+                failures.append(f"/metrics: {family} for sites {sorted(sites)} and {sorted(structures)}, want "
+                                f"{PROBABILITIES_SITE} (and all) with {DRIFT_STRUCTURE} and {LESIONS}")
 
         # Detector state, from segwatch's own exposition (reported, not asserted: related
         # streams may alarm as evidence of the incident).

@@ -19,6 +19,7 @@ mod metrics_detail;
 mod nifti_files;
 mod probabilistic;
 mod probabilistic_service;
+mod probability_upload;
 mod properties;
 mod readers;
 mod reference;

@@ -223,7 +223,10 @@ fn bad_probability_files_are_refused_with_a_clear_message() {
     shifted.shape[0] -= 1;
     let small = vec![vec![0.0f32; shifted.len()]; 3];
     let message = eval(&probability_file(&dir, &shifted, &small));
-    assert!(message.contains("grid differs"), "{message}");
+    assert!(
+        message.contains("the probabilities lie on another grid"),
+        "{message}"
+    );
     // Integer label maps are not probabilities.
     let message = eval(&file("ref"));
     assert!(message.contains("must be float32"), "{message}");

@@ -585,7 +585,7 @@ fn bad_value(v: f64, index: usize) -> FormatError {
     let why = if !v.is_finite() {
         "is not a finite number"
     } else if v.fract() != 0.0 {
-        "is not an integer label (a probability map? threshold it first)"
+        "is not an integer label (a probability map? send its thresholded labels, with the map as probabilities)"
     } else if v < 0.0 {
         "is negative"
     } else {

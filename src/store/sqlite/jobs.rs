@@ -10,9 +10,9 @@ use sqlx::{Sqlite, Transaction};
 
 use super::{Lite, at, classify, days_ago, json, now, parse, readers};
 use crate::metrics::case::CaseScore;
-use crate::store::Result;
 use crate::store::jobs::{ClaimedJob, JobInputs, finite, stored_name};
 use crate::store::readers::StructureAgreement;
+use crate::store::{Result, StoredProbabilities};
 use crate::store::{probabilistic, rollups};
 
 /// `after` from now, as stored.
@@ -61,26 +61,12 @@ impl Lite {
 
     /// Loads what a job needs.
     pub async fn job_inputs(&self, job: &ClaimedJob) -> Result<JobInputs> {
-        type Row = (
-            i64,
-            String,
-            String,
-            String,
-            String,
-            i64,
-            i64,
-            String,
-            Option<Vec<u8>>,
-            Option<Vec<u8>>,
-            i64,
-            Option<String>,
-            String,
-            String,
-            DateTime<Utc>,
-        );
-        let r: Row = sqlx::query_as(
-            "SELECT j.case_id, c.site, c.case_key, p.model, p.model_version, p.id, r.id, r.reader, pc.content, rc.content,
-                    p.voxels + r.voxels, s.schema, p.acquisition, r.acquisition, p.observed_at
+        let r: JobRow = sqlx::query_as(
+            "SELECT j.case_id, c.site, c.case_key, p.model, p.model_version, p.id AS prediction_id,
+                    r.id AS reference_id, r.reader AS reference_reader, pc.content AS prediction,
+                    rc.content AS reference, p.voxels + r.voxels AS voxels, s.schema,
+                    p.acquisition AS prediction_acquisition, r.acquisition AS reference_acquisition,
+                    p.observed_at, pc.probabilities, pc.probability_labels
              FROM jobs j
              JOIN cases c ON c.id = j.case_id
              JOIN segmentations p ON p.id = j.prediction_id
@@ -95,26 +81,32 @@ impl Lite {
         .await
         .map_err(classify)?;
         // The reference's acquisition fields win, as with jsonb `||`.
-        let mut acquisition: serde_json::Value = parse("acquisition", &r.12)?;
-        let reference: serde_json::Map<String, serde_json::Value> = parse("acquisition", &r.13)?;
+        let mut acquisition: serde_json::Value =
+            parse("acquisition", &r.prediction_acquisition)?;
+        let reference: serde_json::Map<String, serde_json::Value> =
+            parse("acquisition", &r.reference_acquisition)?;
         if let Some(merged) = acquisition.as_object_mut() {
             merged.extend(reference);
         }
         Ok(JobInputs {
-            case_id: r.0,
-            site: r.1,
-            case_key: r.2,
-            model: r.3,
-            model_version: r.4,
-            prediction_id: r.5,
-            reference_id: r.6,
-            reference_reader: r.7,
-            prediction: r.8,
-            reference: r.9,
-            voxels: r.10,
-            schema: r.11.map(|s| parse("schema", &s)).transpose()?,
+            case_id: r.case_id,
+            site: r.site,
+            case_key: r.case_key,
+            model: r.model,
+            model_version: r.model_version,
+            prediction_id: r.prediction_id,
+            reference_id: r.reference_id,
+            reference_reader: r.reference_reader,
+            prediction: r.prediction,
+            reference: r.reference,
+            probabilities: StoredProbabilities::from_columns(
+                r.probabilities,
+                r.probability_labels,
+            )?,
+            voxels: r.voxels,
+            schema: r.schema.map(|s| parse("schema", &s)).transpose()?,
             acquisition,
-            observed_at: r.14,
+            observed_at: r.observed_at,
         })
     }
 
@@ -358,4 +350,26 @@ async fn store_result(
         }
     }
     Ok(())
+}
+
+/// A job's row with its uploads, as `job_inputs` reads it.
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    case_id: i64,
+    site: String,
+    case_key: String,
+    model: String,
+    model_version: String,
+    prediction_id: i64,
+    reference_id: i64,
+    reference_reader: String,
+    prediction: Option<Vec<u8>>,
+    reference: Option<Vec<u8>>,
+    voxels: i64,
+    schema: Option<String>,
+    prediction_acquisition: String,
+    reference_acquisition: String,
+    observed_at: DateTime<Utc>,
+    probabilities: Option<Vec<u8>>,
+    probability_labels: Option<String>,
 }

@@ -3,10 +3,10 @@
 use sqlx::SqliteConnection;
 
 use super::{Lite, at, classify, days_ago, json, now, parse};
-use crate::store::Result;
 use crate::store::uploads::{
     ModelBoundExceeded, ModelBounds, NewSegmentation, PartnerGrid, SegRole, Source, StoredUpload,
 };
+use crate::store::{Result, StoredProbabilities};
 
 impl Lite {
     /// The revision holding these bytes (of this model version, for a
@@ -179,12 +179,16 @@ impl Lite {
         .fetch_one(&mut *tx)
         .await
         .map_err(classify)?;
+        let probabilities = new.probabilities.as_ref();
         sqlx::query(
-            "INSERT INTO segmentation_contents (segmentation_id, received_at, content) VALUES ($1, $2, $3)",
+            "INSERT INTO segmentation_contents (segmentation_id, received_at, content, probabilities, probability_labels)
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(id)
         .bind(&received)
         .bind(&new.content)
+        .bind(probabilities.map(|p| p.content.as_slice()))
+        .bind(probabilities.map(StoredProbabilities::labels_text))
         .execute(&mut *tx)
         .await
         .map_err(classify)?;

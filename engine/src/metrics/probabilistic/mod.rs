@@ -41,7 +41,7 @@ pub enum ProbabilityError {
     #[error(transparent)]
     Format(#[from] FormatError),
     /// The probabilities do not lie on the reference's grid.
-    #[error("the probabilities' grid differs from the reference's: {0}")]
+    #[error("the probabilities lie on another grid: {0}")]
     Grid(#[from] GridMismatch),
     /// The probability file has another number of channels than structures scored.
     #[error(

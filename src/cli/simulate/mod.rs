@@ -5,6 +5,11 @@
 //! jittered ellipsoids); the prediction is the reference with a one-sided boundary
 //! error sized to hit a Dice drawn from the structure's distribution (like a real
 //! model's spread), with occasional failures, and lower after an injected drift.
+//! Optionally, small liver lesions as a multi-instance structure (`lesions`)
+//! and predictions sent with their probabilities (`probabilities`).
+
+mod lesions;
+mod probabilities;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -18,6 +23,7 @@ use rand_distr::{Beta, Distribution};
 use serde_json::{Value, json};
 
 use crate::formats::nifti::encode;
+use crate::http::form_body;
 use crate::volume::{Grid, LabelVolume, Labels};
 
 /// A drift to inject: from day `day` on, site `site`'s `structure` loses `delta` Dice.
@@ -147,7 +153,37 @@ pub struct SimulateArgs {
     /// 1 − DELTA in every case).
     #[arg(long = "reader-disagrees", requires = "second_reader")]
     pub(super) reader_disagrees: Vec<ShadowShift>,
+    /// A sixth structure, `liver_lesion` (label 6, multi-instance in the
+    /// schema and in the baseline), in this share of the cases (0.05 to 1): 1 to 4
+    /// small lesions in the liver, each found, partly found or missed by the
+    /// prediction, now and then beside a false-positive lesion.
+    #[arg(long, value_parser = share)]
+    pub(super) lesions: Option<f64>,
+    /// A site whose predictions are sent with their probabilities, repeatable:
+    /// siteK (a float NIfTI, one channel per structure, as multipart/form-data),
+    /// so its structures get soft Dice, Brier and ECE.
+    #[arg(long = "probabilities-at", value_parser = site_number)]
+    pub(super) probabilities_at: Vec<u32>,
 }
+
+/// A share from 0.05 to 1 (the baseline takes validation cases until 100
+/// have lesions).
+fn share(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| (0.05..=1.0).contains(v))
+        .ok_or_else(|| format!("{s}: expected a share from 0.05 to 1, e.g. 0.25"))
+}
+
+/// `siteK` as K.
+fn site_number(s: &str) -> Result<u32, String> {
+    s.strip_prefix("site")
+        .and_then(|k| k.parse().ok())
+        .ok_or_else(|| format!("{s}: expected siteK, e.g. site3"))
+}
+
+/// The boundary of a multipart prediction (absent from any gzip NIfTI in practice).
+const BOUNDARY: &str = "segwatch-simulate-0b5f83c2e9d14a67";
 
 /// A simulated structure: label, name, ellipsoid radii (voxels) and centre, and
 /// the model's Dice distribution.
@@ -364,12 +400,32 @@ fn shadow_prediction(
     labels
 }
 
+fn grid() -> Grid {
+    Grid::axis_aligned(SHAPE, SPACING, 3)
+}
+
 fn nifti(labels: Vec<u8>) -> Vec<u8> {
-    let grid = Grid::axis_aligned(SHAPE, SPACING, 3);
     encode(
-        &LabelVolume::new(grid, Labels::U8(labels)).expect("shape matches"),
+        &LabelVolume::new(grid(), Labels::U8(labels)).expect("shape matches"),
         true,
     )
+}
+
+/// Whether the next case has lesions, drawn with the lesions' generator.
+fn has_lesions(rng: &mut StdRng, share: Option<f64>) -> bool {
+    share.is_some_and(|share| rng.random::<f64>() < share)
+}
+
+/// The lesion Dice of a validation case of the in-control model: None for a
+/// case without lesions (empty on both sides, so no Dice).
+fn baseline_lesion_dice(rng: &mut StdRng, share: Option<f64>) -> Option<f64> {
+    has_lesions(rng, share).then(|| {
+        let mut labels = reference(rng);
+        let found = lesions::add_to_reference(rng, &mut labels);
+        let mut prediction = labels.clone();
+        lesions::add_to_prediction(rng, &labels, &mut prediction, &found);
+        lesions::dice(&prediction, &labels)
+    })
 }
 
 pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
@@ -411,10 +467,20 @@ pub(super) async fn simulate(args: SimulateArgs) -> anyhow::Result<usize> {
         "{base}/v1/models/{}/versions/{}",
         args.model, args.model_version
     );
-    let schema = json!({
-        "structures": STRUCTURES.iter().map(|o| json!({"label": o.label, "name": o.name, "tolerance_mm": 2.0})).collect::<Vec<_>>(),
-        "unknown_labels": "reject",
-    });
+    let mut structures: Vec<Value> = STRUCTURES
+        .iter()
+        .map(|o| json!({"label": o.label, "name": o.name, "tolerance_mm": 2.0}))
+        .collect();
+    if args.lesions.is_some() {
+        structures.push(json!({"label": lesions::LABEL, "name": lesions::NAME, "tolerance_mm": 2.0, "instances": true}));
+    }
+    let schema = json!({"structures": structures, "unknown_labels": "reject"});
+    // The probability channels follow the schema's order.
+    let channel_labels: Vec<u8> = STRUCTURES
+        .iter()
+        .map(|o| o.label)
+        .chain(args.lesions.map(|_| lesions::LABEL))
+        .collect();
     for version in std::iter::once(&args.model_version).chain(&args.shadow_version) {
         send(
             client
@@ -430,17 +496,31 @@ pub(super) async fn simulate(args: SimulateArgs) -> anyhow::Result<usize> {
     }
 
     // The model's acceptance baseline: 200 validation cases from the in-control model.
+    // Lesions come from generators of their own, so the organs' fleet is the
+    // same with or without them.
     let mut rng = StdRng::seed_from_u64(args.seed);
-    let cases: Vec<Value> = (0..200)
-        .map(|_| {
-            Value::Object(
-                STRUCTURES
-                    .iter()
-                    .map(|o| (o.name.to_owned(), json!(draw_dice(&mut rng, o, 0.0))))
-                    .collect(),
-            )
-        })
-        .collect();
+    let mut lesion_rng = StdRng::seed_from_u64(args.seed ^ 0x1e51_0000_0000_0000);
+    // With lesions in a share of the cases, validation cases go on (their
+    // organs from a generator of their own) until 100 have lesions, the least
+    // a baseline takes per structure.
+    let mut extra_rng = StdRng::seed_from_u64(args.seed ^ 0xba5e_0000_0000_0000);
+    let (mut cases, mut lesioned) = (Vec::new(), 0);
+    while cases.len() < 200 || (args.lesions.is_some() && lesioned < 100) {
+        let organs = if cases.len() < 200 {
+            &mut rng
+        } else {
+            &mut extra_rng
+        };
+        let mut case: serde_json::Map<String, Value> = STRUCTURES
+            .iter()
+            .map(|o| (o.name.to_owned(), json!(draw_dice(organs, o, 0.0))))
+            .collect();
+        if let Some(dice) = baseline_lesion_dice(&mut lesion_rng, args.lesions) {
+            case.insert(lesions::NAME.into(), json!(dice));
+            lesioned += 1;
+        }
+        cases.push(Value::Object(case));
+    }
     let baseline = json!({"source": "simulated validation set", "cases": cases});
     send(
         client
@@ -476,8 +556,25 @@ pub(super) async fn simulate(args: SimulateArgs) -> anyhow::Result<usize> {
                         draw_dice(&mut rng, o, drift)
                     })
                     .collect();
-                let reference = reference(&mut rng);
-                let prediction = prediction(&mut rng, &reference, &dice);
+                let mut reference = reference(&mut rng);
+                let lesioned = has_lesions(&mut lesion_rng, args.lesions);
+                let found = match lesioned {
+                    true => lesions::add_to_reference(&mut lesion_rng, &mut reference),
+                    false => Vec::new(),
+                };
+                let mut prediction = prediction(&mut rng, &reference, &dice);
+                if lesioned {
+                    lesions::add_to_prediction(
+                        &mut lesion_rng,
+                        &reference,
+                        &mut prediction,
+                        &found,
+                    );
+                }
+                let probabilities = args
+                    .probabilities_at
+                    .contains(&site)
+                    .then(|| probabilities::file(&grid(), &prediction, &channel_labels));
                 let shadow = args.shadow_version.as_ref().map(|_| {
                     nifti(shadow_prediction(
                         &mut shadow_rng,
@@ -511,6 +608,7 @@ pub(super) async fn simulate(args: SimulateArgs) -> anyhow::Result<usize> {
                     observed,
                     acquisition,
                     nifti(prediction),
+                    probabilities,
                     shadow,
                     nifti(reference),
                     second,
@@ -525,7 +623,9 @@ pub(super) async fn simulate(args: SimulateArgs) -> anyhow::Result<usize> {
     );
     let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
     let mut handles = Vec::new();
-    for (site, case, observed, acquisition, prediction, shadow, reference, second) in jobs {
+    for (site, case, observed, acquisition, prediction, probabilities, shadow, reference, second) in
+        jobs
+    {
         let permit = semaphore.clone().acquire_owned().await?;
         let (client, base, key) = (client.clone(), base.clone(), args.key.clone());
         let (model, version) = (args.model.clone(), args.model_version.clone());
@@ -536,14 +636,19 @@ pub(super) async fn simulate(args: SimulateArgs) -> anyhow::Result<usize> {
             let url = format!("{base}/v1/sites/{site}/cases/{case}");
             let query =
                 format!("model={model}&model_version={version}&observed_at={at}&{acquisition}");
-            send(
-                client
-                    .put(format!("{url}/prediction?{query}"))
-                    .bearer_auth(&key)
-                    .body(prediction),
-                "uploading a prediction",
-            )
-            .await?;
+            let request = client
+                .put(format!("{url}/prediction?{query}"))
+                .bearer_auth(&key);
+            let request = match probabilities {
+                Some(probabilities) => request
+                    .header(
+                        reqwest::header::CONTENT_TYPE,
+                        format!("multipart/form-data; boundary={BOUNDARY}"),
+                    )
+                    .body(form_body(&prediction, &probabilities, BOUNDARY)),
+                None => request.body(prediction),
+            };
+            send(request, "uploading a prediction").await?;
             if let Some((body, shadow_version)) = shadow {
                 let query = format!(
                     "model={model}&model_version={shadow_version}&observed_at={at}&{acquisition}"

@@ -4,6 +4,8 @@
 //! problem (`http::problem`) and once to a DICOM failure reason
 //! (`http::dicomweb`).
 
+mod probabilities;
+
 use std::io::Write;
 
 use bytes::Bytes;
@@ -16,10 +18,14 @@ use crate::config::{ACTIVE_DAYS, Config};
 use crate::formats::dicom_seg::Provenance;
 use crate::formats::{self, Decoded, FormatError, Limits, deidentify};
 use crate::metrics::pairing::{self, PairingError};
+use crate::metrics::probabilistic::ProbabilityError;
 use crate::store::{
     ModelBoundExceeded, ModelBounds, NewSegmentation, SegRole, Source, Store, StoreError,
+    StoredProbabilities,
 };
+
 use crate::volume::Layout;
+pub use probabilities::ProbabilitiesError;
 
 /// What ingest needs of the service.
 #[derive(Clone, Copy)]
@@ -42,6 +48,8 @@ pub struct Upload<'a> {
     pub observed_at: Option<DateTime<Utc>>,
     /// DICOM uploads are idempotent on their SOPInstanceUID too (keyed-hashed).
     pub sop_instance_uid: Option<String>,
+    /// A prediction's float NIfTI of probabilities, one channel per structure.
+    pub probabilities: Option<Bytes>,
 }
 
 /// What storing an upload did.
@@ -79,6 +87,9 @@ pub enum IngestError {
     /// case's other segmentation.
     #[error(transparent)]
     Pairing(#[from] PairingError),
+    /// The probabilities sent with a prediction do not fit it.
+    #[error(transparent)]
+    Probabilities(#[from] ProbabilitiesError),
     #[error("the case's stored grid is unreadable: {0}")]
     StoredGrid(String),
     /// One more model, model version or structure than the limits allow.
@@ -104,7 +115,11 @@ impl IngestError {
     pub fn is_too_large(&self) -> bool {
         matches!(
             self,
-            IngestError::Format(FormatError::TooLarge(_)) | IngestError::StoredTooLarge { .. }
+            IngestError::Format(FormatError::TooLarge(_))
+                | IngestError::StoredTooLarge { .. }
+                | IngestError::Probabilities(ProbabilitiesError::Invalid(
+                    ProbabilityError::Format(FormatError::TooLarge(_))
+                ))
         )
     }
 }
@@ -149,6 +164,7 @@ pub async fn ingest(
         acquisition,
         observed_at,
         sop_instance_uid,
+        probabilities,
     } = upload;
     let (queued, _) = store.job_counts().await?;
     if queued >= config.limits.max_queue_depth {
@@ -157,9 +173,11 @@ pub async fn ingest(
     // The hash of the upload as received (not of what is stored), so the same
     // bytes sent again are recognised; on the compute pool, as hundreds of MB
     // would stall the async runtime.
-    let hashed = body.clone();
+    let (hashed, hashed_probabilities) = (body.clone(), probabilities.clone());
     let sha256 = compute
-        .run(0, move || Sha256::digest(&hashed).to_vec())
+        .run(0, move || {
+            upload_hash(&hashed, hashed_probabilities.as_deref())
+        })
         .await?;
     let duplicate = match &sop_instance_uid {
         Some(uid) => store.find_instance(site, case, role, uid).await?,
@@ -229,7 +247,10 @@ pub async fn ingest(
 
     // Decode, check, de-identify and compress on the compute pool.
     let limits = config.limits.decode();
-    let voxels = formats::estimated_voxels(&body, &limits);
+    let voxels = formats::estimated_voxels(&body, &limits)
+        + probabilities
+            .as_ref()
+            .map_or(0, |p| formats::estimated_voxels(p, &limits));
     let key = uid_key(config);
     let content_key = key.clone();
     let max_structures = config.limits.max_structures;
@@ -257,6 +278,18 @@ pub async fn ingest(
                     SegRole::Reference => pairing::check_layouts(partner, &layout)?,
                 }
             }
+            let probabilities = probabilities
+                .map(|bytes| {
+                    let labels =
+                        probabilities::channel_labels(&decoded.segmentation, schemas.first());
+                    let clean =
+                        probabilities::check(&bytes, &decoded.segmentation, &labels, &limits)?;
+                    Ok::<_, IngestError>(StoredProbabilities {
+                        content: gzip(&clean),
+                        labels,
+                    })
+                })
+                .transpose()?;
             let clean = deidentified(&body, decoded.format, &content_key, &limits)?;
             // What is stored must inflate within the workers' limit: hashed UIDs
             // can make a de-identified SEG longer than the upload.
@@ -266,10 +299,10 @@ pub async fn ingest(
                     limit: max_stored,
                 });
             }
-            Ok((decoded, layout, gzip(&clean), structures))
+            Ok((decoded, layout, gzip(&clean), structures, probabilities))
         })
         .await??;
-    let (decoded, layout, content, structures) = checked;
+    let (decoded, layout, content, structures, probabilities) = checked;
 
     let new = NewSegmentation {
         site: site.into(),
@@ -290,6 +323,7 @@ pub async fn ingest(
         observed_at,
         sop_instance_uid,
         structures,
+        probabilities,
     };
     let limits = &config.limits;
     let bounds = ModelBounds {
@@ -310,6 +344,21 @@ pub async fn ingest(
         duplicate: stored.duplicate,
         queued: !stored.job_ids.is_empty(),
     })
+}
+
+/// The hash that recognises an upload sent again: of the file alone, or of
+/// the label file and its probabilities, framed so that no split of the same
+/// bytes between the two hashes alike, nor like a file alone.
+fn upload_hash(labels: &[u8], probabilities: Option<&[u8]>) -> Vec<u8> {
+    let Some(probabilities) = probabilities else {
+        return Sha256::digest(labels).to_vec();
+    };
+    let mut hasher = Sha256::new();
+    hasher.update(b"segwatch labels+probabilities\0");
+    hasher.update((labels.len() as u64).to_le_bytes());
+    hasher.update(labels);
+    hasher.update(probabilities);
+    hasher.finalize().to_vec()
 }
 
 /// The key of the HMAC that replaces DICOM UIDs in what is stored: the

@@ -1,7 +1,7 @@
 //! Retention of cases and incidents past their configured days, on both stores.
 
 use chrono::{Datelike, Duration, Months, NaiveDate, Utc};
-use segwatch::store::{DroppedMonths, ModelBounds, NewSegmentation, Role, SegRole};
+use segwatch::store::{DroppedMonths, ModelBounds, NewSegmentation, Role, SegRole, Store};
 use sqlx::{Connection, Executor, PgConnection};
 
 use crate::common::{TestApp, TestDb, read_fixture};
@@ -537,6 +537,29 @@ const BOUNDS: ModelBounds = ModelBounds {
     structures: 64,
 };
 
+/// A PostgreSQL database (None on the embedded store) whose case 1 was
+/// uploaded and scored 100 days ago, in that month's partitions; with its
+/// store and that month. Ids stored by the service come after the fixture's.
+async fn idle_case_100_days_ago(test: &str) -> Option<(TestDb, Store, NaiveDate)> {
+    let db = TestDb::postgres_only(test).await?;
+    let store = db.store();
+    store.migrate().await.unwrap();
+    let month = results_month_100_days_ago(&db).await;
+    let old = days_ago(100);
+    stored_files(&db, 1, true, &old).await;
+    scored_result(&db, 1, &old, false).await;
+    for sequence in [
+        "cases_id_seq",
+        "segmentations_id_seq",
+        "jobs_id_seq",
+        "results_id_seq",
+    ] {
+        db.execute(&format!("SELECT setval('{sequence}', 100)"))
+            .await;
+    }
+    Some((db, store, month))
+}
+
 /// References stored for case `case`.
 async fn references(db: &TestDb, case: i64) -> i64 {
     db.scalar(&format!(
@@ -547,19 +570,13 @@ async fn references(db: &TestDb, case: i64) -> i64 {
 
 #[tokio::test]
 async fn an_upload_in_progress_when_a_month_of_results_drops_keeps_the_case_results() {
-    let Some(db) = TestDb::postgres_only(
+    let Some((db, store, month)) = idle_case_100_days_ago(
         "an_upload_in_progress_when_a_month_of_results_drops_keeps_the_case_results",
     )
     .await
     else {
         return;
     };
-    let store = db.store();
-    store.migrate().await.unwrap();
-    let month = results_month_100_days_ago(&db).await;
-    let old = days_ago(100);
-    stored_files(&db, 1, true, &old).await;
-    scored_result(&db, 1, &old, false).await;
     // Case 1, idle for 100 days, gets an upload, held in progress by a
     // session that has locked the case's row.
     let mut session = connect(&db).await;
@@ -592,17 +609,11 @@ async fn an_upload_in_progress_when_a_month_of_results_drops_keeps_the_case_resu
 
 #[tokio::test]
 async fn an_upload_while_a_month_of_results_drops_waits_for_the_drop() {
-    let Some(db) =
-        TestDb::postgres_only("an_upload_while_a_month_of_results_drops_waits_for_the_drop").await
+    let Some((db, store, month)) =
+        idle_case_100_days_ago("an_upload_while_a_month_of_results_drops_waits_for_the_drop").await
     else {
         return;
     };
-    let store = db.store();
-    store.migrate().await.unwrap();
-    let month = results_month_100_days_ago(&db).await;
-    let old = days_ago(100);
-    stored_files(&db, 1, true, &old).await;
-    scored_result(&db, 1, &old, false).await;
     // A reader of the month's structure rows holds the drop once it has
     // read which results to keep (none: case 1 is idle).
     let (structures, ..) = table_month("structure_results", month);

@@ -57,12 +57,39 @@ trap 'kill $server 2>/dev/null || true' EXIT
 base=http://127.0.0.1:$port
 for _ in $(seq 120); do curl -fs "$base/readyz" >/dev/null && break; sleep 0.5; done
 scrape() { curl -fs -H "Authorization: Bearer $key" "$base/metrics"; }
-# Wait for the first purge (logged when done), then for 20 refresh cycles;
-# scraping is not free at this size, so only once.
+# Scoring throughput of one model version on this history: 1,000 cases of a
+# new version (its own name each run, so that runs on a reused database
+# don't mix) with the network's 15 structures, from 20 sites (schema,
+# baseline, scoring, drift feed and rollups as in production); timed until
+# every case is scored and fed to the detectors.
+throughput() {
+    fleet_cases=1000
+    version=run$(date +%s)
+    fed() { psql "$url" -Atc "SELECT count(*) FROM results WHERE model_version = '$version' AND NOT drift_pending"; }
+    scored() { psql "$url" -Atc "SELECT count(*) FROM results WHERE model_version = '$version'"; }
+    start=$(date +%s.%N)
+    python3 bench/scale/upload_cases.py --url "$base" --key "$admin_key" --model scalenet --version "$version" \
+        --cases $fleet_cases --sites 20 --structures $structures
+    until [ "$(scored)" -ge $fleet_cases ]; do sleep 0.2; done
+    all_scored=$(date +%s.%N)
+    until [ "$(fed)" -ge $fleet_cases ]; do sleep 0.2; done
+    all_fed=$(date +%s.%N)
+    throughput=$(awk -v s="$start" -v a="$all_scored" -v f="$all_fed" -v n=$fleet_cases -v k=$structures \
+        'BEGIN { printf "%d cases of %d structures in %.1f s, %.0f cases a day; all fed %.1f s after the last was scored", n, k, f - s, n / (f - s) * 86400, f - a }')
+}
+# Wait for the first purge (logged when done).
 for _ in $(seq 600); do
     grep -q "stored files of segmentations past retention" "$log" && break
     sleep 1
 done
+# SEGWATCH_SCALE_THROUGHPUT_ONLY=1 measures only that (on a reused database).
+if [ "${SEGWATCH_SCALE_THROUGHPUT_ONLY:-0}" = 1 ]; then
+    throughput
+    echo "one model's throughput:   $throughput"
+    exit 0
+fi
+
+# Then for 20 refresh cycles; scraping is not free at this size, so only once.
 sleep 100
 text=$(scrape)
 purge=$(awk '$1 == "segwatch_purge_duration_seconds" { print $2 }' <<<"$text")
@@ -127,21 +154,7 @@ largest=$(psql "$url" -Atc "
           LEFT JOIN pg_inherits i ON i.inhrelid = c.oid
           WHERE n.nspname = 'public' AND c.relkind = 'r' GROUP BY 1 ORDER BY 2 DESC LIMIT 5) t")
 
-# Scoring throughput of one model version on this history: a simulated fleet
-# of 20 sites uploads 1,000 cases of a new model (baseline, scoring, drift
-# feed and rollups as in production); timed until every case is scored and
-# fed to the detectors.
-fleet_cases=1000
-fed() { psql "$url" -Atc "SELECT count(*) FROM results WHERE model = 'simnet' AND NOT drift_pending"; }
-scored() { psql "$url" -Atc "SELECT count(*) FROM results WHERE model = 'simnet'"; }
-start=$(date +%s.%N)
-"$bin" simulate --url "$base" --key "$admin_key" --sites 20 --days 1 --cases-per-day 50 >/dev/null
-until [ "$(scored)" -ge $fleet_cases ]; do sleep 0.2; done
-all_scored=$(date +%s.%N)
-until [ "$(fed)" -ge $fleet_cases ]; do sleep 0.2; done
-all_fed=$(date +%s.%N)
-throughput=$(awk -v s="$start" -v a="$all_scored" -v f="$all_fed" -v n=$fleet_cases \
-    'BEGIN { printf "%d cases in %.1f s, %.0f cases a day; all fed %.1f s after the last was scored", n, f - s, n / (f - s) * 86400, f - a }')
+throughput
 
 cat <<REPORT
 structure results:        $structure_results ($cases cases over $span days)

@@ -19,7 +19,7 @@ use crate::views::{BaselineInfo, BaselineStructure, IncidentStream, IncidentView
 pub const ALL: &str = crate::drift::incident::ALL;
 
 /// Lock held by the one process feeding drift streams at a time.
-const FEED_LOCK: i64 = 0x5365_6777_6472_6966;
+pub(super) const FEED_LOCK: i64 = 0x5365_6777_6472_6966;
 
 /// An open incident, for metrics.
 #[derive(Debug, Clone)]

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::readers::{self, StructureAgreement};
-use super::{Result, Store, StoreError, StoredProbabilities, probabilistic, rollups};
+use super::{Result, Store, StoreError, StoredProbabilities, partitions, probabilistic, rollups};
 use crate::metrics::case::{CaseScore, LesionScore};
 
 /// A job this worker holds a lease on.
@@ -166,6 +166,7 @@ impl Store {
     ) -> Result<bool> {
         let pool = postgres_or!(self, lite => lite.complete_job(job, inputs, outcome, agreement));
         let mut tx = pool.begin().await.map_err(StoreError::classify)?;
+        partitions::share_case_activity(&mut tx).await?;
         let done = sqlx::query!(
             "UPDATE jobs SET status = 'done', finished_at = now(), lease_token = NULL, lease_until = NULL, last_error = NULL
              WHERE id = $1 AND lease_token = $2 AND status = 'running'",

@@ -108,6 +108,24 @@ impl Store {
     }
 }
 
+/// Held shared by each transaction that can make a case active or change its
+/// results (an upload, a completed job), and exclusive by the drop of a month
+/// of results from before it reads which results to keep.
+const CASE_ACTIVITY_LOCK: i64 = 0x5365_6777_6361_7365;
+
+/// Takes the case-activity lock shared until the transaction ends: first in
+/// the transaction, before any table lock, so that it never waits for a drop
+/// while holding what the drop needs.
+pub(super) async fn share_case_activity(tx: &mut sqlx::PgConnection) -> Result<()> {
+    sqlx::query!(
+        "SELECT pg_advisory_xact_lock_shared($1)",
+        CASE_ACTIVITY_LOCK
+    )
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
 /// Serialises partition upkeep between replicas, until the transaction ends.
 async fn lock(tx: &mut sqlx::PgConnection) -> Result<()> {
     sqlx::query!("SELECT pg_advisory_xact_lock(hashtext('segwatch partitions'))")

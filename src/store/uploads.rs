@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{JOBS_CHANNEL, Result, Store, StoreError, StoredProbabilities};
+use super::{JOBS_CHANNEL, Result, Store, StoreError, StoredProbabilities, partitions};
 
 /// Which side of a case a segmentation is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -252,6 +252,7 @@ impl Store {
     ) -> Result<std::result::Result<StoredUpload, ModelBoundExceeded>> {
         let pool = postgres_or!(self, lite => lite.store_upload(new, bounds));
         let mut tx = pool.begin().await.map_err(StoreError::classify)?;
+        partitions::share_case_activity(&mut tx).await?;
         if let (Some(model), Some(version)) = (&new.model, &new.model_version)
             && let Some(exceeded) = check_model_bounds(&mut tx, model, version, bounds).await?
         {

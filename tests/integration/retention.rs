@@ -1,7 +1,8 @@
 //! Retention of cases and incidents past their configured days, on both stores.
 
 use chrono::{Datelike, Duration, Months, NaiveDate, Utc};
-use segwatch::store::{DroppedMonths, Role};
+use segwatch::store::{DroppedMonths, ModelBounds, NewSegmentation, Role, SegRole, Store};
+use sqlx::{Connection, Executor, PgConnection};
 
 use crate::common::{TestApp, TestDb, read_fixture};
 
@@ -412,18 +413,7 @@ async fn a_month_of_results_past_retention_goes_whole_and_active_cases_keep_thei
     };
     let store = db.store();
     store.migrate().await.unwrap();
-    // As the service created it when that month was ahead.
-    let old_month = (Utc::now() - Duration::days(100))
-        .date_naive()
-        .with_day(1)
-        .unwrap();
-    for table in RESULT_TABLES {
-        let (name, from, to) = table_month(table, old_month);
-        db.execute(&format!(
-            "CREATE TABLE {name} PARTITION OF {table} FOR VALUES FROM ('{from}') TO ('{to}')"
-        ))
-        .await;
-    }
+    let old_month = results_month_100_days_ago(&db).await;
     let (old, now) = (days_ago(100), days_ago(0));
     // Cases 1, 3 and 5 scored 100 days ago; 3 has had an upload since and 5
     // a result not yet fed to the detectors; case 7 was scored now.
@@ -472,5 +462,183 @@ async fn a_month_of_results_past_retention_goes_whole_and_active_cases_keep_thei
     assert_eq!(store.purge_expired_cases(60, 10).await.unwrap(), 1);
     assert_eq!(count(&db, "cases", "id", "1, 3, 5, 7").await, 3);
     assert_eq!(store.maintain_partitions(30, 60).await.unwrap().results, 0);
+    db.drop_db().await;
+}
+
+/// Creates the month of results 100 days ago (PostgreSQL), as the service
+/// created it when that month was ahead; returns its first day.
+async fn results_month_100_days_ago(db: &TestDb) -> NaiveDate {
+    let month = (Utc::now() - Duration::days(100))
+        .date_naive()
+        .with_day(1)
+        .unwrap();
+    for table in RESULT_TABLES {
+        let (name, from, to) = table_month(table, month);
+        db.execute(&format!(
+            "CREATE TABLE {name} PARTITION OF {table} FOR VALUES FROM ('{from}') TO ('{to}')"
+        ))
+        .await;
+    }
+    month
+}
+
+/// Sessions of `db` waiting for a lock.
+async fn lock_waits(db: &TestDb) -> i64 {
+    db.scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .await
+}
+
+/// Waits (up to 5 s, within the drop's 10 s `lock_timeout`) until `sessions`
+/// sessions of `db` wait for a lock or `done` says the awaited work ended
+/// without waiting.
+async fn until_waiting(db: &TestDb, sessions: i64, done: impl Fn() -> bool) {
+    for _ in 0..100 {
+        if done() || lock_waits(db).await >= sessions {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A connection of its own to `db` (PostgreSQL).
+async fn connect(db: &TestDb) -> PgConnection {
+    PgConnection::connect(&db.env().1).await.unwrap()
+}
+
+/// A second reference upload to case `c{case}` of `stored_files`, as the
+/// ingest path stores it.
+fn reference_upload(case: i64) -> NewSegmentation {
+    NewSegmentation {
+        site: "s".to_owned(),
+        case_key: format!("c{case}"),
+        role: SegRole::Reference,
+        sha256: vec![0x99],
+        format: "nifti",
+        content: vec![0x99],
+        voxels: 8,
+        grid: serde_json::json!({}),
+        model: None,
+        model_version: None,
+        reader: Some("default".to_owned()),
+        acquisition: serde_json::json!({}),
+        provenance: None,
+        observed_at: None,
+        sop_instance_uid: None,
+        structures: Vec::new(),
+    }
+}
+
+const BOUNDS: ModelBounds = ModelBounds {
+    models: 16,
+    versions: 4,
+    active_days: 30,
+    structures: 64,
+};
+
+/// A PostgreSQL database (None on the embedded store) whose case 1 was
+/// uploaded and scored 100 days ago, in that month's partitions; with its
+/// store and that month. Ids stored by the service come after the fixture's.
+async fn idle_case_100_days_ago(test: &str) -> Option<(TestDb, Store, NaiveDate)> {
+    let db = TestDb::postgres_only(test).await?;
+    let store = db.store();
+    store.migrate().await.unwrap();
+    let month = results_month_100_days_ago(&db).await;
+    let old = days_ago(100);
+    stored_files(&db, 1, true, &old).await;
+    scored_result(&db, 1, &old, false).await;
+    for sequence in [
+        "cases_id_seq",
+        "segmentations_id_seq",
+        "jobs_id_seq",
+        "results_id_seq",
+    ] {
+        db.execute(&format!("SELECT setval('{sequence}', 100)"))
+            .await;
+    }
+    Some((db, store, month))
+}
+
+/// References stored for case `case`.
+async fn references(db: &TestDb, case: i64) -> i64 {
+    db.scalar(&format!(
+        "SELECT count(*) FROM segmentations WHERE case_id = {case} AND role = 'reference'"
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn an_upload_in_progress_when_a_month_of_results_drops_keeps_the_case_results() {
+    let Some((db, store, month)) = idle_case_100_days_ago(
+        "an_upload_in_progress_when_a_month_of_results_drops_keeps_the_case_results",
+    )
+    .await
+    else {
+        return;
+    };
+    // Case 1, idle for 100 days, gets an upload, held in progress by a
+    // session that has locked the case's row.
+    let mut session = connect(&db).await;
+    let mut holder = session.begin().await.unwrap();
+    holder
+        .execute("SELECT id FROM cases WHERE id = 1 FOR UPDATE")
+        .await
+        .unwrap();
+    let uploader = store.clone();
+    let uploading =
+        tokio::spawn(async move { uploader.store_upload(&reference_upload(1), BOUNDS).await });
+    until_waiting(&db, 1, || uploading.is_finished()).await;
+    let dropper = store.clone();
+    let dropping = tokio::spawn(async move { dropper.maintain_partitions(30, 60).await });
+    // The drop waits for the upload, which commits once the row is free:
+    // the case is active and keeps its result, moved to DEFAULT with its rows.
+    until_waiting(&db, 2, || dropping.is_finished()).await;
+    holder.commit().await.unwrap();
+    uploading.await.unwrap().unwrap().unwrap();
+    assert_eq!(dropping.await.unwrap().unwrap().results, 0);
+    assert_eq!(references(&db, 1).await, 2);
+    assert_eq!(result_partitions(&db).await, placed(&[(1, "default")]));
+    let (name, ..) = table_month("results", month);
+    let gone: Option<String> = db
+        .scalar(&format!("SELECT to_regclass('{name}')::text"))
+        .await;
+    assert_eq!(gone, None);
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn an_upload_while_a_month_of_results_drops_waits_for_the_drop() {
+    let Some((db, store, month)) =
+        idle_case_100_days_ago("an_upload_while_a_month_of_results_drops_waits_for_the_drop").await
+    else {
+        return;
+    };
+    // A reader of the month's structure rows holds the drop once it has
+    // read which results to keep (none: case 1 is idle).
+    let (structures, ..) = table_month("structure_results", month);
+    let mut session = connect(&db).await;
+    let mut reader = session.begin().await.unwrap();
+    reader
+        .execute(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {structures}"
+        )))
+        .await
+        .unwrap();
+    let dropper = store.clone();
+    let dropping = tokio::spawn(async move { dropper.maintain_partitions(30, 60).await });
+    until_waiting(&db, 1, || dropping.is_finished()).await;
+    // An upload to case 1 now waits until the drop has committed, rather
+    // than make the case active after the drop found it idle.
+    let uploader = store.clone();
+    let uploading =
+        tokio::spawn(async move { uploader.store_upload(&reference_upload(1), BOUNDS).await });
+    until_waiting(&db, 2, || uploading.is_finished()).await;
+    assert!(!uploading.is_finished(), "the upload did not wait");
+    reader.commit().await.unwrap();
+    assert_eq!(dropping.await.unwrap().unwrap().results, 1);
+    uploading.await.unwrap().unwrap().unwrap();
+    assert_eq!(references(&db, 1).await, 2);
+    assert_eq!(count(&db, "results", "case_id", "1").await, 0);
     db.drop_db().await;
 }

@@ -4,7 +4,10 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 
-use super::{attach, ddl, detached_month, lock, lock_timeout, months, partition_name};
+use super::{
+    CASE_ACTIVITY_LOCK, attach, ddl, detached_month, lock, lock_timeout, months, partition_name,
+};
+use crate::store::drift::FEED_LOCK;
 use crate::store::{Result, StoreError};
 
 /// The table the others' rows hang off.
@@ -29,6 +32,22 @@ pub(super) async fn create_month(tx: &mut sqlx::PgConnection, month: NaiveDate) 
     Ok(())
 }
 
+/// Waits for case activity in progress to end and makes new activity wait
+/// until the transaction ends, so that which results to keep is read after
+/// the last change to a case and none follows the copy: the drift feed by its
+/// lock (a feed in progress finishes, the next ones skip their turn), uploads
+/// and completed jobs by the case-activity lock. Each wait is bounded by the
+/// `lock_timeout` already set.
+async fn hold_case_activity(tx: &mut sqlx::PgConnection) -> Result<()> {
+    sqlx::query!("SELECT pg_advisory_xact_lock($1)", FEED_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query!("SELECT pg_advisory_xact_lock($1)", CASE_ACTIVITY_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
 /// Drops the month starting on `month` once another replica has not, keeping
 /// the results of cases still active by the results retention (`cutoff`):
 /// those of a case with a result not yet fed to the drift detectors, an
@@ -50,6 +69,8 @@ pub(super) async fn drop_month(
         return Ok(0);
     }
     let results = partition_name(RESULTS, month);
+    lock_timeout(&mut tx).await?;
+    hold_case_activity(&mut tx).await?;
     // Read before any partition is dropped, which blocks scoring and reads
     // of results until the transaction ends; no result is scored into a past
     // month.
@@ -84,7 +105,6 @@ pub(super) async fn drop_month(
         )
         .await?;
     }
-    lock_timeout(&mut tx).await?;
     for table in CHILDREN {
         ddl(
             &mut tx,

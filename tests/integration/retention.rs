@@ -517,6 +517,7 @@ fn reference_upload(case: i64) -> NewSegmentation {
         sha256: vec![0x99],
         format: "nifti",
         content: vec![0x99],
+        probabilities: None,
         voxels: 8,
         grid: serde_json::json!({}),
         model: None,

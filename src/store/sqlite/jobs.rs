@@ -81,8 +81,7 @@ impl Lite {
         .await
         .map_err(classify)?;
         // The reference's acquisition fields win, as with jsonb `||`.
-        let mut acquisition: serde_json::Value =
-            parse("acquisition", &r.prediction_acquisition)?;
+        let mut acquisition: serde_json::Value = parse("acquisition", &r.prediction_acquisition)?;
         let reference: serde_json::Map<String, serde_json::Value> =
             parse("acquisition", &r.reference_acquisition)?;
         if let Some(merged) = acquisition.as_object_mut() {

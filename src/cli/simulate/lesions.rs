@@ -6,7 +6,7 @@
 use rand::RngExt;
 use rand::rngs::StdRng;
 
-use super::{SHAPE, index};
+use super::{SHAPE, coords, index, random_projection};
 
 /// The lesions' label and schema name.
 pub const LABEL: u8 = 6;
@@ -43,14 +43,6 @@ fn ball(centre: [usize; 3], radius: f64) -> Vec<usize> {
         }
     }
     voxels
-}
-
-fn coords(i: usize) -> [usize; 3] {
-    [
-        i % SHAPE[0],
-        (i / SHAPE[0]) % SHAPE[1],
-        i / (SHAPE[0] * SHAPE[1]),
-    ]
 }
 
 /// Puts 1 to 4 lesions (radius 1.2 to 3 voxels) into the reference's liver;
@@ -96,11 +88,7 @@ pub fn add_to_prediction(
         } else {
             (rng.random_range(0.0..0.4) * voxels.len() as f64).round() as usize
         };
-        let direction: [f64; 3] = std::array::from_fn(|_| rng.random_range(-1.0..1.0));
-        let along = |i: usize| {
-            let c = coords(i);
-            (0..3).map(|a| c[a] as f64 * direction[a]).sum::<f64>()
-        };
+        let along = random_projection(rng);
         let mut sorted = voxels.clone();
         sorted.sort_by(|&a, &b| along(b).total_cmp(&along(a)));
         for &i in sorted.iter().take(cut) {

@@ -265,6 +265,39 @@ fn index(p: [usize; 3]) -> usize {
     p[0] + SHAPE[0] * (p[1] + SHAPE[1] * p[2])
 }
 
+fn coords(i: usize) -> [usize; 3] {
+    [
+        i % SHAPE[0],
+        (i / SHAPE[0]) % SHAPE[1],
+        i / (SHAPE[0] * SHAPE[1]),
+    ]
+}
+
+/// The indices of the (up to 6) face neighbours of voxel `i`.
+fn neighbours(i: usize) -> impl Iterator<Item = usize> {
+    let c = coords(i);
+    (0..3).flat_map(move |a| {
+        [-1i64, 1].into_iter().filter_map(move |d| {
+            let v = c[a] as i64 + d;
+            (0..SHAPE[a] as i64).contains(&v).then(|| {
+                let mut n = c;
+                n[a] = v as usize;
+                index(n)
+            })
+        })
+    })
+}
+
+/// Each voxel's position along a random direction: sorting by it cuts a
+/// structure from one side.
+fn random_projection(rng: &mut StdRng) -> impl Fn(usize) -> f64 {
+    let direction: [f64; 3] = std::array::from_fn(|_| rng.random_range(-1.0..1.0));
+    move |i| {
+        let c = coords(i);
+        (0..3).map(|a| c[a] as f64 * direction[a]).sum()
+    }
+}
+
 /// A reference label map: the organs as ellipsoids jittered in size and place.
 fn reference(rng: &mut StdRng) -> Vec<u8> {
     let mut labels = vec![0u8; SHAPE.iter().product()];
@@ -296,13 +329,6 @@ fn reference(rng: &mut StdRng) -> Vec<u8> {
 /// which gives Dice ≈ the drawn value.
 fn prediction(rng: &mut StdRng, reference: &[u8], dice: &[f64]) -> Vec<u8> {
     let mut labels = reference.to_vec();
-    let coords = |i: usize| {
-        [
-            i % SHAPE[0],
-            (i / SHAPE[0]) % SHAPE[1],
-            i / (SHAPE[0] * SHAPE[1]),
-        ]
-    };
     for (organ, &target) in STRUCTURES.iter().zip(dice) {
         let voxels: Vec<usize> = (0..reference.len())
             .filter(|&i| reference[i] == organ.label)
@@ -311,11 +337,7 @@ fn prediction(rng: &mut StdRng, reference: &[u8], dice: &[f64]) -> Vec<u8> {
         if voxels.is_empty() || moved == 0 {
             continue;
         }
-        let direction: [f64; 3] = std::array::from_fn(|_| rng.random_range(-1.0..1.0));
-        let along = |i: usize| {
-            let c = coords(i);
-            (0..3).map(|a| c[a] as f64 * direction[a]).sum::<f64>()
-        };
+        let along = random_projection(rng);
         let mut sorted = voxels.clone();
         sorted.sort_by(|&a, &b| along(b).total_cmp(&along(a)));
         for &i in sorted.iter().take(moved) {
@@ -327,21 +349,7 @@ fn prediction(rng: &mut StdRng, reference: &[u8], dice: &[f64]) -> Vec<u8> {
         while added < moved && !frontier.is_empty() {
             let mut ring: Vec<usize> = Vec::new();
             for &i in &frontier {
-                let c = coords(i);
-                for a in 0..3 {
-                    for d in [-1i64, 1] {
-                        let v = c[a] as i64 + d;
-                        if v < 0 || v >= SHAPE[a] as i64 {
-                            continue;
-                        }
-                        let mut n = c;
-                        n[a] = v as usize;
-                        let j = index(n);
-                        if labels[j] == 0 && reference[j] == 0 {
-                            ring.push(j);
-                        }
-                    }
-                }
+                ring.extend(neighbours(i).filter(|&j| labels[j] == 0 && reference[j] == 0));
             }
             ring.sort_unstable();
             ring.dedup();

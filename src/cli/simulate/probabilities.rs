@@ -7,7 +7,7 @@
 use crate::formats::probability_nifti;
 use crate::volume::Grid;
 
-use super::{SHAPE, index};
+use super::neighbours;
 
 /// Probability on a structure's predicted voxels, and on their neighbours.
 const INSIDE: f32 = 0.9;
@@ -24,30 +24,10 @@ pub fn file(grid: &Grid, prediction: &[u8], labels: &[u8]) -> Vec<u8> {
 
 fn channel(prediction: &[u8], label: u8) -> Vec<f32> {
     let mut p = vec![0f32; prediction.len()];
-    for z in 0..SHAPE[2] {
-        for y in 0..SHAPE[1] {
-            for x in 0..SHAPE[0] {
-                let i = index([x, y, z]);
-                if prediction[i] != label {
-                    continue;
-                }
-                p[i] = INSIDE;
-                let c = [x, y, z];
-                for a in 0..3 {
-                    for step in [-1i64, 1] {
-                        let v = c[a] as i64 + step;
-                        if v < 0 || v >= SHAPE[a] as i64 {
-                            continue;
-                        }
-                        let mut n = c;
-                        n[a] = v as usize;
-                        let j = index(n);
-                        if prediction[j] == 0 {
-                            p[j] = NEXT_TO;
-                        }
-                    }
-                }
-            }
+    for i in (0..prediction.len()).filter(|&i| prediction[i] == label) {
+        p[i] = INSIDE;
+        for j in neighbours(i).filter(|&j| prediction[j] == 0) {
+            p[j] = NEXT_TO;
         }
     }
     p
@@ -55,6 +35,7 @@ fn channel(prediction: &[u8], label: u8) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{SHAPE, index};
     use super::*;
 
     #[test]

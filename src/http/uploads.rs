@@ -96,8 +96,11 @@ struct PredictionQuery {
     observed_at: Option<DateTime<Utc>>,
 }
 
-/// A prediction with its probabilities (`multipart/form-data`).
-#[derive(ToSchema)]
+/// A prediction with its probabilities (`multipart/form-data`); no other
+/// part is accepted (the derived Deserialize only carries
+/// `deny_unknown_fields` into the schema as `additionalProperties: false`).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)] // read by the OpenAPI derive only
 struct PredictionForm {
     /// The label NIfTI or DICOM SEG, as a single-body upload sends it.

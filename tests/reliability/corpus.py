@@ -17,7 +17,9 @@ of src/http/uploads.rs, src/http/problem.rs and src/formats/):
   before anything is allocated (max_upload_bytes, max_voxels,
   max_decompressed_bytes, the 64 MiB NIfTI extension gap);
 - 415: a media type that cannot be a segmentation (text, JSON, XML,
-  multipart) or a Content-Encoding the service does not decode;
+  multipart, except multipart/form-data for a prediction: its form of labels
+  and probabilities, 400 when malformed) or a Content-Encoding the service
+  does not decode;
 - 422: everything else that is not a readable NIfTI or DICOM SEG of a usable
   grid: corrupt, truncated, unsupported, degenerate geometry, invalid labels,
   too many structures, a grid that differs from the case's other segmentation;
@@ -475,10 +477,16 @@ def request_entries() -> list[Entry]:
                         ("json", "application/json"), ("problem_json", "application/problem+json"),
                         ("vendor_json", "application/vnd.api+json"), ("xml", "application/xml"),
                         ("svg_xml", "image/svg+xml"), ("html", "text/html"),
-                        ("form_data", "multipart/form-data; boundary=x"),
                         ("multipart_related", 'multipart/related; type="application/dicom"; boundary=x')]:
         add(f"media_{name}_valid_nifti", ok_gz, 415, "text, JSON, XML and multipart media types are refused",
             content_type=media)
+    # multipart/form-data is a reference's wrong media type, but a prediction's
+    # form of labels and probabilities: a file that is not such a form is 400.
+    form = "multipart/form-data; boundary=x"
+    add("media_form_data_valid_nifti", ok_gz, 415, "a reference is never a form", content_type=form,
+        roles=("reference",))
+    add("form_data_not_a_form", ok_gz, 400, "a prediction form must be a well-formed multipart body",
+        content_type=form, roles=("prediction",))
     # media types that are sniffed: a valid file under any of them is accepted
     for name, media in [("image_png", "image/png"), ("application_dicom", "application/dicom"),
                         ("octet_stream_with_params", "application/octet-stream; charset=utf-8")]:

@@ -4,8 +4,8 @@
 //! identifiers.
 
 use std::cell::RefCell;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -16,6 +16,9 @@ use prometheus::{
 use crate::metrics::case::CaseScore;
 use crate::metrics::strata::band_name;
 use crate::store::{ALL, JobInputs};
+
+mod refresh;
+pub use refresh::refresh;
 
 /// Dice histogram buckets, fine near the top where models live.
 const DICE_BUCKETS: [f64; 16] = [
@@ -77,6 +80,9 @@ pub struct Metrics {
     pub streams_detail_reduced: IntGauge,
     /// Whether the last refresh reduced the detail (read when scoring).
     reduced: Arc<AtomicBool>,
+    /// Held for writing while a refresh sets its gauges and for reading while
+    /// a scrape gathers them, so that a scrape sees one whole refresh.
+    exposition: Arc<RwLock<()>>,
 }
 
 /// A stream of one site and one structure: the streams whose detail a large
@@ -369,6 +375,7 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             reduced: Arc::new(AtomicBool::new(false)),
+            exposition: Arc::default(),
             families: Vec::new(),
             registry: registry.clone(),
         };
@@ -379,7 +386,11 @@ impl Metrics {
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let families = {
+            let _refreshed = self.exposition.read().unwrap_or_else(|e| e.into_inner());
+            self.registry.gather()
+        };
+        let _ = TextEncoder::new().encode(&families, &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
 
@@ -455,173 +466,6 @@ pub fn init_logging(format: &str, default_filter: &str) {
     } else {
         builder.try_init()
     };
-}
-
-/// Recomputes every quality gauge from the database, so that every replica reports
-/// the same values and a restart loses nothing. Series that disappeared are dropped.
-pub async fn refresh(
-    store: &crate::store::Store,
-    metrics: &Metrics,
-    drift: &crate::config::DriftConfig,
-) -> Result<(), crate::store::StoreError> {
-    let target = drift.target();
-    let (queued, running) = store.job_counts().await?;
-    metrics.jobs_queued.set(queued);
-    metrics.jobs_running.set(running);
-    // The windows and the detector states are independent reads: run them at
-    // once, so a refresh takes about its slowest query, not their sum.
-    let windows = futures_util::future::try_join_all(metrics.rolling_dice_ratio.iter().map(
-        |(days, gauge)| async move {
-            let rolling = store.rolling_means(*days as i32).await?;
-            Ok::<_, crate::store::StoreError>((*days, gauge, rolling))
-        },
-    ));
-    let (windows, detectors) =
-        tokio::try_join!(windows, store.detector_states(drift.retire_after_days))?;
-    let site_structures: std::collections::HashSet<_> = windows
-        .iter()
-        .flat_map(|(_, _, rolling)| &rolling.dice)
-        .filter(|(site, _, _, structure, _, _)| site_structure(site, structure))
-        .map(|(site, model, version, structure, _, _)| (site, model, version, structure))
-        .collect();
-    let reduced = site_structures.len() > drift.max_detailed_streams as usize;
-    if reduced && !metrics.reduced.swap(true, Ordering::Relaxed) {
-        // The per-site histograms kept so far would keep their series: drop them.
-        metrics.case_dice_ratio.reset();
-    } else if !reduced {
-        metrics.reduced.store(false, Ordering::Relaxed);
-    }
-    metrics.streams_detail_reduced.set(reduced as i64);
-    // Whether a series of this stream is exported: everything, or for a site ×
-    // structure stream of a reduced network only what is always kept.
-    let detailed = |site: &str, structure: &str| !reduced || !site_structure(site, structure);
-    metrics.rolling_cases_7d.reset();
-    for (days, gauge, rolling) in &windows {
-        gauge.reset();
-        for (site, model, version, structure, mean, cases) in &rolling.dice {
-            let labels = [
-                site.as_str(),
-                model.as_str(),
-                version.as_str(),
-                structure.as_str(),
-            ];
-            if *days == 7 {
-                gauge.with_label_values(&labels).set(*mean);
-                if detailed(site, structure) {
-                    metrics
-                        .rolling_cases_7d
-                        .with_label_values(&labels)
-                        .set(*cases);
-                }
-            } else if detailed(site, structure) {
-                gauge.with_label_values(&labels).set(*mean);
-            }
-        }
-    }
-    // Soft Dice and ECE streams follow their Dice streams' detail rule.
-    for ((days, _, rolling), (_, soft_dice, ece)) in
-        windows.iter().zip(&metrics.rolling_probabilistic)
-    {
-        for (gauge, rows) in [(soft_dice, &rolling.soft_dice), (ece, &rolling.ece)] {
-            gauge.reset();
-            for (site, model, version, structure, mean, _) in rows {
-                if *days == 7 || detailed(site, structure) {
-                    let labels = [site, model, version, structure].map(String::as_str);
-                    gauge.with_label_values(&labels).set(*mean);
-                }
-            }
-        }
-    }
-    let baselines = store.baseline_gauges().await?;
-    for gauge in [
-        &metrics.dice_baseline_ratio,
-        &metrics.dice_baseline_p05_ratio,
-        &metrics.dice_baseline_p25_ratio,
-    ] {
-        gauge.reset();
-    }
-    for (model, version, b) in baselines {
-        let labels = [model.as_str(), version.as_str(), b.structure.as_str()];
-        metrics
-            .dice_baseline_ratio
-            .with_label_values(&labels)
-            .set(b.mean);
-        metrics
-            .dice_baseline_p05_ratio
-            .with_label_values(&labels)
-            .set(b.p05);
-        metrics
-            .dice_baseline_p25_ratio
-            .with_label_values(&labels)
-            .set(b.p25);
-    }
-    for family in [&metrics.drift_statistic, &metrics.drift_limit] {
-        family.reset();
-    }
-    metrics.drift_alarm.reset();
-    metrics.drift_metric_statistic.reset();
-    metrics.drift_metric_limit.reset();
-    metrics.drift_metric_alarm.reset();
-    for d in detectors {
-        let dice = d.metric == crate::drift::Metric::Dice.as_str();
-        let (statistic, limit, alarm) = if dice {
-            (
-                &metrics.drift_statistic,
-                &metrics.drift_limit,
-                &metrics.drift_alarm,
-            )
-        } else {
-            (
-                &metrics.drift_metric_statistic,
-                &metrics.drift_metric_limit,
-                &metrics.drift_metric_alarm,
-            )
-        };
-        let labels: Vec<&str> = [&d.site, &d.model, &d.model_version, &d.structure]
-            .into_iter()
-            .chain((!dice).then_some(&d.metric))
-            .chain([&d.detector])
-            .map(String::as_str)
-            .collect();
-        if detailed(&d.site, &d.structure) {
-            statistic.with_label_values(&labels).set(d.statistic);
-            limit.with_label_values(&labels).set(d.limit);
-            alarm.with_label_values(&labels).set(d.alarm as i64);
-        } else if d.alarm {
-            // Only an alarm in progress, which a dashboard can still point at.
-            alarm.with_label_values(&labels).set(1);
-        }
-    }
-    metrics.drift_incident_open.reset();
-    metrics.drift_metric_incident_open.reset();
-    for i in store.open_incidents().await? {
-        let id = i.id.to_string();
-        let dice = i.metric == crate::drift::Metric::Dice.as_str();
-        let labels: Vec<&str> = [&id, &i.site, &i.model, &i.model_version, &i.structure]
-            .into_iter()
-            .chain((!dice).then_some(&i.metric))
-            .chain([&i.detector])
-            .map(String::as_str)
-            .collect();
-        let family = if dice {
-            &metrics.drift_incident_open
-        } else {
-            &metrics.drift_metric_incident_open
-        };
-        family.with_label_values(&labels).set(1);
-    }
-    let (streams, pairs) = store.active_streams().await?;
-    metrics.drift_streams_active.set(streams);
-    if let Some(days) = target.days(pairs as usize) {
-        metrics.drift_target_run_length_seconds.set(days * 86_400.0);
-    }
-    for (site, role, at) in store.last_uploads().await? {
-        metrics
-            .last_upload_timestamp_seconds
-            .with_label_values(&[site.as_str(), role.as_str()])
-            .set(at);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

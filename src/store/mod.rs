@@ -48,6 +48,7 @@ pub use partitions::DroppedMonths;
 pub use probabilistic::StoredProbabilities;
 pub use readers::{ReaderReference, StructureAgreement};
 pub use results::CaseFilter;
+pub use rollups::Rolling;
 pub use uploads::{
     ModelBoundExceeded, ModelBounds, NewSegmentation, PartnerGrid, SegRole, Source, StoredUpload,
 };

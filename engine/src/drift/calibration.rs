@@ -78,34 +78,33 @@ pub fn cusum_run_length(up: usize, h: usize, p: f64) -> f64 {
     let n = h + 1;
     let q = 1.0 - p;
     // Row i: L_i − q L_{max(i−1,0)} − p L_{i+up} (if i + up ≤ h) = 1.
-    // band[i][k] holds the coefficient of L_{i+k}, k in 0..=up.
-    let mut band = vec![vec![0.0; up + 1]; n];
+    // band[i · w + k] holds the coefficient of L_{i+k}, k in 0..=up (one flat
+    // buffer: h reaches thousands when the baseline has few failures).
+    let w = up + 1;
+    let mut band = vec![0.0; n * w];
     let mut rhs = vec![1.0; n];
     for i in 0..n {
-        band[i][0] = if i == 0 { 1.0 - q } else { 1.0 };
+        band[i * w] = if i == 0 { 1.0 - q } else { 1.0 };
         if i + up <= h {
-            band[i][up] -= p;
+            band[i * w + up] -= p;
         }
     }
     // Forward elimination of the sub-diagonal −q.
     for i in 1..n {
-        let factor = -q / band[i - 1][0];
-        // Row i −= factor · row (i − 1): row i−1 covers columns i−1 ..= i−1+up.
-        for k in 1..=up {
-            if i - 1 + k < n {
-                // Column i−1+k is offset k−1 in row i.
-                band[i][k - 1] -= factor * band[i - 1][k];
-            }
+        let factor = -q / band[(i - 1) * w];
+        // Row i −= factor · row (i − 1): row i−1 covers columns i−1 ..= i−1+up;
+        // column i−1+k is offset k−1 in row i.
+        for k in 1..=up.min(n - i) {
+            band[i * w + k - 1] -= factor * band[(i - 1) * w + k];
         }
         rhs[i] -= factor * rhs[i - 1];
     }
     let mut lengths = vec![0.0; n];
     for i in (0..n).rev() {
-        let tail: f64 = (1..=up)
-            .filter(|k| i + k < n)
-            .map(|k| band[i][k] * lengths[i + k])
+        let tail: f64 = (1..=up.min(n - 1 - i))
+            .map(|k| band[i * w + k] * lengths[i + k])
             .sum();
-        lengths[i] = (rhs[i] - tail) / band[i][0];
+        lengths[i] = (rhs[i] - tail) / band[i * w];
     }
     lengths[0]
 }

@@ -291,10 +291,18 @@ fn posterior_quantiles(k: u64, n: u64, points: usize) -> Vec<f64> {
 /// Largest tuned failure rate: above it the chart cannot tell a rise.
 const MAX_P1: f64 = 0.95;
 
+/// Most cases a CUSUM may need, on average, to alarm at its tuned rate (twice
+/// the baseline's bound). A baseline with few failures leaves rates close to
+/// the tuned one plausible, so a large target then needs an `h` in the
+/// thousands: a chart that slow would alarm long after the guard rail and
+/// PIT-EWMA, and designing it costs seconds per stream.
+pub const MAX_CUSUM_DELAY: f64 = 5_000.0;
+
 impl CusumDesign {
     /// The chart for a baseline with `failures` of `cases` below `threshold`
-    /// and a target run length; None where it could not fire meaningfully
-    /// (the baseline fails so often that a doubling is beyond 95 %).
+    /// and a target run length; None where it could not fire meaningfully:
+    /// the baseline fails so often that a doubling is beyond 95 %, or the
+    /// chart would need more than [`MAX_CUSUM_DELAY`] cases to alarm at it.
     pub fn new(threshold: f64, failures: u64, cases: u64, target_cases: f64) -> Option<Self> {
         let p0 = rate_upper_bound(failures, cases, 1.0 - BASELINE_RISK);
         let p1 = 2.0 * p0;
@@ -321,14 +329,24 @@ impl CusumDesign {
                 rate <= 1.0 / target_cases
             }
         };
+        // A chart that would need more than MAX_CUSUM_DELAY cases to alarm at
+        // the rate it is tuned for is left out. That run length grows with h
+        // (at least h / up cases), so the search ends.
+        let delay = |h: u32| cusum_run_length(up as usize, h as usize, p1);
         let mut hi = up.max(1);
-        while !reaches(hi) && hi < (1 << 22) {
+        while !reaches(hi) {
+            if delay(hi) > MAX_CUSUM_DELAY {
+                return None;
+            }
             hi *= 2;
         }
         let mut lo = 0;
         while hi - lo > 1 {
             let mid = (lo + hi) / 2;
             if reaches(mid) { hi = mid } else { lo = mid }
+        }
+        if delay(hi) > MAX_CUSUM_DELAY {
+            return None;
         }
         Some(CusumDesign {
             threshold,
@@ -420,5 +438,19 @@ mod tests {
         // A true rate below the bound only lengthens the run.
         assert!(design.run_length(0.03) > design.run_length(design.p0));
         assert!(CusumDesign::new(0.5, 120, 200, 1000.0).is_none());
+    }
+
+    #[test]
+    fn a_cusum_too_slow_at_its_tuned_rate_is_left_out() {
+        // A baseline without failures leaves rates near the tuned one
+        // plausible: a moderate target still gets a chart within the delay…
+        let moderate = CusumDesign::new(0.5, 0, 200, 1e5).unwrap();
+        assert!(moderate.run_length(moderate.p1) <= MAX_CUSUM_DELAY);
+        // …a large one would need h in the thousands, so none runs, while a
+        // baseline with a few failures keeps its chart at the same target.
+        assert!(CusumDesign::new(0.5, 0, 200, 1e7).is_none());
+        let informed = CusumDesign::new(0.5, 3, 200, 1e7).unwrap();
+        assert!(informed.run_length(informed.p1) <= MAX_CUSUM_DELAY);
+        assert!(informed.run_length(informed.p0) >= 1e7);
     }
 }

@@ -9,6 +9,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::incident::{ALL, Incident, Incidents, StreamId};
+use super::limits::CusumDesign;
 use super::{
     Baseline, Design, Detector, Metric, Observation, RunLengthTarget, StreamProfile, StreamState,
     Update,
@@ -145,17 +146,59 @@ struct DesignKey {
 /// to a power of two, so it is recomputed when the rate doubles, not on every
 /// small change.
 pub fn parameters(baseline: &Baseline, profile: &StreamProfile, target: f64) -> Parameters {
+    parameters_with(baseline, profile, target, |key| key.design())
+}
+
+/// As [`parameters`], with the CUSUM's design from `cusum`.
+fn parameters_with(
+    baseline: &Baseline,
+    profile: &StreamProfile,
+    target: f64,
+    mut cusum: impl FnMut(CusumKey) -> Option<CusumDesign>,
+) -> Parameters {
     let profile = StreamProfile {
         cases_per_day: 2f64.powi(window_scale(profile.cases_per_day)),
         ..*profile
     };
+    let threshold = profile.failure_threshold;
+    let designs = Detector::ALL
+        .into_iter()
+        .filter_map(|d| match d {
+            Detector::Cusum if d.runs_on(profile.structure_is_mean) => cusum(CusumKey {
+                threshold_bits: threshold.to_bits(),
+                failures: baseline.failures(threshold),
+                cases: baseline.len() as u64,
+                target_bits: target.to_bits(),
+            })
+            .map(Design::Cusum),
+            _ => Design::new(d, baseline, &profile, target),
+        })
+        .collect();
     Parameters {
         target_cases: target,
-        failure_threshold: profile.failure_threshold,
-        designs: Detector::ALL
-            .into_iter()
-            .filter_map(|d| Design::new(d, baseline, &profile, target))
-            .collect(),
+        failure_threshold: threshold,
+        designs,
+    }
+}
+
+/// Everything a CUSUM design depends on: streams of other structures whose
+/// baselines have as many failures share it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct CusumKey {
+    threshold_bits: u64,
+    failures: u64,
+    cases: u64,
+    target_bits: u64,
+}
+
+impl CusumKey {
+    fn design(self) -> Option<CusumDesign> {
+        CusumDesign::new(
+            f64::from_bits(self.threshold_bits),
+            self.failures,
+            self.cases,
+            f64::from_bits(self.target_bits),
+        )
     }
 }
 
@@ -167,6 +210,8 @@ fn window_scale(cases_per_day: f64) -> i32 {
 #[derive(Debug, Default)]
 pub struct Feeder {
     designs: HashMap<DesignKey, Arc<Parameters>>,
+    /// CUSUM designs, the costliest part of a stream's parameters.
+    cusums: HashMap<CusumKey, Option<CusumDesign>>,
 }
 
 /// Designs kept at most (the cache is cleared past it).
@@ -325,10 +370,16 @@ impl Feeder {
         };
         if self.designs.len() >= DESIGN_CACHE {
             self.designs.clear();
+            self.cusums.clear();
         }
+        let cusums = &mut self.cusums;
         self.designs
             .entry(key)
-            .or_insert_with(|| Arc::new(parameters(baseline, profile, target)))
+            .or_insert_with(|| {
+                Arc::new(parameters_with(baseline, profile, target, |key| {
+                    *cusums.entry(key).or_insert_with(|| key.design())
+                }))
+            })
             .clone()
     }
 }

@@ -43,7 +43,7 @@ fn main() {
     let mut rng = StdRng::seed_from_u64(13);
     let names: Vec<String> = (1..=STRUCTURES).map(|k| format!("s{k:02}")).collect();
     // A case's Dice: the bench's uniform 0.85–0.97, or a failure at 0.3.
-    let mut dice = |rng: &mut StdRng| {
+    let dice = |rng: &mut StdRng| {
         if rng.random::<f64>() < failures {
             0.3
         } else {

@@ -100,5 +100,16 @@ CROSS JOIN (SELECT 'structure' || lpad(k::text, 2, '0') AS structure FROM genera
             UNION ALL SELECT 'all') st
 CROSS JOIN (VALUES ('pit_ewma'), ('cusum'), ('guard_rail')) AS d (detector)
 WHERE st.structure <> 'all' OR d.detector = 'pit_ewma';
+-- Their streams with their (stream, detector) pairs, which the drift feed
+-- counts when it splits the false-alert budget: a new version's streams get
+-- the network's targets, as in production.
+INSERT INTO drift_streams (model, model_version, site, structure, baseline_id, state, pairs, latest_at)
+SELECT b.model, 'v1', streams.site, st.structure, b.id,
+       '{"first_at": null, "latest_at": null, "window": {"buckets": []}, "detectors": {}}',
+       CASE WHEN st.structure = 'all' THEN 1 ELSE 3 END, (SELECT max(observed_at) FROM results)
+FROM baselines b
+CROSS JOIN (SELECT DISTINCT site FROM synth UNION ALL SELECT 'all') streams
+CROSS JOIN (SELECT 'structure' || lpad(k::text, 2, '0') AS structure FROM generate_series(1, :structures) k
+            UNION ALL SELECT 'all') st;
 
 ANALYZE;

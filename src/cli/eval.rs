@@ -147,7 +147,8 @@ fn settings(args: &EvalArgs) -> Settings {
     }
 }
 
-fn read_schema(path: &Path) -> anyhow::Result<Schema> {
+/// A structure schema file, validated.
+pub(super) fn read_schema(path: &Path) -> anyhow::Result<Schema> {
     let text = fs::read_to_string(path).with_context(|| path.display().to_string())?;
     let schema: Schema = serde_json::from_str(&text)
         .with_context(|| format!("{}: invalid structure schema", path.display()))?;

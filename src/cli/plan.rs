@@ -1,13 +1,16 @@
 //! `segwatch drift plan`: expected false alerts a month and detection delays
 //! of a fleet before it goes live, or of a running deployment's streams.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
-use crate::drift::RunLengthTarget;
 use crate::drift::plan::{DEFAULT_SPREADS, Fleet, Plan, plan};
+use crate::drift::{Metric, RunLengthTarget};
+use crate::schema::Schema;
 
 #[derive(Debug, Subcommand)]
 pub enum DriftCommand {
@@ -24,6 +27,14 @@ pub struct PlanArgs {
     /// Structures per case.
     #[arg(long, default_value_t = 10)]
     structures: u32,
+    /// Structures that also watch another drift metric, as METRIC:STRUCTURES
+    /// (repeatable; lesion_sensitivity or ece), as a schema's drift_metrics do.
+    #[arg(long = "watch", value_parser = parse_watch)]
+    watch: Vec<(Metric, u32)>,
+    /// A structure schema (JSON, as `PUT …/schema` takes): its structures and
+    /// their drift_metrics stand for --structures and --watch.
+    #[arg(long, conflicts_with_all = ["structures", "watch"])]
+    schema: Option<PathBuf>,
     /// Cases a day at each site.
     #[arg(long, default_value_t = 50.0)]
     cases_per_day: f64,
@@ -70,6 +81,28 @@ fn parse_spread(s: &str) -> Result<(f64, f64), String> {
     Ok((mean, sd))
 }
 
+fn parse_watch(s: &str) -> Result<(Metric, u32), String> {
+    let (metric, count) = s
+        .split_once(':')
+        .ok_or("expected METRIC:STRUCTURES, e.g. ece:4")?;
+    let metric = Metric::parse(metric)
+        .filter(|m| *m != Metric::Dice)
+        .ok_or("METRIC must be lesion_sensitivity or ece (Dice is always watched)")?;
+    let count: u32 = count
+        .parse()
+        .map_err(|_| "STRUCTURES must be a whole number")?;
+    Ok((metric, count))
+}
+
+/// Structures of a schema, and how many watch each other metric.
+fn schema_fleet(schema: &Schema) -> (u32, BTreeMap<Metric, u32>) {
+    let mut watched = BTreeMap::new();
+    for metric in schema.structures.iter().flat_map(|s| &s.drift_metrics) {
+        *watched.entry(*metric).or_default() += 1;
+    }
+    (schema.structures.len() as u32, watched)
+}
+
 pub fn run(command: DriftCommand) -> anyhow::Result<()> {
     let DriftCommand::Plan(args) = command;
     let plan = match &args.url {
@@ -107,9 +140,17 @@ fn local(args: &PlanArgs) -> anyhow::Result<Plan> {
     if !(0.0..0.5).contains(&args.failure_rate) || !(10..=5000).contains(&args.streams) {
         bail!("--failure-rate must be in 0..0.5 and --streams from 10 to 5000");
     }
+    let (structures, watched) = match &args.schema {
+        Some(path) => schema_fleet(&super::eval::read_schema(path)?),
+        None => (args.structures, args.watch.iter().copied().collect()),
+    };
+    if watched.values().any(|&n| n > structures) {
+        bail!("--watch cannot name more structures than --structures");
+    }
     let fleet = Fleet {
         sites: args.sites,
-        structures: args.structures,
+        structures,
+        watched,
         cases_per_day: args.cases_per_day,
         baseline_cases: args.baseline_cases,
         target: match args.arl0 {
@@ -165,7 +206,7 @@ fn remote(url: &str, key: Option<&str>, streams: usize) -> anyhow::Result<Plan> 
 pub fn render(plan: &Plan) -> String {
     let mut out = format!(
         "fleet: {} sites × {} structures, {:.1} cases a day per site, baselines of {} cases\n\
-         streams: {} (site and pooled, structures and per-case mean); (stream, detector) pairs: {}\n",
+         streams: {} (site and pooled: each structure's Dice, the per-case mean, other metrics watched); (stream, detector) pairs: {}\n",
         plan.sites,
         plan.structures,
         plan.cases_per_day,
@@ -173,6 +214,12 @@ pub fn render(plan: &Plan) -> String {
         plan.streams,
         plan.pairs
     );
+    for m in plan.metrics.iter().filter(|m| m.metric != Metric::Dice) {
+        out += &format!(
+            "  of which {}: {} structures, {} streams, {} pairs, ≤ {:.3} false alerts a month\n",
+            m.metric, m.structures, m.streams, m.pairs, m.per_month
+        );
+    }
     if let Some(days) = plan.run_length_days {
         out += &format!(
             "in-control run length of each pair: {days:.0} days ({:.0} years)\n",

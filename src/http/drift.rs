@@ -429,8 +429,9 @@ pub struct PlanQuery {
 }
 
 /// The alert plan of the running deployment: its active streams summarised as
-/// a fleet (sites, structures, median case rate of a site's structure stream,
-/// smallest active baseline), with the configured budget.
+/// a fleet (sites, structures, structures watching each other metric, median
+/// case rate of a site's Dice structure stream, smallest active baseline), with
+/// the configured budget.
 #[utoipa::path(get, path = "/v1/drift/plan", tag = "drift", params(PlanQuery),
     responses((status = 200, body = Object, description = "expected false alerts a month per detector and detection delays"),
         (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
@@ -462,23 +463,29 @@ pub async fn drift_plan(
     };
     let sites: std::collections::BTreeSet<&str> = states
         .iter()
-        .map(|s| s.0.as_str())
+        .map(|s| s.site.as_str())
         .filter(|s| *s != ALL)
         .collect();
-    let structures: std::collections::BTreeSet<&str> = states
+    // Structures watched with each metric (Dice: every structure).
+    let watched: std::collections::BTreeSet<(Metric, &str)> = states
         .iter()
-        .map(|s| s.1.as_str())
-        .filter(|s| *s != ALL)
+        .filter(|s| s.structure != ALL)
+        .map(|s| (s.metric, s.structure.as_str()))
         .collect();
+    let mut structures: BTreeMap<Metric, u32> = BTreeMap::new();
+    for (metric, _) in watched {
+        *structures.entry(metric).or_default() += 1;
+    }
     let mut rates: Vec<f64> = states
         .iter()
-        .filter(|s| s.0 != ALL && s.1 != ALL)
-        .map(|s| s.2.cases_per_day())
+        .filter(|s| s.site != ALL && s.structure != ALL && s.metric == Metric::Dice)
+        .map(|s| s.state.cases_per_day())
         .collect();
     rates.sort_by(f64::total_cmp);
     let fleet = crate::drift::plan::Fleet {
         sites: sites.len().max(1) as u32,
-        structures: structures.len().max(1) as u32,
+        structures: structures.remove(&Metric::Dice).unwrap_or(0).max(1),
+        watched: structures,
         cases_per_day: rates.get(rates.len() / 2).copied().unwrap_or(1.0).max(0.1),
         baseline_cases: baseline as usize,
         target: app.config.drift.target(),

@@ -247,10 +247,7 @@ pub async fn ingest(
 
     // Decode, check, de-identify and compress on the compute pool.
     let limits = config.limits.decode();
-    let voxels = formats::estimated_voxels(&body, &limits)
-        + probabilities
-            .as_ref()
-            .map_or(0, |p| formats::estimated_voxels(p, &limits));
+    let voxels = probabilities::admitted_voxels(&body, probabilities.as_deref(), &limits);
     let key = uid_key(config);
     let content_key = key.clone();
     let max_structures = config.limits.max_structures;

@@ -77,6 +77,35 @@ pub(super) fn stored_values(metric: Metric, baseline: &Baseline) -> Vec<f64> {
     baseline.values().iter().map(|&v| metric.value(v)).collect()
 }
 
+/// A stream of the last 30 days of case time, for the alert plan.
+#[derive(Debug, Clone)]
+pub struct ActiveStream {
+    /// Site, or "all" for a pooled stream.
+    pub site: String,
+    /// Structure, or "all" for the per-case mean.
+    pub structure: String,
+    /// The metric it watches.
+    pub metric: Metric,
+    /// Its detector state.
+    pub state: StreamState,
+}
+
+/// An active stream from its stored columns.
+pub(super) fn active_stream(
+    site: String,
+    structure: String,
+    metric: &str,
+    state: serde_json::Value,
+) -> Result<ActiveStream> {
+    Ok(ActiveStream {
+        site,
+        structure,
+        metric: parse_metric(metric)?,
+        state: serde_json::from_value(state)
+            .map_err(|e| StoreError::Corrupt(format!("drift stream state: {e}")))?,
+    })
+}
+
 /// A metric name read from the database.
 pub(super) fn parse_metric(name: &str) -> Result<Metric> {
     Metric::parse(name).ok_or_else(|| StoreError::Corrupt(format!("drift metric {name}")))
@@ -382,22 +411,18 @@ impl Store {
         .map_err(StoreError::classify)
     }
 
-    /// States of the streams of the last 30 days of case time: (site, structure, state).
-    pub async fn active_stream_states(&self) -> Result<Vec<(String, String, StreamState)>> {
+    /// States of the streams of the last 30 days of case time.
+    pub async fn active_stream_states(&self) -> Result<Vec<ActiveStream>> {
         let pool = postgres_or!(self, lite => lite.active_stream_states());
         let rows = sqlx::query!(
-            "SELECT site, structure, state FROM drift_streams
+            "SELECT site, structure, metric, state FROM drift_streams
              WHERE latest_at > (SELECT max(latest_at) FROM drift_streams) - interval '30 days'"
         )
         .fetch_all(pool)
         .await
         .map_err(StoreError::classify)?;
         rows.into_iter()
-            .map(|r| {
-                let state = serde_json::from_value(r.state)
-                    .map_err(|e| StoreError::Corrupt(format!("drift stream state: {e}")))?;
-                Ok((r.site, r.structure, state))
-            })
+            .map(|r| active_stream(r.site, r.structure, &r.metric, r.state))
             .collect()
     }
 

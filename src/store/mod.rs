@@ -39,7 +39,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
-pub use drift::{ALL, CaseValues, DetectorRow, NotifiedAlert, OpenIncident, Samples};
+pub use drift::{ALL, ActiveStream, CaseValues, DetectorRow, NotifiedAlert, OpenIncident, Samples};
 pub use gates::NewGateDecision;
 pub use history::{StoredStep, StoredUpdate, StreamHistory};
 pub use jobs::{ClaimedJob, JobInputs};

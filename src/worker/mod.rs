@@ -320,6 +320,11 @@ impl Workers {
             readers.clear();
         }
         let readers_voxels: i64 = readers.iter().map(|r| r.2).sum();
+        // A probability map is scored as it streams: what scoring holds of it is
+        // the stored file and the reader's buffers, counted a byte a voxel.
+        let probabilities_bytes = inputs.probabilities.as_ref().map_or(0, |p| {
+            p.content.len() as u64 + crate::formats::probability_nifti::READ_BUFFER_BYTES
+        });
         let uploads = JobUploads {
             prediction,
             reference,
@@ -333,7 +338,7 @@ impl Workers {
         };
         let limits = self.config.limits.decode();
         let max_stored = self.config.limits.stored_bytes();
-        let budget = (inputs.voxels + readers_voxels) as u64;
+        let budget = (inputs.voxels + readers_voxels) as u64 + probabilities_bytes;
         let scored = self
             .compute
             .run(budget, move || {

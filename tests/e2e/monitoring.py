@@ -2,7 +2,9 @@
 """End to end monitoring test: segwatch and Postgres running, a real Prometheus
 scraping segwatch with the repository's rules loaded, `segwatch simulate` over 30
 days at 3 sites with one drift injected (site3, liver, -0.10 Dice from day 20),
-liver lesions in every case and site3's predictions sent with their probabilities.
+liver lesions in every case (their schema entry watches lesion_sensitivity, so
+each site and the pool get lesion-sensitivity drift streams) and site3's predictions
+sent with their probabilities.
 Asserts that
 
   * `GET /v1/incidents?state=all` holds exactly one incident whose primary stream or

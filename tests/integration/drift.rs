@@ -22,6 +22,7 @@ fn fleet(target: RunLengthTarget) -> Fleet {
     Fleet {
         sites: 3,
         structures: 5,
+        watched: Default::default(),
         cases_per_day: 8.0,
         baseline_cases: 200,
         target,

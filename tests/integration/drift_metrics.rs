@@ -171,6 +171,29 @@ async fn a_lesion_sensitivity_drop_opens_an_incident_of_the_configured_structure
         )
     };
     assert_eq!(streams, [want("all"), want("s")]);
+    // The running deployment's plan counts the (stream, detector) pairs the
+    // feed counted, the metric's streams included.
+    let fed: i64 = app
+        .db
+        .scalar("SELECT CAST(sum(pairs) AS BIGINT) FROM drift_streams")
+        .await;
+    let (status, plan) = app.get(&app.admin_key, "/v1/drift/plan?streams=10").await;
+    assert_eq!(status, 200, "{plan}");
+    assert_eq!(plan["pairs"].as_i64(), Some(fed), "{plan}");
+    let metrics: Vec<(&str, u64, u64)> = plan["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let count = |field: &str| m[field].as_u64().unwrap();
+            (
+                m["metric"].as_str().unwrap(),
+                count("structures"),
+                count("streams"),
+            )
+        })
+        .collect();
+    assert_eq!(metrics, [("dice", 2, 6), ("lesion_sensitivity", 1, 2)]);
     let incidents = incidents_of(&app, "lesion_sensitivity").await;
     assert_eq!(incidents.len(), 1, "{incidents:?}");
     assert_eq!(incidents[0]["structure"], "mets");

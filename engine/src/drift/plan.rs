@@ -7,6 +7,8 @@
 //! streams simulated with fixed seeds through the same [`StreamState::feed`]
 //! the service runs.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Duration, Utc};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -15,7 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use super::calibration::binomial_cdf;
 use super::limits::{CusumDesign, DAYS_PER_MONTH, ewma_harmonic_run_length, ewma_limit};
-use super::{Baseline, Design, Detector, Observation, RunLengthTarget, StreamProfile, StreamState};
+use super::{
+    Baseline, Design, Detector, Metric, Observation, RunLengthTarget, StreamProfile, StreamState,
+};
 
 /// A per-case Dice law: Beta with this mean and standard deviation, and with
 /// probability `failure_rate` a failure (uniform between 0.05 and 0.45).
@@ -42,12 +46,16 @@ impl DiceModel {
 }
 
 /// A fleet to plan for.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Fleet {
     /// Sites sending cases.
     pub sites: u32,
     /// Structures per case (each site also has a per-case mean stream).
     pub structures: u32,
+    /// Structures whose schema watches each other metric (`drift_metrics`):
+    /// each gets a site and a pooled stream of that metric, assumed fed by
+    /// every case. Metrics left out (or Dice) add nothing.
+    pub watched: BTreeMap<Metric, u32>,
     /// Cases a day at each site.
     pub cases_per_day: f64,
     /// Cases in each stream's baseline.
@@ -60,44 +68,68 @@ pub struct Fleet {
     pub failure_threshold: f64,
 }
 
-/// One kind of stream of a fleet: how many, and its case rate.
+/// One kind of stream of a fleet: its metric, how many, and its case rate.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct StreamKind {
+    metric: Metric,
     count: u32,
     cases_per_day: f64,
     structure_is_mean: bool,
 }
 
+impl StreamKind {
+    /// Its (stream, detector) pairs, as the service's feed counts them.
+    fn pairs(&self) -> usize {
+        let runs = Detector::ALL
+            .iter()
+            .filter(|d| d.runs_on(self.structure_is_mean))
+            .count();
+        self.count as usize * runs
+    }
+}
+
 impl Fleet {
-    fn stream_kinds(&self) -> [StreamKind; 4] {
+    /// Dice streams of each site and pooled, for each structure and the
+    /// per-case mean; then a site and a pooled stream of each watched
+    /// structure's other metric (no mean stream of them). The first is a
+    /// site's Dice structure stream.
+    fn stream_kinds(&self) -> Vec<StreamKind> {
         let pooled = self.cases_per_day * self.sites as f64;
-        [
+        let dice = [
             (self.sites * self.structures, self.cases_per_day, false),
             (self.sites, self.cases_per_day, true),
             (self.structures, pooled, false),
             (1, pooled, true),
         ]
-        .map(|(count, cases_per_day, structure_is_mean)| StreamKind {
-            count,
-            cases_per_day,
-            structure_is_mean,
-        })
+        .map(|(count, rate, mean)| (Metric::Dice, count, rate, mean));
+        let others = self
+            .watched
+            .iter()
+            .filter(|(metric, _)| **metric != Metric::Dice)
+            .flat_map(|(&metric, &structures)| {
+                [
+                    (metric, self.sites * structures, self.cases_per_day, false),
+                    (metric, structures, pooled, false),
+                ]
+            });
+        dice.into_iter()
+            .chain(others)
+            .map(
+                |(metric, count, cases_per_day, structure_is_mean)| StreamKind {
+                    metric,
+                    count,
+                    cases_per_day,
+                    structure_is_mean,
+                },
+            )
+            .collect()
     }
 
     /// Streams, and (stream, detector) pairs sharing the budget.
     pub fn streams_and_pairs(&self) -> (u32, usize) {
         let kinds = self.stream_kinds();
         let streams = kinds.iter().map(|k| k.count).sum();
-        let pairs = kinds
-            .iter()
-            .map(|k| {
-                let runs = Detector::ALL
-                    .iter()
-                    .filter(|d| d.runs_on(k.structure_is_mean))
-                    .count();
-                k.count as usize * runs
-            })
-            .sum();
+        let pairs = kinds.iter().map(StreamKind::pairs).sum();
         (streams, pairs)
     }
 
@@ -123,30 +155,84 @@ pub struct FalseAlerts {
     pub upper_bound: bool,
 }
 
+/// The streams of one metric of a fleet, and their expected false alerts.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MetricStreams {
+    /// The metric watched.
+    pub metric: Metric,
+    /// Structures watching it.
+    pub structures: u32,
+    /// Its streams (site and pooled; for Dice also the per-case mean).
+    pub streams: u32,
+    /// Their (stream, detector) pairs.
+    pub pairs: usize,
+    /// Expected false alerts a month over them, all detectors (an upper bound:
+    /// the guard rail's is one).
+    pub per_month: f64,
+}
+
+/// Expected false alerts a month of each running (stream kind, detector).
+fn expected_by_kind(fleet: &Fleet) -> Vec<(StreamKind, Detector, f64)> {
+    let (_, pairs) = fleet.streams_and_pairs();
+    let kinds = fleet.stream_kinds();
+    Detector::ALL
+        .into_iter()
+        .flat_map(|detector| kinds.iter().map(move |kind| (*kind, detector)))
+        .filter(|(kind, detector)| detector.runs_on(kind.structure_is_mean) && kind.count > 0)
+        .map(|(kind, detector)| {
+            let target = fleet.target.cases(pairs, kind.cases_per_day);
+            let cases_a_month = DAYS_PER_MONTH * kind.cases_per_day;
+            let rate = false_alarm_rate(detector, fleet, target);
+            (kind, detector, kind.count as f64 * cases_a_month * rate)
+        })
+        .collect()
+}
+
 /// Expected false alerts a month, per detector.
 pub fn false_alerts(fleet: &Fleet) -> Vec<FalseAlerts> {
-    let (_, pairs) = fleet.streams_and_pairs();
+    per_detector(&expected_by_kind(fleet))
+}
+
+fn per_detector(expected: &[(StreamKind, Detector, f64)]) -> Vec<FalseAlerts> {
     Detector::ALL
         .into_iter()
         .map(|detector| {
-            let mut streams = 0;
-            let mut per_month = 0.0;
-            for kind in fleet.stream_kinds() {
-                if !detector.runs_on(kind.structure_is_mean) || kind.count == 0 {
-                    continue;
-                }
-                streams += kind.count;
-                let target = fleet.target.cases(pairs, kind.cases_per_day);
-                let cases_a_month = DAYS_PER_MONTH * kind.cases_per_day;
-                let rate = false_alarm_rate(detector, fleet, target);
-                per_month += kind.count as f64 * cases_a_month * rate;
-            }
+            let mine = expected.iter().filter(|(_, d, _)| *d == detector);
             FalseAlerts {
                 detector,
-                streams,
-                per_month,
+                streams: mine.clone().map(|(kind, _, _)| kind.count).sum(),
+                per_month: mine.map(|(_, _, per_month)| per_month).sum(),
                 upper_bound: detector == Detector::GuardRail,
             }
+        })
+        .collect()
+}
+
+/// Streams, pairs and expected false alerts of each metric the fleet watches.
+fn per_metric(fleet: &Fleet, expected: &[(StreamKind, Detector, f64)]) -> Vec<MetricStreams> {
+    Metric::ALL
+        .into_iter()
+        .filter_map(|metric| {
+            let structures = match metric {
+                Metric::Dice => fleet.structures,
+                other => *fleet.watched.get(&other)?,
+            };
+            let kinds: Vec<StreamKind> = fleet
+                .stream_kinds()
+                .into_iter()
+                .filter(|k| k.metric == metric)
+                .collect();
+            Some(MetricStreams {
+                metric,
+                structures,
+                streams: kinds.iter().map(|k| k.count).sum(),
+                pairs: kinds.iter().map(StreamKind::pairs).sum(),
+                per_month: expected
+                    .iter()
+                    .filter(|(kind, _, _)| kind.metric == metric)
+                    .map(|(_, _, per_month)| per_month)
+                    .sum(),
+            })
         })
         .collect()
 }
@@ -359,7 +445,8 @@ pub struct Plan {
     pub cases_per_day: f64,
     /// Cases in each stream's baseline.
     pub baseline_cases: usize,
-    /// Streams: per site and pooled, for each structure and the per-case mean.
+    /// Streams: per site and pooled, for each structure and the per-case mean,
+    /// and for each other metric a structure watches.
     pub streams: u32,
     /// (stream, detector) pairs sharing the budget.
     pub pairs: usize,
@@ -369,6 +456,10 @@ pub struct Plan {
     pub false_alerts: Vec<FalseAlerts>,
     /// All detectors together.
     pub false_alerts_per_month: f64,
+    /// Streams, pairs and expected false alerts of each metric watched (Dice
+    /// first; the others only where structures watch them).
+    #[serde(default)]
+    pub metrics: Vec<MetricStreams>,
     /// Delays of each standard change on a site's structure stream.
     pub delays: Vec<(String, Delays)>,
 }
@@ -380,7 +471,8 @@ pub const HORIZON_DAYS: f64 = 30.0;
 /// change, looking `horizon_days` ahead.
 pub fn plan(fleet: &Fleet, spreads: &[(f64, f64)], streams: usize, horizon_days: f64) -> Plan {
     let (stream_count, pairs) = fleet.streams_and_pairs();
-    let false_alerts = false_alerts(fleet);
+    let expected = expected_by_kind(fleet);
+    let false_alerts = per_detector(&expected);
     let delays = standard_changes(spreads)
         .into_iter()
         .enumerate()
@@ -401,6 +493,7 @@ pub fn plan(fleet: &Fleet, spreads: &[(f64, f64)], streams: usize, horizon_days:
         run_length_days: fleet.target.days(pairs),
         false_alerts_per_month: false_alerts.iter().map(|f| f.per_month).sum(),
         false_alerts,
+        metrics: per_metric(fleet, &expected),
         delays,
     }
 }
@@ -413,6 +506,7 @@ mod tests {
         Fleet {
             sites: 20,
             structures: 10,
+            watched: BTreeMap::new(),
             cases_per_day: 50.0,
             baseline_cases: 200,
             target: RunLengthTarget::Budget {
@@ -428,6 +522,115 @@ mod tests {
         // 20 × (10 + 1) site streams and 11 pooled; the CUSUM and the guard rail
         // skip the 21 mean streams.
         assert_eq!(network().streams_and_pairs(), (231, 231 * 3 - 2 * 21));
+    }
+
+    /// `segwatch simulate`'s deployment with `--lesions` and probabilities:
+    /// lesion sensitivity on one structure, ECE on two.
+    fn watching() -> Fleet {
+        Fleet {
+            sites: 3,
+            structures: 3,
+            watched: BTreeMap::from([(Metric::LesionSensitivity, 1), (Metric::Ece, 2)]),
+            ..network()
+        }
+    }
+
+    #[test]
+    fn the_plan_counts_the_pairs_the_service_feeds() {
+        use crate::drift::feed::{FeedSettings, Feeder, ScoredCase, VersionContext};
+        use crate::drift::incident::ALL;
+        let sample = || Baseline::new((0..200).map(|i| 0.6 + 0.3 * i as f64 / 199.0).collect());
+        let mut samples = BTreeMap::new();
+        for structure in ["liver", "spleen", "mets", ALL] {
+            samples.insert((Metric::Dice, structure.to_owned()), sample().unwrap());
+        }
+        let watched = [
+            ("mets", Metric::LesionSensitivity),
+            ("liver", Metric::Ece),
+            ("mets", Metric::Ece),
+        ];
+        for (structure, metric) in watched {
+            samples.insert((metric, structure.to_owned()), sample().unwrap());
+        }
+        let context = VersionContext {
+            baseline_id: 1,
+            samples,
+            watched: watched.iter().map(|(s, m)| (s.to_string(), *m)).collect(),
+            ..VersionContext::default()
+        };
+        let mut contexts = BTreeMap::from([(("m".to_owned(), "v".to_owned()), context)]);
+        let start = DateTime::<Utc>::from_timestamp(1_700_000_000, 0).unwrap();
+        let cases: Vec<ScoredCase> = ["a", "b", "c"]
+            .into_iter()
+            .enumerate()
+            .map(|(i, site)| ScoredCase {
+                result_id: i as i64,
+                site: site.into(),
+                model: "m".into(),
+                model_version: "v".into(),
+                observed_at: start + Duration::hours(i as i64),
+                structures: ["liver", "spleen", "mets"]
+                    .map(|s| (s.to_owned(), 0.8))
+                    .to_vec(),
+                mean_dice: Some(0.8),
+                watched: watched
+                    .iter()
+                    .map(|(s, m)| (s.to_string(), *m, m.score(0.8)))
+                    .collect(),
+            })
+            .collect();
+        let settings = FeedSettings {
+            target: network().target,
+            incident_hold: Duration::days(3),
+            default_failure_threshold: 0.5,
+        };
+        let mut streams = BTreeMap::new();
+        let fed = Feeder::default().feed(&settings, &cases, &mut streams, &mut contexts, 0);
+        let fed_pairs: usize = streams.values().map(|r| r.pairs).sum();
+        let fleet = watching();
+        assert_eq!(fleet.streams_and_pairs(), (streams.len() as u32, fed_pairs));
+        // The budget the feed split is the plan's.
+        assert_eq!(fed.last().map(|u| u.pairs), Some(fed_pairs));
+        // 3 × (3 + 1) + 4 Dice streams; 3 × 3 + 3 other streams, none a mean.
+        assert_eq!(fed_pairs, 16 * 3 - 2 * 4 + 12 * 3);
+    }
+
+    #[test]
+    fn watched_metrics_share_the_budget_and_are_reported() {
+        let dice_only = plan(
+            &Fleet {
+                watched: BTreeMap::new(),
+                ..watching()
+            },
+            &[],
+            10,
+            1.0,
+        );
+        let watched = plan(&watching(), &[], 10, 1.0);
+        assert!(watched.pairs > dice_only.pairs);
+        // More pairs sharing one budget: each pair's run length is longer.
+        let days = |p: &Plan| p.run_length_days.unwrap();
+        let ratio = days(&watched) / days(&dice_only);
+        assert!((ratio - watched.pairs as f64 / dice_only.pairs as f64).abs() < 1e-9);
+        let rows: Vec<(Metric, u32, u32, usize)> = watched
+            .metrics
+            .iter()
+            .map(|m| (m.metric, m.structures, m.streams, m.pairs))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (Metric::Dice, 3, 16, 40),
+                (Metric::LesionSensitivity, 1, 4, 12),
+                (Metric::Ece, 2, 8, 24),
+            ]
+        );
+        let pairs: usize = watched.metrics.iter().map(|m| m.pairs).sum();
+        assert_eq!(pairs, watched.pairs);
+        let per_month: f64 = watched.metrics.iter().map(|m| m.per_month).sum();
+        assert!((per_month - watched.false_alerts_per_month).abs() < 1e-9);
+        assert!(watched.false_alerts_per_month <= 1.0, "{watched:?}");
+        assert_eq!(dice_only.metrics.len(), 1);
     }
 
     #[test]

@@ -143,6 +143,16 @@ pub fn estimated_voxels(bytes: &[u8], limits: &Limits) -> u64 {
     estimate.min(limits.max_voxels)
 }
 
+/// An upper bound of the bytes a probability file's voxel data inflates to
+/// (every channel), read from its header: ingest holds that much while it
+/// checks the file, and admits it to the compute pool as that many voxels
+/// (a label voxel there stands for about a byte).
+pub fn estimated_probability_bytes(bytes: &[u8], limits: &Limits) -> u64 {
+    probability_nifti::declared_bytes(bytes)
+        .unwrap_or(bytes.len() as u64)
+        .min(limits.max_bytes)
+}
+
 /// A DICOM Part 10 file: "DICM" after the 128-byte preamble, or at the start.
 /// A NIfTI header or a gzip stream is never taken for one, whatever its bytes
 /// 128 to 132 happen to hold.

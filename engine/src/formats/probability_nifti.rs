@@ -14,6 +14,9 @@ use crate::volume::Grid;
 
 /// Voxels converted and handed over at once.
 const BLOCK: usize = 1 << 16;
+/// Bytes the reader's buffers take at most: a block of raw values (float64 at
+/// most) and of converted ones. Reading never holds more of the voxel data.
+pub const READ_BUFFER_BYTES: u64 = (BLOCK * 16) as u64;
 /// Most channels a file may have.
 pub const MAX_CHANNELS: usize = 4096;
 
@@ -39,6 +42,24 @@ impl<E> From<FormatError> for Failure<E> {
     fn from(err: FormatError) -> Self {
         Failure::Format(err)
     }
+}
+
+/// Bytes of voxel data a probability file declares, every channel counted,
+/// read from its header alone (None when the header is unreadable): what
+/// holding the file inflated takes.
+pub fn declared_bytes(bytes: &[u8]) -> Option<u64> {
+    let header = if bytes.starts_with(&[0x1f, 0x8b]) {
+        read_header(&mut MultiGzDecoder::new(bytes)).ok()?
+    } else {
+        read_header(&mut &bytes[..]).ok()?
+    };
+    let ndim = usize::try_from(header.dim[0])
+        .ok()
+        .filter(|n| (1..=7).contains(n))?;
+    let width = u64::try_from(header.bitpix).ok()? / 8;
+    header.dim[1..=ndim]
+        .iter()
+        .try_fold(width, |acc, &n| acc.checked_mul(u64::try_from(n).ok()?))
 }
 
 /// Reads a `.nii` or `.nii.gz` file of probabilities into `sink`.
@@ -260,6 +281,17 @@ mod tests {
                 assert_eq!(read.len(), n);
             }
         }
+    }
+
+    #[test]
+    fn declared_bytes_count_every_channel() {
+        let grid = Grid::axis_aligned([4, 3, 2], [1.0; 3], 3);
+        let file = |channels: usize, gzip: bool| {
+            encode(&grid, &vec![vec![0.5; grid.len()]; channels], gzip)
+        };
+        assert_eq!(declared_bytes(&file(1, false)), Some(24 * 4));
+        assert_eq!(declared_bytes(&file(3, true)), Some(3 * 24 * 4));
+        assert_eq!(declared_bytes(&file(3, false)[..100]), None);
     }
 
     #[test]

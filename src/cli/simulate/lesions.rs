@@ -7,6 +7,8 @@ use rand::RngExt;
 use rand::rngs::StdRng;
 
 use super::{SHAPE, coords, index, random_projection};
+use crate::metrics::lesions::{LesionSettings, lesion_metrics};
+use crate::volume::{LabelVolume, Labels};
 
 /// The lesions' label and schema name.
 pub const LABEL: u8 = 6;
@@ -111,6 +113,22 @@ pub fn add_to_prediction(
     }
 }
 
+/// Lesion-wise detection sensitivity, as the service scores it (default
+/// lesion matching): detected over reference lesions; None without any.
+pub fn sensitivity(prediction: &[u8], reference: &[u8]) -> Option<f64> {
+    let volume = |labels: &[u8]| {
+        LabelVolume::new(super::grid(), Labels::U8(labels.to_vec())).expect("shape matches")
+    };
+    let m = lesion_metrics(
+        &volume(prediction),
+        &volume(reference),
+        LABEL.into(),
+        &LesionSettings::default(),
+    )
+    .ok()?;
+    (m.ref_instances > 0).then(|| f64::from(m.tp) / f64::from(m.ref_instances))
+}
+
 /// Dice of the lesion label.
 pub fn dice(prediction: &[u8], reference: &[u8]) -> f64 {
     let (mut both, mut total) = (0usize, 0usize);
@@ -158,6 +176,14 @@ mod tests {
                 .filter(|(v, _)| v.iter().any(|&i| prediction[i] == LABEL))
                 .count();
             dices.push(dice(&prediction, &labels));
+            // The service's matching finds what the prediction kept (a found
+            // lesion keeps at least 60 % of its voxels).
+            let kept = lesions
+                .iter()
+                .filter(|(v, _)| v.iter().any(|&i| prediction[i] == LABEL))
+                .count();
+            let scored = sensitivity(&prediction, &labels).unwrap();
+            assert!(scored <= 1.0 && (kept == 0) == (scored == 0.0), "{scored}");
         }
         // Most lesions are found, not all; the Dice spreads below 1.
         let mean = dices.iter().sum::<f64>() / dices.len() as f64;

@@ -156,7 +156,8 @@ pub struct SimulateArgs {
     /// A sixth structure, `liver_lesion` (label 6, multi-instance in the
     /// schema and in the baseline), in this share of the cases (0.05 to 1): 1 to 4
     /// small lesions in the liver, each found, partly found or missed by the
-    /// prediction, now and then beside a false-positive lesion.
+    /// prediction, now and then beside a false-positive lesion. The schema
+    /// watches its lesion sensitivity for drift, and the baseline samples it.
     #[arg(long, value_parser = share)]
     pub(super) lesions: Option<f64>,
     /// A site whose predictions are sent with their probabilities, repeatable:
@@ -424,15 +425,19 @@ fn has_lesions(rng: &mut StdRng, share: Option<f64>) -> bool {
     share.is_some_and(|share| rng.random::<f64>() < share)
 }
 
-/// The lesion Dice of a validation case of the in-control model: None for a
-/// case without lesions (empty on both sides, so no Dice).
-fn baseline_lesion_dice(rng: &mut StdRng, share: Option<f64>) -> Option<f64> {
+/// The lesion Dice and detection sensitivity of a validation case of the
+/// in-control model: None for a case without lesions (empty on both sides, so
+/// no Dice).
+fn baseline_lesions(rng: &mut StdRng, share: Option<f64>) -> Option<(f64, Option<f64>)> {
     has_lesions(rng, share).then(|| {
         let mut labels = reference(rng);
         let found = lesions::add_to_reference(rng, &mut labels);
         let mut prediction = labels.clone();
         lesions::add_to_prediction(rng, &labels, &mut prediction, &found);
-        lesions::dice(&prediction, &labels)
+        (
+            lesions::dice(&prediction, &labels),
+            lesions::sensitivity(&prediction, &labels),
+        )
     })
 }
 
@@ -480,7 +485,11 @@ pub(super) async fn simulate(args: SimulateArgs) -> anyhow::Result<usize> {
         .map(|o| json!({"label": o.label, "name": o.name, "tolerance_mm": 2.0}))
         .collect();
     if args.lesions.is_some() {
-        structures.push(json!({"label": lesions::LABEL, "name": lesions::NAME, "tolerance_mm": 2.0, "instances": true}));
+        // Its lesion sensitivity gets drift streams besides its Dice.
+        structures.push(
+            json!({"label": lesions::LABEL, "name": lesions::NAME, "tolerance_mm": 2.0,
+            "instances": true, "drift_metrics": ["lesion_sensitivity"]}),
+        );
     }
     let schema = json!({"structures": structures, "unknown_labels": "reject"});
     // The probability channels follow the schema's order.
@@ -512,8 +521,8 @@ pub(super) async fn simulate(args: SimulateArgs) -> anyhow::Result<usize> {
     // organs from a generator of their own) until 100 have lesions, the least
     // a baseline takes per structure.
     let mut extra_rng = StdRng::seed_from_u64(args.seed ^ 0xba5e_0000_0000_0000);
-    let (mut cases, mut lesioned) = (Vec::new(), 0);
-    while cases.len() < 200 || (args.lesions.is_some() && lesioned < 100) {
+    let (mut cases, mut sensitivities) = (Vec::new(), Vec::new());
+    while cases.len() < 200 || (args.lesions.is_some() && sensitivities.len() < 100) {
         let organs = if cases.len() < 200 {
             &mut rng
         } else {
@@ -523,13 +532,16 @@ pub(super) async fn simulate(args: SimulateArgs) -> anyhow::Result<usize> {
             .iter()
             .map(|o| (o.name.to_owned(), json!(draw_dice(organs, o, 0.0))))
             .collect();
-        if let Some(dice) = baseline_lesion_dice(&mut lesion_rng, args.lesions) {
+        if let Some((dice, sensitivity)) = baseline_lesions(&mut lesion_rng, args.lesions) {
             case.insert(lesions::NAME.into(), json!(dice));
-            lesioned += 1;
+            sensitivities.extend(sensitivity);
         }
         cases.push(Value::Object(case));
     }
-    let baseline = json!({"source": "simulated validation set", "cases": cases});
+    let mut baseline = json!({"source": "simulated validation set", "cases": cases});
+    if args.lesions.is_some() {
+        baseline["metrics"] = json!({"lesion_sensitivity": {lesions::NAME: sensitivities}});
+    }
     send(
         client
             .put(format!("{models}/baseline"))

@@ -11,13 +11,13 @@ use crate::drift::feed::{
     FeedSettings, Feeder, ScoredCase, StreamKey, StreamRecord, VersionContext,
 };
 use crate::drift::incident::{Incident, Incidents, StreamId};
-use crate::drift::{Baseline, Metric, StreamState};
+use crate::drift::{Baseline, Metric};
 use crate::store::Result;
 use crate::store::drift::{
-    CaseValues, DetectorRow, EvidenceRow, IncidentRow, IncidentStreamRow, NotifiedAlert,
-    OpenIncident, OpenIncidentRow, Samples, WatchedValues, add_values, assemble_incidents,
-    failure_thresholds, lesion_sensitivity, parse_metric, sample_of, stored_values, summary,
-    watched_metrics,
+    ActiveStream, CaseValues, DetectorRow, EvidenceRow, IncidentRow, IncidentStreamRow,
+    NotifiedAlert, OpenIncident, OpenIncidentRow, Samples, WatchedValues, active_stream,
+    add_values, assemble_incidents, failure_thresholds, lesion_sensitivity, parse_metric,
+    sample_of, stored_values, summary, watched_metrics,
 };
 use crate::store::rollups::{WindowStart, WindowSum};
 use crate::views::{BaselineInfo, BaselineStructure, IncidentView, Stratum};
@@ -315,20 +315,26 @@ impl Lite {
     }
 
     /// See [`crate::store::Store::active_stream_states`].
-    pub async fn active_stream_states(&self) -> Result<Vec<(String, String, StreamState)>> {
+    pub async fn active_stream_states(&self) -> Result<Vec<ActiveStream>> {
         let mut conn = self.reader.acquire().await.map_err(classify)?;
         let Some(since) = active_since(&mut conn, None).await? else {
             return Ok(Vec::new());
         };
-        let rows: Vec<(String, String, String)> =
-            sqlx::query_as("SELECT site, structure, state FROM drift_streams WHERE latest_at > $1")
-                .bind(since)
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(classify)?;
+        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT site, structure, metric, state FROM drift_streams WHERE latest_at > $1",
+        )
+        .bind(since)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(classify)?;
         rows.into_iter()
-            .map(|(site, structure, state)| {
-                Ok((site, structure, parse("drift stream state", &state)?))
+            .map(|(site, structure, metric, state)| {
+                active_stream(
+                    site,
+                    structure,
+                    &metric,
+                    parse("drift stream state", &state)?,
+                )
             })
             .collect()
     }

@@ -171,17 +171,14 @@ mod tests {
                 assert!(p == r || p == 0 || (p == LABEL && r == 0));
             }
             total += lesions.len();
-            found += lesions
-                .iter()
-                .filter(|(v, _)| v.iter().any(|&i| prediction[i] == LABEL))
-                .count();
-            dices.push(dice(&prediction, &labels));
-            // The service's matching finds what the prediction kept (a found
-            // lesion keeps at least 60 % of its voxels).
             let kept = lesions
                 .iter()
                 .filter(|(v, _)| v.iter().any(|&i| prediction[i] == LABEL))
                 .count();
+            found += kept;
+            dices.push(dice(&prediction, &labels));
+            // The service's matching finds what the prediction kept (a found
+            // lesion keeps at least 60 % of its voxels).
             let scored = sensitivity(&prediction, &labels).unwrap();
             assert!(scored <= 1.0 && (kept == 0) == (scored == 0.0), "{scored}");
         }
